@@ -1,0 +1,3 @@
+"""Image moderation over gRPC: CLIP zero-shot scoring against YAML policies."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""Server settings: command-line flags > MODERATION_* environment > config file > defaults.
+
+The environment is read here and nowhere else. The settings object is frozen so
+nothing downstream can change it behind the server's back.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+RANDOM_WEIGHTS = "random"
+CONFIG_FILE_ENV = "MODERATION_CONFIG"
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class LogFormat(str, enum.Enum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODERATION_", frozen=True, extra="forbid")
+
+    host: str = Field("0.0.0.0", description="address the gRPC server binds")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it")
+    policies: Path = Field(Path("policies"), description="directory of policy YAML files")
+
+    clip_model: str = Field(
+        "ViT-B-32",
+        description="open_clip model name, 'hf-hub:org/repo', or a path to an open_clip model config JSON",
+    )
+    clip_weights: str = Field(
+        "laion2b_s34b_b79k",
+        description="open_clip pretrained tag, a local checkpoint path, or 'random' (smoke tests only)",
+    )
+    weights_cache: Path | None = Field(None, description="where downloaded weights are cached")
+    allow_downloads: bool = Field(
+        True, description="fetch missing weights from the hub; false fails at once when they are not cached"
+    )
+    device: Device = Device.AUTO
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch; default: torch's own")
+
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest encoded image accepted")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="largest width x height accepted")
+    jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced scale (PIL draft mode)")
+    decode_workers: int = Field(2, ge=1, le=64, description="threads that decode images off the event loop")
+    max_concurrent_requests: int = Field(64, ge=1, description="requests in flight before RESOURCE_EXHAUSTED")
+    default_deadline_s: float = Field(10.0, gt=0, description="deadline applied when a caller sets none")
+    grace_period_s: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+    reflection: bool = True
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.JSON
+
+    @field_validator("clip_weights")
+    @classmethod
+    def _weights_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("clip_weights must be a pretrained tag, a checkpoint path or 'random'")
+        return value.strip()
+
+    @property
+    def random_weights(self) -> bool:
+        return self.clip_weights == RANDOM_WEIGHTS
+
+    @property
+    def grpc_max_message_bytes(self) -> int:
+        # Room for the request's other fields; the image limit itself is checked
+        # by the servicer, which can say which setting to raise.
+        return self.max_image_bytes + 64 * 1024
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Settings from flags that were given (None means 'not given'), env and file."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    return Settings(**{k: v for k, v in flags.items() if v is not None})

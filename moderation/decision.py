@@ -1,0 +1,110 @@
+"""Decisions as a pure function of category scores and a policy. No torch, no I/O.
+
+A category's band says where its score fell:
+    BELOW       score <  review threshold            -> ALLOW
+    BORDERLINE  review <= score < block threshold     -> REVIEW
+    ABOVE       score >= block threshold              -> the category's on_block action
+The image's action is the most severe of its categories' actions.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from moderation.policy.schema import Action, Category, Policy
+
+
+class Band(str, enum.Enum):
+    BELOW = "BELOW"
+    BORDERLINE = "BORDERLINE"
+    ABOVE = "ABOVE"
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryDecision:
+    category_id: str
+    score: float
+    review_threshold: float
+    block_threshold: float
+    band: Band
+    clause_id: str
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    policy_id: str
+    policy_version: str
+    categories: tuple[CategoryDecision, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def borderline(self) -> tuple[CategoryDecision, ...]:
+        return tuple(c for c in self.categories if c.band is Band.BORDERLINE)
+
+    @property
+    def cited_clauses(self) -> tuple[str, ...]:
+        """Clause ids of the categories that made the action what it is."""
+        return tuple(c.clause_id for c in self.categories if c.action is self.action and c.action is not Action.ALLOW)
+
+
+def band_of(score: float, category: Category) -> Band:
+    if score >= category.thresholds.block:
+        return Band.ABOVE
+    if score >= category.thresholds.review:
+        return Band.BORDERLINE
+    return Band.BELOW
+
+
+def decide_category(score: float, category: Category) -> CategoryDecision:
+    if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+        raise ValueError(f"score for category {category.id!r} must be a number in [0, 1], got {score!r}")
+    band = band_of(score, category)
+    action = {Band.BELOW: Action.ALLOW, Band.BORDERLINE: Action.REVIEW, Band.ABOVE: category.on_block}[band]
+    return CategoryDecision(
+        category_id=category.id,
+        score=score,
+        review_threshold=category.thresholds.review,
+        block_threshold=category.thresholds.block,
+        band=band,
+        clause_id=category.clause.id,
+        action=action,
+    )
+
+
+def decide(scores: Mapping[str, float], policy: Policy) -> Decision:
+    """One decision per image: every policy category must have a score."""
+    missing = [c.id for c in policy.categories if c.id not in scores]
+    if missing:
+        raise ValueError(f"no score for categories {missing} of policy {policy.id!r}")
+    categories = tuple(decide_category(float(scores[c.id]), c) for c in policy.categories)
+    action = max((c.action for c in categories), key=lambda a: a.severity, default=Action.ALLOW)
+    return Decision(
+        action=action,
+        policy_id=policy.id,
+        policy_version=policy.version,
+        categories=categories,
+        reasons=_reasons(categories, action),
+    )
+
+
+def _reasons(categories: tuple[CategoryDecision, ...], action: Action) -> tuple[str, ...]:
+    reasons = []
+    for c in sorted(categories, key=lambda c: (-c.action.severity, -c.score)):
+        if c.band is Band.ABOVE:
+            reasons.append(
+                f"{c.category_id} scored {c.score:.3f}, at or above its block threshold {c.block_threshold:.2f}: "
+                f"{c.action.value} under clause {c.clause_id}."
+            )
+        elif c.band is Band.BORDERLINE:
+            reasons.append(
+                f"{c.category_id} scored {c.score:.3f}, between its review threshold {c.review_threshold:.2f} "
+                f"and block threshold {c.block_threshold:.2f}: REVIEW under clause {c.clause_id}."
+            )
+    if action is Action.ALLOW:
+        reasons.append("Every category scored below its review threshold.")
+    return tuple(reasons)

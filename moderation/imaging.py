@@ -1,0 +1,91 @@
+"""Safe image decoding: bounded bytes, pixels and frames, EXIF orientation, RGB out.
+
+Everything here runs in a worker thread, never on the event loop. Errors are
+`ImageRejected` with a sentence for the caller; it never contains image bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an image this service will decode; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    # Decode JPEGs at a reduced scale no smaller than this (PIL draft mode): a
+    # 4000px photo needs only ~1/8 of the DCT work to feed a 224px model.
+    draft_size: int | None = None
+
+
+def decode_image(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Decode `data` into an RGB image with upright orientation."""
+    if not data:
+        raise ImageRejected("the image field is empty; send the encoded image bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageRejected(
+            f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes (setting max_image_bytes)"
+        )
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (rather than raises) between 1x and 2x MAX_IMAGE_PIXELS;
+            # our own pixel check below is the limit that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            _check_pixels(image, limits)
+            if image.format == "JPEG" and limits.draft_size:
+                image.draft("RGB", (limits.draft_size, limits.draft_size))
+            if getattr(image, "is_animated", False):
+                image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError as err:
+        raise ImageRejected(
+            f"the bytes are not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"
+        ) from err
+    except Image.DecompressionBombError as err:
+        raise ImageRejected(f"the image declares more pixels than the limit of {limits.max_pixels:,}") from err
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as err:
+        # PIL signals truncated and corrupt data with a zoo of exception types.
+        raise ImageRejected(f"the image data is truncated or corrupt ({type(err).__name__})") from err
+
+
+def _check_pixels(image: Image.Image, limits: DecodeLimits) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageRejected(f"the image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            f"the image is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {limits.max_pixels:,} (setting max_image_pixels)"
+        )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and float images: scale to 8 bits instead of clipping to white.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite transparency onto white, the way most viewers show it.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

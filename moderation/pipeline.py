@@ -1,0 +1,129 @@
+"""The moderation pipeline: decode -> embed and score -> decide, off the event loop.
+
+Transport-free: the gRPC servicer and the CLI's offline commands both call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from moderation.clip.scorer import ClipScorer, PolicyTextIndex
+from moderation.decision import Band, Decision, decide
+from moderation.imaging import DecodeLimits, decode_image
+from moderation.metrics import ModerationMetrics
+from moderation.policy.registry import PolicyRegistry, ServedPolicy
+
+log = logging.getLogger(__name__)
+
+
+class EscalationStatus(str, enum.Enum):
+    NOT_NEEDED = "NOT_NEEDED"
+    COMPLETED = "COMPLETED"
+    TIMED_OUT = "TIMED_OUT"
+    SHED = "SHED"
+    FAILED = "FAILED"
+    DISABLED = "DISABLED"
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationOutcome:
+    status: EscalationStatus = EscalationStatus.NOT_NEEDED
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimings:
+    decode_ms: float = 0.0
+    embed_ms: float = 0.0
+    decide_ms: float = 0.0
+    escalation_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationResult:
+    request_id: str
+    decision: Decision
+    model_id: str
+    timings: StageTimings
+    escalation: EscalationOutcome = field(default_factory=EscalationOutcome)
+
+
+class ModerationPipeline:
+    def __init__(
+        self,
+        scorer: ClipScorer,
+        registry: PolicyRegistry[PolicyTextIndex],
+        limits: DecodeLimits,
+        metrics: ModerationMetrics,
+        decode_workers: int = 2,
+    ):
+        self.scorer = scorer
+        self.registry = registry
+        self.limits = limits
+        self.metrics = metrics
+        self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        # One model thread: torch parallelises inside an op; two callers would
+        # only fight over the same cores.
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
+
+    def _decode_and_preprocess(self, image: bytes) -> torch.Tensor:
+        decoded = decode_image(image, self.limits)
+        return self.scorer.clip.preprocess(decoded).unsqueeze(0)
+
+    def _embed_and_score(self, pixels: torch.Tensor, index: PolicyTextIndex) -> dict[str, float]:
+        return self.scorer.score(self.scorer.embed_images(pixels), index)[0]
+
+    async def moderate(
+        self, image: bytes, policy_id: str = "", request_id: str = "", force_escalation: bool = False
+    ) -> ModerationResult:
+        """Raises PolicyNotFound and ImageRejected for the caller's mistakes."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        # Look the policy up once: the request finishes on the version it started with.
+        served: ServedPolicy[PolicyTextIndex] = self.registry.get(policy_id)
+
+        pixels = await loop.run_in_executor(self._decode_pool, self._decode_and_preprocess, image)
+        decoded = time.perf_counter()
+        scores = await loop.run_in_executor(self._model_pool, self._embed_and_score, pixels, served.compiled)
+        embedded = time.perf_counter()
+        decision = decide(scores, served.policy)
+        decided = time.perf_counter()
+
+        escalation = self._escalation(decision, force_escalation)
+        timings = StageTimings(
+            decode_ms=(decoded - started) * 1e3,
+            embed_ms=(embedded - decoded) * 1e3,
+            decide_ms=(decided - embedded) * 1e3,
+            total_ms=(time.perf_counter() - started) * 1e3,
+        )
+        self._observe(decision, timings)
+        return ModerationResult(request_id, decision, self.scorer.model_id, timings, escalation)
+
+    @staticmethod
+    def _escalation(decision: Decision, forced: bool) -> EscalationOutcome:
+        if not forced and not decision.borderline:
+            return EscalationOutcome(EscalationStatus.NOT_NEEDED)
+        return EscalationOutcome(EscalationStatus.DISABLED, "no explainer is configured; the CLIP decision stands")
+
+    def _observe(self, decision: Decision, timings: StageTimings) -> None:
+        m = self.metrics
+        for stage in ("decode", "embed", "decide", "total"):
+            m.stage_seconds.labels(stage).observe(getattr(timings, f"{stage}_ms") / 1e3)
+        for c in decision.categories:
+            m.category_score.labels(decision.policy_id, c.category_id).observe(c.score)
+            m.decisions.labels(decision.policy_id, c.category_id, c.band.value).inc()
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._model_pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["Band", "EscalationOutcome", "EscalationStatus", "ModerationPipeline", "ModerationResult", "StageTimings"]

@@ -1,0 +1,1 @@
+"""gRPC transport: servicer, conversions to and from protobuf, server lifecycle."""

@@ -1,0 +1,125 @@
+"""Server lifecycle: bind, report NOT_SERVING, load models and policies, SERVING, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from moderation.clip import ClipModelSpec, ClipScorer, load_clip
+from moderation.config import Device, Settings
+from moderation.imaging import DecodeLimits
+from moderation.metrics import ModerationMetrics
+from moderation.pipeline import ModerationPipeline
+from moderation.policy.registry import PolicyRegistry, describe
+from moderation.server.servicer import ModerationServicer, ServingState
+from moderation.v1 import moderation_pb2, moderation_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = moderation_pb2.DESCRIPTOR.services_by_name["ModerationService"].full_name
+
+
+class StartupError(RuntimeError):
+    """Configuration that cannot serve: the message says which setting to change."""
+
+
+def resolve_device(device: Device) -> str:
+    if device is Device.AUTO:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device is Device.CUDA and not torch.cuda.is_available():
+        raise StartupError("device is 'cuda' but torch sees no CUDA device; set MODERATION_DEVICE=cpu or auto")
+    return device.value
+
+
+def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> ModerationPipeline:
+    """Load the CLIP model and every policy; slow, runs in a worker thread."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    spec = ClipModelSpec(
+        model=settings.clip_model,
+        weights=settings.clip_weights,
+        cache_dir=settings.weights_cache,
+        device=resolve_device(settings.device),
+        allow_downloads=settings.allow_downloads,
+    )
+    scorer = ClipScorer(load_clip(spec))
+    registry = PolicyRegistry(scorer.index_policy, scorer.model_id, random_weights=scorer.random_weights)
+    served = registry.load_directory(settings.policies)
+    metrics.policy_reloads.labels("ok").inc()
+    metrics.model_info.labels(scorer.model_id, str(scorer.random_weights).lower()).set(1)
+    metrics.publish_policies(
+        [(s.policy.id, s.policy.version, [(c.id, c.thresholds.review, c.thresholds.block) for c in s.policy.categories]) for s in served],
+        scorer.model_id,
+    )
+    log.info("serving policies %s with model %s (default: %s)", ", ".join(describe(s) for s in served), scorer.model_id, registry.default_id)
+    limits = DecodeLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        draft_size=scorer.clip.image_size if settings.jpeg_draft else None,
+    )
+    return ModerationPipeline(scorer, registry, limits, metrics, decode_workers=settings.decode_workers)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT. Raises StartupError (and loading errors) when it cannot serve."""
+    metrics = ModerationMetrics()
+    state = ServingState()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+        ]
+    )
+    moderation_pb2_grpc.add_ModerationServiceServicer_to_server(
+        ModerationServicer(state, settings.max_concurrent_requests, settings.max_image_bytes, settings.default_deadline_s), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    async def set_health(status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, status)
+
+    address = f"{settings.host}:{settings.port}"
+    if server.add_insecure_port(address) == 0:
+        raise StartupError(f"cannot bind gRPC port {address}; set MODERATION_PORT (--port) to a free port")
+    await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    log.info("gRPC listening on %s (NOT_SERVING until models and policies load)", address)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    try:
+        loading = loop.run_in_executor(None, build_pipeline, settings, metrics)
+        done, _ = await asyncio.wait({loading, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if loading in done:
+            state.pipeline = loading.result()
+            await set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("SERVING on %s", address)
+            await stop.wait()
+    except BaseException:
+        metrics.policy_reloads.labels("error").inc()
+        await server.stop(None)
+        raise
+    log.info("draining: NOT_SERVING, finishing in-flight calls for up to %.0f s", settings.grace_period_s)
+    state.draining = True
+    await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(settings.grace_period_s)
+    if state.pipeline is not None:
+        state.pipeline.close()
+    log.info("stopped")

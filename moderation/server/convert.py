@@ -1,0 +1,77 @@
+"""Conversions between pipeline results and protobuf messages, kept at the edge."""
+
+from __future__ import annotations
+
+from moderation.decision import Band
+from moderation.pipeline import EscalationStatus, ModerationResult
+from moderation.policy.registry import ServedPolicy
+from moderation.policy.schema import Action
+from moderation.v1 import moderation_pb2 as pb
+
+ACTION_TO_PB = {Action.ALLOW: pb.ACTION_ALLOW, Action.REVIEW: pb.ACTION_REVIEW, Action.BLOCK: pb.ACTION_BLOCK}
+BAND_TO_PB = {Band.BELOW: pb.BAND_BELOW, Band.BORDERLINE: pb.BAND_BORDERLINE, Band.ABOVE: pb.BAND_ABOVE}
+ESCALATION_TO_PB = {s: getattr(pb, f"ESCALATION_STATUS_{s.value}") for s in EscalationStatus}
+
+
+def result_to_pb(result: ModerationResult) -> pb.ModerateResponse:
+    decision = result.decision
+    return pb.ModerateResponse(
+        request_id=result.request_id,
+        action=ACTION_TO_PB[decision.action],
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+        model=result.model_id,
+        categories=[
+            pb.CategoryResult(
+                id=c.category_id,
+                score=c.score,
+                review_threshold=c.review_threshold,
+                block_threshold=c.block_threshold,
+                band=BAND_TO_PB[c.band],
+                clause_id=c.clause_id,
+                action=ACTION_TO_PB[c.action],
+            )
+            for c in decision.categories
+        ],
+        escalation=pb.Escalation(status=ESCALATION_TO_PB[result.escalation.status], reason=result.escalation.reason),
+        timings=pb.StageTimings(
+            decode_ms=result.timings.decode_ms,
+            embed_ms=result.timings.embed_ms,
+            decide_ms=result.timings.decide_ms,
+            escalation_ms=result.timings.escalation_ms,
+            total_ms=result.timings.total_ms,
+        ),
+        reasons=list(decision.reasons),
+    )
+
+
+def policy_summary_to_pb(served: ServedPolicy, is_default: bool) -> pb.PolicySummary:
+    p = served.policy
+    return pb.PolicySummary(
+        id=p.id, version=p.version, description=p.description.strip(), is_default=is_default, category_ids=[c.id for c in p.categories]
+    )
+
+
+def policy_to_pb(served: ServedPolicy, is_default: bool) -> pb.GetPolicyResponse:
+    p = served.policy
+    return pb.GetPolicyResponse(
+        id=p.id,
+        version=p.version,
+        description=p.description.strip(),
+        is_default=is_default,
+        templates=list(p.templates),
+        benign_prompts=list(p.benign),
+        categories=[
+            pb.PolicyCategory(
+                id=c.id,
+                clause=pb.Clause(id=c.clause.id, text=c.clause.text.strip()),
+                review_threshold=c.thresholds.review,
+                block_threshold=c.thresholds.block,
+                action_on_block=ACTION_TO_PB[c.on_block],
+                positive_prompts=list(c.positive),
+                contrast_prompts=list(c.contrast),
+            )
+            for c in p.categories
+        ],
+        source_yaml=served.source_text,
+    )
