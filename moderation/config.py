@@ -55,6 +55,12 @@ class Settings(BaseSettings):
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="largest width x height accepted")
+    max_message_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="largest gRPC message accepted; default 2 x max_image_bytes + 64 KiB, so images between the two "
+        "limits get a sentence naming max_image_bytes rather than gRPC's generic error",
+    )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced scale (PIL draft mode)")
     decode_workers: int = Field(2, ge=1, le=64, description="threads that decode images off the event loop")
     max_concurrent_requests: int = Field(64, ge=1, description="requests in flight before RESOURCE_EXHAUSTED")
@@ -77,9 +83,7 @@ class Settings(BaseSettings):
 
     @property
     def grpc_max_message_bytes(self) -> int:
-        # Room for the request's other fields; the image limit itself is checked
-        # by the servicer, which can say which setting to raise.
-        return self.max_image_bytes + 64 * 1024
+        return self.max_message_bytes or 2 * self.max_image_bytes + 64 * 1024
 
     @classmethod
     def settings_customise_sources(

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+# PIL's own bomb guard fires inside Image.open with a message that omits the
+# dimensions. `_check_pixels` applies the configured limit right after the
+# header is parsed and before any pixel is decoded, so it is the one in force.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageRejected(ValueError):
@@ -39,19 +43,15 @@ def decode_image(data: bytes, limits: DecodeLimits) -> Image.Image:
             f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes (setting max_image_bytes)"
         )
     try:
-        with warnings.catch_warnings():
-            # PIL warns (rather than raises) between 1x and 2x MAX_IMAGE_PIXELS;
-            # our own pixel check below is the limit that applies.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-            _check_pixels(image, limits)
-            if image.format == "JPEG" and limits.draft_size:
-                image.draft("RGB", (limits.draft_size, limits.draft_size))
-            if getattr(image, "is_animated", False):
-                image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        _check_pixels(image, limits)
+        if image.format == "JPEG" and limits.draft_size:
+            image.draft("RGB", (limits.draft_size, limits.draft_size))
+        if getattr(image, "is_animated", False):
+            image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
     except ImageRejected:
         raise
     except UnidentifiedImageError as err:

@@ -41,8 +41,13 @@ class TextFormatter(logging.Formatter):
 
 
 def _not_library_chatter(record: logging.LogRecord) -> bool:
-    # open_clip logs its progress with bare logging.info() on the root logger.
-    return record.name != "root" or record.levelno >= logging.WARNING
+    # open_clip logs progress and failures with bare logging.info()/error() on
+    # the root logger; our loader restates its failures as one actionable line.
+    if record.name != "root":
+        return True
+    if "open_clip" in record.pathname:
+        return record.levelno >= logging.CRITICAL
+    return record.levelno >= logging.WARNING
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

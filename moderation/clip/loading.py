@@ -103,7 +103,8 @@ def _looks_like_path(value: str) -> bool:
 
 
 def _unavailable_message(spec: ClipModelSpec, err: Exception) -> str:
-    cause = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+    cause = cause if len(cause) <= 160 else cause[:157] + "..."
     where = f"cache {spec.cache_dir}" if spec.cache_dir else "the default cache"
     return (
         f"cannot load CLIP model {spec.model!r} with weights {spec.weights!r} from {where} ({cause}); "

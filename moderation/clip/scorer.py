@@ -48,7 +48,7 @@ class ClipScorer:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.clip.model.logit_scale.exp())
+        return float(self.clip.model.logit_scale.detach().exp())
 
     @torch.inference_mode()
     def encode_prompts(self, prompts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:

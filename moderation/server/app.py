@@ -89,9 +89,10 @@ async def serve(settings: Settings) -> None:
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, status)
 
-    address = f"{settings.host}:{settings.port}"
-    if server.add_insecure_port(address) == 0:
-        raise StartupError(f"cannot bind gRPC port {address}; set MODERATION_PORT (--port) to a free port")
+    bound_port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if bound_port == 0:
+        raise StartupError(f"cannot bind gRPC port {settings.host}:{settings.port}; set MODERATION_PORT (--port) to a free port")
+    address = f"{settings.host}:{bound_port}"
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     log.info("gRPC listening on %s (NOT_SERVING until models and policies load)", address)

@@ -1,0 +1,3 @@
+from moderation.cli import app
+
+app(prog_name="moderation")

@@ -1,0 +1,74 @@
+"""Start the real `moderation serve` process on free loopback ports and wait for SERVING."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    target: str
+    metrics_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_until_serving(target: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"server not SERVING after {timeout_s} s:\n{log_path.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def running_server(log_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+    port, metrics_port = free_port(), free_port()
+    log_path = log_dir / f"server-{port}.log"
+    command = [
+        sys.executable, "-m", "moderation", "serve",
+        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *args,
+    ]  # fmt: skip
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_until_serving(target, process, log_path)
+        yield RunningServer(target, f"http://127.0.0.1:{metrics_port}/metrics", process, log_path)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

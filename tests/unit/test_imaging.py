@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moderation.imaging import DecodeLimits, ImageRejected, decode_image
+from tests import images
+
+LIMITS = DecodeLimits(max_bytes=5 * 1024 * 1024, max_pixels=4_000_000)
+
+
+def test_real_jpeg_decodes_to_rgb() -> None:
+    image = decode_image(images.astronaut_jpeg(), LIMITS)
+    assert (image.mode, image.size) == ("RGB", (512, 512))
+
+
+def test_grayscale_png_becomes_rgb() -> None:
+    image = decode_image(images.camera_grayscale_png(), LIMITS)
+    assert image.mode == "RGB"
+
+
+def test_draft_mode_shrinks_large_jpeg_but_not_below_target() -> None:
+    big = images.encode(np.zeros((2000, 3000, 3), dtype=np.uint8), "JPEG")
+    image = decode_image(big, DecodeLimits(max_pixels=10_000_000, draft_size=224))
+    assert min(image.size) >= 224 and image.size[0] < 3000
+
+
+def test_exif_orientation_is_applied() -> None:
+    array = np.zeros((20, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    data = images.encode(array, "JPEG", exif=exif.tobytes())
+    assert decode_image(data, LIMITS).size == (20, 40)
+
+
+def test_transparent_pixels_composite_onto_white() -> None:
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    image = decode_image(images.encode(rgba, "PNG"), LIMITS)
+    assert image.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_sixteen_bit_is_scaled_not_clipped() -> None:
+    array = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    image = decode_image(images.encode(Image.fromarray(array), "PNG"), LIMITS)
+    values = np.asarray(image)[..., 0]
+    assert values.min() == 0 and values.max() == 255 and len(np.unique(values)) > 100
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "the image field is empty"),
+        (b"hello world", "not an image in an accepted format"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "not an image in an accepted format"),
+    ],
+)
+def test_bad_bytes_are_rejected_with_a_sentence(data: bytes, message: str) -> None:
+    with pytest.raises(ImageRejected, match=message):
+        decode_image(data, LIMITS)
+
+
+def test_truncated_jpeg_and_png() -> None:
+    for data in (images.astronaut_jpeg(), images.coffee_png()):
+        with pytest.raises(ImageRejected, match="truncated or corrupt"):
+            decode_image(data[: len(data) // 3], LIMITS)
+
+
+def test_byte_limit_names_the_setting() -> None:
+    with pytest.raises(ImageRejected, match=r"limit is 1,024 bytes \(setting max_image_bytes\)"):
+        decode_image(b"x" * 2048, DecodeLimits(max_bytes=1024))
+
+
+def test_header_claiming_huge_dimensions_is_refused_before_decoding() -> None:
+    # A 1-bit PNG of 30000 x 30000 compresses to a few kB: a decompression bomb.
+    bomb = images.encode(Image.new("1", (30000, 30000)), "PNG")
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageRejected, match=r"30000x30000 = 900,000,000 pixels; the limit is 4,000,000"):
+        decode_image(bomb, LIMITS)
+
+
+def test_error_messages_never_echo_image_bytes() -> None:
+    data = b"\x89PNG\r\n\x1a\n" + b"SECRETPAYLOAD" * 10
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(data, LIMITS)
+    assert "SECRET" not in str(caught.value)
+
+
+def test_first_frame_of_animation() -> None:
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((0, 0, 255), (255, 0, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    image = decode_image(buffer.getvalue(), LIMITS)
+    assert image.getpixel((0, 0))[2] > 200
