@@ -134,6 +134,31 @@ def _print_response(path: Path, response) -> None:  # noqa: ANN001 - generated m
         out.print(f"  {escape(reason)}", highlight=False)
 
 
+@app.command()
+def bench(
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    model: Annotated[str, typer.Option(help="open_clip architecture (random weights)")] = "ViT-B-32",
+    concurrency: Annotated[str, typer.Option(help="comma-separated client counts")] = "1,4,16",
+    seconds: Annotated[float, typer.Option(help="load duration per concurrency level")] = 20.0,
+    soak_seconds: Annotated[float, typer.Option(help="extra soak at the top concurrency, sampling memory; 600 for the 10-minute soak")] = 0.0,
+    policies: Annotated[Path, typer.Option(help="policy directory the server loads")] = Path("policies"),
+    results_dir: Annotated[Path, typer.Option("--out", help="where the JSON and PNG go")] = Path("bench/results"),
+) -> None:
+    """Benchmark the real server over gRPC against the model's own ceiling (random weights)."""
+    from moderation.bench.clip import run_clip_bench
+
+    levels = tuple(int(c) for c in concurrency.split(","))
+    results = run_clip_bench(model, device, levels, seconds, soak_seconds, policies, results_dir, progress=lambda m: err.print(escape(m)))
+    table = Table(title=f"{model} on {device}: server over gRPC", title_justify="left")
+    for column in ("clients", "images/s", "p50 ms", "p95 ms", "p99 ms", "errors"):
+        table.add_column(column, justify="right")
+    for row in results["load"]:
+        table.add_row(str(row["concurrency"]), f"{row['throughput_per_s']:.2f}", f"{row['p50_ms']:.0f}", f"{row['p95_ms']:.0f}", f"{row['p99_ms']:.0f}", str(sum(row["errors"].values())))
+    out.print(table)
+    for key in ("throughput_vs_forward", "speedup_vs_naive", "p50_latency_vs_single_forward", "peak_rss_mb"):
+        out.print(f"{key}: {results[key]}  (target {results['targets'][key]})", highlight=False)
+
+
 @policy_app.command("validate")
 def policy_validate(files: Annotated[list[Path], typer.Argument(help="policy YAML files")]) -> None:
     """Check policy files; print every problem with file, line and field."""

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced scale (PIL draft mode)")
     decode_workers: int = Field(2, ge=1, le=64, description="threads that decode images off the event loop")
+    max_batch: int = Field(16, ge=1, le=512, description="most images in one CLIP forward pass")
+    max_batch_wait_ms: float = Field(
+        0.0, ge=0, le=1000, description="how long a batch waits for more requests; 0 takes what is queued when the model is free"
+    )
+    max_queue: int = Field(64, ge=1, description="requests waiting for the model before RESOURCE_EXHAUSTED")
     max_concurrent_requests: int = Field(64, ge=1, description="requests in flight before RESOURCE_EXHAUSTED")
     default_deadline_s: float = Field(10.0, gt=0, description="deadline applied when a caller sets none")
     grace_period_s: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight calls")

@@ -62,6 +62,22 @@ class ModerationMetrics:
             ["model", "random"],
             registry=registry,
         )
+        self.batch_size = Histogram(
+            "moderation_batch_size",
+            "Images per CLIP forward pass (dynamic micro-batching).",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+            registry=registry,
+        )
+        self.batch_wait_seconds = Histogram(
+            "moderation_batch_wait_seconds",
+            "Time a request waited in the batch queue before its forward pass started.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge("moderation_queue_depth", "Requests waiting for a CLIP forward pass.", registry=registry)
+        self.queue_capacity = Gauge(
+            "moderation_queue_capacity", "Bound of the CLIP batch queue; beyond it calls get RESOURCE_EXHAUSTED.", registry=registry
+        )
         self.in_flight = Gauge("moderation_in_flight_requests", "Moderate calls being processed.", registry=registry)
         self.policy_reloads = Counter(
             "moderation_policy_reload_total",

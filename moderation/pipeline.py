@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from moderation.clip.batcher import MicroBatcher
 from moderation.clip.scorer import ClipScorer, PolicyTextIndex
 from moderation.decision import Band, Decision, decide
 from moderation.imaging import DecodeLimits, decode_image
@@ -64,6 +65,9 @@ class ModerationPipeline:
         limits: DecodeLimits,
         metrics: ModerationMetrics,
         decode_workers: int = 2,
+        max_batch: int = 16,
+        max_wait_ms: float = 0.0,
+        max_queue: int = 128,
     ):
         self.scorer = scorer
         self.registry = registry
@@ -71,28 +75,39 @@ class ModerationPipeline:
         self.metrics = metrics
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         # One model thread: torch parallelises inside an op; two callers would
-        # only fight over the same cores.
+        # only fight over the same cores. The batcher feeds it.
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.batcher = MicroBatcher(
+            scorer.embed_images, self._model_pool, metrics, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
+        )
+
+    def start(self) -> None:
+        """Start the batch worker; call on the serving event loop."""
+        self.batcher.start()
 
     def _decode_and_preprocess(self, image: bytes) -> torch.Tensor:
         decoded = decode_image(image, self.limits)
         return self.scorer.clip.preprocess(decoded).unsqueeze(0)
 
-    def _embed_and_score(self, pixels: torch.Tensor, index: PolicyTextIndex) -> dict[str, float]:
-        return self.scorer.score(self.scorer.embed_images(pixels), index)[0]
-
     async def moderate(
-        self, image: bytes, policy_id: str = "", request_id: str = "", force_escalation: bool = False
+        self,
+        image: bytes,
+        policy_id: str = "",
+        request_id: str = "",
+        force_escalation: bool = False,
+        deadline_s: float = 30.0,
     ) -> ModerationResult:
-        """Raises PolicyNotFound and ImageRejected for the caller's mistakes."""
+        """Raises PolicyNotFound, ImageRejected, Overloaded and DeadlinePassed."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        deadline = time.monotonic() + deadline_s
         # Look the policy up once: the request finishes on the version it started with.
         served: ServedPolicy[PolicyTextIndex] = self.registry.get(policy_id)
 
         pixels = await loop.run_in_executor(self._decode_pool, self._decode_and_preprocess, image)
         decoded = time.perf_counter()
-        scores = await loop.run_in_executor(self._model_pool, self._embed_and_score, pixels, served.compiled)
+        embeddings = await self.batcher.embed(pixels, deadline)
+        scores = self.scorer.score(embeddings, served.compiled)[0]
         embedded = time.perf_counter()
         decision = decide(scores, served.policy)
         decided = time.perf_counter()
@@ -121,7 +136,8 @@ class ModerationPipeline:
             m.category_score.labels(decision.policy_id, c.category_id).observe(c.score)
             m.decisions.labels(decision.policy_id, c.category_id, c.band.value).inc()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self.batcher.stop()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=False, cancel_futures=True)
 

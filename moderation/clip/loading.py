@@ -87,6 +87,9 @@ def load_clip(spec: ClipModelSpec) -> LoadedClip:
             # Random weights must not quietly download a text tower's base weights.
             pretrained_text=not spec.random,
             device=spec.device,
+            # fp16 halves memory traffic on GPUs; on CPUs fp32 is fastest (bf16
+            # measured 5x slower for the vision tower on this project's CPU).
+            precision="fp16" if spec.device.startswith("cuda") else "fp32",
             cache_dir=str(spec.cache_dir) if spec.cache_dir else None,
         )
         tokenizer = open_clip.get_tokenizer(spec.model, cache_dir=str(spec.cache_dir) if spec.cache_dir else None)

@@ -42,7 +42,8 @@ class PolicyTextIndex:
 class ClipScorer:
     def __init__(self, clip: LoadedClip):
         self.clip = clip
-        self.device = next(clip.model.parameters()).device
+        first_parameter = next(clip.model.parameters())
+        self.device, self.dtype = first_parameter.device, first_parameter.dtype
         self.model_id = clip.spec.model_id
         self.random_weights = clip.spec.random
 
@@ -78,7 +79,7 @@ class ClipScorer:
     @torch.inference_mode()
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """[batch, 3, H, W] preprocessed pixels -> [batch, dim] normalised embeddings."""
-        return self.clip.model.encode_image(pixels.to(self.device), normalize=True).float()
+        return self.clip.model.encode_image(pixels.to(self.device, self.dtype), normalize=True).float()
 
     @torch.inference_mode()
     def score(self, image_embeddings: torch.Tensor, index: PolicyTextIndex) -> list[dict[str, float]]:

@@ -64,7 +64,16 @@ def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> Moderation
         max_pixels=settings.max_image_pixels,
         draft_size=scorer.clip.image_size if settings.jpeg_draft else None,
     )
-    return ModerationPipeline(scorer, registry, limits, metrics, decode_workers=settings.decode_workers)
+    return ModerationPipeline(
+        scorer,
+        registry,
+        limits,
+        metrics,
+        decode_workers=settings.decode_workers,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_batch_wait_ms,
+        max_queue=settings.max_queue,
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -110,6 +119,7 @@ async def serve(settings: Settings) -> None:
         done, _ = await asyncio.wait({loading, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
         if loading in done:
             state.pipeline = loading.result()
+            state.pipeline.start()
             await set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("SERVING on %s", address)
             await stop.wait()
@@ -122,5 +132,5 @@ async def serve(settings: Settings) -> None:
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(settings.grace_period_s)
     if state.pipeline is not None:
-        state.pipeline.close()
+        await state.pipeline.close()
     log.info("stopped")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from moderation.clip.batcher import Overloaded
 from moderation.imaging import ImageRejected
 from moderation.pipeline import ModerationPipeline, ModerationResult
 from moderation.policy.registry import PolicyNotFound
@@ -55,6 +56,8 @@ def status_for(err: BaseException, request_id: str, deadline_s: float) -> Servic
         return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {err}")
     if isinstance(err, PolicyNotFound):
         return ServiceError(grpc.StatusCode.NOT_FOUND, str(err))
+    if isinstance(err, Overloaded):
+        return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
     if isinstance(err, TimeoutError):
         return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"the request did not finish within its deadline of {deadline_s:.2f} s")
     log.exception("unexpected error in request %s", request_id, exc_info=err)
@@ -96,7 +99,8 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         pipeline.metrics.in_flight.inc()
         try:
             return await asyncio.wait_for(
-                pipeline.moderate(request.image, request.policy_id, request_id, request.force_escalation), timeout=deadline_s
+                pipeline.moderate(request.image, request.policy_id, request_id, request.force_escalation, deadline_s),
+                timeout=deadline_s,
             )
         finally:
             self._in_flight -= 1

@@ -1,0 +1,1 @@
+"""Benchmark harnesses behind `moderation bench`; results go to bench/results/."""

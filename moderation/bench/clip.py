@@ -1,0 +1,321 @@
+"""CLIP-tier benchmark: the real server under concurrent gRPC load, beside the model's own ceiling.
+
+One run measures, on the same machine and model (ViT-B-32 with random weights by
+default: real FLOPs, meaningless scores):
+  - the real `moderation serve` process driven over gRPC by N concurrent clients
+    with real JPEGs of 640x480 to 1920x1080: throughput and p50/p95/p99 latency;
+  - (a) the raw batched forward pass on preprocessed tensors: the ceiling;
+  - (b) a naive baseline: one image per call with the label prompts re-encoded per
+    call with one template, as a generic zero-shot pipeline does (full decode,
+    no draft mode);
+  - (c) decode + single-image forward: the floor for one request's latency.
+Ratios between them are what to compare across machines and commits; absolute
+numbers depend on the machine and how busy it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Sizes upstream services send: VGA phone shots to full-HD screenshots.
+IMAGE_SIZES = ((640, 480), (1024, 768), (1280, 720), (1920, 1080))
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int
+    errors: dict[str, int]
+    seconds: float
+    latencies_ms: list[float] = field(repr=False)
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def summary(self) -> dict[str, float | int | dict[str, int]]:
+        return {
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 2),
+            "throughput_per_s": round(self.throughput, 3),
+            "p50_ms": round(self.percentile(50), 1),
+            "p95_ms": round(self.percentile(95), 1),
+            "p99_ms": round(self.percentile(99), 1),
+        }
+
+
+def realistic_jpegs() -> list[bytes]:
+    """Real photographs (scikit-image's samples) at realistic upload sizes."""
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
+    jpegs = []
+    for i, (width, height) in enumerate(IMAGE_SIZES * 2):
+        image = Image.fromarray(sources[i % len(sources)]).convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        jpegs.append(buffer.getvalue())
+    return jpegs
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+class ServerProcess:
+    def __init__(self, model: str, device: str, policies: Path, extra_args: tuple[str, ...] = ()):
+        self.port, self.metrics_port = _free_port(), _free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        command = [
+            sys.executable, "-m", "moderation", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            "--metrics-port", str(self.metrics_port), "--policies", str(policies), "--model", model,
+            "--weights", "random", "--device", device, "--log-format", "text", *extra_args,
+        ]  # fmt: skip
+        env = {**os.environ, "MODERATION_LOG_LEVEL": "WARNING"}
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+
+    def wait_serving(self, timeout_s: float = 300) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.process.stderr.read()[-2000:] if self.process.stderr else ''}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    time.sleep(0.3)
+        raise TimeoutError("server did not become SERVING")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+async def drive(target: str, jpegs: list[bytes], concurrency: int, seconds: float) -> LoadResult:
+    """`concurrency` clients, each sending one request after the other for `seconds`."""
+    import grpc
+
+    from moderation.v1 import moderation_pb2 as pb
+    from moderation.v1 import moderation_pb2_grpc as pb_grpc
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = pb_grpc.ModerationServiceStub(channel)
+        requests = [pb.ModerateRequest(image=jpeg) for jpeg in jpegs]
+        started = time.perf_counter()
+        stop_at = started + seconds
+
+        async def client(offset: int) -> None:
+            i = offset
+            while time.perf_counter() < stop_at:
+                sent = time.perf_counter()
+                try:
+                    await stub.Moderate(requests[i % len(requests)], timeout=60)
+                    latencies.append((time.perf_counter() - sent) * 1e3)
+                except grpc.aio.AioRpcError as err:
+                    errors[err.code().name] = errors.get(err.code().name, 0) + 1
+                i += 1
+
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return LoadResult(concurrency, len(latencies), errors, elapsed, latencies)
+
+
+def _median_time(function: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_in_process(model: str, device: str, policies: Path, jpegs: list[bytes], batch: int, repeats: int) -> dict[str, float]:
+    """The model's own numbers, without gRPC: (a) ceiling, (b) naive baseline, (c) single-request floor."""
+    import torch
+
+    from moderation.clip import ClipModelSpec, ClipScorer, load_clip
+    from moderation.imaging import DecodeLimits, decode_image
+    from moderation.policy.registry import load_policy_dir
+
+    scorer = ClipScorer(load_clip(ClipModelSpec(model=model, weights="random", device=device)))
+    policy = next(p for p, _, _ in load_policy_dir(policies) if p.default)
+    limits = DecodeLimits(draft_size=scorer.clip.image_size)
+    preprocess = scorer.clip.preprocess
+
+    def decode_one(jpeg: bytes, draft: bool = True) -> torch.Tensor:
+        return preprocess(decode_image(jpeg, limits if draft else DecodeLimits())).unsqueeze(0)
+
+    pixels = torch.cat([decode_one(jpegs[i % len(jpegs)]) for i in range(batch)])
+    scorer.embed_images(pixels)  # warm-up
+    forward_s = _median_time(lambda: scorer.embed_images(pixels), repeats)
+
+    # A generic zero-shot pipeline (e.g. transformers' zero-shot-image-classification)
+    # encodes each candidate label once per call with one hypothesis template.
+    naive_policy = policy.model_copy(update={"templates": ["This is a photo of {}."]})
+
+    def naive_one(jpeg: bytes) -> None:
+        image = decode_one(jpeg, draft=False)
+        index = scorer.index_policy(naive_policy)  # every label re-encoded for every call
+        scorer.score(scorer.embed_images(image), index)
+
+    naive_s = _median_time(lambda: naive_one(jpegs[0]), max(3, repeats // 2))
+
+    decode_s = statistics.median(_median_time(lambda j=j: decode_one(j), 3) for j in jpegs)
+    single = decode_one(jpegs[0])
+    single_forward_s = _median_time(lambda: scorer.embed_images(single), repeats)
+    return {
+        "raw_forward_images_per_s": batch / forward_s,
+        "raw_forward_batch": batch,
+        "naive_images_per_s": 1.0 / naive_s,
+        "decode_ms": decode_s * 1e3,
+        "single_forward_ms": single_forward_s * 1e3,
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    load = results["load"]
+    concurrency = [r["concurrency"] for r in load]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(concurrency, [r["throughput_per_s"] for r in load], "o-", label="server over gRPC")
+    left.axhline(results["model"]["raw_forward_images_per_s"], color="green", ls="--", label="raw batched forward (ceiling)")
+    left.axhline(results["model"]["naive_images_per_s"], color="red", ls=":", label="naive: 1 image/call, prompts re-encoded")
+    left.set(xlabel="concurrent clients", ylabel="images / s", title="Throughput", xscale="log", xticks=concurrency)
+    left.set_xticklabels([str(c) for c in concurrency])
+    left.legend(fontsize=8)
+    for q in ("p50", "p95", "p99"):
+        right.plot(concurrency, [r[f"{q}_ms"] for r in load], "o-", label=q)
+    floor = results["model"]["decode_ms"] + results["model"]["single_forward_ms"]
+    right.axhline(floor, color="gray", ls="--", label="decode + single forward")
+    right.set(xlabel="concurrent clients", ylabel="ms", title="Latency", xscale="log", xticks=concurrency)
+    right.set_xticklabels([str(c) for c in concurrency])
+    right.legend(fontsize=8)
+    fig.suptitle(f"{results['model_name']} (random weights) on {results['machine']['device']}, {results['machine']['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run_clip_bench(
+    model: str = "ViT-B-32",
+    device: str = "cpu",
+    concurrency: tuple[int, ...] = (1, 4, 16),
+    seconds: float = 20.0,
+    soak_seconds: float = 0.0,
+    policies: Path = Path("policies"),
+    out_dir: Path = Path("bench/results"),
+    progress: Callable[[str], None] = print,
+) -> dict:
+    jpegs = realistic_jpegs()
+    progress(f"{len(jpegs)} JPEGs, {min(len(j) for j in jpegs) // 1024}-{max(len(j) for j in jpegs) // 1024} kB")
+
+    server = ServerProcess(model, device, policies)
+    load: list[LoadResult] = []
+    soak: list[dict[str, float]] = []
+    try:
+        server.wait_serving()
+        progress("server SERVING; warming up")
+        asyncio.run(drive(server.target, jpegs, 2, 5.0))
+        for level in concurrency:
+            result = asyncio.run(drive(server.target, jpegs, level, seconds))
+            progress(f"concurrency {level}: {result.throughput:.2f}/s p50 {result.percentile(50):.0f} ms errors {result.errors}")
+            load.append(result)
+        if soak_seconds:
+            soak = _soak(server, jpegs, max(concurrency), soak_seconds, progress)
+        rss_now_mb, peak_rss_mb = _rss_mb(server.process.pid)
+    finally:
+        exit_code = server.stop()
+
+    progress("measuring the model in-process: ceiling, naive baseline, single-request floor")
+    model_numbers = measure_in_process(model, device, policies, jpegs, batch=16, repeats=5)
+
+    by_level = {r.concurrency: r for r in load}
+    top, one = by_level[max(concurrency)], by_level[min(concurrency)]
+    results = {
+        "model_name": model,
+        "machine": {"device": device, "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "seconds_per_level": seconds,
+        "load": [r.summary() for r in load],
+        "model": {k: round(v, 3) for k, v in model_numbers.items()},
+        "throughput_vs_forward": round(top.throughput / model_numbers["raw_forward_images_per_s"], 3),
+        "speedup_vs_naive": round(top.throughput / model_numbers["naive_images_per_s"], 3),
+        "p50_latency_vs_single_forward": round(one.percentile(50) / (model_numbers["decode_ms"] + model_numbers["single_forward_ms"]), 3),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "rss_after_load_mb": round(rss_now_mb, 1),
+        "server_exit_code": exit_code,
+        "targets": {
+            "throughput_vs_forward": ">= 0.85 at the highest concurrency",
+            "speedup_vs_naive": ">= 2.5",
+            "p50_latency_vs_single_forward": "<= 1.25 at concurrency 1",
+            "peak_rss_mb": "<= 1500",
+        },
+    }
+    if soak:
+        first, last = soak[0]["rss_mb"], soak[-1]["rss_mb"]
+        results["soak"] = {"seconds": soak_seconds, "samples": soak, "rss_growth": round(last / first - 1, 4)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "" if device == "cpu" else f"-{device}"
+    (out_dir / f"clip{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out_dir / f"clip{suffix}.png")
+    return results
+
+
+def _soak(server: ServerProcess, jpegs: list[bytes], concurrency: int, seconds: float, progress: Callable[[str], None]) -> list[dict[str, float]]:
+    samples = []
+    window = 30.0
+    elapsed = 0.0
+    while elapsed < seconds:
+        result = asyncio.run(drive(server.target, jpegs, concurrency, min(window, seconds - elapsed)))
+        elapsed += result.seconds
+        rss, _ = _rss_mb(server.process.pid)
+        samples.append({"t_s": round(elapsed, 1), "rss_mb": round(rss, 1), "throughput_per_s": round(result.throughput, 2)})
+        progress(f"soak {elapsed:.0f}/{seconds:.0f} s: rss {rss:.0f} MB, {result.throughput:.2f}/s")
+    return samples
