@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it")
     policies: Path = Field(Path("policies"), description="directory of policy YAML files")
 
+    watch_policies: bool = Field(True, description="reload the policy directory when it changes")
+    policy_watch_polling: bool = Field(False, description="poll instead of inotify (network filesystems)")
+
     clip_model: str = Field(
         "ViT-B-32",
         description="open_clip model name, 'hf-hub:org/repo', or a path to an open_clip model config JSON",

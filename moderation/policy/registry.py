@@ -73,48 +73,89 @@ def load_policy_dir(directory: Path) -> list[tuple[Policy, Path, str]]:
     return loaded
 
 
+@dataclass(frozen=True)
+class _Snapshot(Generic[Compiled]):
+    policies: dict[str, ServedPolicy[Compiled]]
+    default_id: str | None
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    served: tuple[str, ...]  # "id@version" of every served policy
+    compiled: tuple[str, ...]  # new or changed, text embeddings computed
+    removed: tuple[str, ...]
+
+
 class PolicyRegistry(Generic[Compiled]):
-    """Served policies by id. Reads are lock-free snapshots; `replace_all` swaps atomically."""
+    """Served policies by id.
+
+    Readers take one immutable snapshot per request, so a request finishes on the
+    versions it started with; `load_directory` builds the next snapshot off to
+    the side and swaps it in with one assignment. A load that fails leaves the
+    current snapshot serving.
+    """
 
     def __init__(self, compile_policy: Callable[[Policy], Compiled], model_id: str, random_weights: bool = False):
         self._compile = compile_policy
         self._model_id = model_id
         self._random_weights = random_weights
-        self._policies: dict[str, ServedPolicy[Compiled]] = {}
-        self._default_id: str | None = None
-        self._lock = threading.Lock()
+        self._snapshot: _Snapshot[Compiled] = _Snapshot({}, None)
+        # Serialises loads (the watcher and a manual reload must not interleave).
+        self._load_lock = threading.Lock()
 
-    def load_directory(self, directory: Path) -> list[ServedPolicy[Compiled]]:
-        loaded = load_policy_dir(directory)
-        self._check_models(loaded)
-        served = [ServedPolicy(policy, path, text, self._compile(policy)) for policy, path, text in loaded]
-        self.replace_all(served)
-        return served
+    def load_directory(self, directory: Path) -> LoadSummary:
+        """Validate every file, compile new or changed policies, then swap. Raises PolicyFileError."""
+        with self._load_lock:
+            loaded = load_policy_dir(directory)
+            self._check_models(loaded)
+            current = self._snapshot.policies
+            problems = []
+            for policy, path, _ in loaded:
+                old = current.get(policy.id)
+                if old is not None and old.policy != policy and old.policy.version == policy.version:
+                    problems.append(
+                        PolicyProblem(
+                            str(path), None, "version",
+                            f"policy {policy.id!r} changed but its version is still {policy.version!r}; "
+                            "bump the version so every decision names the rules it used",
+                        )  # fmt: skip
+                    )
+            if problems:
+                raise PolicyFileError(problems)
+            served, compiled = [], []
+            for policy, path, text in loaded:
+                old = current.get(policy.id)
+                if old is not None and old.policy == policy:
+                    served.append(ServedPolicy(policy, path, text, old.compiled))  # comments-only edits included
+                else:
+                    served.append(ServedPolicy(policy, path, text, self._compile(policy)))
+                    compiled.append(describe(served[-1]))
+            removed = tuple(sorted(current.keys() - {s.policy.id for s in served}))
+            self.replace_all(served)
+            return LoadSummary(tuple(describe(s) for s in served), tuple(compiled), removed)
 
     def replace_all(self, served: list[ServedPolicy[Compiled]]) -> None:
         policies = {s.policy.id: s for s in served}
         marked = [s.policy.id for s in served if s.policy.default]
         default_id = marked[0] if marked else (served[0].policy.id if len(served) == 1 else None)
-        with self._lock:
-            # One assignment each: a reader sees the old set or the new one, never a mix.
-            self._policies, self._default_id = policies, default_id
+        self._snapshot = _Snapshot(policies, default_id)  # one assignment: readers see old or new, never a mix
 
     def get(self, policy_id: str = "") -> ServedPolicy[Compiled]:
-        policies, default_id = self._policies, self._default_id
-        wanted = policy_id or default_id
+        snapshot = self._snapshot
+        wanted = policy_id or snapshot.default_id
         if wanted is None:
-            raise PolicyNotFound("(default)", policies)
+            raise PolicyNotFound("(default)", snapshot.policies)
         try:
-            return policies[wanted]
+            return snapshot.policies[wanted]
         except KeyError:
-            raise PolicyNotFound(wanted, policies) from None
+            raise PolicyNotFound(wanted, snapshot.policies) from None
 
     def all(self) -> list[ServedPolicy[Compiled]]:
-        return sorted(self._policies.values(), key=lambda s: s.policy.id)
+        return sorted(self._snapshot.policies.values(), key=lambda s: s.policy.id)
 
     @property
     def default_id(self) -> str | None:
-        return self._default_id
+        return self._snapshot.default_id
 
     def _check_models(self, loaded: list[tuple[Policy, Path, str]]) -> None:
         problems = []

@@ -17,7 +17,8 @@ from moderation.config import Device, Settings
 from moderation.imaging import DecodeLimits
 from moderation.metrics import ModerationMetrics
 from moderation.pipeline import ModerationPipeline
-from moderation.policy.registry import PolicyRegistry, describe
+from moderation.policy.registry import PolicyRegistry
+from moderation.server.reload import PolicyReloader
 from moderation.server.servicer import ModerationServicer, ServingState
 from moderation.v1 import moderation_pb2, moderation_pb2_grpc
 
@@ -38,7 +39,7 @@ def resolve_device(device: Device) -> str:
     return device.value
 
 
-def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> ModerationPipeline:
+def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[ModerationPipeline, PolicyReloader]:
     """Load the CLIP model and every policy; slow, runs in a worker thread."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -51,20 +52,16 @@ def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> Moderation
     )
     scorer = ClipScorer(load_clip(spec))
     registry = PolicyRegistry(scorer.index_policy, scorer.model_id, random_weights=scorer.random_weights)
-    served = registry.load_directory(settings.policies)
-    metrics.policy_reloads.labels("ok").inc()
+    reloader = PolicyReloader(registry, settings.policies, metrics, scorer.model_id)
+    summary = reloader.load_now()
     metrics.model_info.labels(scorer.model_id, str(scorer.random_weights).lower()).set(1)
-    metrics.publish_policies(
-        [(s.policy.id, s.policy.version, [(c.id, c.thresholds.review, c.thresholds.block) for c in s.policy.categories]) for s in served],
-        scorer.model_id,
-    )
-    log.info("serving policies %s with model %s (default: %s)", ", ".join(describe(s) for s in served), scorer.model_id, registry.default_id)
+    log.info("serving policies %s with model %s (default: %s)", ", ".join(summary.served), scorer.model_id, registry.default_id)
     limits = DecodeLimits(
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
         draft_size=scorer.clip.image_size if settings.jpeg_draft else None,
     )
-    return ModerationPipeline(
+    pipeline = ModerationPipeline(
         scorer,
         registry,
         limits,
@@ -74,6 +71,7 @@ def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> Moderation
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
     )
+    return pipeline, reloader
 
 
 async def serve(settings: Settings) -> None:
@@ -111,6 +109,8 @@ async def serve(settings: Settings) -> None:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloader: PolicyReloader | None = None
+    watcher: asyncio.Task[None] | None = None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
@@ -118,13 +118,14 @@ async def serve(settings: Settings) -> None:
         loading = loop.run_in_executor(None, build_pipeline, settings, metrics)
         done, _ = await asyncio.wait({loading, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
         if loading in done:
-            state.pipeline = loading.result()
+            state.pipeline, reloader = loading.result()
             state.pipeline.start()
+            if settings.watch_policies:
+                watcher = asyncio.create_task(reloader.watch(stop, force_polling=settings.policy_watch_polling))
             await set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("SERVING on %s", address)
             await stop.wait()
     except BaseException:
-        metrics.policy_reloads.labels("error").inc()
         await server.stop(None)
         raise
     log.info("draining: NOT_SERVING, finishing in-flight calls for up to %.0f s", settings.grace_period_s)
@@ -133,4 +134,8 @@ async def serve(settings: Settings) -> None:
     await server.stop(settings.grace_period_s)
     if state.pipeline is not None:
         await state.pipeline.close()
+    if watcher is not None:
+        await watcher
+    if reloader is not None:
+        reloader.close()
     log.info("stopped")
