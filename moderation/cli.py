@@ -53,6 +53,7 @@ def serve(
     from moderation.logs import configure_logging
     from moderation.policy import PolicyFileError
     from moderation.server.app import StartupError, serve as run_server
+    from moderation.server.auth import TokenFileError
 
     try:
         settings = load_settings(
@@ -71,7 +72,7 @@ def serve(
     configure_logging(settings.log_level, settings.log_format.value)
     try:
         asyncio.run(run_server(settings))
-    except (WeightsUnavailable, StartupError) as error:
+    except (WeightsUnavailable, StartupError, TokenFileError) as error:
         logging.getLogger("moderation").error("%s", error)
         raise typer.Exit(2) from None
     except PolicyFileError as error:

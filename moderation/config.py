@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 RANDOM_WEIGHTS = "random"
@@ -74,7 +74,14 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(64, ge=1, description="requests in flight before RESOURCE_EXHAUSTED")
     default_deadline_s: float = Field(10.0, gt=0, description="deadline applied when a caller sets none")
     grace_period_s: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight calls")
-    reflection: bool = True
+    reflection: bool = Field(True, description="gRPC server reflection (grpcurl list/describe)")
+    tls_cert: Path | None = Field(None, description="server certificate (PEM); with tls_key turns TLS on")
+    tls_key: Path | None = Field(None, description="server private key (PEM)")
+    tls_client_ca: Path | None = Field(None, description="CA bundle (PEM) for client certificates; set: mutual TLS required")
+    auth_tokens_file: Path | None = Field(None, description="file of 'name:token' lines; set: bearer token required")
+    audit_metadata_keys: list[str] = Field(
+        default_factory=list, description="request metadata keys whose values may appear in the audit log"
+    )
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
 
@@ -84,6 +91,14 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("clip_weights must be a pretrained tag, a checkpoint path or 'random'")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
 
     @property
     def random_weights(self) -> bool:

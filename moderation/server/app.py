@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 import torch
@@ -18,6 +19,7 @@ from moderation.imaging import DecodeLimits
 from moderation.metrics import ModerationMetrics
 from moderation.pipeline import ModerationPipeline
 from moderation.policy.registry import PolicyRegistry
+from moderation.server.auth import TokenAuth, TokenAuthInterceptor, load_tokens
 from moderation.server.reload import PolicyReloader
 from moderation.server.servicer import ModerationServicer, ServingState
 from moderation.v1 import moderation_pb2, moderation_pb2_grpc
@@ -74,18 +76,48 @@ def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[Mode
     return pipeline, reloader
 
 
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise StartupError(f"cannot read {path} ({err.strerror}); check {setting}") from err
+
+
+def _add_port(server: grpc.aio.Server, settings: Settings) -> int:
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert is None or settings.tls_key is None:
+        return server.add_insecure_port(address)
+    client_ca = _read(settings.tls_client_ca, "MODERATION_TLS_CLIENT_CA") if settings.tls_client_ca else None
+    credentials = grpc.ssl_server_credentials(
+        [(_read(settings.tls_key, "MODERATION_TLS_KEY"), _read(settings.tls_cert, "MODERATION_TLS_CERT"))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    return server.add_secure_port(address, credentials)
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT. Raises StartupError (and loading errors) when it cannot serve."""
     metrics = ModerationMetrics()
     state = ServingState()
+    auth = TokenAuth(load_tokens(settings.auth_tokens_file)) if settings.auth_tokens_file else None
     server = grpc.aio.server(
+        interceptors=[TokenAuthInterceptor(auth)] if auth else None,
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ]
     )
     moderation_pb2_grpc.add_ModerationServiceServicer_to_server(
-        ModerationServicer(state, settings.max_concurrent_requests, settings.max_image_bytes, settings.default_deadline_s), server
+        ModerationServicer(
+            state,
+            settings.max_concurrent_requests,
+            settings.max_image_bytes,
+            settings.default_deadline_s,
+            auth=auth,
+            audit_metadata_keys=tuple(settings.audit_metadata_keys),
+        ),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -96,7 +128,7 @@ async def serve(settings: Settings) -> None:
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, status)
 
-    bound_port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    bound_port = _add_port(server, settings)
     if bound_port == 0:
         raise StartupError(f"cannot bind gRPC port {settings.host}:{settings.port}; set MODERATION_PORT (--port) to a free port")
     address = f"{settings.host}:{bound_port}"
@@ -129,9 +161,13 @@ async def serve(settings: Settings) -> None:
         await server.stop(None)
         raise
     log.info("draining: NOT_SERVING, finishing in-flight calls for up to %.0f s", settings.grace_period_s)
-    state.draining = True
+    # Health first, so load balancers stop routing here; new calls get
+    # UNAVAILABLE from the servicer while the in-flight ones finish. Only then
+    # does the transport stop, so the stop itself cuts no call short.
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.stop(settings.grace_period_s)
+    if not await state.drain(settings.grace_period_s):
+        log.warning("grace period over with %d calls still in flight; cancelling them", state.in_flight)
+    await server.stop(1.0)
     if state.pipeline is not None:
         await state.pipeline.close()
     if watcher is not None:

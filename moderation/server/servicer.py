@@ -11,7 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -20,6 +20,7 @@ from moderation.imaging import ImageRejected
 from moderation.pipeline import ModerationPipeline, ModerationResult
 from moderation.policy.registry import PolicyNotFound
 from moderation.server import convert
+from moderation.server.auth import TokenAuth, caller_identity
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
@@ -47,6 +48,28 @@ class ServingState:
 
     pipeline: ModerationPipeline | None = None
     draining: bool = False
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new calls, then wait for in-flight ones; False if some are still running."""
+        self.draining = True
+        if self.in_flight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
 
 
 def status_for(err: BaseException, request_id: str, deadline_s: float) -> ServiceError:
@@ -65,12 +88,21 @@ def status_for(err: BaseException, request_id: str, deadline_s: float) -> Servic
 
 
 class ModerationServicer(pb_grpc.ModerationServiceServicer):
-    def __init__(self, state: ServingState, max_in_flight: int, max_image_bytes: int, default_deadline_s: float):
+    def __init__(
+        self,
+        state: ServingState,
+        max_in_flight: int,
+        max_image_bytes: int,
+        default_deadline_s: float,
+        auth: TokenAuth | None = None,
+        audit_metadata_keys: tuple[str, ...] = (),
+    ):
         self._state = state
+        self._auth = auth
+        self._audit_metadata_keys = frozenset(audit_metadata_keys)
         self._max_in_flight = max_in_flight
         self._max_image_bytes = max_image_bytes
         self._default_deadline_s = default_deadline_s
-        self._in_flight = 0
 
     def _pipeline(self) -> ModerationPipeline:
         if self._state.draining:
@@ -90,12 +122,12 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the image is {len(request.image):,} bytes; the limit is {self._max_image_bytes:,} bytes (setting max_image_bytes)",
             )
-        if self._in_flight >= self._max_in_flight:
+        if self._state.in_flight >= self._max_in_flight:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the server is at its limit of {self._max_in_flight} requests in flight; retry with backoff",
             )
-        self._in_flight += 1
+        self._state.started()
         pipeline.metrics.in_flight.inc()
         try:
             return await asyncio.wait_for(
@@ -103,17 +135,17 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
                 timeout=deadline_s,
             )
         finally:
-            self._in_flight -= 1
+            self._state.finished()
             pipeline.metrics.in_flight.dec()
 
-    async def _moderate_recorded(self, request: pb.ModerateRequest, deadline_s: float) -> pb.ModerateResponse:
+    async def _moderate_recorded(self, request: pb.ModerateRequest, deadline_s: float, caller: str) -> pb.ModerateResponse:
         """Moderate one request, count it and write its audit line; raise ServiceError on failure."""
         request_id = request.request_id or uuid.uuid4().hex
         policy_label, action, code = self._policy_label(request.policy_id), "none", grpc.StatusCode.OK
         try:
             result = await self._moderate(request, request_id, deadline_s)
             action = result.decision.action.value
-            _audit(result)
+            _audit(result, caller, {k: v for k, v in request.metadata.items() if k in self._audit_metadata_keys})
             return convert.result_to_pb(result)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -142,7 +174,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
 
     async def Moderate(self, request: pb.ModerateRequest, context: grpc.aio.ServicerContext) -> pb.ModerateResponse:
         try:
-            return await self._moderate_recorded(request, self._deadline(context))
+            return await self._moderate_recorded(request, self._deadline(context), caller_identity(context, self._auth))
         except ServiceError as err:
             await context.abort(err.code, err.message)
             raise  # unreachable: abort raises
@@ -153,13 +185,14 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         window = asyncio.Semaphore(STREAM_WINDOW)
         results: asyncio.Queue[pb.ModerateStreamResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
+        caller = caller_identity(context, self._auth)
 
         async def handle(item: pb.ModerateStreamRequest) -> None:
             request = item.request
             if not request.request_id:
                 request.request_id = uuid.uuid4().hex
             try:
-                response = await self._moderate_recorded(request, self._deadline(context))
+                response = await self._moderate_recorded(request, self._deadline(context), caller)
                 await results.put(pb.ModerateStreamResponse(request_id=request.request_id, response=response))
             except ServiceError as err:
                 error = pb.ModerateStreamError(code=err.code.value[0], message=err.message)
@@ -208,13 +241,15 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         return convert.policy_to_pb(served, served.policy.id == registry.default_id)
 
 
-def _audit(result: ModerationResult) -> None:
+def _audit(result: ModerationResult, caller: str, metadata: dict[str, str]) -> None:
     decision = result.decision
     audit.info(
         "decision",
         extra={
             "fields": {
                 "request_id": result.request_id,
+                "caller": caller,
+                "metadata": metadata,
                 "policy_id": decision.policy_id,
                 "policy_version": decision.policy_version,
                 "model": result.model_id,

@@ -29,14 +29,27 @@ class RunningServer:
     metrics_url: str
     process: subprocess.Popen
     log_path: Path
+    credentials: grpc.ChannelCredentials | None = None
+
+    def channel(self, **options: object) -> grpc.Channel:
+        return open_channel(self.target, self.credentials, **options)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_until_serving(target: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 180.0) -> None:
+def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None, **options: object) -> grpc.Channel:
+    pairs = [(f"grpc.{k}", v) for k, v in options.items()]
+    if credentials is None:
+        return grpc.insecure_channel(target, options=pairs)
+    return grpc.secure_channel(target, credentials, options=pairs)
+
+
+def wait_until_serving(
+    target: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 180.0, credentials: grpc.ChannelCredentials | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -51,7 +64,9 @@ def wait_until_serving(target: str, process: subprocess.Popen, log_path: Path, t
 
 
 @contextlib.contextmanager
-def running_server(log_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+def running_server(
+    log_dir: Path, *args: str, env: dict[str, str] | None = None, credentials: grpc.ChannelCredentials | None = None
+) -> Iterator[RunningServer]:
     port, metrics_port = free_port(), free_port()
     log_path = log_dir / f"server-{port}.log"
     command = [
@@ -60,10 +75,11 @@ def running_server(log_dir: Path, *args: str, env: dict[str, str] | None = None)
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    target = f"127.0.0.1:{port}"
+    # With TLS the certificate names localhost, so the client must too.
+    target = f"{'localhost' if credentials else '127.0.0.1'}:{port}"
     try:
-        wait_until_serving(target, process, log_path)
-        yield RunningServer(target, f"http://127.0.0.1:{metrics_port}/metrics", process, log_path)
+        wait_until_serving(target, process, log_path, credentials=credentials)
+        yield RunningServer(target, f"http://127.0.0.1:{metrics_port}/metrics", process, log_path, credentials)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

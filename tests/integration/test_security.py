@@ -1,0 +1,96 @@
+"""Bearer tokens, mutual TLS, reflection off, and what the audit log may contain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moderation.v1 import moderation_pb2 as pb
+from moderation.v1 import moderation_pb2_grpc as pb_grpc
+from tests import images
+from tests.conftest import POLICIES, TINY_CLIP
+from tests.integration.server import running_server
+from tests.integration.test_grpcurl import grpcurl_binary
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cr3t-token-for-upstream-a"
+TINY = ("--policies", str(POLICIES), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random")
+
+
+def audit_lines(log_text: str) -> list[dict]:
+    return [json.loads(line) for line in log_text.splitlines() if line.startswith("{") and '"logger": "moderation.audit"' in line]
+
+
+def test_bearer_tokens_and_audit_metadata_allow_list(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# name:token\nupstream-a:{TOKEN}\n")
+    env = {"MODERATION_AUTH_TOKENS_FILE": str(tokens), "MODERATION_AUDIT_METADATA_KEYS": '["tenant"]'}
+    with running_server(tmp_path, *TINY, env=env) as server, server.channel() as channel:
+        stub = pb_grpc.ModerationServiceStub(channel)
+        request = pb.ModerateRequest(request_id="sec-1", image=images.astronaut_jpeg(), metadata={"tenant": "acme", "note": "private-value"})
+        for metadata in ((), (("authorization", "Bearer wrong-token-0000000000"),), (("authorization", TOKEN),)):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Moderate(request, metadata=metadata, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "bearer token" in caught.value.details()
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.ModerateStream(iter([pb.ModerateStreamRequest(request=request)]), timeout=30))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        response = stub.Moderate(request, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=30)
+        assert response.request_id == "sec-1"
+
+    (line,) = [entry for entry in audit_lines(server.log_text()) if entry["request_id"] == "sec-1"]
+    assert line["caller"] == "token:upstream-a"
+    assert line["metadata"] == {"tenant": "acme"}
+    assert TOKEN not in server.log_text() and "private-value" not in server.log_text()
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(directory: Path) -> None:
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca", cwd=directory)
+    for name, extension in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"), ("client-a", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.pem",
+                "-days", "2", "-extfile", f"{name}.ext", cwd=directory)  # fmt: skip
+
+
+def test_mutual_tls_identity_and_reflection_off(tmp_path: Path) -> None:
+    make_pki(tmp_path)
+    env = {
+        "MODERATION_TLS_CERT": str(tmp_path / "server.pem"),
+        "MODERATION_TLS_KEY": str(tmp_path / "server.key"),
+        "MODERATION_TLS_CLIENT_CA": str(tmp_path / "ca.pem"),
+        "MODERATION_REFLECTION": "false",
+    }
+    ca = (tmp_path / "ca.pem").read_bytes()
+    credentials = grpc.ssl_channel_credentials(ca, (tmp_path / "client-a.key").read_bytes(), (tmp_path / "client-a.pem").read_bytes())
+    with running_server(tmp_path, *TINY, env=env, credentials=credentials) as server:
+        with server.channel() as channel:
+            response = pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(request_id="tls-1", image=images.astronaut_jpeg()), timeout=30)
+            assert response.categories
+
+        # TLS without a client certificate is refused during the handshake.
+        with grpc.secure_channel(server.target, grpc.ssl_channel_credentials(ca)) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(image=images.astronaut_jpeg()), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        listed = subprocess.run(
+            [grpcurl_binary(), "-cacert", str(tmp_path / "ca.pem"), "-cert", str(tmp_path / "client-a.pem"), "-key", str(tmp_path / "client-a.key"),
+             server.target, "list"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert listed.returncode != 0 and "does not support the reflection API" in listed.stderr
+
+    (line,) = [entry for entry in audit_lines(server.log_text()) if entry["request_id"] == "tls-1"]
+    assert line["caller"] == "mtls:client-a"
