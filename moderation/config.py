@@ -58,6 +58,11 @@ class Settings(BaseSettings):
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="largest width x height accepted")
+    sample_frames: int = Field(8, ge=1, le=64, description="frames of an animation scored, spread from first to last")
+    max_frames: int = Field(1000, ge=1, description="animations with more frames are rejected")
+    max_animation_pixels: int = Field(
+        400_000_000, ge=1024, description="pixels decoded in total to reach the sampled frames of an animation"
+    )
     max_message_bytes: int | None = Field(
         None,
         ge=1024,

@@ -17,7 +17,7 @@ import torch
 from moderation.clip.batcher import MicroBatcher
 from moderation.clip.scorer import ClipScorer, PolicyTextIndex
 from moderation.decision import Band, Decision, decide
-from moderation.imaging import DecodeLimits, decode_image
+from moderation.imaging import DecodeLimits, decode_frames
 from moderation.metrics import ModerationMetrics
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
 
@@ -49,12 +49,32 @@ class StageTimings:
 
 
 @dataclass(frozen=True, slots=True)
+class FrameSample:
+    """Which frames were scored, and per category the frame that set its score."""
+
+    indices: tuple[int, ...] = (0,)
+    total: int = 1
+    deciding: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class ModerationResult:
     request_id: str
     decision: Decision
     model_id: str
     timings: StageTimings
     escalation: EscalationOutcome = field(default_factory=EscalationOutcome)
+    frames: FrameSample = field(default_factory=FrameSample)
+
+
+def most_severe_frame(per_frame: list[dict[str, float]], indices: tuple[int, ...]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per category, the highest score over the frames and the frame it came from."""
+    scores, deciding = {}, {}
+    for category_id in per_frame[0]:
+        best = max(range(len(per_frame)), key=lambda i: per_frame[i][category_id])
+        scores[category_id] = per_frame[best][category_id]
+        deciding[category_id] = indices[best]
+    return scores, deciding
 
 
 class ModerationPipeline:
@@ -85,9 +105,10 @@ class ModerationPipeline:
         """Start the batch worker; call on the serving event loop."""
         self.batcher.start()
 
-    def _decode_and_preprocess(self, image: bytes) -> torch.Tensor:
-        decoded = decode_image(image, self.limits)
-        return self.scorer.clip.preprocess(decoded).unsqueeze(0)
+    def _decode_and_preprocess(self, image: bytes) -> tuple[torch.Tensor, tuple[int, ...], int]:
+        decoded = decode_frames(image, self.limits)
+        pixels = torch.stack([self.scorer.clip.preprocess(frame) for frame in decoded.frames])
+        return pixels, decoded.frame_indices, decoded.total_frames
 
     async def moderate(
         self,
@@ -104,10 +125,11 @@ class ModerationPipeline:
         # Look the policy up once: the request finishes on the version it started with.
         served: ServedPolicy[PolicyTextIndex] = self.registry.get(policy_id)
 
-        pixels = await loop.run_in_executor(self._decode_pool, self._decode_and_preprocess, image)
+        pixels, frame_indices, total_frames = await loop.run_in_executor(self._decode_pool, self._decode_and_preprocess, image)
         decoded = time.perf_counter()
+        # All sampled frames of an animation go through the model in one batch.
         embeddings = await self.batcher.embed(pixels, deadline)
-        scores = self.scorer.score(embeddings, served.compiled)[0]
+        scores, deciding = most_severe_frame(self.scorer.score(embeddings, served.compiled), frame_indices)
         embedded = time.perf_counter()
         decision = decide(scores, served.policy)
         decided = time.perf_counter()
@@ -120,7 +142,8 @@ class ModerationPipeline:
             total_ms=(time.perf_counter() - started) * 1e3,
         )
         self._observe(decision, timings)
-        return ModerationResult(request_id, decision, self.scorer.model_id, timings, escalation)
+        frames = FrameSample(frame_indices, total_frames, deciding)
+        return ModerationResult(request_id, decision, self.scorer.model_id, timings, escalation, frames)
 
     @staticmethod
     def _escalation(decision: Decision, forced: bool) -> EscalationOutcome:

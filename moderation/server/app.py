@@ -62,6 +62,9 @@ def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[Mode
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
         draft_size=scorer.clip.image_size if settings.jpeg_draft else None,
+        sample_frames=settings.sample_frames,
+        max_frames=settings.max_frames,
+        max_animation_pixels=settings.max_animation_pixels,
     )
     pipeline = ModerationPipeline(
         scorer,

@@ -30,9 +30,12 @@ def result_to_pb(result: ModerationResult) -> pb.ModerateResponse:
                 band=BAND_TO_PB[c.band],
                 clause_id=c.clause_id,
                 action=ACTION_TO_PB[c.action],
+                frame_index=result.frames.deciding.get(c.category_id, 0),
             )
             for c in decision.categories
         ],
+        frames_scored=len(result.frames.indices),
+        frames_total=result.frames.total,
         escalation=pb.Escalation(status=ESCALATION_TO_PB[result.escalation.status], reason=result.escalation.reason),
         timings=pb.StageTimings(
             decode_ms=result.timings.decode_ms,

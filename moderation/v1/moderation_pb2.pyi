@@ -68,7 +68,7 @@ class ModerateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., policy_id: _Optional[str] = ..., force_escalation: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CategoryResult(_message.Message):
-    __slots__ = ("id", "score", "review_threshold", "block_threshold", "band", "clause_id", "action")
+    __slots__ = ("id", "score", "review_threshold", "block_threshold", "band", "clause_id", "action", "frame_index")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class CategoryResult(_message.Message):
     BAND_FIELD_NUMBER: _ClassVar[int]
     CLAUSE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     review_threshold: float
@@ -83,7 +84,8 @@ class CategoryResult(_message.Message):
     band: Band
     clause_id: str
     action: Action
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., band: _Optional[_Union[Band, str]] = ..., clause_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ...) -> None: ...
+    frame_index: int
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., band: _Optional[_Union[Band, str]] = ..., clause_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., frame_index: _Optional[int] = ...) -> None: ...
 
 class Escalation(_message.Message):
     __slots__ = ("status", "violates", "category_id", "clause_id", "rationale", "confidence", "model", "latency_ms", "reason")
@@ -122,7 +124,7 @@ class StageTimings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., embed_ms: _Optional[float] = ..., decide_ms: _Optional[float] = ..., escalation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class ModerateResponse(_message.Message):
-    __slots__ = ("request_id", "action", "policy_id", "policy_version", "model", "categories", "escalation", "timings", "reasons")
+    __slots__ = ("request_id", "action", "policy_id", "policy_version", "model", "categories", "escalation", "timings", "reasons", "frames_scored", "frames_total")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     POLICY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +134,8 @@ class ModerateResponse(_message.Message):
     ESCALATION_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_SCORED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     action: Action
     policy_id: str
@@ -141,7 +145,9 @@ class ModerateResponse(_message.Message):
     escalation: Escalation
     timings: StageTimings
     reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., model: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[CategoryResult, _Mapping]]] = ..., escalation: _Optional[_Union[Escalation, _Mapping]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    frames_scored: int
+    frames_total: int
+    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., model: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[CategoryResult, _Mapping]]] = ..., escalation: _Optional[_Union[Escalation, _Mapping]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., frames_scored: _Optional[int] = ..., frames_total: _Optional[int] = ...) -> None: ...
 
 class ModerateStreamRequest(_message.Message):
     __slots__ = ("request",)

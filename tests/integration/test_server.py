@@ -152,3 +152,31 @@ def test_metrics_expose_histograms_and_counts(server: RunningServer, stub: pb_gr
     assert {"policy": "default", "version": DEFAULT_POLICY.version, "model": info[0]["model"]} in info
     thresholds = {(s.labels["category"], s.labels["threshold"]): s.value for s in families["moderation_category_threshold"].samples}
     assert thresholds[("weapons", "block")] == pytest.approx(DEFAULT_POLICY.category("weapons").thresholds.block)
+
+
+def test_animation_takes_the_most_severe_sampled_frame(stub: pb_grpc.ModerationServiceStub) -> None:
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+    frames = [Image.fromarray(sources[i % 3]).resize((96, 96)) for i in range(12)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    response = stub.Moderate(pb.ModerateRequest(image=buffer.getvalue()), timeout=30)
+    assert (response.frames_scored, response.frames_total) == (8, 12)
+
+    # Each sampled frame on its own, losslessly: the animation's score per category
+    # must be the highest of them, and name the frame it came from.
+    gif = Image.open(io.BytesIO(buffer.getvalue()))
+    sampled = sorted({round(i * 11 / 7) for i in range(8)})
+    per_frame = {}
+    for index in sampled:
+        gif.seek(index)
+        still = stub.Moderate(pb.ModerateRequest(image=images.encode(gif.convert("RGB"), "PNG")), timeout=30)
+        per_frame[index] = {c.id: c.score for c in still.categories}
+    for category in response.categories:
+        best = max(sampled, key=lambda i: per_frame[i][category.id])
+        assert category.score == pytest.approx(per_frame[best][category.id], abs=1e-4)
+        assert category.frame_index == best

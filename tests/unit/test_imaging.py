@@ -94,3 +94,35 @@ def test_first_frame_of_animation() -> None:
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
     image = decode_image(buffer.getvalue(), LIMITS)
     assert image.getpixel((0, 0))[2] > 200
+
+
+def animated_gif(count: int, size: tuple[int, int] = (16, 16)) -> bytes:
+    frames = [Image.new("RGB", size, (i * 255 // max(count - 1, 1), 0, 0)) for i in range(count)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=40)
+    return buffer.getvalue()
+
+
+def test_animation_frames_are_sampled_from_first_to_last() -> None:
+    from moderation.imaging import decode_frames
+
+    decoded = decode_frames(animated_gif(30), LIMITS)
+    assert decoded.total_frames == 30
+    assert decoded.frame_indices[0] == 0 and decoded.frame_indices[-1] == 29 and len(decoded.frame_indices) == 8
+    reds = [frame.getpixel((0, 0))[0] for frame in decoded.frames]
+    assert reds == sorted(reds) and reds[-1] > 240, "the last frame is really decoded, not a copy of the first"
+
+
+def test_short_animation_scores_every_frame() -> None:
+    from moderation.imaging import decode_frames
+
+    assert decode_frames(animated_gif(3), LIMITS).frame_indices == (0, 1, 2)
+
+
+def test_animation_bounds() -> None:
+    from moderation.imaging import decode_frames
+
+    with pytest.raises(ImageRejected, match=r"has 30 frames; the limit is 10 \(setting max_frames\)"):
+        decode_frames(animated_gif(30), DecodeLimits(max_frames=10))
+    with pytest.raises(ImageRejected, match=r"would decode 7,680 pixels; the limit is 5,000 \(setting max_animation_pixels\)"):
+        decode_frames(animated_gif(30), DecodeLimits(max_animation_pixels=5000))
