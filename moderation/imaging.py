@@ -7,7 +7,8 @@ Everything here runs in a worker thread, never on the event loop. Errors are
 from __future__ import annotations
 
 import io
-import struct
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,10 +16,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
-# PIL's own bomb guard fires inside Image.open with a message that omits the
-# dimensions. `_check_pixels` applies the configured limit right after the
-# header is parsed and before any pixel is decoded, so it is the one in force.
-Image.MAX_IMAGE_PIXELS = None
+# Sizes between the limit and twice it are rejected by _check_pixels with a
+# clearer sentence than PIL's warning.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_PIL_BOMB = re.compile(r"Image size \((\d+) pixels\)")
 
 
 class ImageRejected(ValueError):
@@ -64,6 +65,12 @@ def decode_frames(data: bytes, limits: DecodeLimits, sample_frames: int | None =
         raise ImageRejected(
             f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes (setting max_image_bytes)"
         )
+    # PIL's own guard must stay on: it is what stops a later animation frame
+    # that declares billions of pixels (found by the fuzzer) before it is
+    # allocated. It raises above twice MAX_IMAGE_PIXELS; `_check_pixels` names
+    # the exact limit for sizes in between. The server uses one limit for all
+    # requests, so this process-wide value is the same for every thread.
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         _check_pixels(image, limits)
@@ -77,6 +84,7 @@ def decode_frames(data: bytes, limits: DecodeLimits, sample_frames: int | None =
         for index in indices:
             if total > 1:
                 image.seek(index)
+                _check_pixels(image, limits)  # frames may declare their own, larger size
             image.load()
             frames.append(_to_rgb(ImageOps.exif_transpose(image)))
         return DecodedImage(tuple(frames), indices, total)
@@ -87,9 +95,16 @@ def decode_frames(data: bytes, limits: DecodeLimits, sample_frames: int | None =
             f"the bytes are not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"
         ) from err
     except Image.DecompressionBombError as err:
-        raise ImageRejected(f"the image declares more pixels than the limit of {limits.max_pixels:,}") from err
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, MemoryError) as err:
-        # PIL signals truncated and corrupt data with a zoo of exception types.
+        found = _PIL_BOMB.search(str(err))
+        declared = f"{int(found.group(1)):,} pixels" if found else "more than twice the limit"
+        raise ImageRejected(
+            f"the image declares {declared}; the limit is {limits.max_pixels:,} (setting max_image_pixels)"
+        ) from err
+    except Exception as err:  # noqa: BLE001
+        # PIL signals truncated and corrupt data with a zoo of exception types
+        # (OSError, SyntaxError, ValueError, TypeError from TIFF tags, struct.error,
+        # MemoryError...); the fuzz test keeps finding new ones. On hostile bytes
+        # every one of them means the same thing to the caller.
         raise ImageRejected(f"the image data is truncated or corrupt ({type(err).__name__})") from err
 
 

@@ -77,7 +77,7 @@ def test_header_claiming_huge_dimensions_is_refused_before_decoding() -> None:
     # A 1-bit PNG of 30000 x 30000 compresses to a few kB: a decompression bomb.
     bomb = images.encode(Image.new("1", (30000, 30000)), "PNG")
     assert len(bomb) < 200_000
-    with pytest.raises(ImageRejected, match=r"30000x30000 = 900,000,000 pixels; the limit is 4,000,000"):
+    with pytest.raises(ImageRejected, match=r"declares 900,000,000 pixels; the limit is 4,000,000 \(setting max_image_pixels\)"):
         decode_image(bomb, LIMITS)
 
 
@@ -126,3 +126,13 @@ def test_animation_bounds() -> None:
         decode_frames(animated_gif(30), DecodeLimits(max_frames=10))
     with pytest.raises(ImageRejected, match=r"would decode 7,680 pixels; the limit is 5,000 \(setting max_animation_pixels\)"):
         decode_frames(animated_gif(30), DecodeLimits(max_animation_pixels=5000))
+
+
+def test_regression_animation_frame_declaring_gigapixels_is_refused_before_allocation() -> None:
+    """Found by the fuzzer: frame 1 of a 32x24 GIF declares 6 billion pixels (an OOM before the fix)."""
+    from moderation.imaging import decode_frames
+    from tests.conftest import ROOT
+
+    data = (ROOT / "tests/fixtures/fuzz/gif-later-frame-6-gigapixels.gif").read_bytes()
+    with pytest.raises(ImageRejected, match=r"declares 6,083,947,044 pixels; the limit is 4,000,000"):
+        decode_frames(data, LIMITS)
