@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from pydantic import ValidationError
@@ -20,8 +20,14 @@ from rich.table import Table
 
 from moderation.config import Device, LogFormat, load_settings
 
+if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not load torch
+    from moderation.clip import ClipScorer
+    from moderation.offline import CaseOutcome
+    from moderation.policy import Policy
+    from moderation.policy.golden import CasesFile
+
 app = typer.Typer(help="Image moderation over gRPC: CLIP zero-shot scoring against YAML policies.", no_args_is_help=True)
-policy_app = typer.Typer(help="Validate and inspect policy files.", no_args_is_help=True)
+policy_app = typer.Typer(help="Validate, test, calibrate and compare policy files.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
 # soft_wrap: long lines stay whole so file:line prefixes can be grepped.
@@ -32,6 +38,13 @@ err = Console(stderr=True, soft_wrap=True)
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
+
+
+# The offline policy commands load the model in-process; flags and MODERATION_* env
+# resolve as for `serve`, so they score with the model the server would run.
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="open_clip name, hf-hub:org/repo or local-dir:/path (default: as serve)")]
+WeightsOption = Annotated[Optional[str], typer.Option("--weights", help="pretrained tag, checkpoint path, or 'random' (default: as serve)")]
+DeviceOption = Annotated[Optional[Device], typer.Option("--device", help="cpu, cuda or auto")]
 
 
 @app.command()
@@ -177,6 +190,131 @@ def policy_validate(files: Annotated[list[Path], typer.Argument(help="policy YAM
     if bad:
         err.print(f"{bad} of {len(files)} policy files are invalid", highlight=False)
         raise typer.Exit(1)
+
+
+@policy_app.command("test")
+def policy_test(
+    files: Annotated[list[Path], typer.Argument(help="policy YAML files; each one's cases are read from tests/NAME.tests.yaml beside it")],
+    cases: Annotated[Optional[Path], typer.Option(help="cases file to use instead (only with one policy file)")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = None,
+    check_only: Annotated[
+        bool,
+        typer.Option(
+            "--check-only",
+            help="check cases, images and category ids and score every image, without comparing actions; on by itself with random weights",
+        ),
+    ] = False,
+) -> None:
+    """Score each policy's golden cases in-process and compare expected with actual decisions."""
+    from moderation.offline import check_golden_cases
+    from moderation.policy import PolicyFileError, load_policy_file
+    from moderation.policy.golden import cases_path_for, load_cases_file, problems_against_policy
+    from moderation.policy.schema import normalise_model_id
+
+    if cases is not None and len(files) != 1:
+        raise _fail("--cases names the cases of one policy; give exactly one policy file with it")
+    suites = []
+    failed = 0
+    for path in files:
+        try:
+            policy, _ = load_policy_file(path)
+            cases_file = load_cases_file(cases or cases_path_for(path))
+            problems = problems_against_policy(cases_file, policy)
+            if problems:
+                raise PolicyFileError(problems)
+        except PolicyFileError as error:
+            failed += 1
+            for problem in error.problems:
+                err.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
+            continue
+        suites.append((path, policy, cases_file))
+    if suites:
+        scorer = _load_offline_scorer(model, weights, device)
+        if scorer.random_weights:
+            check_only = True
+        if check_only:
+            why = f"model {scorer.model_id} has random weights" if scorer.random_weights else "--check-only"
+            out.print(
+                f"[bold yellow]CHECK-ONLY[/] ({escape(why)}): cases, images and category ids are checked and every image is "
+                "scored, but expected actions are [bold]not compared[/].",
+                highlight=False,
+            )
+    for path, policy, cases_file in suites:
+        if not check_only and policy.model and normalise_model_id(policy.model) != normalise_model_id(scorer.model_id):
+            failed += 1
+            err.print(
+                f"[red]✗[/] {escape(str(path))}: thresholds were calibrated for model {escape(policy.model)!r} but this run uses "
+                f"{escape(scorer.model_id)!r}; pass --model/--weights for it, or --check-only",
+                highlight=False,
+            )
+            continue
+        outcomes = check_golden_cases(scorer, policy, cases_file, compare=not check_only)
+        _print_case_outcomes(path, policy, cases_file, outcomes, check_only)
+        failed += any(not outcome.passed for outcome in outcomes)
+    if failed:
+        err.print(f"{failed} of {len(files)} policies failed their tests", highlight=False)
+        raise typer.Exit(1)
+
+
+def _print_case_outcomes(policy_path: Path, policy: Policy, cases_file: CasesFile, outcomes: list[CaseOutcome], check_only: bool) -> None:
+    from moderation.decision import Band
+
+    title = f"{policy_path}: {policy.id}@{policy.version}, cases from {cases_file.path}"
+    table = Table(title=escape(title), title_justify="left")
+    for column in ("image", "expected", "actual", "categories at or above review (score)", "result"):
+        table.add_column(column, overflow="fold")
+    for outcome in outcomes:
+        case, decision = outcome.case, outcome.decision
+        expected = case.expect.value + (f" flagged={sorted(case.flagged)}" if case.flagged is not None else "")
+        expected += "".join(f" {cid}={band.value}" for cid, band in case.bands.items())
+        if decision is None:
+            actual, categories = "-", "-"
+        else:
+            actual = decision.action.value
+            flagged = [c for c in decision.categories if c.band is not Band.BELOW]
+            top = max(decision.categories, key=lambda c: c.score)
+            categories = ", ".join(f"{c.category_id} {c.band.value} ({c.score:.3f})" for c in flagged) or f"none (top: {top.category_id} {top.score:.3f})"
+        if not outcome.passed:
+            result = "[red]✗ fail[/]"
+        else:
+            result = "[yellow]checked[/]" if check_only else "[green]✓ pass[/]"
+        table.add_row(escape(case.image), escape(expected), actual, escape(categories), result)
+    out.print(table)
+    for outcome in outcomes:
+        for problem in outcome.problems:
+            out.print(f"[red]✗[/] {escape(f'{cases_file.path}: {outcome.case.image}: {problem}')}", highlight=False)
+    passed = sum(outcome.passed for outcome in outcomes)
+    verdict = "checked, actions not compared" if check_only else "passed"
+    out.print(f"{policy.id}: {passed} of {len(outcomes)} cases {verdict}", highlight=False)
+
+
+def _load_offline_scorer(model: str | None, weights: str | None, device: Device | None) -> ClipScorer:
+    """The CLIP scorer the server would build from these flags and the environment, in-process."""
+    import torch
+
+    from moderation.clip import ClipModelSpec, ClipScorer, WeightsUnavailable, load_clip
+    from moderation.server.app import StartupError, resolve_device
+
+    try:
+        settings = load_settings(None, clip_model=model, clip_weights=weights, device=device)
+    except (ValidationError, FileNotFoundError) as error:
+        raise _fail(f"invalid settings: {error}") from None
+    try:
+        spec = ClipModelSpec(
+            model=settings.clip_model,
+            weights=settings.clip_weights,
+            cache_dir=settings.weights_cache,
+            device=resolve_device(settings.device),
+            allow_downloads=settings.allow_downloads,
+        )
+        if spec.random:
+            # Meaningless weights, but the same ones on every run: CI output is reproducible.
+            torch.manual_seed(0)
+        return ClipScorer(load_clip(spec))
+    except (WeightsUnavailable, StartupError) as error:
+        raise _fail(str(error)) from None
 
 
 def main() -> None:  # pragma: no cover - console entry
