@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not l
     from moderation.offline import CaseOutcome
     from moderation.policy import Policy
     from moderation.policy.golden import CasesFile
+    from moderation.policy_calibration import PolicyCalibration
 
 app = typer.Typer(help="Image moderation over gRPC: CLIP zero-shot scoring against YAML policies.", no_args_is_help=True)
 policy_app = typer.Typer(help="Validate, test, calibrate and compare policy files.", no_args_is_help=True)
@@ -288,6 +289,134 @@ def _print_case_outcomes(policy_path: Path, policy: Policy, cases_file: CasesFil
     passed = sum(outcome.passed for outcome in outcomes)
     verdict = "checked, actions not compared" if check_only else "passed"
     out.print(f"{policy.id}: {passed} of {len(outcomes)} cases {verdict}", highlight=False)
+
+
+@policy_app.command("calibrate")
+def policy_calibrate(
+    policy_file: Annotated[Path, typer.Argument(help="the policy YAML file to calibrate", dir_okay=False)],
+    labels: Annotated[Path, typer.Option(help="labelled images: a folder LABELS/<category id or benign>/<image>, or a CSV with path,label")],
+    target_precision: Annotated[float, typer.Option(help="block threshold: lowest score threshold with at least this precision")] = 0.95,
+    target_recall: Annotated[
+        Optional[float], typer.Option(help="review threshold: highest score threshold with at least this recall (0.90 when no --max-review-rate)")
+    ] = None,
+    max_review_rate: Annotated[
+        Optional[float], typer.Option(help="review budget: share of labelled images one category may send to REVIEW; raises the review threshold")
+    ] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the proposed policy, report.html and scores.csv (default calibration-POLICY_ID)")] = None,
+    version: Annotated[Optional[str], typer.Option(help="version of the proposed policy (default: the next one, e.g. today's date .1)")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = None,
+    open_report: Annotated[bool, typer.Option("--open", help="open the report in a web browser")] = False,
+) -> None:
+    """Score labelled images, propose review/block thresholds per category, write the next policy version and a report."""
+    import difflib
+    from datetime import date
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from moderation.calibration import CalibrationTargets
+    from moderation.calibration_report import render_report
+    from moderation.labels import LabelsError, read_labels
+    from moderation.offline import score_image_files
+    from moderation.policy import PolicyFileError, load_policy_file
+    from moderation.policy.rewrite import RewriteError
+    from moderation.policy_calibration import calibrate_policy
+
+    try:
+        policy, policy_text = load_policy_file(policy_file)
+    except PolicyFileError as error:
+        raise _fail(f"invalid policy: {error.problems[0]}" + (f" (and {len(error.problems) - 1} more problems)" if len(error.problems) > 1 else "")) from None
+    try:
+        targets = CalibrationTargets(precision=target_precision, recall=target_recall, max_review_rate=max_review_rate)
+        images = read_labels(labels, [c.id for c in policy.categories])
+    except (ValueError, LabelsError) as error:
+        raise _fail(str(error)) from None
+    scorer = _load_offline_scorer(model, weights, device)
+    if scorer.random_weights:
+        err.print(f"[bold yellow]warning:[/] model {escape(scorer.model_id)} has random weights: the proposed thresholds mean nothing", highlight=False)
+
+    index = scorer.index_policy(policy)
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("scoring", total=len(images))
+        scored = score_image_files(scorer, index, [image.path for image in images], on_scored=lambda n: progress.advance(task, n))
+    unreadable = [f"{result.path}: {result.error}" for result in scored if result.scores is None]
+    for line in unreadable:
+        err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
+    kept = [(image, result.scores) for image, result in zip(images, scored, strict=True) if result.scores is not None]
+    if not kept:
+        raise _fail(f"none of the {len(images)} labelled images could be scored")
+
+    try:
+        result = calibrate_policy(
+            policy,
+            policy_text,
+            [image.labels for image, _ in kept],
+            [scores for _, scores in kept],
+            targets,
+            scorer.model_id,
+            date.today(),
+            version=version,
+            source=str(policy_file),
+        )
+    except (RewriteError, PolicyFileError) as error:
+        raise _fail(str(error).splitlines()[0]) from None
+
+    out_dir = out_dir or Path(f"calibration-{policy.id}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proposed_path = out_dir / policy_file.name
+    proposed_path.write_text(result.proposed_text, encoding="utf-8")
+    _write_scores_csv(out_dir / "scores.csv", [image.path for image, _ in kept], result)
+    report_path = out_dir / "report.html"
+    report_path.write_text(render_report(result, str(labels), scorer.random_weights, unreadable, str(proposed_path)), encoding="utf-8")
+
+    _print_calibration(result)
+    for line in difflib.unified_diff(policy_text.splitlines(), result.proposed_text.splitlines(), str(policy_file), str(proposed_path), lineterm=""):
+        style = "bold" if line.startswith(("---", "+++")) else {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
+        out.print(escape(line), style=style, highlight=False)
+    out.print(f"wrote {proposed_path}, {report_path} and {out_dir / 'scores.csv'}", highlight=False)
+    if open_report:
+        import webbrowser
+
+        webbrowser.open(report_path.resolve().as_uri())
+
+
+def _print_calibration(result: PolicyCalibration) -> None:
+    table = Table(
+        title=escape(f"{result.policy.id}: {result.policy.version} -> {result.proposed.version} ({len(result.labels)} labelled images, model {result.model_id})"),
+        title_justify="left",
+    )
+    for column in ("category", "positives", "review", "block", "precision at block", "recall at review", "review load"):
+        table.add_column(column, overflow="fold", justify="left" if column == "category" else "right")
+    for c in result.categories:
+        table.add_row(
+            c.category_id,
+            str(c.positives),
+            f"{c.current.review:g} -> {c.proposed.review:g}",
+            f"{c.current.block:g} -> {c.proposed.block:g}",
+            "-" if c.proposed.precision_at_block is None else f"{c.proposed.precision_at_block:.3f}",
+            "-" if c.proposed.recall_at_review is None else f"{c.proposed.recall_at_review:.3f}",
+            f"{c.current.review_load:.1%} -> {c.proposed.review_load:.1%}",
+        )
+    out.print(table)
+    for c in result.categories:
+        for note in c.notes:
+            out.print(f"[yellow]![/] {escape(f'{c.category_id}: {note}')}", highlight=False)
+    shares = ", ".join(f"{a.value} {result.current_actions[a]:.1%} -> {result.proposed_actions[a]:.1%}" for a in result.current_actions)
+    out.print(f"image actions on the labelled set: {shares}", highlight=False)
+
+
+def _write_scores_csv(path: Path, images: list[Path], result: PolicyCalibration) -> None:
+    """Every scored image with its labels and category scores, to audit or re-plot the calibration."""
+    import csv
+
+    category_ids = list(result.scores)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "labels", *category_ids])
+        for row, (image, labels) in enumerate(zip(images, result.labels, strict=True)):
+            writer.writerow([str(image), " ".join(sorted(labels)), *(f"{result.scores[cid][row]:.6f}" for cid in category_ids)])
 
 
 def _load_offline_scorer(model: str | None, weights: str | None, device: Device | None) -> ClipScorer:
