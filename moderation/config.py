@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(64, ge=1, description="requests in flight before RESOURCE_EXHAUSTED")
     default_deadline_s: float = Field(10.0, gt=0, description="deadline applied when a caller sets none")
     grace_period_s: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+    embedding_store: Path | None = Field(
+        None,
+        description="SQLite file keeping each decision's image embedding (never the image) for `moderation policy diff`; "
+        "unset keeps none",
+    )
+    embedding_retention_days: float = Field(30.0, gt=0, description="how long stored embeddings are kept")
     reflection: bool = True
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
