@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -18,14 +19,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from moderation.config import Device, LogFormat, load_settings
+from moderation.config import Device, LogFormat, Settings, load_settings
 
 if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not load torch
-    from moderation.clip import ClipScorer
+    from moderation.clip import ClipModelSpec, ClipScorer
     from moderation.offline import CaseOutcome
     from moderation.policy import Policy
     from moderation.policy.golden import CasesFile
     from moderation.policy_calibration import PolicyCalibration
+    from moderation.rescore import DecisionFlips
 
 app = typer.Typer(help="Image moderation over gRPC: CLIP zero-shot scoring against YAML policies.", no_args_is_help=True)
 policy_app = typer.Typer(help="Validate, test, calibrate and compare policy files.", no_args_is_help=True)
@@ -419,31 +421,152 @@ def _write_scores_csv(path: Path, images: list[Path], result: PolicyCalibration)
             writer.writerow([str(image), " ".join(sorted(labels)), *(f"{result.scores[cid][row]:.6f}" for cid in category_ids)])
 
 
-def _load_offline_scorer(model: str | None, weights: str | None, device: Device | None) -> ClipScorer:
-    """The CLIP scorer the server would build from these flags and the environment, in-process."""
-    import torch
+@policy_app.command("diff")
+def policy_diff(
+    old_file: Annotated[Path, typer.Argument(help="the policy version that served the stored decisions")],
+    new_file: Annotated[Path, typer.Argument(help="the proposed policy version")],
+    store: Annotated[Optional[Path], typer.Option(help="embedding store (SQLite) the server writes; default MODERATION_EMBEDDING_STORE")] = None,
+    since: Annotated[str, typer.Option(help="re-score decisions newer than this age: 90m, 12h, 7d, 2w")] = "7d",
+    until: Annotated[Optional[str], typer.Option(help="and older than this age (default: up to now)")] = None,
+    stored_policy: Annotated[Optional[str], typer.Option(help="re-score decisions made under this policy id (default: OLD's id)")] = None,
+    examples: Annotated[int, typer.Option(min=0, help="example request ids shown per kind of change")] = 3,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Re-score stored traffic under OLD and NEW (text embeddings only) and report which decisions flip."""
+    from datetime import datetime, timezone
 
-    from moderation.clip import ClipModelSpec, ClipScorer, WeightsUnavailable, load_clip
+    from moderation.policy import PolicyFileError, load_policy_file
+    from moderation.rescore import CannotRescore, check_stored_models, rescore_stored_decisions
+    from moderation.store import StoreError
+
+    policies = []
+    for path in (old_file, new_file):
+        try:
+            policies.append(load_policy_file(path)[0])
+        except PolicyFileError as error:
+            raise _fail(f"invalid policy: {error.problems[0]}") from None
+    old, new = policies
+    settings = _offline_settings(model, weights, device)
+    store = store or settings.embedding_store
+    if store is None:
+        raise _fail("no embedding store: pass --store PATH or set MODERATION_EMBEDDING_STORE")
+    now = datetime.now(timezone.utc)
+    window_start = now - _parse_age(since, "--since")
+    window_end = now - _parse_age(until, "--until") if until else None
+    policy_id = stored_policy or old.id
+    spec = _model_spec(settings)
+    try:
+        # Checked before the model loads: a wrong --model is refused in a second, not after a minute.
+        check_stored_models(store, spec.model_id, window_start, window_end, policy_id)
+    except (CannotRescore, StoreError) as error:
+        raise _fail(str(error)) from None
+    scorer = _load_scorer(spec)
+    if scorer.random_weights:
+        err.print(
+            f"[bold yellow]warning:[/] model {escape(scorer.model_id)} has random weights: its text embeddings differ from "
+            "those of the model that stored the image embeddings, so these flips mean nothing",
+            highlight=False,
+        )
+    try:
+        flips = rescore_stored_decisions(store, scorer, old, new, window_start, window_end, policy_id, examples)
+    except (CannotRescore, StoreError) as error:
+        raise _fail(str(error)) from None
+    window = f"the last {since}" + (f" up to {until} ago" if until else "")
+    _print_flips(flips, old, new, f"{policy_id!r} decisions of {window} in {store}")
+
+
+def _print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str) -> None:
+    share = flips.changed / flips.decisions if flips.decisions else 0.0
+    out.print(
+        f"re-scored {flips.decisions} {escape(what)} under {old.id}@{escape(old.version)} and {new.id}@{escape(new.version)}: "
+        f"[bold]{flips.changed} change action ({share:.1%})[/]",
+        highlight=False,
+    )
+    if not flips.changed and not flips.category_changes:
+        out.print("no decision changes", highlight=False)
+    if flips.action_changes:
+        table = Table(title="image action changes", title_justify="left")
+        for column in ("from", "to", "decisions", "share", "example request ids"):
+            table.add_column(column, overflow="fold", justify="right" if column in ("decisions", "share") else "left")
+        for (before, after), count in flips.action_changes.most_common():
+            table.add_row(before.value, after.value, str(count), f"{count / flips.decisions:.1%}", escape(", ".join(flips.action_examples[(before, after)])))
+        out.print(table)
+    if flips.category_changes:
+        table = Table(title="category action changes", title_justify="left")
+        for column in ("category", "from", "to", "decisions", "example request ids"):
+            table.add_column(column, overflow="fold", justify="right" if column == "decisions" else "left")
+        for category_id, changes in flips.category_changes.items():
+            for (before, after), count in changes.most_common():
+                table.add_row(category_id, before.value, after.value, str(count), escape(", ".join(flips.category_examples[(category_id, (before, after))])))
+        out.print(table)
+    other_versions = {v: n for v, n in flips.stored_versions.items() if v != old.version}
+    if other_versions:
+        listed = ", ".join(f"{v} ({n})" for v, n in sorted(other_versions.items()))
+        out.print(f"[yellow]![/] {sum(other_versions.values())} decisions were made under other versions than {escape(old.version)}: {escape(listed)}", highlight=False)
+    if flips.not_reproduced:
+        out.print(
+            f"[yellow]![/] {flips.not_reproduced} decisions made under {escape(old.version)} get another action from it now "
+            f"(e.g. {escape(', '.join(flips.not_reproduced_examples))}): OLD may differ from the file that served them",
+            highlight=False,
+        )
+
+
+def _parse_age(text: str, option: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    number, unit = text[:-1], text[-1:]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or not value > 0:
+        raise _fail(f"{option} {text!r} is not an age such as 90m, 12h, 7d or 2w")
+    return timedelta(seconds=value * units[unit])
+
+
+def _offline_settings(model: str | None, weights: str | None, device: Device | None) -> Settings:
+    try:
+        return load_settings(None, clip_model=model, clip_weights=weights, device=device)
+    except (ValidationError, FileNotFoundError) as error:
+        raise _fail(f"invalid settings: {error}") from None
+
+
+def _model_spec(settings: Settings) -> ClipModelSpec:
+    """The model the server would load with these settings."""
+    from moderation.clip import ClipModelSpec
     from moderation.server.app import StartupError, resolve_device
 
     try:
-        settings = load_settings(None, clip_model=model, clip_weights=weights, device=device)
-    except (ValidationError, FileNotFoundError) as error:
-        raise _fail(f"invalid settings: {error}") from None
-    try:
-        spec = ClipModelSpec(
-            model=settings.clip_model,
-            weights=settings.clip_weights,
-            cache_dir=settings.weights_cache,
-            device=resolve_device(settings.device),
-            allow_downloads=settings.allow_downloads,
-        )
-        if spec.random:
-            # Meaningless weights, but the same ones on every run: CI output is reproducible.
-            torch.manual_seed(0)
-        return ClipScorer(load_clip(spec))
-    except (WeightsUnavailable, StartupError) as error:
+        device = resolve_device(settings.device)
+    except StartupError as error:
         raise _fail(str(error)) from None
+    return ClipModelSpec(
+        model=settings.clip_model,
+        weights=settings.clip_weights,
+        cache_dir=settings.weights_cache,
+        device=device,
+        allow_downloads=settings.allow_downloads,
+    )
+
+
+def _load_scorer(spec: ClipModelSpec) -> ClipScorer:
+    import torch
+
+    from moderation.clip import ClipScorer, WeightsUnavailable, load_clip
+
+    if spec.random:
+        # Meaningless weights, but the same ones on every run: CI output is reproducible.
+        torch.manual_seed(0)
+    try:
+        return ClipScorer(load_clip(spec))
+    except WeightsUnavailable as error:
+        raise _fail(str(error)) from None
+
+
+def _load_offline_scorer(model: str | None, weights: str | None, device: Device | None) -> ClipScorer:
+    """The CLIP scorer the server would build from these flags and the environment, in-process."""
+    return _load_scorer(_model_spec(_offline_settings(model, weights, device)))
 
 
 def main() -> None:  # pragma: no cover - console entry
