@@ -514,15 +514,14 @@ def _print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str) -> N
 
 
 def _parse_age(text: str, option: str) -> timedelta:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-    number, unit = text[:-1], text[-1:]
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1.0
-    if unit not in units or not value > 0:
+    import re
+
+    # At most five digits: 99999 weeks still subtracts from now without overflowing.
+    age = re.fullmatch(r"(\d{1,5})([smhdw])", text.strip())
+    if age is None or int(age.group(1)) == 0:
         raise _fail(f"{option} {text!r} is not an age such as 90m, 12h, 7d or 2w")
-    return timedelta(seconds=value * units[unit])
+    seconds_per_unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    return timedelta(seconds=int(age.group(1)) * seconds_per_unit[age.group(2)])
 
 
 def _offline_settings(model: str | None, weights: str | None, device: Device | None) -> Settings:

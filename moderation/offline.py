@@ -34,7 +34,6 @@ def score_image_files(
     scorer: ClipScorer,
     index: PolicyTextIndex,
     paths: Sequence[Path],
-    limits: DecodeLimits | None = None,
     on_scored: Callable[[int], None] | None = None,
 ) -> list[FileScores]:
     """One result per path, in order; unreadable files get an error instead of scores.
@@ -42,7 +41,7 @@ def score_image_files(
     `on_scored(n)` is called after each batch with the number of files it finished,
     for progress bars.
     """
-    limits = limits or DecodeLimits(draft_size=scorer.clip.image_size)
+    limits = DecodeLimits(draft_size=scorer.clip.image_size)  # the server's defaults
     results: list[FileScores] = []
     for start in range(0, len(paths), BATCH_SIZE):
         batch = paths[start : start + BATCH_SIZE]

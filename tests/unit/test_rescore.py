@@ -147,3 +147,6 @@ def test_diff_command_refuses_another_model_before_loading_one(scenario: dict, t
     assert missing.exit_code == 2 and "no embedding store at" in missing.output
     bad_age = CliRunner().invoke(app, ["policy", "diff", str(POLICIES / "default.yaml"), str(POLICIES / "default.yaml"), "--store", str(tmp_path / "nope.db"), "--since", "week"])
     assert bad_age.exit_code == 2 and "--since 'week' is not an age" in bad_age.output
+    for age in ("infd", "0d", "1.5d", "999999w"):
+        refused = CliRunner().invoke(app, ["policy", "diff", str(POLICIES / "default.yaml"), str(POLICIES / "default.yaml"), "--store", str(tmp_path / "nope.db"), "--since", age])
+        assert refused.exit_code == 2 and "is not an age" in refused.output, age
