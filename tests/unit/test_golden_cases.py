@@ -6,27 +6,12 @@ import pytest
 
 from moderation.decision import decide
 from moderation.imaging import DecodeLimits, decode_image
-from moderation.policy import PolicyFileError, load_policy_file, load_policy_text
+from moderation.policy import PolicyFileError, load_policy_file
 from moderation.policy.golden import cases_path_for, load_cases_file, mismatches, problems_against_policy
 from tests.conftest import POLICIES
+from tests.policies import TWO_CATEGORIES
 
-POLICY = load_policy_text(
-    """\
-id: p
-version: "1"
-benign: ["a cat"]
-categories:
-  - id: violence
-    clause: {id: V-2, text: "No gore or mutilated bodies."}
-    positive: ["gore"]
-    thresholds: {review: 0.3, block: 0.6}
-  - id: weapons
-    clause: {id: W-1, text: "No threatening display of firearms."}
-    positive: ["a gun"]
-    thresholds: {review: 0.4, block: 0.8}
-    on_block: REVIEW
-"""
-)
+POLICY = TWO_CATEGORIES
 
 
 def write_cases(tmp_path: Path, text: str) -> Path:
