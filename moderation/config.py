@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     audit_metadata_keys: list[str] = Field(
         default_factory=list, description="request metadata keys whose values may appear in the audit log"
     )
+    embedding_store: Path | None = Field(
+        None,
+        description="SQLite file keeping each decision's image embedding (never the image) for `moderation policy diff`; "
+        "unset keeps none",
+    )
+    embedding_retention_days: float = Field(30.0, gt=0, description="how long stored embeddings are kept")
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
 

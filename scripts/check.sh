@@ -19,3 +19,6 @@ fi
 
 echo "== policies validate"
 .venv/bin/moderation policy validate policies/*.yaml
+
+echo "== policy golden cases are well formed and run (check-only: tiny random model)"
+.venv/bin/moderation policy test policies/*.yaml --model local-dir:tests/fixtures/tiny-clip --weights random

@@ -13,3 +13,14 @@ POLICIES = ROOT / "policies"
 def tiny_clip_model() -> str:
     """A tiny random-initialised open_clip architecture described as data."""
     return f"local-dir:{TINY_CLIP}"
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer(tiny_clip_model: str):  # noqa: ANN201 - torch is imported lazily
+    """One seeded tiny random CLIP scorer shared by the tests that only read it."""
+    import torch
+
+    from moderation.clip import ClipModelSpec, ClipScorer, load_clip
+
+    torch.manual_seed(0)
+    return ClipScorer(load_clip(ClipModelSpec(model=tiny_clip_model, weights="random")))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from moderation.policy.schema import Policy
 
@@ -40,20 +40,33 @@ class PolicyFileError(ValueError):
 
 def load_policy_file(path: str | Path) -> tuple[Policy, str]:
     """Return the validated policy and its source text."""
+    text = read_yaml_file(path)
+    return load_policy_text(text, source=str(path)), text
+
+
+def load_policy_text(text: str, source: str = "<policy>") -> Policy:
+    return validate_yaml_text(text, source, Policy, "a policy must be a YAML mapping with id, version, benign and categories")
+
+
+def read_yaml_file(path: str | Path) -> str:
+    """The text of a hand-edited YAML file, or a PolicyFileError saying why it cannot be read."""
     path = Path(path)
     try:
         size = path.stat().st_size
         if size > MAX_POLICY_BYTES:
             raise PolicyFileError([PolicyProblem(str(path), None, "", f"file is {size} bytes; a policy must be under {MAX_POLICY_BYTES}")])
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as err:
         raise PolicyFileError([PolicyProblem(str(path), None, "", f"cannot read file: {err.strerror or err}")]) from err
     except UnicodeDecodeError as err:
         raise PolicyFileError([PolicyProblem(str(path), None, "", "file is not UTF-8 text")]) from err
-    return load_policy_text(text, source=str(path)), text
 
 
-def load_policy_text(text: str, source: str = "<policy>") -> Policy:
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate_yaml_text(text: str, source: str, model: type[Model], not_a_mapping: str) -> Model:
+    """Parse YAML into `model`; every problem carries the line, the field and what is expected."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -63,18 +76,18 @@ def load_policy_text(text: str, source: str = "<policy>") -> Policy:
         problem = getattr(err, "problem", None) or str(err)
         raise PolicyFileError([PolicyProblem(source, line, "", f"not valid YAML: {problem}")]) from err
     if not isinstance(data, dict):
-        raise PolicyFileError([PolicyProblem(source, 1, "", "a policy must be a YAML mapping with id, version, benign and categories")])
+        raise PolicyFileError([PolicyProblem(source, 1, "", not_a_mapping)])
     try:
-        return Policy.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
-        raise PolicyFileError([_problem(source, root, e) for e in err.errors()]) from err
+        raise PolicyFileError([_problem(source, root, e, model) for e in err.errors()]) from err
 
 
-def _problem(source: str, root: yaml.Node | None, error: Any) -> PolicyProblem:
+def _problem(source: str, root: yaml.Node | None, error: Any, model: type[BaseModel]) -> PolicyProblem:
     loc = tuple(error["loc"])
     field = _dotted(loc)
     message = error["msg"].removeprefix("Value error, ")
-    hint = _hint(loc)
+    hint = _hint(loc, model)
     if error["type"] == "missing":
         message = "this field is required"
     if error["type"] == "extra_forbidden":
@@ -112,11 +125,9 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return best
 
 
-def _hint(loc: tuple[Any, ...]) -> str | None:
+def _hint(loc: tuple[Any, ...], root_model: type[BaseModel]) -> str | None:
     """The schema's description of the field at `loc`, used as 'expected ...'."""
-    from pydantic import BaseModel
-
-    model: type[BaseModel] | None = Policy
+    model: type[BaseModel] | None = root_model
     description = None
     for part in loc:
         if isinstance(part, int) or model is None:

@@ -5,25 +5,10 @@ import math
 import pytest
 
 from moderation.decision import Band, decide, decide_category
-from moderation.policy import Action, load_policy_text
+from moderation.policy import Action
+from tests.policies import TWO_CATEGORIES
 
-POLICY = load_policy_text(
-    """\
-id: p
-version: "7"
-benign: ["a cat"]
-categories:
-  - id: violence
-    clause: {id: V-2, text: "No gore or mutilated bodies."}
-    positive: ["gore"]
-    thresholds: {review: 0.3, block: 0.6}
-  - id: weapons
-    clause: {id: W-1, text: "No threatening display of firearms."}
-    positive: ["a gun"]
-    thresholds: {review: 0.4, block: 0.8}
-    on_block: REVIEW
-"""
-)
+POLICY = TWO_CATEGORIES
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,96 @@
+"""Score image files in-process with a ClipScorer, without a server.
+
+`moderation policy test` (golden cases) and `moderation policy calibrate` use it.
+Decoding and preprocessing are the server's (same limits, same JPEG draft scale),
+so a file scores here as it does when sent over gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from moderation.clip.scorer import ClipScorer, PolicyTextIndex
+from moderation.decision import Decision, decide
+from moderation.imaging import DecodeLimits, ImageRejected, decode_image
+from moderation.policy.golden import CasesFile, GoldenCase, mismatches
+from moderation.policy.schema import Policy
+
+# Small batches keep memory flat on a CPU and still amortise the forward pass.
+BATCH_SIZE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class FileScores:
+    path: Path
+    scores: dict[str, float] | None  # None when the file could not be read or decoded
+    error: str = ""
+
+
+def score_image_files(
+    scorer: ClipScorer,
+    index: PolicyTextIndex,
+    paths: Sequence[Path],
+    on_scored: Callable[[int], None] | None = None,
+) -> list[FileScores]:
+    """One result per path, in order; unreadable files get an error instead of scores.
+
+    `on_scored(n)` is called after each batch with the number of files it finished,
+    for progress bars.
+    """
+    limits = DecodeLimits(draft_size=scorer.clip.image_size)  # the server's defaults
+    results: list[FileScores] = []
+    for start in range(0, len(paths), BATCH_SIZE):
+        batch = paths[start : start + BATCH_SIZE]
+        pixels: list[torch.Tensor] = []
+        decoded_paths: list[Path] = []
+        failed: dict[Path, str] = {}
+        for path in batch:
+            try:
+                pixels.append(scorer.clip.preprocess(decode_image(path.read_bytes(), limits)))
+                decoded_paths.append(path)
+            except ImageRejected as error:
+                failed[path] = str(error)
+            except OSError as error:
+                failed[path] = f"cannot read file: {error.strerror or error}"
+        scored: dict[Path, dict[str, float]] = {}
+        if pixels:
+            per_image = scorer.score(scorer.embed_images(torch.stack(pixels)), index)
+            scored = dict(zip(decoded_paths, per_image, strict=True))
+        for path in batch:
+            results.append(FileScores(path, scored.get(path), failed.get(path, "")))
+        if on_scored is not None:
+            on_scored(len(batch))
+    return results
+
+
+@dataclass(frozen=True, slots=True)
+class CaseOutcome:
+    case: GoldenCase
+    decision: Decision | None  # None when the image could not be scored
+    problems: tuple[str, ...]  # unreadable image, or (when compared) what differs from the expectation
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def check_golden_cases(scorer: ClipScorer, policy: Policy, cases_file: CasesFile, compare: bool) -> list[CaseOutcome]:
+    """Score every case's image under `policy`; with `compare`, check the expectations too.
+
+    Without `compare` (random weights) a case still fails when its image cannot be
+    read or decoded, and every image still goes through the model and `decide`.
+    """
+    cases = cases_file.cases.cases
+    scored = score_image_files(scorer, scorer.index_policy(policy), [cases_file.image_path(case) for case in cases])
+    outcomes = []
+    for case, result in zip(cases, scored, strict=True):
+        if result.scores is None:
+            outcomes.append(CaseOutcome(case, None, (result.error,)))
+            continue
+        decision = decide(result.scores, policy)
+        outcomes.append(CaseOutcome(case, decision, tuple(mismatches(case, decision)) if compare else ()))
+    return outcomes

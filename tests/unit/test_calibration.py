@@ -1,0 +1,157 @@
+"""Calibration on synthetic score distributions whose right thresholds are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moderation.calibration import (
+    CalibrationTargets,
+    calibrate_category,
+    operating_point,
+    precision_recall_curve,
+    threshold_between,
+)
+
+N = 6000  # per class: fine enough that analytic thresholds hold to about 1e-3
+
+
+def evenly(low: float, high: float, n: int = N) -> np.ndarray:
+    """n scores spread evenly over [low, high): a uniform distribution without sampling noise."""
+    return low + (high - low) * (np.arange(n) + 0.5) / n
+
+
+def labelled(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.concatenate([positives, negatives])
+    return scores, np.concatenate([np.ones(len(positives), bool), np.zeros(len(negatives), bool)])
+
+
+# Positives uniform on [0.4, 1.0), negatives uniform on [0, 0.6): in the overlap both
+# classes have the same density, so for 0.4 <= t <= 0.6
+#   recall(t)    = (1 - t) / 0.6
+#   precision(t) = (1 - t) / ((1 - t) + (0.6 - t))
+OVERLAPPING = labelled(evenly(0.4, 1.0), evenly(0.0, 0.6))
+
+
+def test_separable_classes_get_a_threshold_in_the_gap_with_perfect_precision_and_recall() -> None:
+    scores, positive = labelled(evenly(0.6, 1.0), evenly(0.0, 0.4))
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.3, 0.7)
+    highest_negative, lowest_positive = scores[~positive].max(), scores[positive].min()
+    assert highest_negative < result.proposed.block <= lowest_positive
+    assert result.proposed.review == result.proposed.block  # recall 1.0 is already met at the block threshold
+    assert result.proposed.block == 0.6  # the lowest positive score rounded down to one decimal, still in the gap
+    assert (result.proposed.precision_at_block, result.proposed.recall_at_block) == (1.0, 1.0)
+    assert result.notes == () and result.changed
+
+
+def test_overlapping_classes_match_the_analytic_thresholds() -> None:
+    scores, positive = OVERLAPPING
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8, recall=0.9), 0.3, 0.7)
+    # precision(t) = 0.8  <=>  1 - t = 0.8 (1.6 - 2 t)  <=>  t = 0.28 / 0.6
+    assert result.proposed.block == pytest.approx(0.28 / 0.6, abs=1e-3)
+    # recall(t) = 0.9  <=>  t = 1 - 0.54
+    assert result.proposed.review == pytest.approx(0.46, abs=1e-3)
+    assert result.proposed.precision_at_block >= 0.8
+    assert result.proposed.recall_at_review >= 0.9
+    # The block threshold is the lowest that meets the target: one observed score lower misses it.
+    curve = precision_recall_curve(scores, positive)
+    index = int(np.searchsorted(curve.thresholds, result.proposed.block))
+    assert curve.precision[index - 1] < 0.8 <= curve.precision[index]
+
+
+def test_review_budget_alone_uses_the_whole_budget() -> None:
+    scores, positive = OVERLAPPING
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8, max_review_rate=0.1), 0.3, 0.7)
+    # Both classes have density 1/0.6 of their N in the overlap, half of all images each:
+    # load(t) = (block - t) / 0.6, so a 10% budget gives t = block - 0.06.
+    assert result.proposed.review == pytest.approx(result.proposed.block - 0.06, abs=1e-3)
+    assert result.proposed.review_load <= 0.1
+    assert result.proposed.review_load == pytest.approx(0.1, abs=1e-3)
+
+
+def test_review_budget_raises_the_recall_threshold_only_when_it_binds() -> None:
+    scores, positive = OVERLAPPING
+    loose = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8, recall=0.9, max_review_rate=0.1), 0.3, 0.7)
+    assert loose.proposed.review == pytest.approx(0.46, abs=1e-3) and loose.notes == ()
+
+    tight = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8, recall=0.9, max_review_rate=0.003), 0.3, 0.7)
+    assert tight.proposed.review == pytest.approx(tight.proposed.block - 0.0018, abs=1e-3)
+    assert tight.proposed.review_load <= 0.003
+    (note,) = tight.notes
+    assert "the review budget holds recall at" in note and "below the 0.90 target" in note
+
+
+def test_on_block_review_counts_blocked_images_in_the_review_load() -> None:
+    scores, positive = OVERLAPPING
+    # At the block threshold (about 0.467) 55.6% of images score above it; all of them go to review.
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8, max_review_rate=0.6), 0.3, 0.7, block_sends_to_review=True)
+    assert result.proposed.block_load == 0.0
+    assert result.proposed.review_load == pytest.approx(float((scores >= result.proposed.review).mean()))
+    assert 0.59 < result.proposed.review_load <= 0.6
+
+    over = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8, max_review_rate=0.5), 0.3, 0.7, block_sends_to_review=True)
+    assert over.proposed.review == over.proposed.block
+    assert "block threshold alone sends more than 50.0%" in over.notes[0]
+
+
+def test_unreachable_precision_keeps_the_current_block_threshold() -> None:
+    # Every negative outscores every positive: precision never exceeds 0.5.
+    scores, positive = labelled(evenly(0.0, 0.4, 100), evenly(0.6, 1.0, 100))
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.9, recall=0.5), 0.3, 0.7)
+    assert result.proposed.block == 0.7
+    assert "no threshold reaches precision 0.90: block threshold kept at 0.7" in result.notes[0]
+    assert result.proposed.review == pytest.approx(0.2, abs=0.01)  # half the positives are at or above it
+
+
+@pytest.mark.parametrize(("positives", "note"), [(0, "no labelled positives"), (50, "no labelled negatives")])
+def test_missing_class_keeps_thresholds(positives: int, note: str) -> None:
+    scores = evenly(0.0, 1.0, 50)
+    result = calibrate_category("c", scores, np.full(50, positives > 0), CalibrationTargets(), 0.3, 0.7)
+    assert (result.proposed.review, result.proposed.block) == (0.3, 0.7) and not result.changed
+    assert result.notes[0].startswith(note)
+
+
+def test_default_review_target_is_recall_090() -> None:
+    scores, positive = OVERLAPPING
+    assert CalibrationTargets().review_recall == 0.9
+    assert CalibrationTargets(max_review_rate=0.1).review_recall is None
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8), 0.3, 0.7)
+    assert result.proposed.review == pytest.approx(0.46, abs=1e-3)
+
+
+def test_written_thresholds_flag_exactly_what_the_observed_score_flags() -> None:
+    rng = np.random.default_rng(7)
+    scores = rng.random(500).astype(np.float32).astype(np.float64)  # model scores are float32
+    positive = rng.random(500) < scores  # higher scores are more often positive
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8, recall=0.7), 0.3, 0.7)
+    curve = precision_recall_curve(scores, positive)
+    for written in (result.proposed.review, result.proposed.block):
+        observed = curve.thresholds[curve.thresholds >= written][0]
+        assert np.array_equal(scores >= written, scores >= observed)
+        assert len(repr(written)) <= len(repr(float(observed)))
+
+
+def test_threshold_between_prefers_short_decimals() -> None:
+    assert threshold_between(0.41, 0.4567) == 0.45
+    assert threshold_between(0.4561, 0.45678) == 0.4567
+    assert threshold_between(0.4561, 0.4567) == 0.4567
+    assert threshold_between(None, 0.29) == 0.2
+    assert threshold_between(0.28, 0.29) == 0.29
+    assert threshold_between(0.3, 0.3000000001) == 0.3000000001
+
+
+def test_operating_point_counts() -> None:
+    scores = np.array([0.1, 0.4, 0.5, 0.8, 0.9])
+    positive = np.array([False, False, True, True, False])
+    point = operating_point(scores, positive, review=0.4, block=0.8, block_sends_to_review=False)
+    assert point.precision_at_block == 0.5 and point.recall_at_block == 0.5 and point.recall_at_review == 1.0
+    assert point.review_load == pytest.approx(2 / 5) and point.block_load == pytest.approx(2 / 5)
+
+
+def test_invalid_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="precision must be in"):
+        CalibrationTargets(precision=0.0)
+    with pytest.raises(ValueError, match="max_review_rate must be in"):
+        CalibrationTargets(max_review_rate=1.5)
+    with pytest.raises(ValueError, match="scores must be numbers in"):
+        precision_recall_curve(np.array([0.2, 1.2]), np.array([True, False]))

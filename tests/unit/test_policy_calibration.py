@@ -1,0 +1,74 @@
+"""Policy-level calibration and its report, on synthetic scores (no model)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import date
+
+import numpy as np
+import pytest
+
+from moderation.calibration import CalibrationTargets
+from moderation.calibration_report import render_report
+from moderation.policy import Action, load_policy_text
+from moderation.policy_calibration import calibrate_policy
+from tests.conftest import POLICIES
+
+TEXT = (POLICIES / "default.yaml").read_text()
+POLICY = load_policy_text(TEXT)
+
+
+def synthetic_set() -> tuple[list[frozenset[str]], list[dict[str, float]]]:
+    """40 benign images scoring low everywhere, 20 weapons images scoring 0.55-0.95 on weapons."""
+    rng = np.random.default_rng(3)
+    labels, scores = [], []
+    for label, n in (("benign", 40), ("weapons", 20)):
+        for _ in range(n):
+            per_image = {c.id: float(rng.uniform(0.0, 0.2)) for c in POLICY.categories}
+            if label == "weapons":
+                per_image["weapons"] = float(rng.uniform(0.55, 0.95))
+            labels.append(frozenset({label}))
+            scores.append(per_image)
+    return labels, scores
+
+
+def test_only_categories_with_evidence_move_and_the_new_version_names_the_model() -> None:
+    labels, scores = synthetic_set()
+    result = calibrate_policy(POLICY, TEXT, labels, scores, CalibrationTargets(precision=1.0, recall=1.0), "ViT-B-32/openai", date(2026, 11, 24))
+    weapons = next(c for c in result.categories if c.category_id == "weapons")
+    lowest_weapons = min(s["weapons"] for s, l in zip(scores, labels) if "weapons" in l)
+    highest_benign = max(s["weapons"] for s, l in zip(scores, labels) if "benign" in l)
+    assert highest_benign < weapons.proposed.block <= lowest_weapons
+    assert weapons.proposed.review == weapons.proposed.block
+    assert result.proposed.category("weapons").thresholds.block == weapons.proposed.block
+    for category in POLICY.categories:
+        if category.id != "weapons":
+            assert result.proposed.category(category.id).thresholds == category.thresholds
+            assert "no labelled positives" in next(c for c in result.categories if c.category_id == category.id).notes[0]
+    assert result.proposed.version == "2026-11-24.1" and result.proposed.model == "ViT-B-32/openai"
+    # Unchanged categories keep their text exactly (0.70 is not rewritten as 0.7).
+    assert TEXT.count("{review: 0.35, block: 0.70}") == result.proposed_text.count("{review: 0.35, block: 0.70}") == 2
+    # weapons has on_block REVIEW: every weapons image goes to review, every benign one is allowed.
+    assert result.proposed_actions[Action.REVIEW] == pytest.approx(20 / 60)
+    assert result.proposed_actions[Action.ALLOW] == pytest.approx(40 / 60)
+    assert sum(result.current_actions.values()) == pytest.approx(1.0)
+
+
+def test_report_has_a_png_per_category_and_the_random_weights_warning() -> None:
+    labels, scores = synthetic_set()
+    result = calibrate_policy(POLICY, TEXT, labels, scores, CalibrationTargets(precision=0.9, max_review_rate=0.2), "tiny/random", date(2026, 11, 24))
+    page = render_report(result, "labels/", random_weights=True, unreadable=["labels/benign/x.jpg: truncated"], proposed_file="out/default.yaml")
+    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(pngs) == len(POLICY.categories)
+    assert all(base64.b64decode(png).startswith(b"\x89PNG") for png in pngs)
+    for category in POLICY.categories:
+        assert f"<h2>{category.id} (clause {category.clause.id}" in page
+    assert "Random weights." in page and "labels/benign/x.jpg: truncated" in page
+    assert "review load &le; 20.0% of labelled images" in page
+    assert "expected review load" in page
+
+
+def test_mismatched_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="one label set per scored image"):
+        calibrate_policy(POLICY, TEXT, [frozenset({"benign"})], [], CalibrationTargets(), "m", date(2026, 11, 24))

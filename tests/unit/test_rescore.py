@@ -1,0 +1,152 @@
+"""Re-scoring stored embeddings under two policies: known flips, model checks, no image tower."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from moderation.cli import app
+from moderation.clip import ClipScorer
+from moderation.decision import decide
+from moderation.policy import Action, Policy
+from moderation.rescore import CannotRescore, rescore_stored_decisions
+from moderation.store import EmbeddingStore
+from tests.conftest import POLICIES, TINY_CLIP
+
+NOW = datetime.now(timezone.utc)
+IMAGES = 20
+DEFAULT = yaml.safe_load((POLICIES / "default.yaml").read_text())
+
+
+def policy_with(version: str, thresholds: dict[str, tuple[float, float]]) -> dict:
+    """The default policy's prompts with thresholds of 1.0 (nothing flagged) except those given."""
+    data = yaml.safe_load(yaml.safe_dump(DEFAULT))
+    data["version"] = version
+    for category in data["categories"]:
+        review, block = thresholds.get(category["id"], (1.0, 1.0))
+        category["thresholds"] = {"review": review, "block": block}
+    return data
+
+
+def embeddings(dim: int) -> np.ndarray:
+    vectors = np.random.default_rng(11).standard_normal((IMAGES, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def between_kth_and_next(scores: np.ndarray, k: int) -> float:
+    """A threshold that exactly k of `scores` reach."""
+    ranked = np.sort(scores)[::-1]
+    return float((ranked[k - 1] + ranked[k]) / 2)
+
+
+@pytest.fixture(scope="module")
+def scenario(tiny_scorer: ClipScorer, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A store of 20 'default' decisions, OLD flagging nothing and NEW flagging a known set."""
+    vectors = embeddings(tiny_scorer.clip.model.text_projection.shape[1])
+    old = Policy.model_validate(policy_with("1", {}))
+    # Prompts do not change between OLD and NEW, so neither do scores: pick NEW's
+    # thresholds from them so that exactly the top 5 weapons and top 3 drugs images flip.
+    scores = tiny_scorer.score(torch.from_numpy(vectors), tiny_scorer.index_policy(old))
+    weapons = np.array([s["weapons"] for s in scores])
+    drugs = np.array([s["drugs"] for s in scores])
+    new_data = policy_with("2", {"weapons": (between_kth_and_next(weapons, 5),) * 2, "drugs": (between_kth_and_next(drugs, 3), 1.0)})
+    new = Policy.model_validate(new_data)
+
+    path = tmp_path_factory.mktemp("rescore") / "store.db"
+    with EmbeddingStore(path) as store:
+        for i, vector in enumerate(vectors):
+            stored_action = decide(scores[i], old).action if i != 7 else Action.BLOCK  # r7 was not decided by OLD
+            version = "1" if i != 8 else "0.9"  # r8 was decided by an earlier version
+            store.record(f"r{i}", NOW - timedelta(hours=i), "default", version, stored_action, vector, tiny_scorer.model_id)
+        store.record("elsewhere", NOW, "marketplace", "4", "ALLOW", vectors[0], tiny_scorer.model_id)
+        store.record("too-old", NOW - timedelta(days=30), "default", "1", "ALLOW", vectors[0], "ViT-L-14/openai")
+    top_weapons = {f"r{i}" for i in np.argsort(-weapons)[:5]}
+    top_drugs = {f"r{i}" for i in np.argsort(-drugs)[:3]}
+    return {"store": path, "old": old, "new": new, "new_data": new_data, "weapons": top_weapons, "drugs": top_drugs}
+
+
+def test_known_flips_per_action_and_category(tiny_scorer: ClipScorer, scenario: dict) -> None:
+    flips = rescore_stored_decisions(scenario["store"], tiny_scorer, scenario["old"], scenario["new"], NOW - timedelta(days=7), policy_id="default", examples_per_change=50)
+    assert flips.decisions == IMAGES  # not the marketplace one, not the month-old one
+    # weapons has on_block REVIEW: ABOVE means REVIEW; drugs between review and block is REVIEW too.
+    assert dict(flips.category_changes) == {
+        "weapons": {(Action.ALLOW, Action.REVIEW): 5},
+        "drugs": {(Action.ALLOW, Action.REVIEW): 3},
+    }
+    assert set(flips.category_examples[("weapons", (Action.ALLOW, Action.REVIEW))]) == scenario["weapons"]
+    assert set(flips.category_examples[("drugs", (Action.ALLOW, Action.REVIEW))]) == scenario["drugs"]
+    flipped = scenario["weapons"] | scenario["drugs"]
+    assert flips.action_changes == {(Action.ALLOW, Action.REVIEW): len(flipped)}
+    assert set(flips.action_examples[(Action.ALLOW, Action.REVIEW)]) == flipped
+    assert flips.changed == len(flipped)
+    assert flips.not_reproduced == 1 and flips.not_reproduced_examples == ["r7"]
+    assert flips.stored_versions == {"1": IMAGES - 1, "0.9": 1}
+
+
+def test_only_text_is_encoded(tiny_scorer: ClipScorer, scenario: dict) -> None:
+    model = tiny_scorer.clip.model
+    calls = {"image": 0, "text": 0}
+    original_image, original_text = model.encode_image, model.encode_text
+
+    def counting_image(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["image"] += 1
+        return original_image(*args, **kwargs)
+
+    def counting_text(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["text"] += 1
+        return original_text(*args, **kwargs)
+
+    model.encode_image, model.encode_text = counting_image, counting_text
+    try:
+        flips = rescore_stored_decisions(scenario["store"], tiny_scorer, scenario["old"], scenario["new"], NOW - timedelta(days=7), policy_id="default")
+    finally:
+        del model.encode_image, model.encode_text
+    assert flips.decisions == IMAGES
+    assert calls["image"] == 0 and calls["text"] > 0
+
+
+def test_embeddings_of_another_model_are_refused(tiny_scorer: ClipScorer, scenario: dict) -> None:
+    with pytest.raises(CannotRescore, match=r"come from 'ViT-L-14/openai' \(1 decisions\), not from 'local-dir:.*tiny-clip/random'"):
+        rescore_stored_decisions(scenario["store"], tiny_scorer, scenario["old"], scenario["new"], NOW - timedelta(days=60))
+    with pytest.raises(CannotRescore, match="holds no decisions from .* for policy 'nsfw'"):
+        rescore_stored_decisions(scenario["store"], tiny_scorer, scenario["old"], scenario["new"], NOW - timedelta(days=7), policy_id="nsfw")
+
+
+def test_diff_command_reports_the_known_flips(scenario: dict, tmp_path: Path) -> None:
+    old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old_file.write_text(yaml.safe_dump(policy_with("1", {})))
+    new_file.write_text(yaml.safe_dump(scenario["new_data"]))
+    # The CLI seeds torch as the tiny_scorer fixture does, so it builds the same random model.
+    result = CliRunner().invoke(
+        app, ["policy", "diff", str(old_file), str(new_file), "--store", str(scenario["store"]), "--since", "2d", "--model", f"local-dir:{TINY_CLIP}", "--weights", "random"]
+    )
+    assert result.exit_code == 0, result.output
+    flipped = len(scenario["weapons"] | scenario["drugs"])
+    assert f"re-scored {IMAGES} 'default' decisions of the last 2d" in result.output
+    assert f"{flipped} change action" in result.output
+    assert "image action changes" in result.output and "category action changes" in result.output
+    assert "random weights" in result.output
+    assert "1 decisions were made under other versions than 1: 0.9 (1)" in result.output
+
+
+def test_diff_command_refuses_another_model_before_loading_one(scenario: dict, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["policy", "diff", str(POLICIES / "default.yaml"), str(POLICIES / "default.yaml"), "--store", str(scenario["store"]), "--since", "60d", "--weights", str(tmp_path / "none.bin")],
+    )
+    assert result.exit_code == 2
+    assert "error:" in result.output and "not from 'ViT-B-32/none.bin'" in result.output
+    assert "cannot load CLIP model" not in result.output  # refused before trying to load it
+    missing = CliRunner().invoke(app, ["policy", "diff", str(POLICIES / "default.yaml"), str(POLICIES / "default.yaml"), "--store", str(tmp_path / "nope.db")])
+    assert missing.exit_code == 2 and "no embedding store at" in missing.output
+    bad_age = CliRunner().invoke(app, ["policy", "diff", str(POLICIES / "default.yaml"), str(POLICIES / "default.yaml"), "--store", str(tmp_path / "nope.db"), "--since", "week"])
+    assert bad_age.exit_code == 2 and "--since 'week' is not an age" in bad_age.output
+    for age in ("infd", "0d", "1.5d", "999999w"):
+        refused = CliRunner().invoke(app, ["policy", "diff", str(POLICIES / "default.yaml"), str(POLICIES / "default.yaml"), "--store", str(tmp_path / "nope.db"), "--since", age])
+        assert refused.exit_code == 2 and "is not an age" in refused.output, age
