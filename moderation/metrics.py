@@ -78,6 +78,18 @@ class ModerationMetrics:
         self.queue_capacity = Gauge(
             "moderation_queue_capacity", "Bound of the CLIP batch queue; beyond it calls get RESOURCE_EXHAUSTED.", registry=registry
         )
+        self.shadow_decisions = Counter(
+            "moderation_shadow_decisions_total",
+            "Decisions of shadow policies (never returned to callers) by action.",
+            ["policy", "shadow", "action"],
+            registry=registry,
+        )
+        self.shadow_disagreements = Counter(
+            "moderation_shadow_disagreements_total",
+            "Categories where a shadow policy's action differs from the active policy's.",
+            ["policy", "shadow", "category"],
+            registry=registry,
+        )
         self.in_flight = Gauge("moderation_in_flight_requests", "Moderate calls being processed.", registry=registry)
         self.policy_reloads = Counter(
             "moderation_policy_reload_total",

@@ -20,8 +20,10 @@ from moderation.decision import Band, Decision, decide
 from moderation.imaging import DecodeLimits, decode_frames
 from moderation.metrics import ModerationMetrics
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
+from moderation.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
+shadow_log = logging.getLogger("moderation.audit.shadow")
 
 
 class EscalationStatus(str, enum.Enum):
@@ -88,8 +90,11 @@ class ModerationPipeline:
         max_batch: int = 16,
         max_wait_ms: float = 0.0,
         max_queue: int = 128,
+        store: EmbeddingStore | None = None,
     ):
         self.scorer = scorer
+        self.store = store
+        self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="embedding-store")
         self.registry = registry
         self.limits = limits
         self.metrics = metrics
@@ -123,7 +128,7 @@ class ModerationPipeline:
         started = time.perf_counter()
         deadline = time.monotonic() + deadline_s
         # Look the policy up once: the request finishes on the version it started with.
-        served: ServedPolicy[PolicyTextIndex] = self.registry.get(policy_id)
+        served, shadows = self.registry.with_shadows(policy_id)
 
         pixels, frame_indices, total_frames = await loop.run_in_executor(self._decode_pool, self._decode_and_preprocess, image)
         decoded = time.perf_counter()
@@ -133,6 +138,10 @@ class ModerationPipeline:
         embedded = time.perf_counter()
         decision = decide(scores, served.policy)
         decided = time.perf_counter()
+        for shadow in shadows:
+            self._evaluate_shadow(shadow, embeddings, frame_indices, decision, request_id)
+        if self.store is not None:
+            self._record(request_id, decision, embeddings, frame_indices, deciding)
 
         escalation = self._escalation(decision, force_escalation)
         timings = StageTimings(
@@ -144,6 +153,45 @@ class ModerationPipeline:
         self._observe(decision, timings)
         frames = FrameSample(frame_indices, total_frames, deciding)
         return ModerationResult(request_id, decision, self.scorer.model_id, timings, escalation, frames)
+
+    def _evaluate_shadow(
+        self, shadow: ServedPolicy[PolicyTextIndex], embeddings: torch.Tensor, frame_indices: tuple[int, ...], active: Decision, request_id: str
+    ) -> None:
+        """Score the same embeddings under a shadow policy; its decision goes to metrics and the audit log only."""
+        scores, _ = most_severe_frame(self.scorer.score(embeddings, shadow.compiled), frame_indices)
+        decision = decide(scores, shadow.policy)
+        self.metrics.shadow_decisions.labels(active.policy_id, shadow.policy.id, decision.action.value).inc()
+        active_actions = {c.category_id: c.action for c in active.categories}
+        disagreements = [c.category_id for c in decision.categories if active_actions.get(c.category_id, c.action) is not c.action]
+        for category_id in disagreements:
+            self.metrics.shadow_disagreements.labels(active.policy_id, shadow.policy.id, category_id).inc()
+        shadow_log.info(
+            "shadow decision",
+            extra={
+                "fields": {
+                    "request_id": request_id,
+                    "policy_id": active.policy_id,
+                    "policy_version": active.policy_version,
+                    "action": active.action.value,
+                    "shadow_policy_id": decision.policy_id,
+                    "shadow_policy_version": decision.policy_version,
+                    "shadow_action": decision.action.value,
+                    "disagreements": disagreements,
+                }
+            },
+        )
+
+    def _record(
+        self, request_id: str, decision: Decision, embeddings: torch.Tensor, frame_indices: tuple[int, ...], deciding: dict[str, int]
+    ) -> None:
+        """Keep the embedding (never the image) for retroactive re-scoring, off the event loop."""
+        # For animations, the frame behind the highest-scoring category stands for the image.
+        top = max(decision.categories, key=lambda c: c.score)
+        row = frame_indices.index(deciding.get(top.category_id, frame_indices[0]))
+        vector = embeddings[row].numpy().copy()
+        self._store_pool.submit(
+            self.store.record, request_id, time.time(), decision.policy_id, decision.policy_version, decision.action.value, vector, self.scorer.model_id
+        )
 
     @staticmethod
     def _escalation(decision: Decision, forced: bool) -> EscalationOutcome:
@@ -163,6 +211,9 @@ class ModerationPipeline:
         await self.batcher.stop()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=False, cancel_futures=True)
+        self._store_pool.shutdown(wait=True)
+        if self.store is not None:
+            self.store.close()
 
 
 __all__ = ["Band", "EscalationOutcome", "EscalationStatus", "ModerationPipeline", "ModerationResult", "StageTimings"]

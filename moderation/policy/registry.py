@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from moderation.policy.loader import PolicyFileError, PolicyProblem, load_policy_file
-from moderation.policy.schema import Policy, normalise_model_id
+from moderation.policy.schema import Policy, PolicyMode, normalise_model_id
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ def load_policy_dir(directory: Path) -> list[tuple[Policy, Path, str]]:
         if policy.id in seen:
             problems.append(PolicyProblem(str(path), None, "id", f"policy id {policy.id!r} is also used by {seen[policy.id]}"))
         seen[policy.id] = path
+    active_ids = {policy.id for policy, _, _ in loaded if policy.mode is PolicyMode.ACTIVE}
+    for policy, path, _ in loaded:
+        if policy.shadow_of and policy.shadow_of not in active_ids:
+            problems.append(PolicyProblem(str(path), None, "shadow_of", f"no active policy {policy.shadow_of!r} in {directory}"))
     defaults = [str(path) for policy, path, _ in loaded if policy.default]
     if len(defaults) > 1:
         problems.append(PolicyProblem(str(directory), None, "default", f"more than one policy is marked default: {', '.join(defaults)}"))
@@ -75,8 +79,13 @@ def load_policy_dir(directory: Path) -> list[tuple[Policy, Path, str]]:
 
 @dataclass(frozen=True)
 class _Snapshot(Generic[Compiled]):
-    policies: dict[str, ServedPolicy[Compiled]]
+    policies: dict[str, ServedPolicy[Compiled]]  # active and shadow
     default_id: str | None
+    shadows: dict[str, tuple[ServedPolicy[Compiled], ...]] = field(default_factory=dict)  # by active id
+
+    @property
+    def active(self) -> dict[str, ServedPolicy[Compiled]]:
+        return {k: v for k, v in self.policies.items() if v.policy.mode is PolicyMode.ACTIVE}
 
 
 @dataclass(frozen=True)
@@ -136,21 +145,27 @@ class PolicyRegistry(Generic[Compiled]):
 
     def replace_all(self, served: list[ServedPolicy[Compiled]]) -> None:
         policies = {s.policy.id: s for s in served}
-        marked = [s.policy.id for s in served if s.policy.default]
-        default_id = marked[0] if marked else (served[0].policy.id if len(served) == 1 else None)
-        self._snapshot = _Snapshot(policies, default_id)  # one assignment: readers see old or new, never a mix
+        active = [s for s in served if s.policy.mode is PolicyMode.ACTIVE]
+        marked = [s.policy.id for s in active if s.policy.default]
+        default_id = marked[0] if marked else (active[0].policy.id if len(active) == 1 else None)
+        shadows: dict[str, tuple[ServedPolicy[Compiled], ...]] = {}
+        for s in served:
+            if s.policy.shadow_of:
+                shadows[s.policy.shadow_of] = (*shadows.get(s.policy.shadow_of, ()), s)
+        self._snapshot = _Snapshot(policies, default_id, shadows)  # one assignment: readers see old or new, never a mix
 
     def get(self, policy_id: str = "") -> ServedPolicy[Compiled]:
+        """An active policy by id ('' for the default). Shadow policies never decide requests."""
+        return _active(self._snapshot, policy_id)
+
+    def with_shadows(self, policy_id: str = "") -> tuple[ServedPolicy[Compiled], tuple[ServedPolicy[Compiled], ...]]:
+        """The active policy and the shadow policies evaluated beside it, from one snapshot."""
         snapshot = self._snapshot
-        wanted = policy_id or snapshot.default_id
-        if wanted is None:
-            raise PolicyNotFound("(default)", snapshot.policies)
-        try:
-            return snapshot.policies[wanted]
-        except KeyError:
-            raise PolicyNotFound(wanted, snapshot.policies) from None
+        served = _active(snapshot, policy_id)
+        return served, snapshot.shadows.get(served.policy.id, ())
 
     def all(self) -> list[ServedPolicy[Compiled]]:
+        """Active and shadow policies."""
         return sorted(self._snapshot.policies.values(), key=lambda s: s.policy.id)
 
     @property
@@ -171,6 +186,14 @@ class PolicyRegistry(Generic[Compiled]):
                 problems.append(PolicyProblem(str(path), None, "model", message + "; recalibrate or change the server's model"))
         if problems:
             raise PolicyFileError(problems)
+
+
+def _active(snapshot: _Snapshot[Compiled], policy_id: str) -> ServedPolicy[Compiled]:
+    wanted = policy_id or snapshot.default_id
+    served = snapshot.policies.get(wanted) if wanted else None
+    if served is None or served.policy.mode is not PolicyMode.ACTIVE:
+        raise PolicyNotFound(wanted or "(default)", snapshot.active)
+    return served
 
 
 def describe(served: ServedPolicy[Any]) -> str:

@@ -75,6 +75,11 @@ class Category(_Strict):
         return value
 
 
+class PolicyMode(str, enum.Enum):
+    ACTIVE = "active"
+    SHADOW = "shadow"
+
+
 class Policy(_Strict):
     id: Identifier = Field(description="lower_snake_case policy id")
     version: str = Field(
@@ -82,6 +87,12 @@ class Policy(_Strict):
     )
     description: str = ""
     default: bool = Field(default=False, description="serve this policy when a request names none")
+    mode: PolicyMode = Field(
+        default=PolicyMode.ACTIVE,
+        description="'active' decides requests; 'shadow' is evaluated beside the policy named in shadow_of, "
+        "and its decisions go only to metrics and the audit log",
+    )
+    shadow_of: str | None = Field(default=None, pattern=IDENTIFIER, description="the active policy id a shadow policy runs beside")
     model: str | None = Field(
         default=None,
         description="the CLIP model the thresholds were calibrated for, e.g. 'ViT-B-32/laion2b_s34b_b79k'",
@@ -107,6 +118,19 @@ class Policy(_Strict):
             if template.count("{}") != 1:
                 raise ValueError(f"template {template!r} must contain exactly one '{{}}' where the prompt goes")
         return templates
+
+    @model_validator(mode="after")
+    def _shadow_fields_agree(self) -> Policy:
+        if self.mode is PolicyMode.SHADOW:
+            if not self.shadow_of:
+                raise ValueError("a shadow policy needs shadow_of: the id of the active policy it runs beside")
+            if self.default:
+                raise ValueError("a shadow policy cannot be the default: it never decides requests")
+            if self.shadow_of == self.id:
+                raise ValueError("shadow_of must name another policy")
+        elif self.shadow_of:
+            raise ValueError("shadow_of is only for policies with mode: shadow")
+        return self
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Policy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from moderation.imaging import DecodeLimits
 from moderation.metrics import ModerationMetrics
 from moderation.pipeline import ModerationPipeline
 from moderation.policy.registry import PolicyRegistry
+from moderation.store import EmbeddingStore
 from moderation.server.auth import TokenAuth, TokenAuthInterceptor, load_tokens
 from moderation.server.reload import PolicyReloader
 from moderation.server.servicer import ModerationServicer, ServingState
@@ -75,6 +77,9 @@ def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[Mode
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
+        store=EmbeddingStore(settings.embedding_store, retention=timedelta(days=settings.embedding_retention_days))
+        if settings.embedding_store
+        else None,
     )
     return pipeline, reloader
 

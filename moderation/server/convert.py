@@ -51,7 +51,13 @@ def result_to_pb(result: ModerationResult) -> pb.ModerateResponse:
 def policy_summary_to_pb(served: ServedPolicy, is_default: bool) -> pb.PolicySummary:
     p = served.policy
     return pb.PolicySummary(
-        id=p.id, version=p.version, description=p.description.strip(), is_default=is_default, category_ids=[c.id for c in p.categories]
+        id=p.id,
+        version=p.version,
+        description=p.description.strip(),
+        is_default=is_default,
+        category_ids=[c.id for c in p.categories],
+        mode=p.mode.value,
+        shadow_of=p.shadow_of or "",
     )
 
 

@@ -178,18 +178,22 @@ class ListPoliciesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PolicySummary(_message.Message):
-    __slots__ = ("id", "version", "description", "is_default", "category_ids")
+    __slots__ = ("id", "version", "description", "is_default", "category_ids", "mode", "shadow_of")
     ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_OF_FIELD_NUMBER: _ClassVar[int]
     id: str
     version: str
     description: str
     is_default: bool
     category_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., category_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    mode: str
+    shadow_of: str
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., category_ids: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., shadow_of: _Optional[str] = ...) -> None: ...
 
 class ListPoliciesResponse(_message.Message):
     __slots__ = ("policies",)

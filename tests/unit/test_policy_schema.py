@@ -143,3 +143,23 @@ def test_registry_default_lookup_and_model_check(tmp_path: Path) -> None:
     assert random_registry.get("beta").compiled == "BETA"
     with pytest.raises(PolicyNotFound, match="no policy 'gamma' is served; served policies: alpha, beta"):
         random_registry.get("gamma")
+
+
+def test_shadow_policy_rules() -> None:
+    assert "a shadow policy needs shadow_of" in problems_of(VALID + "mode: shadow\n")[0]
+    assert "only for policies with mode: shadow" in problems_of(VALID + "shadow_of: other\n")[0]
+    assert "cannot be the default" in problems_of(VALID + "mode: shadow\nshadow_of: other\ndefault: true\n")[0]
+
+
+def test_shadow_must_name_an_active_policy_and_is_not_served_directly(tmp_path: Path) -> None:
+    _write(tmp_path, "a.yaml", VALID)
+    _write(tmp_path, "b.yaml", VALID.replace("id: test", "id: test_shadow") + "mode: shadow\nshadow_of: missing\n")
+    with pytest.raises(PolicyFileError, match="no active policy 'missing'"):
+        load_policy_dir(tmp_path)
+    _write(tmp_path, "b.yaml", VALID.replace("id: test", "id: test_shadow") + "mode: shadow\nshadow_of: test\n")
+    registry = PolicyRegistry(lambda policy: policy.id, model_id="m")
+    registry.load_directory(tmp_path)
+    active, shadows = registry.with_shadows("")
+    assert active.policy.id == "test" and [s.policy.id for s in shadows] == ["test_shadow"]
+    with pytest.raises(PolicyNotFound, match="served policies: test$"):
+        registry.get("test_shadow")
