@@ -12,9 +12,9 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from moderation.policy.schema import Action, Category, Policy
+from moderation.policy.schema import Action, Category, ExplainerRole, Policy
 
 
 class Band(str, enum.Enum):
@@ -108,3 +108,36 @@ def _reasons(categories: tuple[CategoryDecision, ...], action: Action) -> tuple[
     if action is Action.ALLOW:
         reasons.append("Every category scored below its review threshold.")
     return tuple(reasons)
+
+
+def clip_leans_violating(category: CategoryDecision) -> bool:
+    """CLIP's leaning on a category: at or above the middle of its borderline band."""
+    return category.score >= (category.review_threshold + category.block_threshold) / 2
+
+
+def apply_verdict(decision: Decision, policy: Policy, category_id: str, violates: bool, clause_id: str) -> tuple[Decision, bool]:
+    """Let the explainer's verdict settle a borderline case where the policy makes it decisive.
+
+    Returns the (possibly) new decision and whether the category's action changed.
+    Advisory categories, and categories that were not borderline, keep their action:
+    the rationale is attached for the human reviewer only. The verdict can never
+    lower a category that crossed its block threshold.
+    """
+    target = next((c for c in decision.categories if c.category_id == category_id), None)
+    if target is None or target.band is not Band.BORDERLINE:
+        return decision, False
+    if policy.category(category_id).explainer is not ExplainerRole.DECISIVE:
+        return decision, False
+    new_action = policy.category(category_id).on_block if violates else Action.ALLOW
+    if new_action is target.action:
+        return decision, False
+    categories = tuple(replace(c, action=new_action) if c.category_id == category_id else c for c in decision.categories)
+    action = max((c.action for c in categories), key=lambda a: a.severity, default=Action.ALLOW)
+    verdict = "violates" if violates else "does not violate"
+    # CLIP's reasons stay as they were (they say what CLIP saw); the verdict is added.
+    reasons = (
+        *decision.reasons,
+        f"The explainer found that the image {verdict} clause {clause_id}; the policy makes it decisive for "
+        f"{category_id}, so that category's action is {new_action.value}.",
+    )
+    return replace(decision, action=action, categories=categories, reasons=reasons), True

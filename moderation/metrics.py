@@ -90,6 +90,34 @@ class ModerationMetrics:
             ["policy", "shadow", "category"],
             registry=registry,
         )
+        self.escalations = Counter(
+            "moderation_escalations_total",
+            "Escalations to the explainer by outcome (COMPLETED, TIMED_OUT, SHED, FAILED, DISABLED).",
+            ["policy", "outcome"],
+            registry=registry,
+        )
+        self.escalation_seconds = Histogram(
+            "moderation_escalation_seconds",
+            "Time from escalation to its outcome.",
+            ["outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60),
+            registry=registry,
+        )
+        self.escalation_tokens = Histogram(
+            "moderation_escalation_generated_tokens",
+            "Tokens the explainer generated per completed escalation.",
+            buckets=(8, 16, 24, 32, 48, 64, 96, 128, 192, 256),
+            registry=registry,
+        )
+        self.escalation_queue_depth = Gauge(
+            "moderation_escalation_queue_depth", "Escalations waiting for a free explainer slot.", registry=registry
+        )
+        self.tier_agreement = Counter(
+            "moderation_tier_agreement_total",
+            "Completed escalations by whether the explainer agreed with CLIP's leaning on the cited category.",
+            ["policy", "category", "agreement"],
+            registry=registry,
+        )
         self.in_flight = Gauge("moderation_in_flight_requests", "Moderate calls being processed.", registry=registry)
         self.policy_reloads = Counter(
             "moderation_policy_reload_total",

@@ -6,39 +6,31 @@ Transport-free: the gRPC servicer and the CLI's offline commands both call it.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from moderation.clip.batcher import MicroBatcher
 from moderation.clip.scorer import ClipScorer, PolicyTextIndex
-from moderation.decision import Band, Decision, decide
-from moderation.imaging import DecodeLimits, decode_frames
+from moderation.decision import Band, Decision, apply_verdict, clip_leans_violating, decide
+from moderation.escalation.tier import (
+    EscalationOutcome,
+    EscalationRequest,
+    EscalationStatus,
+    EscalationTier,
+    categories_to_escalate,
+)
+from moderation.imaging import DecodedImage, DecodeLimits, decode_frames
 from moderation.metrics import ModerationMetrics
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
+from moderation.policy.schema import Policy
 from moderation.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 shadow_log = logging.getLogger("moderation.audit.shadow")
-
-
-class EscalationStatus(str, enum.Enum):
-    NOT_NEEDED = "NOT_NEEDED"
-    COMPLETED = "COMPLETED"
-    TIMED_OUT = "TIMED_OUT"
-    SHED = "SHED"
-    FAILED = "FAILED"
-    DISABLED = "DISABLED"
-
-
-@dataclass(frozen=True, slots=True)
-class EscalationOutcome:
-    status: EscalationStatus = EscalationStatus.NOT_NEEDED
-    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +83,10 @@ class ModerationPipeline:
         max_wait_ms: float = 0.0,
         max_queue: int = 128,
         store: EmbeddingStore | None = None,
+        escalation: EscalationTier | None = None,
     ):
         self.scorer = scorer
+        self.escalation = escalation
         self.store = store
         self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="embedding-store")
         self.registry = registry
@@ -110,10 +104,10 @@ class ModerationPipeline:
         """Start the batch worker; call on the serving event loop."""
         self.batcher.start()
 
-    def _decode_and_preprocess(self, image: bytes) -> tuple[torch.Tensor, tuple[int, ...], int]:
+    def _decode_and_preprocess(self, image: bytes) -> tuple[torch.Tensor, DecodedImage]:
         decoded = decode_frames(image, self.limits)
         pixels = torch.stack([self.scorer.clip.preprocess(frame) for frame in decoded.frames])
-        return pixels, decoded.frame_indices, decoded.total_frames
+        return pixels, decoded
 
     async def moderate(
         self,
@@ -130,7 +124,8 @@ class ModerationPipeline:
         # Look the policy up once: the request finishes on the version it started with.
         served, shadows = self.registry.with_shadows(policy_id)
 
-        pixels, frame_indices, total_frames = await loop.run_in_executor(self._decode_pool, self._decode_and_preprocess, image)
+        pixels, decoded_image = await loop.run_in_executor(self._decode_pool, self._decode_and_preprocess, image)
+        frame_indices, total_frames = decoded_image.frame_indices, decoded_image.total_frames
         decoded = time.perf_counter()
         # All sampled frames of an animation go through the model in one batch.
         embeddings = await self.batcher.embed(pixels, deadline)
@@ -143,11 +138,15 @@ class ModerationPipeline:
         if self.store is not None:
             self._record(request_id, decision, embeddings, frame_indices, deciding)
 
-        escalation = self._escalation(decision, force_escalation)
+        escalation_started = time.perf_counter()
+        decision, escalation = await self._escalate(
+            decision, served.policy, force_escalation, request_id, image, decoded_image, deciding, deadline
+        )
         timings = StageTimings(
             decode_ms=(decoded - started) * 1e3,
             embed_ms=(embedded - decoded) * 1e3,
             decide_ms=(decided - embedded) * 1e3,
+            escalation_ms=(time.perf_counter() - escalation_started) * 1e3,
             total_ms=(time.perf_counter() - started) * 1e3,
         )
         self._observe(decision, timings)
@@ -193,11 +192,36 @@ class ModerationPipeline:
             self.store.record, request_id, time.time(), decision.policy_id, decision.policy_version, decision.action.value, vector, self.scorer.model_id
         )
 
-    @staticmethod
-    def _escalation(decision: Decision, forced: bool) -> EscalationOutcome:
-        if not forced and not decision.borderline:
-            return EscalationOutcome(EscalationStatus.NOT_NEEDED)
-        return EscalationOutcome(EscalationStatus.DISABLED, "no explainer is configured; the CLIP decision stands")
+    async def _escalate(
+        self,
+        decision: Decision,
+        policy: Policy,
+        forced: bool,
+        request_id: str,
+        image: bytes,
+        decoded: DecodedImage,
+        deciding: dict[str, int],
+        deadline: float,
+    ) -> tuple[Decision, EscalationOutcome]:
+        borderline = [c.category_id for c in decision.borderline]
+        category_ids = categories_to_escalate(borderline, [c.id for c in policy.categories], forced)
+        if not category_ids:
+            return decision, EscalationOutcome(EscalationStatus.NOT_NEEDED)
+        if self.escalation is None:
+            return decision, EscalationOutcome(EscalationStatus.DISABLED, "no explainer is configured; the CLIP decision stands")
+        # The explainer sees the frame that made the first escalated category borderline.
+        frame = decoded.frames[decoded.frame_indices.index(deciding.get(category_ids[0], decoded.frame_indices[0]))]
+        request = EscalationRequest(request_id, image, frame, policy, category_ids)
+        outcome = await self.escalation.escalate(request, deadline - time.monotonic())
+        if outcome.verdict is None:
+            # Borderline categories are already REVIEW: a failed escalation leaves them there.
+            return decision, outcome
+        verdict = outcome.verdict
+        clip_view = next(c for c in decision.categories if c.category_id == verdict.category_id)
+        agrees = clip_leans_violating(clip_view) == verdict.violates
+        self.metrics.tier_agreement.labels(policy.id, verdict.category_id, "agree" if agrees else "disagree").inc()
+        decision, changed = apply_verdict(decision, policy, verdict.category_id, verdict.violates, verdict.clause_id)
+        return decision, replace(outcome, agrees_with_clip=agrees, changed_action=changed)
 
     def _observe(self, decision: Decision, timings: StageTimings) -> None:
         m = self.metrics
@@ -209,6 +233,8 @@ class ModerationPipeline:
 
     async def close(self) -> None:
         await self.batcher.stop()
+        if self.escalation is not None:
+            await self.escalation.close()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=False, cancel_futures=True)
         self._store_pool.shutdown(wait=True)

@@ -55,6 +55,19 @@ class Thresholds(_Strict):
         return self
 
 
+class ExplainerRole(str, enum.Enum):
+    """What the SmolVLM2 verdict may do for a borderline case of this category."""
+
+    ADVISORY = "advisory"  # the action stays REVIEW; the rationale helps the human reviewer
+    DECISIVE = "decisive"  # the verdict may move the borderline case to ALLOW or the category's on_block
+
+
+class EscalationSettings(_Strict):
+    instruction: str | None = Field(
+        default=None, min_length=20, max_length=2000, description="replaces the explainer's default instruction text"
+    )
+
+
 class Category(_Strict):
     id: Identifier = Field(description="lower_snake_case id, unique in the policy")
     description: str = ""
@@ -66,6 +79,9 @@ class Category(_Strict):
     )
     thresholds: Thresholds
     on_block: Action = Field(default=Action.BLOCK, description="BLOCK or REVIEW when the block threshold is crossed")
+    explainer: ExplainerRole = Field(
+        default=ExplainerRole.ADVISORY, description="'advisory' (default) or 'decisive' for borderline cases"
+    )
 
     @field_validator("on_block")
     @classmethod
@@ -103,6 +119,7 @@ class Policy(_Strict):
         description="prompt templates, each containing '{}' where a prompt goes",
     )
     benign: list[Prompt] = Field(min_length=1, description="prompts for ordinary, allowed images")
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     categories: list[Category] = Field(min_length=1)
 
     @field_validator("version", mode="before")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from moderation.decision import Band
-from moderation.pipeline import EscalationStatus, ModerationResult
+from moderation.escalation.tier import EscalationOutcome, EscalationStatus
+from moderation.pipeline import ModerationResult
 from moderation.policy.registry import ServedPolicy
 from moderation.policy.schema import Action
 from moderation.v1 import moderation_pb2 as pb
@@ -36,7 +37,7 @@ def result_to_pb(result: ModerationResult) -> pb.ModerateResponse:
         ],
         frames_scored=len(result.frames.indices),
         frames_total=result.frames.total,
-        escalation=pb.Escalation(status=ESCALATION_TO_PB[result.escalation.status], reason=result.escalation.reason),
+        escalation=escalation_to_pb(result.escalation),
         timings=pb.StageTimings(
             decode_ms=result.timings.decode_ms,
             embed_ms=result.timings.embed_ms,
@@ -84,3 +85,19 @@ def policy_to_pb(served: ServedPolicy, is_default: bool) -> pb.GetPolicyResponse
         ],
         source_yaml=served.source_text,
     )
+
+
+def escalation_to_pb(outcome: EscalationOutcome) -> pb.Escalation:
+    message = pb.Escalation(status=ESCALATION_TO_PB[outcome.status], reason=outcome.reason, latency_ms=outcome.latency_ms)
+    verdict = outcome.verdict
+    if verdict is not None:
+        message.violates = verdict.violates
+        message.category_id = verdict.category_id
+        message.clause_id = verdict.clause_id
+        message.rationale = verdict.rationale
+        message.confidence = verdict.confidence
+        message.model = verdict.model_id
+        message.generated_tokens = verdict.generated_tokens
+        message.agrees_with_clip = outcome.agrees_with_clip
+        message.changed_action = outcome.changed_action
+    return message

@@ -237,3 +237,84 @@ class ModerationService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ExplainerServiceStub:
+    """ExplainerService is the second-opinion tier: SmolVLM2 reads the image and the
+    policy clauses of the borderline categories and answers a verdict that cites
+    one clause. The scorer calls it with a deadline; it can also run in-process.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Explain = channel.unary_unary(
+                '/moderation.v1.ExplainerService/Explain',
+                request_serializer=moderation_dot_v1_dot_moderation__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=moderation_dot_v1_dot_moderation__pb2.ExplainResponse.FromString,
+                _registered_method=True)
+
+
+class ExplainerServiceServicer:
+    """ExplainerService is the second-opinion tier: SmolVLM2 reads the image and the
+    policy clauses of the borderline categories and answers a verdict that cites
+    one clause. The scorer calls it with a deadline; it can also run in-process.
+    """
+
+    def Explain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ExplainerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=moderation_dot_v1_dot_moderation__pb2.ExplainRequest.FromString,
+                    response_serializer=moderation_dot_v1_dot_moderation__pb2.ExplainResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'moderation.v1.ExplainerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('moderation.v1.ExplainerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ExplainerService:
+    """ExplainerService is the second-opinion tier: SmolVLM2 reads the image and the
+    policy clauses of the borderline categories and answers a verdict that cites
+    one clause. The scorer calls it with a deadline; it can also run in-process.
+    """
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moderation.v1.ExplainerService/Explain',
+            moderation_dot_v1_dot_moderation__pb2.ExplainRequest.SerializeToString,
+            moderation_dot_v1_dot_moderation__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
