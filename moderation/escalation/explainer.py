@@ -169,7 +169,9 @@ class Explainer:
             raise ExplanationFailed(
                 f"the token budget of {max_new_tokens} ran out before the verdict reached its rationale; raise max_new_tokens"
             )
-        text = self._tokenizer.decode(outcome.token_ids, skip_special_tokens=False) + outcome.closing_text
+        # Exactly the bytes the grammar accepted: no special-token stripping, no space clean-up.
+        text = self._tokenizer.decode(outcome.token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text += outcome.closing_text
         try:
             verdict = parse_verdict(text, policy, category_ids)
         except InvalidVerdict as err:
