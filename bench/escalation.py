@@ -1,0 +1,223 @@
+"""Escalation latency: the explainer's path against a plain `model.generate` on the same prompt.
+
+One run, side by side, interleaved, on SmolVLM2-256M's architecture with random
+weights (same FLOPs and memory traffic as the real model; the text means nothing), on
+CPU, with one real photo (scikit-image's astronaut) and the default policy's first two
+categories as the borderline ones.
+
+What is compared, for the same prompt tokens and the same number of output tokens:
+  generate     `model.generate` on the full prompt (prefix + image + question), float32,
+               greedy, min_new_tokens = max_new_tokens = N: the naive way to call the model.
+  escalation   `Explainer.explain`: the production path. The prefix KV cache is warm (it
+               is prefilled once per policy version, in warmup), int8 dynamic quantization
+               (unless --no-quantize), grammar-constrained greedy decoding with
+               jump-forward. N is the number of tokens its verdict took; the grammar
+               dictates some of them (`forced_tokens`), which are fed to the model in bulk.
+Two more rows split the gain:
+  escalation_unconstrained   the explainer's path without the grammar, exactly N tokens
+                             (all chosen by the model: no jump-forward).
+  prefix_reuse_float32       the explainer's path, float32 (no quantization), same grammar.
+Each is repeated `runs` times, interleaved, and the median is reported: the machine is
+shared and noisy, so compare ratios, not absolute milliseconds.
+
+Run: python -m bench.escalation [--runs 3] [--no-quantize] [--output bench/results/escalation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers.generation.streamers import BaseStreamer
+
+from moderation.escalation import DEFAULT_EXPLAINER_MODEL, Explainer, ExplainerSpec, load_explainer
+from moderation.policy.loader import load_policy_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
+DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "escalation.json"
+
+
+class _TokenClock(BaseStreamer):
+    """Times `generate`'s output: its first `put` is the prompt, each later one a new token."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.token_times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._prompt_seen:
+            self.token_times.append(time.perf_counter())
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def _plain_generate(model: torch.nn.Module, inputs: Any, new_tokens: int) -> dict[str, float]:
+    clock = _TokenClock()
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=torch.ones_like(inputs.input_ids),
+            pixel_values=inputs.pixel_values,
+            pixel_attention_mask=inputs.pixel_attention_mask,
+            do_sample=False,
+            min_new_tokens=new_tokens,
+            max_new_tokens=new_tokens,
+            streamer=clock,
+        )
+    finished = time.perf_counter()
+    produced = output.shape[1] - inputs.input_ids.shape[1]
+    if produced != new_tokens or len(clock.token_times) != new_tokens:
+        raise RuntimeError(f"generate produced {produced} tokens, not the {new_tokens} asked for")
+    first = clock.token_times[0]
+    return {
+        "total_ms": (finished - clock.started) * 1000.0,
+        "ttft_ms": (first - clock.started) * 1000.0,
+        "ms_per_token": (finished - first) * 1000.0 / max(1, new_tokens - 1),
+    }
+
+
+def _explain_row(result: Any) -> dict[str, float]:
+    return {"total_ms": result.total_ms, "ttft_ms": result.ttft_ms, "ms_per_token": result.decode_ms_per_token}
+
+
+def _median_row(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.median(row[key] for row in rows), 1) for key in rows[0]}
+
+
+def _machine() -> dict[str, Any]:
+    cpu_model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu_model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), "")
+    return {
+        "device": "cpu",
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": {name: importlib.metadata.version(name) for name in ("torch", "transformers", "xgrammar")},
+    }
+
+
+def run_escalation_bench(
+    runs: int = 3,
+    quantize: bool = True,
+    policy_path: Path = DEFAULT_POLICY,
+    output: Path | None = DEFAULT_OUTPUT,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Measure and return the comparison described in the module docstring; write it to `output`."""
+    from skimage import data as skimage_data
+
+    started = time.perf_counter()
+    load_at_start = os.getloadavg()
+    policy, _ = load_policy_file(policy_path)
+    category_ids = [c.id for c in policy.categories[:2]]
+    image = Image.fromarray(skimage_data.astronaut())
+
+    progress(f"building {DEFAULT_EXPLAINER_MODEL} with random weights (float32 and {'int8' if quantize else 'float32'})")
+    float32 = load_explainer(ExplainerSpec(weights="random", seed=seed))
+    prefix_reuse_float32 = Explainer(float32)
+    explainer = Explainer.load(ExplainerSpec(weights="random", seed=seed, quantize=quantize)) if quantize else prefix_reuse_float32
+    inputs = explainer.prompt_inputs(image, policy, category_ids)
+
+    progress("warming up (this also prefills the policy prefix, as the server does once per policy version)")
+    explainer.warmup(policy, category_ids)
+    prefix_reuse_float32.warmup(policy, category_ids)
+    _plain_generate(float32.model, inputs, new_tokens=2)
+    new_tokens = explainer.explain(image, policy, category_ids).generated_tokens
+
+    rows: dict[str, list[dict[str, float]]] = {"generate": [], "escalation": [], "escalation_unconstrained": [], "prefix_reuse_float32": []}
+    forced_tokens = []
+    for run in range(runs):
+        result = explainer.explain(image, policy, category_ids)
+        if result.generated_tokens != new_tokens:  # greedy decoding is deterministic
+            raise RuntimeError(f"explain produced {result.generated_tokens} tokens, then {new_tokens}")
+        forced_tokens.append(result.forced_tokens)
+        rows["escalation"].append(_explain_row(result))
+        rows["generate"].append(_plain_generate(float32.model, inputs, new_tokens))
+        unconstrained = explainer.generate_unconstrained(image, policy, category_ids, new_tokens)
+        rows["escalation_unconstrained"].append(
+            {"total_ms": unconstrained.total_ms, "ttft_ms": unconstrained.ttft_ms, "ms_per_token": unconstrained.decode_ms_per_token}
+        )
+        rows["prefix_reuse_float32"].append(_explain_row(prefix_reuse_float32.explain(image, policy, category_ids)))
+        progress(f"run {run + 1}/{runs}: " + ", ".join(f"{name} {row[-1]['total_ms']:.0f} ms" for name, row in rows.items()))
+
+    medians = {name: _median_row(measured) for name, measured in rows.items()}
+    generate_ms = medians["generate"]["total_ms"]
+    results = {
+        "model": f"{DEFAULT_EXPLAINER_MODEL} (random weights)",
+        "quantized": quantize,
+        "policy": f"{policy.id}@{policy.version}",
+        "categories": category_ids,
+        "image": "skimage.data.astronaut (512x512 RGB), one frame, no tiling",
+        "prompt_tokens": inputs.input_ids.shape[1],
+        "prefix_tokens": inputs.prefix_tokens,
+        "new_tokens": new_tokens,
+        "forced_tokens": statistics.median(forced_tokens),
+        "runs": runs,
+        "escalation_vs_generate_ratio": round(medians["escalation"]["total_ms"] / generate_ms, 3),
+        # The same ratio within each run pair, whose median resists load that drifts over the bench.
+        "escalation_vs_generate_ratio_per_run": [
+            round(e["total_ms"] / g["total_ms"], 3) for e, g in zip(rows["escalation"], rows["generate"], strict=True)
+        ],
+        "escalation_ms": medians["escalation"]["total_ms"],
+        "generate_ms": generate_ms,
+        "ttft_ms": {name: row["ttft_ms"] for name, row in medians.items()},
+        "ms_per_token": {name: row["ms_per_token"] for name, row in medians.items()},
+        "total_ms": {name: row["total_ms"] for name, row in medians.items()},
+        "ratios_vs_generate": {name: round(row["total_ms"] / generate_ms, 3) for name, row in medians.items()},
+        "verdict_sample": asdict(result.verdict),
+        "all_runs": rows,
+        "machine": _machine(),
+        "load_average": {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()]},
+        "bench_seconds": round(time.perf_counter() - started, 1),
+        "compared": (
+            "same prompt token ids and pixels, same number of output tokens (new_tokens); generate: float32 "
+            "model.generate with min_new_tokens=max_new_tokens=new_tokens; escalation: Explainer.explain with a warm "
+            "prefix cache, grammar and jump-forward (forced_tokens of new_tokens dictated by the grammar)"
+        ),
+    }
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        progress(f"wrote {output}")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-quantize", dest="quantize", action="store_false", help="float32 explainer")
+    parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args()
+    results = run_escalation_bench(runs=args.runs, quantize=args.quantize, policy_path=args.policy, output=args.output)
+    print(f"\n{'path':<28}{'total ms':>10}{'ttft ms':>10}{'ms/token':>10}{'vs generate':>13}")
+    for name, total in results["total_ms"].items():
+        print(
+            f"{name:<28}{total:>10.0f}{results['ttft_ms'][name]:>10.0f}{results['ms_per_token'][name]:>10.1f}"
+            f"{results['ratios_vs_generate'][name]:>12.2f}x"
+        )
+    print(f"new tokens: {results['new_tokens']} ({results['forced_tokens']} forced by the grammar), prompt tokens: {results['prompt_tokens']}")
+
+
+if __name__ == "__main__":
+    main()
