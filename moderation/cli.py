@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from moderation.config import Device, LogFormat, Settings, load_settings
+from moderation.config import Device, ExplainerMode, LogFormat, Settings, load_settings
 
 if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not load torch
     from moderation.clip import ClipModelSpec, ClipScorer
@@ -61,15 +61,13 @@ def serve(
     weights: Annotated[Optional[str], typer.Option(help="pretrained tag, checkpoint path, or 'random' (smoke tests only)")] = None,
     device: Annotated[Optional[Device], typer.Option(help="cpu, cuda or auto")] = None,
     log_format: Annotated[Optional[LogFormat], typer.Option(help="json or text")] = None,
+    explainer: Annotated[Optional[ExplainerMode], typer.Option(help="SmolVLM2 escalation: off, in-process or remote")] = None,
+    explainer_model: Annotated[Optional[str], typer.Option(help="SmolVLM2 Hugging Face id or local directory")] = None,
+    explainer_weights: Annotated[Optional[str], typer.Option(help="'pretrained' or 'random' (smoke tests only)")] = None,
+    explainer_target: Annotated[Optional[str], typer.Option(help="host:port of explain-serve (remote mode)")] = None,
 ) -> None:
     """Run the gRPC moderation server until SIGTERM."""
-    import asyncio
-
-    from moderation.clip import WeightsUnavailable
-    from moderation.logs import configure_logging
-    from moderation.policy import PolicyFileError
-    from moderation.server.app import StartupError, serve as run_server
-    from moderation.server.auth import TokenFileError
+    from moderation.server.app import serve as run_server
 
     try:
         settings = load_settings(
@@ -82,13 +80,61 @@ def serve(
             clip_weights=weights,
             device=device,
             log_format=log_format,
+            explainer_mode=explainer,
+            explainer_model=explainer_model,
+            explainer_weights=explainer_weights,
+            explainer_target=explainer_target,
         )
     except (ValidationError, FileNotFoundError) as error:
         raise _fail(f"invalid settings: {error}") from None
+    _run_logged(settings, run_server)
+
+
+@app.command("explain-serve")
+def explain_serve(
+    config: Annotated[Optional[Path], typer.Option(help="YAML settings file")] = None,
+    host: Annotated[Optional[str], typer.Option(help="gRPC bind address")] = None,
+    port: Annotated[Optional[int], typer.Option(help="gRPC port")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Prometheus /metrics port, 0 to disable")] = None,
+    policies: Annotated[Optional[Path], typer.Option(help="directory of policy YAML files (the scorer's)")] = None,
+    explainer_model: Annotated[Optional[str], typer.Option(help="SmolVLM2 Hugging Face id or local directory")] = None,
+    explainer_weights: Annotated[Optional[str], typer.Option(help="'pretrained' or 'random' (smoke tests only)")] = None,
+    log_format: Annotated[Optional[LogFormat], typer.Option(help="json or text")] = None,
+) -> None:
+    """Run the SmolVLM2 explainer as its own gRPC service (ExplainerService) until SIGTERM."""
+    from moderation.server.explainer_app import serve_explainer
+
+    try:
+        settings = load_settings(
+            config,
+            host=host,
+            port=port,
+            metrics_port=metrics_port,
+            policies=policies,
+            explainer_model=explainer_model,
+            explainer_weights=explainer_weights,
+            log_format=log_format,
+        )
+    except (ValidationError, FileNotFoundError) as error:
+        raise _fail(f"invalid settings: {error}") from None
+    _run_logged(settings, serve_explainer)
+
+
+def _run_logged(settings, run) -> None:  # noqa: ANN001 - Settings, async server entry
+    """Run a server; configuration errors end it with one log line and exit code 2."""
+    import asyncio
+
+    from moderation.clip import WeightsUnavailable
+    from moderation.escalation.loading import ExplainerWeightsUnavailable
+    from moderation.logs import configure_logging
+    from moderation.policy import PolicyFileError
+    from moderation.server.app import StartupError
+    from moderation.server.auth import TokenFileError
+
     configure_logging(settings.log_level, settings.log_format.value)
     try:
-        asyncio.run(run_server(settings))
-    except (WeightsUnavailable, StartupError, TokenFileError) as error:
+        asyncio.run(run(settings))
+    except (WeightsUnavailable, ExplainerWeightsUnavailable, StartupError, TokenFileError) as error:
         logging.getLogger("moderation").error("%s", error)
         raise typer.Exit(2) from None
     except PolicyFileError as error:

@@ -24,6 +24,12 @@ class Device(str, enum.Enum):
     CUDA = "cuda"
 
 
+class ExplainerMode(str, enum.Enum):
+    OFF = "off"
+    IN_PROCESS = "in-process"
+    REMOTE = "remote"
+
+
 class LogFormat(str, enum.Enum):
     JSON = "json"
     TEXT = "text"
@@ -55,6 +61,23 @@ class Settings(BaseSettings):
     )
     device: Device = Device.AUTO
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch; default: torch's own")
+
+    explainer_mode: ExplainerMode = Field(
+        ExplainerMode.OFF, description="SmolVLM2 escalation: off, in-process, or remote (explainer_target)"
+    )
+    explainer_model: str = Field(
+        "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", description="Hugging Face id or local directory of a SmolVLM2 model"
+    )
+    explainer_weights: str = Field("pretrained", description="'pretrained' or 'random' (smoke tests and benchmarks only)")
+    explainer_target: str | None = Field(None, description="host:port of `moderation explain-serve` when explainer_mode is remote")
+    explainer_quantize: bool = Field(False, description="int8 dynamic quantization of the explainer's Linear layers (CPU)")
+    explainer_timeout_s: float = Field(20.0, gt=0, description="longest an escalation may take before TIMED_OUT")
+    explainer_max_concurrent: int = Field(1, ge=1, description="explanations running at once")
+    explainer_max_waiting: int = Field(4, ge=0, description="escalations waiting for a slot before SHED")
+    explainer_budget_per_minute: float = Field(60.0, gt=0, description="escalations started per minute at most; beyond: SHED")
+    explainer_failure_threshold: int = Field(3, ge=1, description="consecutive failures that open the circuit breaker")
+    explainer_cooldown_s: float = Field(30.0, ge=0, description="how long an open circuit breaker waits before a trial call")
+    explainer_max_new_tokens: int = Field(96, ge=16, le=512, description="token budget of one verdict")
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="largest width x height accepted")
@@ -102,6 +125,12 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("clip_weights must be a pretrained tag, a checkpoint path or 'random'")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _explainer_target_for_remote(self) -> Settings:
+        if self.explainer_mode is ExplainerMode.REMOTE and not self.explainer_target:
+            raise ValueError("explainer_mode is remote: set explainer_target (MODERATION_EXPLAINER_TARGET) to host:port")
+        return self
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:

@@ -141,3 +141,10 @@ def apply_verdict(decision: Decision, policy: Policy, category_id: str, violates
         f"{category_id}, so that category's action is {new_action.value}.",
     )
     return replace(decision, action=action, categories=categories, reasons=reasons), True
+
+
+def review_at_least(decision: Decision, reason: str) -> Decision:
+    """The decision, raised to REVIEW if it was ALLOW (an escalation that could not answer)."""
+    if decision.action.severity >= Action.REVIEW.severity:
+        return replace(decision, reasons=(*decision.reasons, reason))
+    return replace(decision, action=Action.REVIEW, reasons=(*decision.reasons, reason + " Sent to human review."))

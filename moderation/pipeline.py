@@ -15,7 +15,7 @@ import torch
 
 from moderation.clip.batcher import MicroBatcher
 from moderation.clip.scorer import ClipScorer, PolicyTextIndex
-from moderation.decision import Band, Decision, apply_verdict, clip_leans_violating, decide
+from moderation.decision import Band, Decision, apply_verdict, clip_leans_violating, decide, review_at_least
 from moderation.escalation.tier import (
     EscalationOutcome,
     EscalationRequest,
@@ -214,8 +214,8 @@ class ModerationPipeline:
         request = EscalationRequest(request_id, image, frame, policy, category_ids)
         outcome = await self.escalation.escalate(request, deadline - time.monotonic())
         if outcome.verdict is None:
-            # Borderline categories are already REVIEW: a failed escalation leaves them there.
-            return decision, outcome
+            # No second opinion: a human looks at it. Never ALLOW by default.
+            return review_at_least(decision, f"Escalation {outcome.status.value}: {outcome.reason}"), outcome
         verdict = outcome.verdict
         clip_view = next(c for c in decision.categories if c.category_id == verdict.category_id)
         agrees = clip_leans_violating(clip_view) == verdict.violates

@@ -121,14 +121,28 @@ class RemoteExplainer:
     def __init__(self, target: str, credentials=None):  # noqa: ANN001 - grpc.ChannelCredentials
         import grpc
 
-        from moderation.v1 import moderation_pb2_grpc as pb_grpc
-
         self._grpc = grpc
-        options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
-        channel = grpc.aio.secure_channel(target, credentials, options=options) if credentials else grpc.aio.insecure_channel(target, options=options)
-        self._channel = channel
-        self._stub = pb_grpc.ExplainerServiceStub(channel)
+        self._target = target
+        self._credentials = credentials
+        self._channel = None
+        self._stub = None
         self.model_id = f"remote:{target}"
+
+    def _connect(self):  # noqa: ANN202
+        # Created on first use: a grpc.aio channel belongs to the event loop that
+        # creates it, and the tier is built in a worker thread at start-up.
+        if self._stub is None:
+            from moderation.v1 import moderation_pb2_grpc as pb_grpc
+
+            options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
+            aio = self._grpc.aio
+            self._channel = (
+                aio.secure_channel(self._target, self._credentials, options=options)
+                if self._credentials
+                else aio.insecure_channel(self._target, options=options)
+            )
+            self._stub = pb_grpc.ExplainerServiceStub(self._channel)
+        return self._stub
 
     async def explain(self, request: EscalationRequest, timeout_s: float) -> Verdict:
         from moderation.v1 import moderation_pb2 as pb
@@ -141,7 +155,7 @@ class RemoteExplainer:
             category_ids=list(request.category_ids),
         )
         try:
-            reply = await self._stub.Explain(message, timeout=timeout_s)
+            reply = await self._connect().Explain(message, timeout=timeout_s)
         except self._grpc.aio.AioRpcError as err:
             if err.code() == self._grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError("the remote explainer did not answer in time") from err
@@ -151,7 +165,8 @@ class RemoteExplainer:
         return Verdict(reply.violates, reply.category_id, reply.clause_id, reply.rationale, reply.confidence, reply.model, reply.generated_tokens)
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
 
 class TokenBucket:

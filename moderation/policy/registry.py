@@ -104,7 +104,8 @@ class PolicyRegistry(Generic[Compiled]):
     current snapshot serving.
     """
 
-    def __init__(self, compile_policy: Callable[[Policy], Compiled], model_id: str, random_weights: bool = False):
+    def __init__(self, compile_policy: Callable[[Policy], Compiled], model_id: str | None, random_weights: bool = False):
+        """`model_id` None: the server scores nothing (the explainer), so no model check applies."""
         self._compile = compile_policy
         self._model_id = model_id
         self._random_weights = random_weights
@@ -173,6 +174,8 @@ class PolicyRegistry(Generic[Compiled]):
         return self._snapshot.default_id
 
     def _check_models(self, loaded: list[tuple[Policy, Path, str]]) -> None:
+        if self._model_id is None:
+            return
         problems = []
         for policy, path, _ in loaded:
             if policy.model is None or normalise_model_id(policy.model) == normalise_model_id(self._model_id):

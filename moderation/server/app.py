@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from moderation.clip import ClipModelSpec, ClipScorer, load_clip
-from moderation.config import Device, Settings
+from moderation.config import Device, ExplainerMode, Settings
+from moderation.escalation.tier import EscalationTier, InProcessExplainer, RemoteExplainer
 from moderation.imaging import DecodeLimits
 from moderation.metrics import ModerationMetrics
 from moderation.pipeline import ModerationPipeline
@@ -80,6 +81,7 @@ def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[Mode
         store=EmbeddingStore(settings.embedding_store, retention=timedelta(days=settings.embedding_retention_days))
         if settings.embedding_store
         else None,
+        escalation=build_escalation_tier(settings, metrics, spec.device),
     )
     return pipeline, reloader
 
@@ -102,6 +104,44 @@ def _add_port(server: grpc.aio.Server, settings: Settings) -> int:
         require_client_auth=client_ca is not None,
     )
     return server.add_secure_port(address, credentials)
+
+
+def load_explainer_for(settings: Settings, device: str):  # noqa: ANN201 - Explainer, imported lazily
+    """Load (and warm up) the SmolVLM2 explainer named by the settings; slow."""
+    from moderation.escalation.explainer import Explainer
+    from moderation.escalation.loading import ExplainerSpec
+
+    spec = ExplainerSpec(
+        model=settings.explainer_model,
+        weights=settings.explainer_weights,
+        device=device,
+        allow_downloads=settings.allow_downloads,
+        cache_dir=settings.weights_cache,
+        quantize=settings.explainer_quantize,
+    )
+    explainer = Explainer.load(spec)
+    explainer.warmup()
+    log.info("explainer %s loaded%s", spec.model_id, " (int8)" if spec.quantize else "")
+    return explainer
+
+
+def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device: str) -> EscalationTier | None:
+    if settings.explainer_mode is ExplainerMode.OFF:
+        return None
+    if settings.explainer_mode is ExplainerMode.REMOTE:
+        backend = RemoteExplainer(settings.explainer_target)
+    else:
+        backend = InProcessExplainer(load_explainer_for(settings, device), settings.explainer_max_new_tokens)
+    return EscalationTier(
+        backend,
+        metrics,
+        max_concurrent=settings.explainer_max_concurrent,
+        max_waiting=settings.explainer_max_waiting,
+        timeout_s=settings.explainer_timeout_s,
+        budget_per_minute=settings.explainer_budget_per_minute,
+        failure_threshold=settings.explainer_failure_threshold,
+        cooldown_s=settings.explainer_cooldown_s,
+    )
 
 
 async def serve(settings: Settings) -> None:

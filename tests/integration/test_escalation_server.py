@@ -1,0 +1,118 @@
+"""The escalation tier end to end: in-process and remote SmolVLM2 (tiny, random weights)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from moderation.policy import load_policy_file
+from moderation.v1 import moderation_pb2 as pb
+from moderation.v1 import moderation_pb2_grpc as pb_grpc
+from tests import images
+from tests.conftest import POLICIES, TINY_CLIP
+from tests.integration.server import free_port, running_server, wait_until_serving
+
+pytestmark = pytest.mark.integration
+
+POLICY, _ = load_policy_file(POLICIES / "default.yaml")
+CLAUSES = {c.id: c.clause.id for c in POLICY.categories}
+TINY = ("--policies", str(POLICIES), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random")
+EXPLAINER = ("--explainer-model", "tiny-smolvlm", "--explainer-weights", "random")
+
+
+def check_completed(response: pb.ModerateResponse) -> None:
+    escalation = response.escalation
+    assert escalation.status == pb.ESCALATION_STATUS_COMPLETED, escalation.reason
+    assert CLAUSES[escalation.category_id] == escalation.clause_id, "the verdict cites the clause of its category"
+    assert 0.0 <= escalation.confidence <= 1.0
+    assert len(escalation.rationale) <= 120
+    assert escalation.model.startswith("tiny-smolvlm/random") or escalation.model.endswith("random")
+    assert escalation.generated_tokens > 0 and escalation.latency_ms > 0
+    assert response.timings.escalation_ms > 0
+
+
+def test_in_process_forced_escalation_and_timeout(tmp_path: Path) -> None:
+    with running_server(tmp_path, *TINY, "--explainer", "in-process", *EXPLAINER) as server, server.channel() as channel:
+        stub = pb_grpc.ModerationServiceStub(channel)
+        response = stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=120)
+        check_completed(response)
+        metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    outcomes = {s.labels["outcome"]: s.value for s in families["moderation_escalations"].samples if s.name.endswith("_total")}
+    assert outcomes.get("COMPLETED", 0) >= 1
+    agreement = sum(s.value for s in families["moderation_tier_agreement"].samples if s.name.endswith("_total"))
+    assert agreement >= 1
+
+    env = {"MODERATION_EXPLAINER_TIMEOUT_S": "0.001"}
+    with running_server(tmp_path, *TINY, "--explainer", "in-process", *EXPLAINER, env=env) as server, server.channel() as channel:
+        stub = pb_grpc.ModerationServiceStub(channel)
+        response = stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=120)
+    assert response.escalation.status == pb.ESCALATION_STATUS_TIMED_OUT
+    assert response.action in (pb.ACTION_REVIEW, pb.ACTION_BLOCK), "an explainer that cannot answer never lets an image through"
+    assert any("Escalation TIMED_OUT" in reason for reason in response.reasons)
+
+
+def test_remote_explainer_over_loopback_and_circuit_breaker(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    log_path = tmp_path / "explainer.log"
+    with log_path.open("wb") as log_file:
+        explainer = subprocess.Popen(
+            [sys.executable, "-m", "moderation", "explain-serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port",
+             str(metrics_port), "--policies", str(POLICIES), *EXPLAINER],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until_serving(f"127.0.0.1:{port}", explainer, log_path)
+        args = (*TINY, "--explainer", "remote", "--explainer-target", f"127.0.0.1:{port}")
+        env = {"MODERATION_EXPLAINER_FAILURE_THRESHOLD": "2", "MODERATION_EXPLAINER_COOLDOWN_S": "300"}
+        with running_server(tmp_path, *args, env=env) as server, server.channel() as channel:
+            stub = pb_grpc.ModerationServiceStub(channel)
+            response = stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=120)
+            check_completed(response)
+
+            explainer.terminate()  # the explainer goes away: FAILED twice, then the breaker opens
+            explainer.wait(timeout=60)
+            statuses = []
+            for _ in range(4):
+                reply = stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=60)
+                statuses.append(reply.escalation.status)
+                assert reply.action in (pb.ACTION_REVIEW, pb.ACTION_BLOCK)
+            assert statuses[:2] == [pb.ESCALATION_STATUS_FAILED] * 2
+            assert statuses[2:] == [pb.ESCALATION_STATUS_SHED] * 2
+            assert "not calling it for now" in reply.escalation.reason
+    finally:
+        if explainer.poll() is None:
+            explainer.kill()
+
+
+def test_explain_request_for_a_stale_policy_version_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "explainer.log"
+    with log_path.open("wb") as log_file:
+        explainer = subprocess.Popen(
+            [sys.executable, "-m", "moderation", "explain-serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+             "--policies", str(POLICIES), *EXPLAINER],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until_serving(f"127.0.0.1:{port}", explainer, log_path)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.ExplainerServiceStub(channel)
+            request = pb.ExplainRequest(image=images.astronaut_jpeg(), policy_id="default", policy_version="old", category_ids=["weapons"])
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Explain(request, timeout=60)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            request.policy_version = POLICY.version
+            reply = stub.Explain(request, timeout=120)
+            assert (reply.category_id, reply.clause_id) == ("weapons", "W-1")
+            json.dumps({"rationale": reply.rationale})
+    finally:
+        explainer.terminate()
+        explainer.wait(timeout=60)
