@@ -251,21 +251,26 @@ class EscalationTier:
         if not self._budget.take():
             self._breaker.trial_running = False
             return EscalationOutcome(EscalationStatus.SHED, "the escalation budget is used up for now (setting explainer_budget_per_minute)")
-        if self._waiting >= self.max_waiting:
-            self._breaker.trial_running = False
-            return EscalationOutcome(EscalationStatus.SHED, f"{self._waiting} escalations already wait for the explainer (setting explainer_max_waiting)")
         started = time.monotonic()
         timeout = min(self.timeout_s, time_left_s)
-        self._waiting += 1
-        self.metrics.escalation_queue_depth.set(self._waiting)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout)
-        except TimeoutError:
-            self._breaker.trial_running = False
-            return EscalationOutcome(EscalationStatus.TIMED_OUT, "no explainer slot became free within the time left", latency_ms=_ms(started))
-        finally:
-            self._waiting -= 1
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free slot: taken without yielding
+        else:
+            if self._waiting >= self.max_waiting:
+                self._breaker.trial_running = False
+                return EscalationOutcome(
+                    EscalationStatus.SHED, f"{self._waiting} escalations already wait for the explainer (setting explainer_max_waiting)"
+                )
+            self._waiting += 1
             self.metrics.escalation_queue_depth.set(self._waiting)
+            try:
+                await asyncio.wait_for(self._slots.acquire(), timeout)
+            except TimeoutError:
+                self._breaker.trial_running = False
+                return EscalationOutcome(EscalationStatus.TIMED_OUT, "no explainer slot became free within the time left", latency_ms=_ms(started))
+            finally:
+                self._waiting -= 1
+                self.metrics.escalation_queue_depth.set(self._waiting)
         try:
             remaining = timeout - (time.monotonic() - started)
             verdict = await self.backend.explain(request, max(remaining, 0.001))

@@ -62,3 +62,39 @@ def test_every_category_needs_a_score() -> None:
 def test_scores_outside_unit_interval_are_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="must be a number in"):
         decide({"violence": bad, "weapons": 0.1}, POLICY)
+
+
+DECISIVE = POLICY.model_copy(
+    update={"categories": [POLICY.categories[0].model_copy(update={"explainer": "decisive"}), POLICY.categories[1]]}
+)
+
+
+def test_decisive_verdict_settles_a_borderline_case_both_ways() -> None:
+    from moderation.decision import apply_verdict
+
+    borderline = decide({"violence": 0.45, "weapons": 0.1}, DECISIVE)
+    assert borderline.action is Action.REVIEW
+    blocked, changed = apply_verdict(borderline, DECISIVE, "violence", violates=True, clause_id="V-2")
+    assert changed and blocked.action is Action.BLOCK and "decisive" in blocked.reasons[-1]
+    allowed, changed = apply_verdict(borderline, DECISIVE, "violence", violates=False, clause_id="V-2")
+    assert changed and allowed.action is Action.ALLOW
+
+
+def test_advisory_and_non_borderline_categories_keep_their_action() -> None:
+    from moderation.decision import apply_verdict
+
+    advisory = decide({"violence": 0.45, "weapons": 0.5}, DECISIVE)
+    same, changed = apply_verdict(advisory, DECISIVE, "weapons", violates=False, clause_id="W-1")
+    assert not changed and same is advisory
+    above = decide({"violence": 0.9, "weapons": 0.1}, DECISIVE)
+    same, changed = apply_verdict(above, DECISIVE, "violence", violates=False, clause_id="V-2")
+    assert not changed and same.action is Action.BLOCK, "a verdict never lowers a category past its block threshold"
+
+
+def test_failed_escalation_raises_allow_to_review_only() -> None:
+    from moderation.decision import review_at_least
+
+    allowed = decide({"violence": 0.1, "weapons": 0.1}, POLICY)
+    assert review_at_least(allowed, "Escalation TIMED_OUT.").action is Action.REVIEW
+    blocked = decide({"violence": 0.9, "weapons": 0.1}, POLICY)
+    assert review_at_least(blocked, "Escalation SHED.").action is Action.BLOCK

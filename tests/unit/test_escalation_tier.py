@@ -1,0 +1,73 @@
+"""The escalation tier's bounds, with a real (deliberately slow or failing) backend object."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from moderation.escalation.tier import EscalationRequest, EscalationStatus, EscalationTier, ExplainerUnavailable, Verdict
+from moderation.metrics import ModerationMetrics
+from tests.policies import TWO_CATEGORIES as POLICY
+
+
+class SlowExplainer:
+    model_id = "slow"
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False):
+        self.delay_s = delay_s
+        self.fail = fail
+        self.calls = 0
+
+    async def explain(self, request: EscalationRequest, timeout_s: float) -> Verdict:
+        self.calls += 1
+        await asyncio.wait_for(asyncio.sleep(self.delay_s), timeout_s)
+        if self.fail:
+            raise ExplainerUnavailable("down")
+        category = request.policy.category(request.category_ids[0])
+        return Verdict(True, category.id, category.clause.id, "because", 0.9, self.model_id, 12)
+
+    async def close(self) -> None:
+        pass
+
+
+def request() -> EscalationRequest:
+    return EscalationRequest("r", b"", Image.new("RGB", (4, 4)), POLICY, (POLICY.categories[0].id,))
+
+
+def tier(backend: SlowExplainer, **kwargs: object) -> EscalationTier:
+    return EscalationTier(backend, ModerationMetrics(CollectorRegistry()), **kwargs)
+
+
+async def test_completed_and_timed_out() -> None:
+    assert (await tier(SlowExplainer()).escalate(request(), 5)).status is EscalationStatus.COMPLETED
+    outcome = await tier(SlowExplainer(delay_s=1), timeout_s=0.05).escalate(request(), 5)
+    assert outcome.status is EscalationStatus.TIMED_OUT and "did not answer within" in outcome.reason
+
+
+async def test_queue_bound_sheds_at_once() -> None:
+    slow = tier(SlowExplainer(delay_s=0.3), max_concurrent=1, max_waiting=1)
+    outcomes = await asyncio.gather(*(slow.escalate(request(), 5) for _ in range(4)))
+    statuses = sorted(o.status.value for o in outcomes)
+    assert statuses.count("COMPLETED") == 2 and statuses.count("SHED") == 2
+
+
+async def test_budget_sheds_beyond_the_rate() -> None:
+    budgeted = tier(SlowExplainer(), budget_per_minute=2)
+    outcomes = [await budgeted.escalate(request(), 5) for _ in range(3)]
+    assert [o.status for o in outcomes] == [EscalationStatus.COMPLETED, EscalationStatus.COMPLETED, EscalationStatus.SHED]
+    assert "budget" in outcomes[-1].reason
+
+
+async def test_circuit_breaker_opens_and_half_opens() -> None:
+    backend = SlowExplainer(fail=True)
+    breaking = tier(backend, failure_threshold=2, cooldown_s=0.2)
+    first = [await breaking.escalate(request(), 5) for _ in range(3)]
+    assert [o.status for o in first] == [EscalationStatus.FAILED, EscalationStatus.FAILED, EscalationStatus.SHED]
+    assert backend.calls == 2, "an open circuit does not call the explainer"
+    await asyncio.sleep(0.25)
+    backend.fail = False
+    assert (await breaking.escalate(request(), 5)).status is EscalationStatus.COMPLETED, "the trial call closes the circuit"
+    assert (await breaking.escalate(request(), 5)).status is EscalationStatus.COMPLETED
