@@ -615,6 +615,69 @@ def _load_offline_scorer(model: str | None, weights: str | None, device: Device 
     return _load_scorer(_model_spec(_offline_settings(model, weights, device)))
 
 
+@app.command()
+def compare(
+    image: Annotated[Path, typer.Argument(help="image file", exists=True, dir_okay=False)],
+    policy: Annotated[Path, typer.Option(help="policy YAML file")] = Path("policies/default.yaml"),
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = None,
+    explainer_model: Annotated[Optional[str], typer.Option(help="SmolVLM2 id or local dir (default: as serve)")] = None,
+    explainer_weights: Annotated[Optional[str], typer.Option(help="'pretrained' or 'random'")] = None,
+    no_explainer: Annotated[bool, typer.Option("--no-explainer", help="CLIP tier only")] = False,
+) -> None:
+    """Run every model tier on one image, in-process, and print their outputs side by side per category."""
+    from moderation.decision import clip_leans_violating, decide
+    from moderation.imaging import DecodeLimits, ImageRejected, decode_image
+    from moderation.policy import PolicyFileError, load_policy_file
+    from moderation.server.app import load_explainer_for, resolve_device
+
+    try:
+        loaded_policy, _ = load_policy_file(policy)
+    except PolicyFileError as error:
+        raise _fail(str(error)) from None
+    settings = _offline_settings(model, weights, device)
+    scorer = _load_scorer(_model_spec(settings))
+    try:
+        frame = decode_image(image.read_bytes(), DecodeLimits(draft_size=scorer.clip.image_size))
+    except ImageRejected as error:
+        raise _fail(f"{image}: {error}") from None
+    scores = scorer.score(scorer.embed_images(scorer.clip.preprocess(frame).unsqueeze(0)), scorer.index_policy(loaded_policy))[0]
+    decision = decide(scores, loaded_policy)
+
+    verdicts = {}
+    explainer_id = "off"
+    if not no_explainer:
+        explainer_settings = load_settings(
+            None, explainer_model=explainer_model, explainer_weights=explainer_weights, device=settings.device
+        )
+        explainer = load_explainer_for(explainer_settings, resolve_device(settings.device))
+        explainer_id = explainer.info.model_id
+        # One verdict per category, so every row has the explainer's view of it.
+        for category in loaded_policy.categories:
+            result = explainer.explain(frame, loaded_policy, [category.id], loaded_policy.escalation.instruction)
+            verdicts[category.id] = result.verdict
+
+    table = Table(
+        title=f"{image}: CLIP {escape(scorer.model_id)} -> {decision.action.value}; explainer {escape(explainer_id)}",
+        title_justify="left",
+    )
+    for column in ("category", "clause", "CLIP score", "band", "CLIP leans", "explainer", "confidence", "agree", "rationale"):
+        table.add_column(column)
+    for c in decision.categories:
+        leans = "violates" if clip_leans_violating(c) else "ok"
+        verdict = verdicts.get(c.category_id)
+        said = ("violates" if verdict.violates else "ok") if verdict else "-"
+        agree = ("yes" if (verdict.violates == (leans == "violates")) else "no") if verdict else "-"
+        table.add_row(
+            c.category_id, c.clause_id, f"{c.score:.3f}", c.band.value, leans, said,
+            f"{verdict.confidence:.2f}" if verdict else "-", agree, escape(verdict.rationale) if verdict else "",
+        )  # fmt: skip
+    out.print(table)
+    if scorer.random_weights or explainer_id.endswith("/random"):
+        out.print("[bold yellow]random weights: these outputs mean nothing[/]")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -116,3 +116,17 @@ def test_explain_request_for_a_stale_policy_version_is_refused(tmp_path: Path) -
     finally:
         explainer.terminate()
         explainer.wait(timeout=60)
+
+
+def test_compare_prints_both_tiers_per_category(tmp_path: Path) -> None:
+    image = tmp_path / "astronaut.jpg"
+    image.write_bytes(images.astronaut_jpeg())
+    result = subprocess.run(
+        [sys.executable, "-m", "moderation", "compare", str(image), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random", *EXPLAINER],
+        capture_output=True, text=True, timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    for category in POLICY.categories:
+        assert category.id in result.stdout and category.clause.id in result.stdout
+    assert "CLIP leans" in result.stdout and "agree" in result.stdout
+    assert "random weights: these outputs mean nothing" in result.stdout
