@@ -47,7 +47,12 @@ import torch
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
-from moderation.escalation import DEFAULT_EXPLAINER_MODEL, Explainer, ExplainerSpec, load_explainer
+from moderation.escalation import (
+    DEFAULT_EXPLAINER_MODEL,
+    Explainer,
+    ExplainerSpec,
+    load_explainer,
+)
 from moderation.policy.loader import load_policy_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +108,12 @@ def _explainer_row(call: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
     cpu_started = time.process_time()
     result = call()
     cpu_ms = (time.process_time() - cpu_started) * 1000.0
-    return result, {"total_ms": result.total_ms, "ttft_ms": result.ttft_ms, "ms_per_token": result.decode_ms_per_token, "cpu_ms": cpu_ms}
+    return result, {
+        "total_ms": result.total_ms,
+        "ttft_ms": result.ttft_ms,
+        "ms_per_token": result.decode_ms_per_token,
+        "cpu_ms": cpu_ms,
+    }
 
 
 def _median_row(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -114,7 +124,14 @@ def _machine() -> dict[str, Any]:
     cpu_model = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        cpu_model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), "")
+        cpu_model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
     return {
         "device": "cpu",
         "cpus": os.cpu_count(),
@@ -159,10 +176,16 @@ def _run(
     category_ids = [c.id for c in policy.categories[:2]]
     image = Image.fromarray(skimage_data.astronaut())
 
-    progress(f"building {DEFAULT_EXPLAINER_MODEL} with random weights (float32 and {'int8' if quantize else 'float32'})")
+    progress(
+        f"building {DEFAULT_EXPLAINER_MODEL} with random weights (float32 and {'int8' if quantize else 'float32'})"
+    )
     float32 = load_explainer(ExplainerSpec(weights="random", seed=seed))
     prefix_reuse_float32 = Explainer(float32)
-    explainer = Explainer.load(ExplainerSpec(weights="random", seed=seed, quantize=quantize)) if quantize else prefix_reuse_float32
+    explainer = (
+        Explainer.load(ExplainerSpec(weights="random", seed=seed, quantize=quantize))
+        if quantize
+        else prefix_reuse_float32
+    )
     inputs = explainer.prompt_inputs(image, policy, category_ids)
 
     progress("warming up (this also prefills the policy prefix, as the server does once per policy version)")
@@ -171,7 +194,12 @@ def _run(
     _plain_generate(float32.model, inputs, new_tokens=2)
     new_tokens = explainer.explain(image, policy, category_ids).generated_tokens
 
-    rows: dict[str, list[dict[str, float]]] = {"generate": [], "escalation": [], "escalation_unconstrained": [], "prefix_reuse_float32": []}
+    rows: dict[str, list[dict[str, float]]] = {
+        "generate": [],
+        "escalation": [],
+        "escalation_unconstrained": [],
+        "prefix_reuse_float32": [],
+    }
     forced_tokens = []
     for run in range(runs):
         result, row = _explainer_row(lambda: explainer.explain(image, policy, category_ids))
@@ -184,7 +212,9 @@ def _run(
         rows["escalation_unconstrained"].append(row)
         _, row = _explainer_row(lambda: prefix_reuse_float32.explain(image, policy, category_ids))
         rows["prefix_reuse_float32"].append(row)
-        progress(f"run {run + 1}/{runs}: " + ", ".join(f"{name} {row[-1]['total_ms']:.0f} ms" for name, row in rows.items()))
+        progress(
+            f"run {run + 1}/{runs}: " + ", ".join(f"{name} {row[-1]['total_ms']:.0f} ms" for name, row in rows.items())
+        )
 
     medians = {name: _median_row(measured) for name, measured in rows.items()}
     generate_ms = medians["generate"]["total_ms"]
@@ -213,7 +243,9 @@ def _run(
         # CPU time of this process: on a machine shared with other work it moves far less
         # than wall time, so its ratio is the steadier estimate of the same speed-up.
         "cpu_ms": {name: row["cpu_ms"] for name, row in medians.items()},
-        "cpu_ratios_vs_generate": {name: round(row["cpu_ms"] / medians["generate"]["cpu_ms"], 3) for name, row in medians.items()},
+        "cpu_ratios_vs_generate": {
+            name: round(row["cpu_ms"] / medians["generate"]["cpu_ms"], 3) for name, row in medians.items()
+        },
         "verdict_sample": asdict(result.verdict),
         "all_runs": rows,
         "machine": _machine(),
@@ -241,7 +273,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's own choice)")
     args = parser.parse_args()
     results = run_escalation_bench(
-        runs=args.runs, quantize=args.quantize, policy_path=args.policy, output=args.output, threads=args.threads or None
+        runs=args.runs,
+        quantize=args.quantize,
+        policy_path=args.policy,
+        output=args.output,
+        threads=args.threads or None,
     )
     print(f"\n{'path':<28}{'total ms':>10}{'ttft ms':>10}{'ms/token':>10}{'vs generate':>13}{'cpu ratio':>11}")
     for name, total in results["total_ms"].items():
@@ -249,7 +285,10 @@ def main() -> None:
             f"{name:<28}{total:>10.0f}{results['ttft_ms'][name]:>10.0f}{results['ms_per_token'][name]:>10.1f}"
             f"{results['ratios_vs_generate'][name]:>12.2f}x{results['cpu_ratios_vs_generate'][name]:>10.2f}x"
         )
-    print(f"new tokens: {results['new_tokens']} ({results['forced_tokens']} forced by the grammar), prompt tokens: {results['prompt_tokens']}")
+    print(
+        f"new tokens: {results['new_tokens']} ({results['forced_tokens']} forced by the grammar), "
+        f"prompt tokens: {results['prompt_tokens']}"
+    )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 from moderation.escalation.explainer import (
     DEFAULT_MAX_NEW_TOKENS,
-    ExplainerInfo,
     Explainer,
+    ExplainerInfo,
     ExplanationFailed,
     ExplanationResult,
     GenerationTiming,
@@ -19,7 +19,12 @@ from moderation.escalation.loading import (
     load_explainer,
 )
 from moderation.escalation.prompt import DEFAULT_INSTRUCTION
-from moderation.escalation.verdict import RATIONALE_MAX_CHARS, ExplainerVerdict, InvalidVerdict, verdict_json_schema
+from moderation.escalation.verdict import (
+    RATIONALE_MAX_CHARS,
+    ExplainerVerdict,
+    InvalidVerdict,
+    verdict_json_schema,
+)
 
 __all__ = [
     "DEFAULT_EXPLAINER_MODEL",
