@@ -18,9 +18,15 @@ Two more rows split the gain:
                              (all chosen by the model: no jump-forward).
   prefix_reuse_float32       the explainer's path, float32 (no quantization), same grammar.
 Each is repeated `runs` times, interleaved, and the median is reported: the machine is
-shared and noisy, so compare ratios, not absolute milliseconds.
+shared and noisy, so compare ratios, not absolute milliseconds. The process's CPU time is
+recorded too; its ratio moves much less than wall time when other work shares the CPU.
 
-Run: python -m bench.escalation [--runs 3] [--no-quantize] [--output bench/results/escalation.json]
+Torch runs single-threaded here by default: on the shared 2-core build machine, two
+OpenMP threads competing with other processes turned runs into noise (the same call
+took 5 s in one run and 39 s in the next), while one thread measures the work itself.
+Pass --threads 2 on a quiet machine to measure both cores.
+
+Run: python -m bench.escalation [--runs 3] [--threads 1] [--no-quantize] [--output bench/results/escalation.json]
 """
 
 from __future__ import annotations
@@ -41,7 +47,12 @@ import torch
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
-from moderation.escalation import DEFAULT_EXPLAINER_MODEL, Explainer, ExplainerSpec, load_explainer
+from moderation.escalation import (
+    DEFAULT_EXPLAINER_MODEL,
+    Explainer,
+    ExplainerSpec,
+    load_explainer,
+)
 from moderation.policy.loader import load_policy_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +78,7 @@ class _TokenClock(BaseStreamer):
 
 
 def _plain_generate(model: torch.nn.Module, inputs: Any, new_tokens: int) -> dict[str, float]:
+    cpu_started = time.process_time()
     clock = _TokenClock()
     with torch.inference_mode():
         output = model.generate(
@@ -88,11 +100,20 @@ def _plain_generate(model: torch.nn.Module, inputs: Any, new_tokens: int) -> dic
         "total_ms": (finished - clock.started) * 1000.0,
         "ttft_ms": (first - clock.started) * 1000.0,
         "ms_per_token": (finished - first) * 1000.0 / max(1, new_tokens - 1),
+        "cpu_ms": (time.process_time() - cpu_started) * 1000.0,
     }
 
 
-def _explain_row(result: Any) -> dict[str, float]:
-    return {"total_ms": result.total_ms, "ttft_ms": result.ttft_ms, "ms_per_token": result.decode_ms_per_token}
+def _explainer_row(call: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    cpu_started = time.process_time()
+    result = call()
+    cpu_ms = (time.process_time() - cpu_started) * 1000.0
+    return result, {
+        "total_ms": result.total_ms,
+        "ttft_ms": result.ttft_ms,
+        "ms_per_token": result.decode_ms_per_token,
+        "cpu_ms": cpu_ms,
+    }
 
 
 def _median_row(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -103,7 +124,14 @@ def _machine() -> dict[str, Any]:
     cpu_model = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        cpu_model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), "")
+        cpu_model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
     return {
         "device": "cpu",
         "cpus": os.cpu_count(),
@@ -121,9 +149,25 @@ def run_escalation_bench(
     policy_path: Path = DEFAULT_POLICY,
     output: Path | None = DEFAULT_OUTPUT,
     seed: int = 0,
+    threads: int | None = 1,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Measure and return the comparison described in the module docstring; write it to `output`."""
+    """Measure and return the comparison described in the module docstring; write it to `output`.
+
+    `threads` sets torch's intra-op threads for the bench (None: torch's own choice).
+    """
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(runs, quantize, policy_path, output, seed, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(
+    runs: int, quantize: bool, policy_path: Path, output: Path | None, seed: int, progress: Callable[[str], None]
+) -> dict[str, Any]:
     from skimage import data as skimage_data
 
     started = time.perf_counter()
@@ -132,10 +176,16 @@ def run_escalation_bench(
     category_ids = [c.id for c in policy.categories[:2]]
     image = Image.fromarray(skimage_data.astronaut())
 
-    progress(f"building {DEFAULT_EXPLAINER_MODEL} with random weights (float32 and {'int8' if quantize else 'float32'})")
+    progress(
+        f"building {DEFAULT_EXPLAINER_MODEL} with random weights (float32 and {'int8' if quantize else 'float32'})"
+    )
     float32 = load_explainer(ExplainerSpec(weights="random", seed=seed))
     prefix_reuse_float32 = Explainer(float32)
-    explainer = Explainer.load(ExplainerSpec(weights="random", seed=seed, quantize=quantize)) if quantize else prefix_reuse_float32
+    explainer = (
+        Explainer.load(ExplainerSpec(weights="random", seed=seed, quantize=quantize))
+        if quantize
+        else prefix_reuse_float32
+    )
     inputs = explainer.prompt_inputs(image, policy, category_ids)
 
     progress("warming up (this also prefills the policy prefix, as the server does once per policy version)")
@@ -144,21 +194,27 @@ def run_escalation_bench(
     _plain_generate(float32.model, inputs, new_tokens=2)
     new_tokens = explainer.explain(image, policy, category_ids).generated_tokens
 
-    rows: dict[str, list[dict[str, float]]] = {"generate": [], "escalation": [], "escalation_unconstrained": [], "prefix_reuse_float32": []}
+    rows: dict[str, list[dict[str, float]]] = {
+        "generate": [],
+        "escalation": [],
+        "escalation_unconstrained": [],
+        "prefix_reuse_float32": [],
+    }
     forced_tokens = []
     for run in range(runs):
-        result = explainer.explain(image, policy, category_ids)
+        result, row = _explainer_row(lambda: explainer.explain(image, policy, category_ids))
         if result.generated_tokens != new_tokens:  # greedy decoding is deterministic
             raise RuntimeError(f"explain produced {result.generated_tokens} tokens, then {new_tokens}")
         forced_tokens.append(result.forced_tokens)
-        rows["escalation"].append(_explain_row(result))
+        rows["escalation"].append(row)
         rows["generate"].append(_plain_generate(float32.model, inputs, new_tokens))
-        unconstrained = explainer.generate_unconstrained(image, policy, category_ids, new_tokens)
-        rows["escalation_unconstrained"].append(
-            {"total_ms": unconstrained.total_ms, "ttft_ms": unconstrained.ttft_ms, "ms_per_token": unconstrained.decode_ms_per_token}
+        _, row = _explainer_row(lambda: explainer.generate_unconstrained(image, policy, category_ids, new_tokens))
+        rows["escalation_unconstrained"].append(row)
+        _, row = _explainer_row(lambda: prefix_reuse_float32.explain(image, policy, category_ids))
+        rows["prefix_reuse_float32"].append(row)
+        progress(
+            f"run {run + 1}/{runs}: " + ", ".join(f"{name} {row[-1]['total_ms']:.0f} ms" for name, row in rows.items())
         )
-        rows["prefix_reuse_float32"].append(_explain_row(prefix_reuse_float32.explain(image, policy, category_ids)))
-        progress(f"run {run + 1}/{runs}: " + ", ".join(f"{name} {row[-1]['total_ms']:.0f} ms" for name, row in rows.items()))
 
     medians = {name: _median_row(measured) for name, measured in rows.items()}
     generate_ms = medians["generate"]["total_ms"]
@@ -184,6 +240,12 @@ def run_escalation_bench(
         "ms_per_token": {name: row["ms_per_token"] for name, row in medians.items()},
         "total_ms": {name: row["total_ms"] for name, row in medians.items()},
         "ratios_vs_generate": {name: round(row["total_ms"] / generate_ms, 3) for name, row in medians.items()},
+        # CPU time of this process: on a machine shared with other work it moves far less
+        # than wall time, so its ratio is the steadier estimate of the same speed-up.
+        "cpu_ms": {name: row["cpu_ms"] for name, row in medians.items()},
+        "cpu_ratios_vs_generate": {
+            name: round(row["cpu_ms"] / medians["generate"]["cpu_ms"], 3) for name, row in medians.items()
+        },
         "verdict_sample": asdict(result.verdict),
         "all_runs": rows,
         "machine": _machine(),
@@ -208,15 +270,25 @@ def main() -> None:
     parser.add_argument("--no-quantize", dest="quantize", action="store_false", help="float32 explainer")
     parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's own choice)")
     args = parser.parse_args()
-    results = run_escalation_bench(runs=args.runs, quantize=args.quantize, policy_path=args.policy, output=args.output)
-    print(f"\n{'path':<28}{'total ms':>10}{'ttft ms':>10}{'ms/token':>10}{'vs generate':>13}")
+    results = run_escalation_bench(
+        runs=args.runs,
+        quantize=args.quantize,
+        policy_path=args.policy,
+        output=args.output,
+        threads=args.threads or None,
+    )
+    print(f"\n{'path':<28}{'total ms':>10}{'ttft ms':>10}{'ms/token':>10}{'vs generate':>13}{'cpu ratio':>11}")
     for name, total in results["total_ms"].items():
         print(
             f"{name:<28}{total:>10.0f}{results['ttft_ms'][name]:>10.0f}{results['ms_per_token'][name]:>10.1f}"
-            f"{results['ratios_vs_generate'][name]:>12.2f}x"
+            f"{results['ratios_vs_generate'][name]:>12.2f}x{results['cpu_ratios_vs_generate'][name]:>10.2f}x"
         )
-    print(f"new tokens: {results['new_tokens']} ({results['forced_tokens']} forced by the grammar), prompt tokens: {results['prompt_tokens']}")
+    print(
+        f"new tokens: {results['new_tokens']} ({results['forced_tokens']} forced by the grammar), "
+        f"prompt tokens: {results['prompt_tokens']}"
+    )
 
 
 if __name__ == "__main__":

@@ -79,4 +79,3 @@ def greedy_decode(
         complete=complete,
         closing_text=constraint.closing_text if constraint is not None else "",
     )
-

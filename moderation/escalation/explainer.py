@@ -17,7 +17,6 @@ all under torch.inference_mode(), optionally with int8 dynamic quantization (loa
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -33,11 +32,17 @@ from moderation.escalation.decoding import DecodeOutcome, greedy_decode
 from moderation.escalation.grammar import VerdictGrammars
 from moderation.escalation.loading import ExplainerSpec, LoadedExplainer, load_explainer
 from moderation.escalation.prefix_cache import PrefilledPrefix, PrefixCache, PrefixKey
-from moderation.escalation.prompt import END_OF_UTTERANCE, build_prompt, escalated_categories
-from moderation.escalation.verdict import ExplainerVerdict, InvalidVerdict, parse_verdict
+from moderation.escalation.prompt import (
+    END_OF_UTTERANCE,
+    build_prompt,
+    escalated_categories,
+)
+from moderation.escalation.verdict import (
+    ExplainerVerdict,
+    InvalidVerdict,
+    parse_verdict,
+)
 from moderation.policy.schema import Category, Clause, Policy, Thresholds
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 96
 
@@ -164,10 +169,13 @@ class Explainer:
             started = time.perf_counter()
             prefilled = self._prefill(image, policy, category_ids, instruction, reuse_prefix)
             constraint = self._grammars.constraint(prefilled.grammar)
-            outcome = greedy_decode(self._model, prefilled.cache, prefilled.next_token_logits, max_new_tokens, constraint)
+            outcome = greedy_decode(
+                self._model, prefilled.cache, prefilled.next_token_logits, max_new_tokens, constraint
+            )
         if not outcome.complete:
             raise ExplanationFailed(
-                f"the token budget of {max_new_tokens} ran out before the verdict reached its rationale; raise max_new_tokens"
+                f"the token budget of {max_new_tokens} ran out before the verdict reached its rationale; "
+                "raise max_new_tokens"
             )
         # Exactly the bytes the grammar accepted: no special-token stripping, no space clean-up.
         text = self._tokenizer.decode(outcome.token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -201,7 +209,9 @@ class Explainer:
             started = time.perf_counter()
             prefilled = self._prefill(image, policy, category_ids, instruction, reuse_prefix=True)
             outcome = greedy_decode(self._model, prefilled.cache, prefilled.next_token_logits, new_tokens)
-        return GenerationTiming(new_tokens=len(outcome.token_ids), prefill_ms=prefilled.prefill_ms, **_timings(started, outcome))
+        return GenerationTiming(
+            new_tokens=len(outcome.token_ids), prefill_ms=prefilled.prefill_ms, **_timings(started, outcome)
+        )
 
     def prompt_inputs(
         self, image: Image.Image, policy: Policy, category_ids: Sequence[str], instruction: str | None = None
@@ -217,10 +227,6 @@ class Explainer:
             pixel_attention_mask=pixels["pixel_attention_mask"],
             prefix_tokens=prefix_ids.shape[1],
         )
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self._model
 
     @property
     def prefix_cache(self) -> PrefixCache:
@@ -241,7 +247,9 @@ class Explainer:
         started = time.perf_counter()
         if reuse_prefix:
             key = PrefixKey(policy.id, policy.version, tuple(category_ids), instruction)
-            prefix, hit = self._prefixes.get_or_build(key, lambda: self._prefill_prefix(prompt.prefix, policy, category_ids))
+            prefix, hit = self._prefixes.get_or_build(
+                key, lambda: self._prefill_prefix(prompt.prefix, policy, category_ids)
+            )
             grammar, cache, input_ids = prefix.grammar, prefix.fork(), suffix_ids
         else:
             # The whole prompt in one pass, as model.generate would run it.

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin, SmolVLMConfig
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+    SmolVLMConfig,
+)
 
 from moderation.config import RANDOM_WEIGHTS
 from moderation.escalation.local_processor import IMAGE, build_local_processor
@@ -57,7 +63,9 @@ class ExplainerSpec:
 
     def __post_init__(self) -> None:
         if self.weights not in (PRETRAINED_WEIGHTS, RANDOM_WEIGHTS):
-            raise ValueError(f"explainer weights must be {PRETRAINED_WEIGHTS!r} or {RANDOM_WEIGHTS!r}, not {self.weights!r}")
+            raise ValueError(
+                f"explainer weights must be {PRETRAINED_WEIGHTS!r} or {RANDOM_WEIGHTS!r}, not {self.weights!r}"
+            )
 
     @property
     def random(self) -> bool:
@@ -120,7 +128,9 @@ def _random_model(spec: ExplainerSpec) -> tuple[PreTrainedModel, ProcessorMixin]
     processor = build_local_processor(image_size=vision.image_size, image_seq_len=image_seq_len)
     tokenizer = processor.tokenizer
     if len(tokenizer) > config.text_config.vocab_size:
-        raise ValueError(f"the local tokenizer has {len(tokenizer)} tokens, more than {spec.model}'s {config.text_config.vocab_size}")
+        raise ValueError(
+            f"the local tokenizer has {len(tokenizer)} tokens, more than {spec.model}'s {config.text_config.vocab_size}"
+        )
     # The shipped tokenizer is not the model's own, so the image placeholder id is ours.
     config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
     with torch.random.fork_rng(devices=[]):
@@ -135,8 +145,8 @@ def _architecture_config(model: str) -> SmolVLMConfig:
         path = path / "config.json"
     if not path.is_file():
         raise ExplainerWeightsUnavailable(
-            f"no architecture config for {model!r} to build random weights from; set MODERATION_EXPLAINER_MODEL to one of "
-            f"{sorted(SHIPPED_ARCHITECTURES)}, a config JSON file, or a folder with config.json"
+            f"no architecture config for {model!r} to build random weights from; set MODERATION_EXPLAINER_MODEL to "
+            f"one of {sorted(SHIPPED_ARCHITECTURES)}, a config JSON file, or a folder with config.json"
         )
     config = json.loads(path.read_text(encoding="utf-8"))
     config.pop("_comment", None)

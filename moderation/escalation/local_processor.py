@@ -28,7 +28,16 @@ GLOBAL_IMAGE = "<global-img>"
 # The row/column tokens are only used when an image is tiled; the processor may still
 # look them up, so they exist even though the explainer never tiles.
 _TILE_TOKENS = tuple(f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7))
-SPECIAL_TOKENS = (PAD, BEGIN_TURN, "<|im_end|>", END_OF_UTTERANCE, FAKE_TOKEN_AROUND_IMAGE, IMAGE, GLOBAL_IMAGE, "<video>") + _TILE_TOKENS
+SPECIAL_TOKENS = (
+    PAD,
+    BEGIN_TURN,
+    "<|im_end|>",
+    END_OF_UTTERANCE,
+    FAKE_TOKEN_AROUND_IMAGE,
+    IMAGE,
+    GLOBAL_IMAGE,
+    "<video>",
+) + _TILE_TOKENS
 
 # SmolVLM's images are normalised to [-1, 1].
 _IMAGE_MEAN = [0.5, 0.5, 0.5]
@@ -60,7 +69,9 @@ def build_local_processor(image_size: int, image_seq_len: int) -> SmolVLMProcess
         image_mean=_IMAGE_MEAN,
         image_std=_IMAGE_STD,
     )
-    video_processor = SmolVLMVideoProcessor(size=frame, max_image_size=frame, image_mean=_IMAGE_MEAN, image_std=_IMAGE_STD)
+    video_processor = SmolVLMVideoProcessor(
+        size=frame, max_image_size=frame, image_mean=_IMAGE_MEAN, image_std=_IMAGE_STD
+    )
     return SmolVLMProcessor(
         image_processor=image_processor,
         tokenizer=build_local_tokenizer(),

@@ -78,7 +78,9 @@ def parse_verdict(text: str, policy: Policy, category_ids: Sequence[str]) -> Exp
     if category_id not in clause_of:
         raise InvalidVerdict(f"category {category_id!r} is not one of the escalated categories {list(clause_of)}")
     if clause_id != clause_of[category_id]:
-        raise InvalidVerdict(f"clause {clause_id!r} is not the clause of category {category_id!r} ({clause_of[category_id]!r})")
+        raise InvalidVerdict(
+            f"clause {clause_id!r} is not the clause of category {category_id!r} ({clause_of[category_id]!r})"
+        )
     if not isinstance(answer["violates"], bool):
         raise InvalidVerdict(f"violates must be true or false, not {answer['violates']!r}")
     confidence = answer["confidence"]

@@ -27,6 +27,8 @@ from moderation.escalation import (
     ExplanationFailed,
     verdict_json_schema,
 )
+from moderation.escalation.grammar import VerdictGrammars
+from moderation.escalation.local_processor import build_local_tokenizer
 from moderation.escalation.prefix_cache import PrefixKey
 from moderation.escalation.verdict import InvalidVerdict, parse_verdict
 from moderation.policy.loader import load_policy_file
@@ -80,7 +82,11 @@ def assert_valid_verdict(result, policy, category_ids) -> None:
     verdict = result.verdict
     assert verdict.category_id in category_ids
     assert verdict.clause_id == policy.category(verdict.category_id).clause.id
-    assert (answer["category"], answer["clause"], answer["violates"]) == (verdict.category_id, verdict.clause_id, verdict.violates)
+    assert (answer["category"], answer["clause"], answer["violates"]) == (
+        verdict.category_id,
+        verdict.clause_id,
+        verdict.violates,
+    )
     assert len(verdict.rationale) <= RATIONALE_MAX_CHARS
     assert 0.0 <= verdict.confidence <= 1.0
 
@@ -166,8 +172,10 @@ def test_prefix_cache_keys_on_policy_version_and_instruction(explainer, policy):
     assert not explainer.explain(image, policy, CATEGORY_SETS[1], instruction="Another instruction.").prefix_cache_hit
 
 
-def test_grammar_ties_each_category_to_its_own_clause(explainer, policy):
-    compiled = explainer._grammars.compile(policy, CATEGORY_SETS[0])
+def test_grammar_ties_each_category_to_its_own_clause(policy):
+    tokenizer = build_local_tokenizer()
+    grammars = VerdictGrammars(tokenizer, vocab_size=len(tokenizer), stop_token_ids=[tokenizer.eos_token_id])
+    compiled = grammars.compile(policy, CATEGORY_SETS[0])
     prefix = '{"category":"sexual_content","clause":'
     assert xgrammar.GrammarMatcher(compiled).accept_string(prefix + '"SX-1"')
     assert not xgrammar.GrammarMatcher(compiled).accept_string(prefix + '"V-2"')
@@ -179,7 +187,13 @@ def test_parser_refuses_a_clause_of_another_category(policy):
     with pytest.raises(InvalidVerdict, match="not the clause of category"):
         parse_verdict(mismatched, policy, CATEGORY_SETS[0])
     too_long = json.dumps(
-        {"category": "weapons", "clause": "W-1", "violates": False, "confidence": 0.5, "rationale": "a" * (RATIONALE_MAX_CHARS + 1)}
+        {
+            "category": "weapons",
+            "clause": "W-1",
+            "violates": False,
+            "confidence": 0.5,
+            "rationale": "a" * (RATIONALE_MAX_CHARS + 1),
+        }
     )
     with pytest.raises(InvalidVerdict, match="rationale"):
         parse_verdict(too_long, policy, CATEGORY_SETS[1])
