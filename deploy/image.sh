@@ -8,7 +8,7 @@
 #                           a real JPEG (random weights), check /metrics, stop it with
 #                           SIGTERM and expect exit code 0
 #   deploy/image.sh clean   remove what this script made: the image, the Debian base
-#                           image, dangling build layers and the wheelhouse
+#                           image, this build's cached layers and the wheelhouse
 #
 # When $BASE_IMAGE (python:3.11-slim) cannot be pulled, because no registry is
 # reachable, a Debian bookworm base with python3.11 is made with debootstrap
@@ -37,6 +37,8 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 GRPCURL="${GRPCURL:-$( [ -x .venv/bin/grpcurl ] && echo .venv/bin/grpcurl || command -v grpcurl || true)}"
 PIP_CA_BUNDLE="${PIP_CA_BUNDLE:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}"
 WHEELHOUSE=deploy/wheelhouse
+# The label deploy/Containerfile puts on every layer it builds.
+BUILD_CACHE_LABEL=moderation.image-build=deploy/Containerfile
 # The UID the image runs as (deploy/Containerfile) and the manifests name.
 APP_UID=10001
 # How long the container may take to load the model and report SERVING.
@@ -228,10 +230,12 @@ build_and_check() {
 
 clean() {
   require_tools podman
-  podman rmi --force "$IMAGE" "$FALLBACK_BASE_IMAGE" 2>/dev/null || true
-  podman image prune --force >/dev/null
+  podman rmi --force "$IMAGE" "$FALLBACK_BASE_IMAGE" >/dev/null 2>&1 || true
+  # Only the cached layers of this Containerfile (labelled there): other
+  # projects' dangling images on the machine stay.
+  podman image prune --force --filter "label=$BUILD_CACHE_LABEL" >/dev/null
   find "$WHEELHOUSE" -name '*.whl' -delete
-  log "removed $IMAGE, $FALLBACK_BASE_IMAGE, dangling layers and the wheelhouse"
+  log "removed $IMAGE, $FALLBACK_BASE_IMAGE, this build's cached layers and the wheelhouse"
 }
 
 case "${1:-}" in
