@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Deployment checks, run by CI after the unit and integration tests:
+#   1. every kustomize overlay renders and validates against strict Kubernetes schemas
+#   2. promtool: the rules load, and their unit tests pass
+#   3. pytest -m deploy: the manifests agree with the server and image, and a real
+#      Prometheus scraping a real server evaluates every rule and dashboard query
+#   4. the container image builds, serves gRPC health and a Moderate call
+#      read-only and non-root, and exits 0 on SIGTERM (deploy/image.sh check)
+# Needs: scripts/install.sh (the .venv), deploy/install-tools.sh (prometheus,
+# podman, ...), kubectl on PATH, and root for the image's debootstrap base.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-.venv/bin/python}"
+started=$SECONDS
+step() {
+  echo "== $* ($((SECONDS - started)) s so far)"
+}
+
+step "kubernetes manifests: kubectl kustomize + kubernetes-validate --strict"
+"$PYTHON" deploy/k8s/validate.py
+
+step "prometheus rules: promtool check rules, promtool test rules"
+promtool check rules deploy/observability/rules/*.yaml
+promtool test rules deploy/observability/tests/*.yaml
+
+step "pytest -m deploy (manifest consistency, live Prometheus)"
+"$PYTHON" -m pytest -q -m deploy tests/deploy
+
+step "container image: build, run, health, Moderate, SIGTERM"
+PYTHON="$PYTHON" bash deploy/image.sh check
+
+step "deployment checks passed"

