@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from moderation.config import Device, ExplainerMode, LogFormat, Settings, load_settings
+from moderation.config import Device, ExplainerMode, LogFormat, Settings, load_settings, unknown_environment_settings
 
 if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not load torch
     from moderation.clip import ClipModelSpec, ClipScorer
@@ -132,6 +132,8 @@ def _run_logged(settings, run) -> None:  # noqa: ANN001 - Settings, async server
     from moderation.server.auth import TokenFileError
 
     configure_logging(settings.log_level, settings.log_format.value)
+    for name in unknown_environment_settings():
+        logging.getLogger("moderation").warning("%s is not a setting and is ignored; check its spelling in moderation/config.py", name)
     try:
         asyncio.run(run(settings))
     except (WeightsUnavailable, ExplainerWeightsUnavailable, StartupError, TokenFileError) as error:

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(64, ge=1, description="requests in flight before RESOURCE_EXHAUSTED")
     default_deadline_s: float = Field(10.0, gt=0, description="deadline applied when a caller sets none")
     grace_period_s: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+    health_port: int | None = Field(
+        None, ge=1, le=65535, description="extra plaintext port serving only grpc.health.v1 (for kubelet probes when TLS is on)"
+    )
     reflection: bool = Field(True, description="gRPC server reflection (grpcurl list/describe)")
     tls_cert: Path | None = Field(None, description="server certificate (PEM); with tls_key turns TLS on")
     tls_key: Path | None = Field(None, description="server private key (PEM)")
@@ -171,3 +174,10 @@ def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
             raise FileNotFoundError(f"config file {config_file} does not exist")
         os.environ[CONFIG_FILE_ENV] = str(config_file)
     return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def unknown_environment_settings(environ: dict[str, str] | None = None) -> list[str]:
+    """MODERATION_* variables that name no setting: typos in a manifest, reported at start."""
+    environ = dict(os.environ) if environ is None else environ
+    known = {f"MODERATION_{name.upper()}" for name in Settings.model_fields} | {CONFIG_FILE_ENV}
+    return sorted(key for key in environ if key.startswith("MODERATION_") and key not in known)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for development and CI: a virtual environment in .venv
-# with the package and its test tools, and buf (npm) for proto checks in .tools/.
+# with the package and its test tools, the Debian packages the deployment
+# checks use (deploy/install-tools.sh, needs root or sudo), and buf (npm) for
+# proto checks in .tools/.
 #
 # torch: pip takes torch 2.14.1 / torchvision 0.29.1 from this machine's local
 # package files (a CUDA build that runs on the CPU, ~5.5 GB; a few minutes).
@@ -13,6 +15,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev]'
+
+# Debian packages for the deployment checks: prometheus/promtool, podman, buildah, debootstrap.
+bash deploy/install-tools.sh
 
 if command -v npm >/dev/null 2>&1; then
   npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0

@@ -144,6 +144,19 @@ def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device
     )
 
 
+async def _start_health_port(settings: Settings, health_servicer: health.aio.HealthServicer) -> grpc.aio.Server | None:
+    """Plaintext grpc.health.v1 on its own port: kubelet gRPC probes cannot speak TLS."""
+    if not settings.health_port:
+        return None
+    health_server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+    if health_server.add_insecure_port(f"{settings.host}:{settings.health_port}") == 0:
+        raise StartupError(f"cannot bind health port {settings.health_port}; set MODERATION_HEALTH_PORT to a free port")
+    await health_server.start()
+    log.info("health (plaintext, grpc.health.v1 only) on %s:%d", settings.host, settings.health_port)
+    return health_server
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT. Raises StartupError (and loading errors) when it cannot serve."""
     metrics = ModerationMetrics()
@@ -183,6 +196,7 @@ async def serve(settings: Settings) -> None:
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     log.info("gRPC listening on %s (NOT_SERVING until models and policies load)", address)
+    health_server = await _start_health_port(settings, health_servicer)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
@@ -207,6 +221,8 @@ async def serve(settings: Settings) -> None:
             await stop.wait()
     except BaseException:
         await server.stop(None)
+        if health_server is not None:
+            await health_server.stop(None)
         raise
     log.info("draining: NOT_SERVING, finishing in-flight calls for up to %.0f s", settings.grace_period_s)
     # Health first, so load balancers stop routing here; new calls get
@@ -216,6 +232,8 @@ async def serve(settings: Settings) -> None:
     if not await state.drain(settings.grace_period_s):
         log.warning("grace period over with %d calls still in flight; cancelling them", state.in_flight)
     await server.stop(1.0)
+    if health_server is not None:
+        await health_server.stop(None)
     if state.pipeline is not None:
         await state.pipeline.close()
     if watcher is not None:

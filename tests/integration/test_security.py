@@ -65,12 +65,19 @@ def make_pki(directory: Path) -> None:
 
 
 def test_mutual_tls_identity_and_reflection_off(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.integration.server import free_port
+
     make_pki(tmp_path)
+    health_port = free_port()
     env = {
         "MODERATION_TLS_CERT": str(tmp_path / "server.pem"),
         "MODERATION_TLS_KEY": str(tmp_path / "server.key"),
         "MODERATION_TLS_CLIENT_CA": str(tmp_path / "ca.pem"),
         "MODERATION_REFLECTION": "false",
+        "MODERATION_HEALTH_PORT": str(health_port),
+        "MODERATION_REFLECTON": "false",  # a typo: reported, not fatal
     }
     ca = (tmp_path / "ca.pem").read_bytes()
     credentials = grpc.ssl_channel_credentials(ca, (tmp_path / "client-a.key").read_bytes(), (tmp_path / "client-a.pem").read_bytes())
@@ -92,5 +99,14 @@ def test_mutual_tls_identity_and_reflection_off(tmp_path: Path) -> None:
         )  # fmt: skip
         assert listed.returncode != 0 and "does not support the reflection API" in listed.stderr
 
+        # Kubelet probes cannot speak TLS: plaintext health on its own port, nothing else there.
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="moderation.v1.ModerationService"), timeout=10)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(image=images.astronaut_jpeg()), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
     (line,) = [entry for entry in audit_lines(server.log_text()) if entry["request_id"] == "tls-1"]
     assert line["caller"] == "mtls:client-a"
+    assert "MODERATION_REFLECTON is not a setting and is ignored" in server.log_text()
