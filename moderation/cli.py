@@ -45,6 +45,14 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 # The offline policy commands load the model in-process; flags and MODERATION_* env
 # resolve as for `serve`, so they score with the model the server would run.
+ConfigOption = Annotated[Optional[Path], typer.Option(help="YAML settings file (flags and MODERATION_* env override it)")]
+HostOption = Annotated[Optional[str], typer.Option(help="gRPC bind address")]
+PortOption = Annotated[Optional[int], typer.Option(help="gRPC port")]
+MetricsPortOption = Annotated[Optional[int], typer.Option(help="Prometheus /metrics port, 0 to disable")]
+PoliciesOption = Annotated[Optional[Path], typer.Option(help="directory of policy YAML files")]
+LogFormatOption = Annotated[Optional[LogFormat], typer.Option(help="json or text")]
+ExplainerModelOption = Annotated[Optional[str], typer.Option(help="SmolVLM2 Hugging Face id or local directory (default: as serve)")]
+ExplainerWeightsOption = Annotated[Optional[str], typer.Option(help="'pretrained' or 'random' (smoke tests only)")]
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="open_clip name, hf-hub:org/repo or local-dir:/path (default: as serve)")]
 WeightsOption = Annotated[Optional[str], typer.Option("--weights", help="pretrained tag, checkpoint path, or 'random' (default: as serve)")]
 DeviceOption = Annotated[Optional[Device], typer.Option("--device", help="cpu, cuda or auto")]
@@ -52,72 +60,74 @@ DeviceOption = Annotated[Optional[Device], typer.Option("--device", help="cpu, c
 
 @app.command()
 def serve(
-    config: Annotated[Optional[Path], typer.Option(help="YAML settings file (flags and MODERATION_* env override it)")] = None,
-    host: Annotated[Optional[str], typer.Option(help="gRPC bind address")] = None,
-    port: Annotated[Optional[int], typer.Option(help="gRPC port")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(help="Prometheus /metrics port, 0 to disable")] = None,
-    policies: Annotated[Optional[Path], typer.Option(help="directory of policy YAML files")] = None,
-    model: Annotated[Optional[str], typer.Option(help="open_clip name, hf-hub:org/repo or local-dir:/path")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="pretrained tag, checkpoint path, or 'random' (smoke tests only)")] = None,
-    device: Annotated[Optional[Device], typer.Option(help="cpu, cuda or auto")] = None,
-    log_format: Annotated[Optional[LogFormat], typer.Option(help="json or text")] = None,
+    config: ConfigOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    metrics_port: MetricsPortOption = None,
+    policies: PoliciesOption = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = None,
+    log_format: LogFormatOption = None,
     explainer: Annotated[Optional[ExplainerMode], typer.Option(help="SmolVLM2 escalation: off, in-process or remote")] = None,
-    explainer_model: Annotated[Optional[str], typer.Option(help="SmolVLM2 Hugging Face id or local directory")] = None,
-    explainer_weights: Annotated[Optional[str], typer.Option(help="'pretrained' or 'random' (smoke tests only)")] = None,
+    explainer_model: ExplainerModelOption = None,
+    explainer_weights: ExplainerWeightsOption = None,
     explainer_target: Annotated[Optional[str], typer.Option(help="host:port of explain-serve (remote mode)")] = None,
 ) -> None:
     """Run the gRPC moderation server until SIGTERM."""
     from moderation.server.app import serve as run_server
 
-    try:
-        settings = load_settings(
-            config,
-            host=host,
-            port=port,
-            metrics_port=metrics_port,
-            policies=policies,
-            clip_model=model,
-            clip_weights=weights,
-            device=device,
-            log_format=log_format,
-            explainer_mode=explainer,
-            explainer_model=explainer_model,
-            explainer_weights=explainer_weights,
-            explainer_target=explainer_target,
-        )
-    except (ValidationError, FileNotFoundError) as error:
-        raise _fail(f"invalid settings: {error}") from None
+    settings = _settings_or_fail(
+        config,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        policies=policies,
+        clip_model=model,
+        clip_weights=weights,
+        device=device,
+        log_format=log_format,
+        explainer_mode=explainer,
+        explainer_model=explainer_model,
+        explainer_weights=explainer_weights,
+        explainer_target=explainer_target,
+    )
     _run_logged(settings, run_server)
 
 
 @app.command("explain-serve")
 def explain_serve(
-    config: Annotated[Optional[Path], typer.Option(help="YAML settings file")] = None,
-    host: Annotated[Optional[str], typer.Option(help="gRPC bind address")] = None,
-    port: Annotated[Optional[int], typer.Option(help="gRPC port")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(help="Prometheus /metrics port, 0 to disable")] = None,
-    policies: Annotated[Optional[Path], typer.Option(help="directory of policy YAML files (the scorer's)")] = None,
-    explainer_model: Annotated[Optional[str], typer.Option(help="SmolVLM2 Hugging Face id or local directory")] = None,
-    explainer_weights: Annotated[Optional[str], typer.Option(help="'pretrained' or 'random' (smoke tests only)")] = None,
-    log_format: Annotated[Optional[LogFormat], typer.Option(help="json or text")] = None,
+    config: ConfigOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    metrics_port: MetricsPortOption = None,
+    policies: PoliciesOption = None,
+    explainer_model: ExplainerModelOption = None,
+    explainer_weights: ExplainerWeightsOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run the SmolVLM2 explainer as its own gRPC service (ExplainerService) until SIGTERM."""
     from moderation.server.explainer_app import serve_explainer
 
+    settings = _settings_or_fail(
+        config,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        policies=policies,
+        explainer_model=explainer_model,
+        explainer_weights=explainer_weights,
+        log_format=log_format,
+    )
+    _run_logged(settings, serve_explainer)
+
+
+def _settings_or_fail(config: Path | None = None, **flags: object) -> Settings:
+    """Settings from flags (None: not given), environment and config file; one line on error."""
     try:
-        settings = load_settings(
-            config,
-            host=host,
-            port=port,
-            metrics_port=metrics_port,
-            policies=policies,
-            explainer_model=explainer_model,
-            explainer_weights=explainer_weights,
-            log_format=log_format,
-        )
+        return load_settings(config, **flags)
     except (ValidationError, FileNotFoundError) as error:
         raise _fail(f"invalid settings: {error}") from None
-    _run_logged(settings, serve_explainer)
 
 
 def _run_logged(settings, run) -> None:  # noqa: ANN001 - Settings, async server entry
@@ -574,10 +584,7 @@ def _parse_age(text: str, option: str) -> timedelta:
 
 
 def _offline_settings(model: str | None, weights: str | None, device: Device | None) -> Settings:
-    try:
-        return load_settings(None, clip_model=model, clip_weights=weights, device=device)
-    except (ValidationError, FileNotFoundError) as error:
-        raise _fail(f"invalid settings: {error}") from None
+    return _settings_or_fail(clip_model=model, clip_weights=weights, device=device)
 
 
 def _model_spec(settings: Settings) -> ClipModelSpec:
@@ -624,8 +631,8 @@ def compare(
     model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = None,
-    explainer_model: Annotated[Optional[str], typer.Option(help="SmolVLM2 id or local dir (default: as serve)")] = None,
-    explainer_weights: Annotated[Optional[str], typer.Option(help="'pretrained' or 'random'")] = None,
+    explainer_model: ExplainerModelOption = None,
+    explainer_weights: ExplainerWeightsOption = None,
     no_explainer: Annotated[bool, typer.Option("--no-explainer", help="CLIP tier only")] = False,
 ) -> None:
     """Run every model tier on one image, in-process, and print their outputs side by side per category."""
@@ -650,8 +657,8 @@ def compare(
     verdicts = {}
     explainer_id = "off"
     if not no_explainer:
-        explainer_settings = load_settings(
-            None, explainer_model=explainer_model, explainer_weights=explainer_weights, device=settings.device
+        explainer_settings = _settings_or_fail(
+            explainer_model=explainer_model, explainer_weights=explainer_weights, device=settings.device
         )
         explainer = load_explainer_for(explainer_settings, resolve_device(settings.device))
         explainer_id = explainer.info.model_id
