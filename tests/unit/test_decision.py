@@ -64,8 +64,12 @@ def test_scores_outside_unit_interval_are_refused(bad: float) -> None:
         decide({"violence": bad, "weapons": 0.1}, POLICY)
 
 
-DECISIVE = POLICY.model_copy(
-    update={"categories": [POLICY.categories[0].model_copy(update={"explainer": "decisive"}), POLICY.categories[1]]}
+# Validated like a YAML file would be: "decisive" becomes ExplainerRole.DECISIVE.
+DECISIVE = type(POLICY).model_validate(
+    {
+        **POLICY.model_dump(),
+        "categories": [{**POLICY.categories[0].model_dump(), "explainer": "decisive"}, POLICY.categories[1].model_dump()],
+    }
 )
 
 
