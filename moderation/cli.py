@@ -122,6 +122,17 @@ def explain_serve(
     _run_logged(settings, serve_explainer)
 
 
+def _policy_or_fail(path: Path) -> tuple[Policy, str]:
+    """A valid policy and its text, or one line naming the first problem and how many more there are."""
+    from moderation.policy import PolicyFileError, load_policy_file
+
+    try:
+        return load_policy_file(path)
+    except PolicyFileError as error:
+        more = len(error.problems) - 1
+        raise _fail(f"invalid policy: {error.problems[0]}" + (f" (and {more} more problems)" if more else "")) from None
+
+
 def _settings_or_fail(config: Path | None = None, **flags: object) -> Settings:
     """Settings from flags (None: not given), environment and config file; one line on error."""
     try:
@@ -380,14 +391,11 @@ def policy_calibrate(
     from moderation.calibration_report import render_report
     from moderation.labels import LabelsError, read_labels
     from moderation.offline import score_image_files
-    from moderation.policy import PolicyFileError, load_policy_file
+    from moderation.policy import PolicyFileError
     from moderation.policy.rewrite import RewriteError
     from moderation.policy_calibration import calibrate_policy
 
-    try:
-        policy, policy_text = load_policy_file(policy_file)
-    except PolicyFileError as error:
-        raise _fail(f"invalid policy: {error.problems[0]}" + (f" (and {len(error.problems) - 1} more problems)" if len(error.problems) > 1 else "")) from None
+    policy, policy_text = _policy_or_fail(policy_file)
     try:
         targets = CalibrationTargets(precision=target_precision, recall=target_recall, max_review_rate=max_review_rate)
         images = read_labels(labels, [c.id for c in policy.categories])
@@ -496,17 +504,10 @@ def policy_diff(
     """Re-score stored traffic under OLD and NEW (text embeddings only) and report which decisions flip."""
     from datetime import datetime, timezone
 
-    from moderation.policy import PolicyFileError, load_policy_file
     from moderation.rescore import CannotRescore, check_stored_models, rescore_stored_decisions
     from moderation.store import StoreError
 
-    policies = []
-    for path in (old_file, new_file):
-        try:
-            policies.append(load_policy_file(path)[0])
-        except PolicyFileError as error:
-            raise _fail(f"invalid policy: {error.problems[0]}") from None
-    old, new = policies
+    old, new = (_policy_or_fail(path)[0] for path in (old_file, new_file))
     settings = _offline_settings(model, weights, device)
     store = store or settings.embedding_store
     if store is None:
@@ -638,13 +639,9 @@ def compare(
     """Run every model tier on one image, in-process, and print their outputs side by side per category."""
     from moderation.decision import clip_leans_violating, decide
     from moderation.imaging import DecodeLimits, ImageRejected, decode_image
-    from moderation.policy import PolicyFileError, load_policy_file
     from moderation.server.app import load_explainer_for, resolve_device
 
-    try:
-        loaded_policy, _ = load_policy_file(policy)
-    except PolicyFileError as error:
-        raise _fail(str(error)) from None
+    loaded_policy, _ = _policy_or_fail(policy)
     settings = _offline_settings(model, weights, device)
     scorer = _load_scorer(_model_spec(settings))
     try:

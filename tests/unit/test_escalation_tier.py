@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
