@@ -242,7 +242,8 @@ def bench(
         table.add_row(str(row["concurrency"]), f"{row['throughput_per_s']:.2f}", f"{row['p50_ms']:.0f}", f"{row['p95_ms']:.0f}", f"{row['p99_ms']:.0f}", str(sum(row["errors"].values())))
     out.print(table)
     for key in ("throughput_vs_forward", "speedup_vs_naive", "p50_latency_vs_single_forward", "peak_rss_mb"):
-        out.print(f"{key}: {results[key]}  (target {results['targets'][key]})", highlight=False)
+        value = results[key] if results[key] is not None else "not measured (needs concurrency 1)"
+        out.print(f"{key}: {value}  (target {results['targets'][key]})", highlight=False)
 
 
 @policy_app.command("validate")
