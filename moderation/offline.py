@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from moderation.clip.scorer import ClipScorer, PolicyTextIndex
+from moderation.clip.scorer import ClipScorer, PolicyTextIndex, most_severe_frame
 from moderation.decision import Decision, decide
-from moderation.imaging import DecodeLimits, ImageRejected, decode_image
+from moderation.imaging import DecodeLimits, ImageRejected, decode_frames
 from moderation.policy.golden import CasesFile, GoldenCase, mismatches
 from moderation.policy.schema import Policy
 
@@ -45,21 +45,25 @@ def score_image_files(
     results: list[FileScores] = []
     for start in range(0, len(paths), BATCH_SIZE):
         batch = paths[start : start + BATCH_SIZE]
-        pixels: list[torch.Tensor] = []
-        decoded_paths: list[Path] = []
+        # Per decoded file: its frames' pixels and their positions in the animation,
+        # so animations are judged by their most severe sampled frame, as the server does.
+        decoded: dict[Path, tuple[torch.Tensor, tuple[int, ...]]] = {}
         failed: dict[Path, str] = {}
         for path in batch:
             try:
-                pixels.append(scorer.clip.preprocess(decode_image(path.read_bytes(), limits)))
-                decoded_paths.append(path)
+                frames = decode_frames(path.read_bytes(), limits)
+                decoded[path] = (torch.stack([scorer.clip.preprocess(f) for f in frames.frames]), frames.frame_indices)
             except ImageRejected as error:
                 failed[path] = str(error)
             except OSError as error:
                 failed[path] = f"cannot read file: {error.strerror or error}"
         scored: dict[Path, dict[str, float]] = {}
-        if pixels:
-            per_image = scorer.score(scorer.embed_images(torch.stack(pixels)), index)
-            scored = dict(zip(decoded_paths, per_image, strict=True))
+        if decoded:
+            per_frame = scorer.score(scorer.embed_images(torch.cat([pixels for pixels, _ in decoded.values()])), index)
+            offset = 0
+            for path, (_, indices) in decoded.items():
+                scored[path], _ = most_severe_frame(per_frame[offset : offset + len(indices)], indices)
+                offset += len(indices)
         for path in batch:
             results.append(FileScores(path, scored.get(path), failed.get(path, "")))
         if on_scored is not None:

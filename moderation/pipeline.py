@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from moderation.clip.batcher import MicroBatcher
-from moderation.clip.scorer import ClipScorer, PolicyTextIndex
+from moderation.clip.scorer import ClipScorer, PolicyTextIndex, most_severe_frame
 from moderation.decision import Band, Decision, apply_verdict, clip_leans_violating, decide, review_at_least
 from moderation.escalation.tier import (
     EscalationOutcome,
@@ -59,16 +59,6 @@ class ModerationResult:
     timings: StageTimings
     escalation: EscalationOutcome = field(default_factory=EscalationOutcome)
     frames: FrameSample = field(default_factory=FrameSample)
-
-
-def most_severe_frame(per_frame: list[dict[str, float]], indices: tuple[int, ...]) -> tuple[dict[str, float], dict[str, int]]:
-    """Per category, the highest score over the frames and the frame it came from."""
-    scores, deciding = {}, {}
-    for category_id in per_frame[0]:
-        best = max(range(len(per_frame)), key=lambda i: per_frame[i][category_id])
-        scores[category_id] = per_frame[best][category_id]
-        deciding[category_id] = indices[best]
-    return scores, deciding
 
 
 class ModerationPipeline:

@@ -90,3 +90,13 @@ class ClipScorer:
             probabilities = logits[:, rows].softmax(dim=-1)
             per_category[category_id] = probabilities[:, :positives].sum(dim=-1).clamp(0.0, 1.0).tolist()
         return [{cid: values[i] for cid, values in per_category.items()} for i in range(image_embeddings.shape[0])]
+
+
+def most_severe_frame(per_frame: list[dict[str, float]], indices: tuple[int, ...]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per category, the highest score over the frames and the frame it came from."""
+    scores, deciding = {}, {}
+    for category_id in per_frame[0]:
+        best = max(range(len(per_frame)), key=lambda i: per_frame[i][category_id])
+        scores[category_id] = per_frame[best][category_id]
+        deciding[category_id] = indices[best]
+    return scores, deciding

@@ -1,0 +1,35 @@
+"""Offline scoring (policy test, calibrate) judges a file the way the server does."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import skimage.data
+from PIL import Image
+
+from moderation.clip import ClipModelSpec, ClipScorer, load_clip
+from moderation.offline import score_image_files
+from moderation.policy import load_policy_file
+from tests.conftest import POLICIES
+
+
+def test_animation_scores_as_its_most_severe_sampled_frame(tmp_path: Path, tiny_clip_model: str) -> None:
+    scorer = ClipScorer(load_clip(ClipModelSpec(model=tiny_clip_model, weights="random")))
+    index = scorer.index_policy(load_policy_file(POLICIES / "default.yaml")[0])
+    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+    frames = [Image.fromarray(sources[i]).resize((96, 96)) for i in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    (tmp_path / "anim.gif").write_bytes(buffer.getvalue())
+    stills = []
+    gif = Image.open(io.BytesIO(buffer.getvalue()))
+    for i in range(3):
+        gif.seek(i)
+        stills.append(tmp_path / f"frame{i}.png")
+        gif.convert("RGB").save(stills[-1])
+
+    animation, *per_frame = score_image_files(scorer, index, [tmp_path / "anim.gif", *stills])
+    for category, score in animation.scores.items():
+        assert score == pytest.approx(max(f.scores[category] for f in per_frame), abs=1e-4)
