@@ -1,6 +1,16 @@
-"""CLIP tier: open_clip model loading and zero-shot policy scoring."""
+"""CLIP tier: model specs and loading, the image-text encoder seam, zero-shot policy scoring."""
 
-from moderation.clip.loading import ClipModelSpec, LoadedClip, WeightsUnavailable, load_clip
-from moderation.clip.scorer import ClipScorer, PolicyTextIndex
+from moderation.clip.encoder import ImageTextEncoder, UnknownBackend, load_encoder
+from moderation.clip.loading import ClipModelSpec, WeightsUnavailable
+from moderation.clip.scorer import ClipScorer, FrameScores, PolicyTextIndex
 
-__all__ = ["ClipModelSpec", "ClipScorer", "LoadedClip", "PolicyTextIndex", "WeightsUnavailable", "load_clip"]
+__all__ = [
+    "ClipModelSpec",
+    "ClipScorer",
+    "FrameScores",
+    "ImageTextEncoder",
+    "PolicyTextIndex",
+    "UnknownBackend",
+    "WeightsUnavailable",
+    "load_encoder",
+]

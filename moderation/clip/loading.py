@@ -1,4 +1,4 @@
-"""Load an open_clip model from where its architecture and weights live.
+"""Find and build an open_clip model from where its architecture and weights live.
 
 Architecture and weights are kept apart, as in open_clip itself:
     model    'ViT-B-32'            a built-in open_clip config
@@ -9,11 +9,18 @@ Architecture and weights are kept apart, as in open_clip itself:
              'random'              random initialisation: same FLOPs, meaningless scores
 For 'hf-hub:' and 'local-dir:' models the weights come with the model, so the
 weights setting only matters when it is 'random'.
+
+Every download goes through `_resolve_sources`, which asks huggingface_hub for
+cached files only when downloads are off (`local_files_only`), so nothing here
+changes process-wide state; open_clip is then handed local paths.
+
+Backends (moderation/clip/backends/) call `build_open_clip`; nobody else does.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +33,9 @@ from moderation.config import RANDOM_WEIGHTS
 log = logging.getLogger(__name__)
 
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
+# The files of an open_clip model repository on the hub (config, weights, tokenizer).
+HUB_MODEL_FILES = ["*.json", "*.txt", "*.model", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class WeightsUnavailable(RuntimeError):
@@ -34,15 +44,27 @@ class WeightsUnavailable(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ClipModelSpec:
+    """Which CLIP model to run, where its weights are, and how to run it."""
+
     model: str = "ViT-B-32"
     weights: str = "laion2b_s34b_b79k"
     cache_dir: Path | None = None
     device: str = "cpu"
     allow_downloads: bool = True
+    backend: str = "torch"
+    # 'auto': fp16 on CUDA (half the memory traffic), fp32 on the CPU (bf16 measured
+    # 5x slower for the vision tower on this project's CPU).
+    precision: str = "auto"
 
     @property
     def random(self) -> bool:
         return self.weights == RANDOM_WEIGHTS
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.precision == "auto":
+            return torch.float16 if self.device.startswith("cuda") else torch.float32
+        return PRECISIONS[self.precision]
 
     @property
     def model_id(self) -> str:
@@ -55,50 +77,98 @@ class ClipModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class LoadedClip:
-    spec: ClipModelSpec
+class OpenClipModel:
+    """An open_clip model with its image transform and tokenizer, in eval mode on its device."""
+
     model: torch.nn.Module
     preprocess: Callable[[Any], torch.Tensor]
     tokenizer: Callable[[list[str]], torch.Tensor]
     image_size: int
 
 
-def load_clip(spec: ClipModelSpec) -> LoadedClip:
+def build_open_clip(spec: ClipModelSpec) -> OpenClipModel:
+    """Build the architecture, load the weights (or not: 'random'), cast to the spec's precision."""
     import open_clip
 
-    if not spec.allow_downloads:
-        # Read at call time by huggingface_hub: cache only, fail at once instead
-        # of retrying an unreachable hub for about a minute.
-        import huggingface_hub.constants
-
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
     if spec.random:
         log.warning(
             "CLIP model %s runs with RANDOM WEIGHTS: its scores and decisions mean nothing. "
             "Use this only for smoke tests and benchmarks.",
             spec.model,
         )
-    pretrained = None if spec.random or spec.model.startswith(SCHEMA_PREFIXES) else spec.weights
     try:
+        model_name, pretrained, preprocess_overrides = _resolve_sources(spec)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model,
+            model_name,
             pretrained=pretrained,
             load_weights=not spec.random,
             # Random weights must not quietly download a text tower's base weights.
             pretrained_text=not spec.random,
             device=spec.device,
-            # fp16 halves memory traffic on GPUs; on CPUs fp32 is fastest (bf16
-            # measured 5x slower for the vision tower on this project's CPU).
-            precision="fp16" if spec.device.startswith("cuda") else "fp32",
+            precision=_open_clip_precision(spec.torch_dtype),
             cache_dir=str(spec.cache_dir) if spec.cache_dir else None,
+            **preprocess_overrides,
         )
-        tokenizer = open_clip.get_tokenizer(spec.model, cache_dir=str(spec.cache_dir) if spec.cache_dir else None)
-    except Exception as err:  # open_clip signals missing weights with several exception types
+        tokenizer = open_clip.get_tokenizer(model_name, cache_dir=str(spec.cache_dir) if spec.cache_dir else None)
+    except WeightsUnavailable:
+        raise
+    except Exception as err:  # open_clip and the hub signal missing weights with several exception types
         raise WeightsUnavailable(_unavailable_message(spec, err)) from err
     model.eval()
     image_size = model.visual.image_size
     image_size = image_size[0] if isinstance(image_size, tuple | list) else int(image_size)
-    return LoadedClip(spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer, image_size=image_size)
+    return OpenClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, image_size=image_size)
+
+
+def _open_clip_precision(dtype: torch.dtype) -> str:
+    # open_clip's fp16/bf16 keep LayerNorms in fp32 and cast the rest (its GPU inference default).
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+
+
+def _resolve_sources(spec: ClipModelSpec) -> tuple[str, str | None, dict[str, Any]]:
+    """(model name for open_clip, local checkpoint or None, preprocess overrides of a pretrained tag)."""
+    if spec.random or spec.model.startswith("local-dir:"):
+        return spec.model, None, {}
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    cache_dir = str(spec.cache_dir) if spec.cache_dir else None
+    offline = not spec.allow_downloads
+    if spec.model.startswith("hf-hub:"):
+        repo = spec.model.removeprefix("hf-hub:")
+        folder = snapshot_download(repo, cache_dir=cache_dir, local_files_only=offline, allow_patterns=HUB_MODEL_FILES)
+        return f"local-dir:{folder}", None, {}
+    if _looks_like_path(spec.weights):
+        if not Path(spec.weights).is_file():
+            raise WeightsUnavailable(_unavailable_message(spec, FileNotFoundError(f"no checkpoint file at {spec.weights}")))
+        return spec.model, spec.weights, {}
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(spec.model, spec.weights)
+    if not cfg:
+        tags = ", ".join(t for m, t in open_clip.list_pretrained() if m == spec.model) or "none"
+        raise WeightsUnavailable(_unavailable_message(spec, ValueError(f"unknown pretrained tag; tags of {spec.model}: {tags}")))
+    overrides: dict[str, Any] = {
+        key: cfg[source] for key, source in (
+            ("image_mean", "mean"), ("image_std", "std"), ("image_interpolation", "interpolation"), ("image_resize_mode", "resize_mode")
+        ) if cfg.get(source)
+    }
+    if cfg.get("quick_gelu"):
+        overrides["force_quick_gelu"] = True
+    if cfg.get("hf_hub"):
+        # open_clip writes 'org/repo/' (default file name) or 'org/repo/file.bin'.
+        hub = cfg["hf_hub"]
+        repo, filename = (hub.rstrip("/"), "") if hub.endswith("/") else os.path.split(hub)
+        candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        last_error: Exception | None = None
+        for candidate in candidates:
+            try:
+                return spec.model, hf_hub_download(repo, candidate, cache_dir=cache_dir, local_files_only=offline), overrides
+            except Exception as err:  # noqa: BLE001 - try the next file name, report the last failure
+                last_error = err
+        raise WeightsUnavailable(_unavailable_message(spec, last_error or FileNotFoundError(repo)))
+    if offline:
+        raise WeightsUnavailable(_unavailable_message(spec, FileNotFoundError("these weights are only published as a URL download")))
+    return spec.model, open_clip.download_pretrained(cfg, cache_dir=cache_dir), overrides
 
 
 def _looks_like_path(value: str) -> bool:

@@ -11,21 +11,31 @@ recipe). The score is a probability in [0, 1] and every category competes
 against the same benign set, so thresholds are comparable across categories.
 
 Text embeddings are computed once per policy version (`PolicyTextIndex`), never
-per request.
+per request. Every caller (server, offline commands, compare, bench) goes
+decode -> `prepare` -> embed -> `score_frames`; only the embed step differs
+(the server shares forward passes through the micro-batcher).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from moderation.clip.loading import LoadedClip
+from moderation.clip.encoder import ImageTextEncoder
+from moderation.imaging import DecodedImage
 from moderation.policy.schema import Policy
 
-TEXT_BATCH = 64
+# Texts per encoder call while compiling a policy; between chunks a compile can be cancelled.
+TEXT_CHUNK = 64
+# Images per forward pass when scoring many files in-process.
+OFFLINE_BATCH = 16
+
+
+class CompileStopped(RuntimeError):
+    """A policy compile was asked to stop (shutdown, or over its time budget)."""
 
 
 @dataclass(frozen=True)
@@ -34,35 +44,60 @@ class PolicyTextIndex:
 
     policy_id: str
     policy_version: str
-    embeddings: torch.Tensor  # [prompts, dim], L2-normalised
+    embeddings: torch.Tensor  # [prompts, dim], float32 CPU, L2-normalised
     # Per category: (row indices of positive + contrast + benign prompts, number of positives first).
     competitions: tuple[tuple[str, torch.Tensor, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class FrameScores:
+    """An image's category scores: per category the most severe sampled frame, and which frame that was."""
+
+    scores: dict[str, float]
+    deciding: dict[str, int]  # category id -> frame index in the animation (0 for still images)
+
+
 class ClipScorer:
-    def __init__(self, clip: LoadedClip):
-        self.clip = clip
-        first_parameter = next(clip.model.parameters())
-        self.device, self.dtype = first_parameter.device, first_parameter.dtype
-        self.model_id = clip.spec.model_id
-        self.random_weights = clip.spec.random
+    def __init__(self, encoder: ImageTextEncoder):
+        self.encoder = encoder
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.name
+
+    @property
+    def random_weights(self) -> bool:
+        return self.encoder.random_weights
+
+    @property
+    def image_size(self) -> int:
+        return self.encoder.image_size
 
     @property
     def logit_scale(self) -> float:
-        return float(self.clip.model.logit_scale.detach().exp())
+        return self.encoder.logit_scale
 
-    @torch.inference_mode()
-    def encode_prompts(self, prompts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """[len(prompts), dim]: each prompt averaged over templates, normalised."""
+    def prepare(self, decoded: DecodedImage) -> torch.Tensor:
+        """[frames, 3, S, S] model inputs for a decoded image's sampled frames (host work, any thread)."""
+        return torch.stack([self.encoder.preprocess(frame) for frame in decoded.frames])
+
+    def encode_prompts(
+        self, prompts: Sequence[str], templates: Sequence[str], should_stop: Callable[[], bool] | None = None
+    ) -> torch.Tensor:
+        """[len(prompts), dim]: each prompt averaged over templates, normalised.
+
+        `should_stop` is asked between chunks; when it answers True, CompileStopped is raised.
+        """
         texts = [template.format(prompt) for prompt in prompts for template in templates]
         chunks = []
-        for start in range(0, len(texts), TEXT_BATCH):
-            tokens = self.clip.tokenizer(texts[start : start + TEXT_BATCH]).to(self.device)
-            chunks.append(self.clip.model.encode_text(tokens, normalize=True).float())
+        for start in range(0, len(texts), TEXT_CHUNK):
+            if should_stop is not None and should_stop():
+                raise CompileStopped(f"stopped after {start} of {len(texts)} prompt texts")
+            chunks.append(self.encoder.encode_texts(texts[start : start + TEXT_CHUNK]))
         per_text = torch.cat(chunks).reshape(len(prompts), len(templates), -1)
         return F.normalize(per_text.mean(dim=1), dim=-1)
 
-    def index_policy(self, policy: Policy) -> PolicyTextIndex:
+    def index_policy(self, policy: Policy, should_stop: Callable[[], bool] | None = None) -> PolicyTextIndex:
         prompts: list[str] = list(policy.benign)
         benign_rows = list(range(len(prompts)))
         competitions = []
@@ -71,32 +106,49 @@ class ClipScorer:
             prompts.extend(category.positive)
             contrast_rows = list(range(len(prompts), len(prompts) + len(category.contrast)))
             prompts.extend(category.contrast)
-            rows = torch.tensor(positive_rows + contrast_rows + benign_rows, device=self.device)
+            rows = torch.tensor(positive_rows + contrast_rows + benign_rows)
             competitions.append((category.id, rows, len(positive_rows)))
-        embeddings = self.encode_prompts(prompts, policy.templates)
+        embeddings = self.encode_prompts(prompts, policy.templates, should_stop)
         return PolicyTextIndex(policy.id, policy.version, embeddings, tuple(competitions))
 
-    @torch.inference_mode()
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[batch, 3, H, W] preprocessed pixels -> [batch, dim] normalised embeddings."""
-        return self.clip.model.encode_image(pixels.to(self.device, self.dtype), normalize=True).float()
+        """[batch, 3, S, S] prepared pixels -> [batch, dim] float32 CPU normalised embeddings."""
+        return self.encoder.encode_images(pixels)
 
     @torch.inference_mode()
     def score(self, image_embeddings: torch.Tensor, index: PolicyTextIndex) -> list[dict[str, float]]:
-        """Per image, {category id: score in [0, 1]}."""
-        logits = self.logit_scale * image_embeddings @ index.embeddings.T  # [batch, prompts]
+        """Per embedding row, {category id: score in [0, 1]}."""
+        logits = self.logit_scale * image_embeddings.float().cpu() @ index.embeddings.T  # [batch, prompts]
         per_category = {}
         for category_id, rows, positives in index.competitions:
             probabilities = logits[:, rows].softmax(dim=-1)
             per_category[category_id] = probabilities[:, :positives].sum(dim=-1).clamp(0.0, 1.0).tolist()
         return [{cid: values[i] for cid, values in per_category.items()} for i in range(image_embeddings.shape[0])]
 
+    def score_frames(self, embeddings: torch.Tensor, frame_indices: Sequence[int], index: PolicyTextIndex) -> FrameScores:
+        """One image's scores from the embeddings of its sampled frames (rows in frame order)."""
+        return most_severe_frame(self.score(embeddings, index), tuple(frame_indices))
 
-def most_severe_frame(per_frame: list[dict[str, float]], indices: tuple[int, ...]) -> tuple[dict[str, float], dict[str, int]]:
+    def score_decoded(self, images: Sequence[DecodedImage], index: PolicyTextIndex) -> list[FrameScores]:
+        """Score decoded images in-process, sharing forward passes: what the server does, without the batcher."""
+        pixels = [self.prepare(image) for image in images]
+        if not pixels:
+            return []
+        stacked = torch.cat(pixels)
+        embeddings = torch.cat([self.embed_images(stacked[i : i + OFFLINE_BATCH]) for i in range(0, stacked.shape[0], OFFLINE_BATCH)])
+        results, offset = [], 0
+        for image, frames in zip(images, pixels, strict=True):
+            count = frames.shape[0]
+            results.append(self.score_frames(embeddings[offset : offset + count], image.frame_indices, index))
+            offset += count
+        return results
+
+
+def most_severe_frame(per_frame: list[dict[str, float]], indices: tuple[int, ...]) -> FrameScores:
     """Per category, the highest score over the frames and the frame it came from."""
     scores, deciding = {}, {}
     for category_id in per_frame[0]:
         best = max(range(len(per_frame)), key=lambda i: per_frame[i][category_id])
         scores[category_id] = per_frame[best][category_id]
         deciding[category_id] = indices[best]
-    return scores, deciding
+    return FrameScores(scores, deciding)

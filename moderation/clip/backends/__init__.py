@@ -1,0 +1,17 @@
+"""CLIP runtimes behind the ImageTextEncoder seam (moderation/clip/encoder.py).
+
+One entry per backend: name -> 'module:function(spec) -> ImageTextEncoder'.
+Modules are imported only when their backend is chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+BACKENDS: Mapping[str, str] = MappingProxyType(
+    {
+        # Eager PyTorch: CPU fp32, CUDA fp16/bf16.
+        "torch": "moderation.clip.backends.torch_eager:load",
+    }
+)
