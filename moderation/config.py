@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,21 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 RANDOM_WEIGHTS = "random"
 CONFIG_FILE_ENV = "MODERATION_CONFIG"
+# A --config file given to load_settings: context-local, so no process-wide state changes.
+_config_file: ContextVar[Path | None] = ContextVar("moderation_config_file", default=None)
 
 
 class Device(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class ClipPrecision(str, enum.Enum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
 
 
 class ExplainerMode(str, enum.Enum):
@@ -60,6 +70,12 @@ class Settings(BaseSettings):
         True, description="fetch missing weights from the hub; false fails at once when they are not cached"
     )
     device: Device = Device.AUTO
+    clip_backend: str = Field(
+        "torch", description="CLIP runtime: a name from moderation/clip/backends (torch: eager PyTorch, CPU or CUDA)"
+    )
+    clip_precision: ClipPrecision = Field(
+        ClipPrecision.AUTO, description="CLIP weights and inputs: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16"
+    )
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch; default: torch's own")
 
     explainer_mode: ExplainerMode = Field(
@@ -161,7 +177,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_FILE_ENV)
+        config_file = _config_file.get() or os.environ.get(CONFIG_FILE_ENV)
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
@@ -169,11 +185,13 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
     """Settings from flags that were given (None means 'not given'), env and file."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise FileNotFoundError(f"config file {config_file} does not exist")
-        os.environ[CONFIG_FILE_ENV] = str(config_file)
-    return Settings(**{k: v for k, v in flags.items() if v is not None})
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    finally:
+        _config_file.reset(token)
 
 
 def unknown_environment_settings(environ: dict[str, str] | None = None) -> list[str]:

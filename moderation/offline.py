@@ -11,16 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from moderation.clip.scorer import ClipScorer, PolicyTextIndex, most_severe_frame
+from moderation.clip.scorer import OFFLINE_BATCH, ClipScorer, PolicyTextIndex
 from moderation.decision import Decision, decide
-from moderation.imaging import DecodeLimits, ImageRejected, decode_frames
+from moderation.imaging import DecodedImage, DecodeLimits, ImageRejected, decode_frames
 from moderation.policy.golden import CasesFile, GoldenCase, mismatches
 from moderation.policy.schema import Policy
-
-# Small batches keep memory flat on a CPU and still amortise the forward pass.
-BATCH_SIZE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,29 +36,21 @@ def score_image_files(
     `on_scored(n)` is called after each batch with the number of files it finished,
     for progress bars.
     """
-    limits = DecodeLimits(draft_size=scorer.clip.image_size)  # the server's defaults
+    limits = DecodeLimits(draft_size=scorer.image_size)  # the server's defaults
     results: list[FileScores] = []
-    for start in range(0, len(paths), BATCH_SIZE):
-        batch = paths[start : start + BATCH_SIZE]
-        # Per decoded file: its frames' pixels and their positions in the animation,
-        # so animations are judged by their most severe sampled frame, as the server does.
-        decoded: dict[Path, tuple[torch.Tensor, tuple[int, ...]]] = {}
+    for start in range(0, len(paths), OFFLINE_BATCH):
+        batch = paths[start : start + OFFLINE_BATCH]
+        decoded: dict[Path, DecodedImage] = {}
         failed: dict[Path, str] = {}
         for path in batch:
             try:
-                frames = decode_frames(path.read_bytes(), limits)
-                decoded[path] = (torch.stack([scorer.clip.preprocess(f) for f in frames.frames]), frames.frame_indices)
+                decoded[path] = decode_frames(path.read_bytes(), limits)
             except ImageRejected as error:
                 failed[path] = str(error)
             except OSError as error:
                 failed[path] = f"cannot read file: {error.strerror or error}"
-        scored: dict[Path, dict[str, float]] = {}
-        if decoded:
-            per_frame = scorer.score(scorer.embed_images(torch.cat([pixels for pixels, _ in decoded.values()])), index)
-            offset = 0
-            for path, (_, indices) in decoded.items():
-                scored[path], _ = most_severe_frame(per_frame[offset : offset + len(indices)], indices)
-                offset += len(indices)
+        # Animations are judged by their most severe sampled frame, as the server does.
+        scored = dict(zip(decoded, (s.scores for s in scorer.score_decoded(list(decoded.values()), index)), strict=True))
         for path in batch:
             results.append(FileScores(path, scored.get(path), failed.get(path, "")))
         if on_scored is not None:

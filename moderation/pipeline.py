@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from moderation.clip.batcher import MicroBatcher
-from moderation.clip.scorer import ClipScorer, PolicyTextIndex, most_severe_frame
+from moderation.clip.scorer import ClipScorer, FrameScores, PolicyTextIndex
 from moderation.decision import Band, Decision, apply_verdict, clip_leans_violating, decide, review_at_least
 from moderation.escalation.tier import (
     EscalationOutcome,
@@ -82,7 +82,8 @@ class ModerationPipeline:
         self.registry = registry
         self.limits = limits
         self.metrics = metrics
-        self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        # Host work (decode, preprocess, scoring, deciding) runs here, never on the event loop.
+        self._host_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="host")
         # One model thread: torch parallelises inside an op; two callers would
         # only fight over the same cores. The batcher feeds it.
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -94,10 +95,9 @@ class ModerationPipeline:
         """Start the batch worker; call on the serving event loop."""
         self.batcher.start()
 
-    def _decode_and_preprocess(self, image: bytes) -> tuple[torch.Tensor, DecodedImage]:
+    def _decode_and_prepare(self, image: bytes) -> tuple[torch.Tensor, DecodedImage]:
         decoded = decode_frames(image, self.limits)
-        pixels = torch.stack([self.scorer.clip.preprocess(frame) for frame in decoded.frames])
-        return pixels, decoded
+        return self.scorer.prepare(decoded), decoded
 
     async def moderate(
         self,
@@ -114,23 +114,20 @@ class ModerationPipeline:
         # Look the policy up once: the request finishes on the version it started with.
         served, shadows = self.registry.with_shadows(policy_id)
 
-        pixels, decoded_image = await loop.run_in_executor(self._decode_pool, self._decode_and_preprocess, image)
-        frame_indices, total_frames = decoded_image.frame_indices, decoded_image.total_frames
+        pixels, decoded_image = await loop.run_in_executor(self._host_pool, self._decode_and_prepare, image)
         decoded = time.perf_counter()
         # All sampled frames of an animation go through the model in one batch.
         embeddings = await self.batcher.embed(pixels, deadline)
-        scores, deciding = most_severe_frame(self.scorer.score(embeddings, served.compiled), frame_indices)
         embedded = time.perf_counter()
-        decision = decide(scores, served.policy)
+        # Scoring, deciding and shadows are host work too: off the event loop.
+        frame_scores, decision = await loop.run_in_executor(
+            self._host_pool, self._score_and_decide, embeddings, decoded_image, served, shadows, request_id
+        )
         decided = time.perf_counter()
-        for shadow in shadows:
-            self._evaluate_shadow(shadow, embeddings, frame_indices, decision, request_id)
-        if self.store is not None:
-            self._record(request_id, decision, embeddings, frame_indices, deciding)
 
         escalation_started = time.perf_counter()
         decision, escalation = await self._escalate(
-            decision, served.policy, force_escalation, request_id, image, decoded_image, deciding, deadline
+            decision, served.policy, force_escalation, request_id, image, decoded_image, frame_scores.deciding, deadline
         )
         timings = StageTimings(
             decode_ms=(decoded - started) * 1e3,
@@ -140,14 +137,30 @@ class ModerationPipeline:
             total_ms=(time.perf_counter() - started) * 1e3,
         )
         self._observe(decision, timings)
-        frames = FrameSample(frame_indices, total_frames, deciding)
+        frames = FrameSample(decoded_image.frame_indices, decoded_image.total_frames, frame_scores.deciding)
         return ModerationResult(request_id, decision, self.scorer.model_id, timings, escalation, frames)
+
+    def _score_and_decide(
+        self,
+        embeddings: torch.Tensor,
+        decoded: DecodedImage,
+        served: ServedPolicy[PolicyTextIndex],
+        shadows: tuple[ServedPolicy[PolicyTextIndex], ...],
+        request_id: str,
+    ) -> tuple[FrameScores, Decision]:
+        frame_scores = self.scorer.score_frames(embeddings, decoded.frame_indices, served.compiled)
+        decision = decide(frame_scores.scores, served.policy)
+        for shadow in shadows:
+            self._evaluate_shadow(shadow, embeddings, decoded.frame_indices, decision, request_id)
+        if self.store is not None:
+            self._record(request_id, decision, embeddings, decoded.frame_indices, frame_scores.deciding)
+        return frame_scores, decision
 
     def _evaluate_shadow(
         self, shadow: ServedPolicy[PolicyTextIndex], embeddings: torch.Tensor, frame_indices: tuple[int, ...], active: Decision, request_id: str
     ) -> None:
         """Score the same embeddings under a shadow policy; its decision goes to metrics and the audit log only."""
-        scores, _ = most_severe_frame(self.scorer.score(embeddings, shadow.compiled), frame_indices)
+        scores = self.scorer.score_frames(embeddings, frame_indices, shadow.compiled).scores
         decision = decide(scores, shadow.policy)
         self.metrics.shadow_decisions.labels(active.policy_id, shadow.policy.id, decision.action.value).inc()
         active_actions = {c.category_id: c.action for c in active.categories}
@@ -177,7 +190,7 @@ class ModerationPipeline:
         # For animations, the frame behind the highest-scoring category stands for the image.
         top = max(decision.categories, key=lambda c: c.score)
         row = frame_indices.index(deciding.get(top.category_id, frame_indices[0]))
-        vector = embeddings[row].numpy().copy()
+        vector = embeddings[row].numpy().copy()  # the encoder contract: float32 on the CPU
         self._store_pool.submit(
             self.store.record, request_id, time.time(), decision.policy_id, decision.policy_version, decision.action.value, vector, self.scorer.model_id
         )
@@ -225,7 +238,7 @@ class ModerationPipeline:
         await self.batcher.stop()
         if self.escalation is not None:
             await self.escalation.close()
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._host_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=False, cancel_futures=True)
         self._store_pool.shutdown(wait=True)
         if self.store is not None:

@@ -108,7 +108,7 @@ def rescore_stored_decisions(
                 f"stored embeddings have {batch.embeddings.shape[1]} dimensions but {scorer.model_id} has "
                 f"{old_index.embeddings.shape[1]}: they cannot come from this model"
             )
-        embeddings = torch.from_numpy(batch.embeddings).to(scorer.device)
+        embeddings = torch.from_numpy(batch.embeddings)
         old_scores, new_scores = scorer.score(embeddings, old_index), scorer.score(embeddings, new_index)
         for i, request_id in enumerate(batch.request_ids):
             flips.add(request_id, batch.policy_versions[i], batch.actions[i], decide(old_scores[i], old), decide(new_scores[i], new))
