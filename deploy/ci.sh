@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deployment checks, run by CI after the unit and integration tests:
-#   1. every kustomize overlay renders and validates against strict Kubernetes schemas
+#   1. every kustomize overlay renders with plain `kubectl kustomize` and validates
+#      against strict Kubernetes schemas; its policy ConfigMap holds every policy file
 #   2. promtool: the rules load, and their unit tests pass
 #   3. pytest -m deploy: the manifests agree with the server and image, and a real
 #      Prometheus scraping a real server evaluates every rule and dashboard query
@@ -17,7 +18,7 @@ step() {
   echo "== $* ($((SECONDS - started)) s so far)"
 }
 
-step "kubernetes manifests: kubectl kustomize + kubernetes-validate --strict"
+step "kubernetes manifests: kubectl kustomize + kubernetes-validate --strict + every policy file in the ConfigMap"
 "$PYTHON" deploy/k8s/validate.py
 
 step "prometheus rules: promtool check rules, promtool test rules"

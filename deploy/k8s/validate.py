@@ -10,12 +10,19 @@ apiVersion through; here a kind without a schema is an error, except custom
 resources that have a schema vendored in deploy/k8s/schemas/ (the
 ServiceMonitor), which are checked against it.
 
+Overlays render with the plain `kubectl kustomize` (no load-restrictor flag),
+as `kubectl apply -k` builds them. Kustomize cannot glob the policy files into
+the ConfigMap, so each overlay's `moderation-policies` must carry exactly the
+files the server loads from policies/; for one that is missing, the finding
+names the line to add to policies/Kustomization.
+
 Exit status 0 when every resource of every overlay is valid, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,7 +37,12 @@ OVERLAYS_DIR = K8S_DIR / "overlays"
 CUSTOM_RESOURCE_SCHEMAS_DIR = K8S_DIR / "schemas"
 # 1.27: native gRPC probes became GA; the newest is what the package ships.
 KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.utils.latest_version())
-KUSTOMIZE = ("kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone")
+KUSTOMIZE = ("kubectl", "kustomize")
+POLICIES_DIR = K8S_DIR.parent.parent / "policies"
+POLICY_CONFIGMAP = "moderation-policies"
+# What the server loads from its policy directory (moderation/policy/registry.py,
+# policy_files): top-level *.yaml and *.yml files, not hidden ones.
+POLICY_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,54 @@ def validate_resource(resource: dict) -> list[str]:
     return problems
 
 
-def validate_overlay(overlay: Path) -> tuple[int, list[Finding]]:
+def policy_file_names(policies_dir: Path) -> list[str]:
+    """The files the server loads from `policies_dir`, as ConfigMap keys."""
+    return sorted(
+        p.name for p in policies_dir.iterdir() if p.suffix in POLICY_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when below it, as a person would type it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def line_to_add(policies_dir: Path, name: str) -> str:
+    """What to add to policies/Kustomization's `files:` list, and where, for the policy file `name`."""
+    kustomization = policies_dir / "Kustomization"
+    lines = kustomization.read_text().splitlines()
+    # The entries of `files:` are "- NAME.yaml" lines: the new one goes after the last, indented alike.
+    entries = [
+        (number, match.group(1)) for number, line in enumerate(lines, 1) if (match := re.match(r"^(\s*)- \S+\.ya?ml\s*$", line))
+    ]
+    if not entries:
+        return f'add the line "      - {name}" under `files:` in {shown(kustomization)}'
+    after, indent = entries[-1]
+    return f'add the line "{indent}- {name}" after line {after} of {shown(kustomization)}'
+
+
+def check_policy_configmap(resources: list[dict], policies_dir: Path) -> list[str]:
+    """Problems with the policy ConfigMap: it must hold every file the server would load, and nothing else."""
+    configmaps = [r for r in resources if r.get("kind") == "ConfigMap" and r.get("metadata", {}).get("name") == POLICY_CONFIGMAP]
+    if len(configmaps) != 1:
+        return [f"expected one ConfigMap {POLICY_CONFIGMAP}, found {len(configmaps)}"]
+    keys = set(configmaps[0].get("data", {})) | set(configmaps[0].get("binaryData", {}))
+    wanted = policy_file_names(policies_dir)
+    problems = [
+        f"{shown(policies_dir / name)} is not in the ConfigMap: {line_to_add(policies_dir, name)}" for name in wanted if name not in keys
+    ]
+    problems += [
+        f"key {key} is not a policy file the server would load from {shown(policies_dir)} (a top-level *.yaml or *.yml): "
+        f"remove it from {shown(policies_dir / 'Kustomization')}"
+        for key in sorted(keys - set(wanted))
+    ]
+    return problems
+
+
+def validate_overlay(overlay: Path, policies_dir: Path = POLICIES_DIR) -> tuple[int, list[Finding]]:
     """(number of resources, findings) for one overlay."""
     try:
         resources = render(overlay)
@@ -93,6 +152,9 @@ def validate_overlay(overlay: Path) -> tuple[int, list[Finding]]:
         return 0, [Finding(overlay.name, "kustomize", str(error))]
     findings = [
         Finding(overlay.name, resource_name(resource), problem) for resource in resources for problem in validate_resource(resource)
+    ]
+    findings += [
+        Finding(overlay.name, f"ConfigMap/{POLICY_CONFIGMAP}", problem) for problem in check_policy_configmap(resources, policies_dir)
     ]
     return len(resources), findings
 

@@ -8,12 +8,15 @@ settings agree with each other and with the server and image.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from tests.conftest import POLICIES
+from moderation.policy.registry import policy_files
+from tests.conftest import POLICIES, ROOT
 from tests.deploy.conftest import DEPLOY
 
 pytestmark = pytest.mark.deploy
@@ -98,14 +101,17 @@ def test_validator_rejects(manifest_validator: ModuleType, resource: dict, expec
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
-def test_policy_configmap_carries_every_policy_file(rendered: dict[str, list[dict]], overlay: str) -> None:
+def test_policy_configmap_carries_every_policy_file(
+    rendered: dict[str, list[dict]], manifest_validator: ModuleType, overlay: str
+) -> None:
     configmaps = by_kind(rendered[overlay], "ConfigMap")
     # The fixed name (no hash suffix) is what lets an edit reach running pods
     # through the kubelet's symlink swap instead of a rollout.
     assert "moderation-policies" in configmaps, sorted(configmaps)
     data = configmaps["moderation-policies"]["data"]
-    files = {p.name: p.read_text() for p in sorted(POLICIES.glob("*.yaml"))}
-    assert set(data) == set(files), "list every policies/*.yaml in deploy/k8s/base/kustomization.yaml's configMapGenerator"
+    files = {p.name: p.read_text() for p in policy_files(POLICIES)}  # what the server loads
+    assert sorted(files) == manifest_validator.policy_file_names(POLICIES), "validate.py checks the files the server loads"
+    assert set(data) == set(files), "list every policy file in policies/Kustomization (validate.py prints the line)"
     assert data == files
     for name, deployment in by_kind(rendered[overlay], "Deployment").items():
         assert env(deployment)["MODERATION_POLICIES"] == POLICY_MOUNT, name
@@ -114,6 +120,65 @@ def test_policy_configmap_carries_every_policy_file(rendered: dict[str, list[dic
         assert volumes[mounts[POLICY_MOUNT]["name"]]["configMap"]["name"] == "moderation-policies", name
         # A subPath mount would never see the symlink swap.
         assert "subPath" not in mounts[POLICY_MOUNT], name
+
+
+def test_the_policy_kustomization_is_not_read_as_a_policy() -> None:
+    # policies/ holds the kustomization that generates the ConfigMap (kustomize
+    # reads generator files only below it); the server loads every *.yaml there.
+    assert (POLICIES / "Kustomization").is_file()
+    assert not {"kustomization.yaml", "kustomization.yml"} & {p.name.lower() for p in POLICIES.iterdir()}
+    assert "Kustomization" not in {p.name for p in policy_files(POLICIES)}
+
+
+def copy_of_the_manifests(destination: Path) -> Path:
+    """deploy/k8s and policies/ alone, as a clean clone has them; returns the copy's root."""
+    shutil.copytree(DEPLOY / "k8s", destination / "deploy" / "k8s", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(POLICIES, destination / "policies")
+    return destination
+
+
+def test_overlays_build_with_the_plain_command(kubectl: str, tmp_path: Path) -> None:
+    """`kubectl kustomize` / `kubectl apply -k` without --load-restrictor, from a copy holding nothing else."""
+    root = copy_of_the_manifests(tmp_path)
+    for overlay in ("dev", "prod"):
+        command = [kubectl, "kustomize", f"deploy/k8s/overlays/{overlay}"]
+        copied = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+        assert copied.returncode == 0, copied.stderr
+        in_place = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert in_place.returncode == 0, in_place.stderr
+        assert copied.stdout == in_place.stdout, overlay
+
+
+def test_a_new_policy_file_fails_validation_with_the_line_to_add(
+    manifest_validator: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = copy_of_the_manifests(tmp_path)
+    monkeypatch.chdir(root)
+    overlay, policies = root / "deploy" / "k8s" / "overlays" / "dev", root / "policies"
+    shutil.copy(policies / "default.yaml", policies / "strict.yml")
+
+    _, findings = manifest_validator.validate_overlay(overlay, policies)
+    (finding,) = findings
+    assert finding.resource == "ConfigMap/moderation-policies"
+    expected = r'policies/strict\.yml is not in the ConfigMap: add the line "( +- strict\.yml)" after line (\d+) of policies/Kustomization'
+    match = re.fullmatch(expected, finding.problem)
+    assert match, finding.problem
+
+    # Doing exactly what the finding says makes the overlay valid and ships the file.
+    lines = (policies / "Kustomization").read_text().splitlines(keepends=True)
+    lines.insert(int(match.group(2)), match.group(1) + "\n")
+    (policies / "Kustomization").write_text("".join(lines))
+    assert manifest_validator.validate_overlay(overlay, policies)[1] == []
+    (configmap,) = [r for r in manifest_validator.render(overlay) if r["kind"] == "ConfigMap"]
+    assert configmap["data"]["strict.yml"] == (policies / "strict.yml").read_text()
+
+
+def test_the_policy_configmap_must_not_carry_other_files(manifest_validator: ModuleType) -> None:
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "moderation-policies"}}
+    data = {"default.yaml": "", "default.tests.yaml": ""}
+    problems = manifest_validator.check_policy_configmap([{**configmap, "data": data}], POLICIES)
+    assert len(problems) == 1 and problems[0].startswith("key default.tests.yaml is not a policy file"), problems
+    assert manifest_validator.check_policy_configmap([], POLICIES) == ["expected one ConfigMap moderation-policies, found 0"]
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
