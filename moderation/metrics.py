@@ -6,7 +6,7 @@ actions, bands, stages and status codes from fixed enums. Never a request id.
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # *_created series double the series count and no dashboard here uses them.
 disable_created_metrics()
@@ -17,7 +17,18 @@ SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
 class ModerationMetrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY):
+    """The service's metric families, in a registry of their own (never prometheus_client's global one)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        registry = CollectorRegistry() if registry is None else registry
+        self.registry = registry
+        self.rpc_seconds = Histogram(
+            "moderation_rpc_seconds",
+            "Duration of every RPC by method and gRPC status code (a stream counts once, for its whole life).",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS + (30.0, 60.0, 300.0),
+            registry=registry,
+        )
         self.requests = Counter(
             "moderation_requests_total",
             "Moderate calls by policy, overall action and gRPC status code.",
@@ -118,7 +129,9 @@ class ModerationMetrics:
             ["policy", "category", "agreement"],
             registry=registry,
         )
-        self.in_flight = Gauge("moderation_in_flight_requests", "Moderate calls being processed.", registry=registry)
+        self.in_flight = Gauge(
+            "moderation_in_flight_requests", "ModerationService RPCs being processed (a stream counts once).", registry=registry
+        )
         self.policy_reloads = Counter(
             "moderation_policy_reload_total",
             "Policy (re)loads by result (ok, error).",

@@ -18,9 +18,7 @@ def tiny_clip_model() -> str:
 @pytest.fixture(scope="session")
 def tiny_scorer(tiny_clip_model: str):  # noqa: ANN201 - torch is imported lazily
     """One seeded tiny random CLIP scorer shared by the tests that only read it."""
-    import torch
+    from moderation.clip import ClipModelSpec
+    from moderation.runtime import load_scorer
 
-    from moderation.clip import ClipModelSpec, ClipScorer, load_clip
-
-    torch.manual_seed(0)
-    return ClipScorer(load_clip(ClipModelSpec(model=tiny_clip_model, weights="random")))
+    return load_scorer(ClipModelSpec(model=tiny_clip_model, weights="random"))  # seeded: the same random model every time

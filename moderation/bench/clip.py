@@ -178,17 +178,17 @@ def measure_in_process(model: str, device: str, policies: Path, jpegs: list[byte
     """The model's own numbers, without gRPC: (a) ceiling, (b) naive baseline, (c) single-request floor."""
     import torch
 
-    from moderation.clip import ClipModelSpec, ClipScorer, load_clip
-    from moderation.imaging import DecodeLimits, decode_image
+    from moderation.clip import ClipModelSpec
+    from moderation.imaging import DecodeLimits, decode_frames
     from moderation.policy.registry import load_policy_dir
+    from moderation.runtime import load_scorer
 
-    scorer = ClipScorer(load_clip(ClipModelSpec(model=model, weights="random", device=device)))
+    scorer = load_scorer(ClipModelSpec(model=model, weights="random", device=device))
     policy = next(p for p, _, _ in load_policy_dir(policies) if p.default)
-    limits = DecodeLimits(draft_size=scorer.clip.image_size)
-    preprocess = scorer.clip.preprocess
+    limits = DecodeLimits(draft_size=scorer.image_size)
 
     def decode_one(jpeg: bytes, draft: bool = True) -> torch.Tensor:
-        return preprocess(decode_image(jpeg, limits if draft else DecodeLimits())).unsqueeze(0)
+        return scorer.prepare(decode_frames(jpeg, limits if draft else DecodeLimits()))
 
     pixels = torch.cat([decode_one(jpegs[i % len(jpegs)]) for i in range(batch)])
     scorer.embed_images(pixels)  # warm-up
@@ -199,9 +199,9 @@ def measure_in_process(model: str, device: str, policies: Path, jpegs: list[byte
     naive_policy = policy.model_copy(update={"templates": ["This is a photo of {}."]})
 
     def naive_one(jpeg: bytes) -> None:
-        image = decode_one(jpeg, draft=False)
+        decoded = decode_frames(jpeg, DecodeLimits())
         index = scorer.index_policy(naive_policy)  # every label re-encoded for every call
-        scorer.score(scorer.embed_images(image), index)
+        scorer.score_decoded([decoded], index)
 
     naive_s = _median_time(lambda: naive_one(jpegs[0]), max(3, repeats // 2))
 

@@ -105,17 +105,15 @@ def load_explainer(spec: ExplainerSpec) -> LoadedExplainer:
 
 
 def _pretrained_model(spec: ExplainerSpec) -> tuple[PreTrainedModel, ProcessorMixin]:
-    if not spec.allow_downloads:
-        # Read at call time by huggingface_hub: cache only, fail at once instead of
-        # retrying an unreachable hub for about a minute.
-        import huggingface_hub.constants
-
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
     cache_dir = str(spec.cache_dir) if spec.cache_dir else None
+    # Downloads off: the cache only, failing at once instead of retrying an unreachable hub.
+    local_only = not spec.allow_downloads
     try:
-        processor = AutoProcessor.from_pretrained(spec.model, cache_dir=cache_dir)
+        processor = AutoProcessor.from_pretrained(spec.model, cache_dir=cache_dir, local_files_only=local_only)
         # float32 on purpose: see ExplainerSpec.quantize about bfloat16 on CPU.
-        model = AutoModelForImageTextToText.from_pretrained(spec.model, cache_dir=cache_dir, dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(
+            spec.model, cache_dir=cache_dir, dtype=torch.float32, local_files_only=local_only
+        )
     except (OSError, ValueError) as err:  # hub and file errors are OSErrors; unknown repos ValueErrors
         raise ExplainerWeightsUnavailable(_unavailable_message(spec, err)) from err
     return model, processor

@@ -20,12 +20,12 @@ import enum
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
 
+from moderation.escalation.verdict import ExplainerVerdict
 from moderation.metrics import ModerationMetrics
 from moderation.policy.schema import Policy
 
@@ -42,12 +42,10 @@ class EscalationStatus(str, enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    violates: bool
-    category_id: str
-    clause_id: str
-    rationale: str
-    confidence: float
+class Explanation:
+    """A backend's answer: the verdict and which model produced it, at what cost."""
+
+    verdict: ExplainerVerdict
     model_id: str
     generated_tokens: int
 
@@ -65,7 +63,9 @@ class EscalationRequest:
 class EscalationOutcome:
     status: EscalationStatus = EscalationStatus.NOT_NEEDED
     reason: str = ""
-    verdict: Verdict | None = None
+    verdict: ExplainerVerdict | None = None
+    model_id: str = ""  # the explainer that answered (COMPLETED only)
+    generated_tokens: int = 0
     latency_ms: float = 0.0
     agrees_with_clip: bool = False
     changed_action: bool = False
@@ -76,97 +76,13 @@ class ExplainerUnavailable(RuntimeError):
 
 
 class ExplainerBackend(Protocol):
+    """In-process SmolVLM2 or a remote ExplainerService (moderation/escalation/backends.py)."""
+
     model_id: str
 
-    async def explain(self, request: EscalationRequest, timeout_s: float) -> Verdict: ...
+    async def explain(self, request: EscalationRequest, timeout_s: float) -> Explanation: ...
 
-
-class InProcessExplainer:
-    """Runs `moderation.escalation.explainer.Explainer` in its own thread, beside the CLIP model."""
-
-    def __init__(self, explainer, max_new_tokens: int = 96):  # noqa: ANN001 - Explainer, imported lazily (transformers)
-        self._explainer = explainer
-        self._max_new_tokens = max_new_tokens
-        self.model_id = explainer.info.model_id
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="explainer")
-        self._running: asyncio.Future[Verdict] | None = None
-
-    def _explain(self, request: EscalationRequest) -> Verdict:
-        from moderation.escalation.explainer import ExplanationFailed
-
-        instruction = request.policy.escalation.instruction
-        try:
-            result = self._explainer.explain(request.frame, request.policy, request.category_ids, instruction, self._max_new_tokens)
-        except ExplanationFailed as err:
-            raise ExplainerUnavailable(str(err)) from err
-        v = result.verdict
-        return Verdict(v.violates, v.category_id, v.clause_id, v.rationale, v.confidence, self.model_id, result.generated_tokens)
-
-    async def explain(self, request: EscalationRequest, timeout_s: float) -> Verdict:
-        # A timed-out explanation cannot be interrupted inside torch; until it ends
-        # the thread is taken, and queueing behind it would only time out too.
-        if self._running is not None and not self._running.done():
-            raise ExplainerUnavailable("the explainer is still finishing an explanation that timed out")
-        self._running = asyncio.get_running_loop().run_in_executor(self._pool, self._explain, request)
-        # shield: a timeout answers the caller now; the thread finishes its work.
-        return await asyncio.wait_for(asyncio.shield(self._running), timeout_s)
-
-    async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class RemoteExplainer:
-    """Calls `moderation explain-serve` (ExplainerService) with the request's deadline."""
-
-    def __init__(self, target: str, credentials=None):  # noqa: ANN001 - grpc.ChannelCredentials
-        import grpc
-
-        self._grpc = grpc
-        self._target = target
-        self._credentials = credentials
-        self._channel = None
-        self._stub = None
-        self.model_id = f"remote:{target}"
-
-    def _connect(self):  # noqa: ANN202
-        # Created on first use: a grpc.aio channel belongs to the event loop that
-        # creates it, and the tier is built in a worker thread at start-up.
-        if self._stub is None:
-            from moderation.v1 import moderation_pb2_grpc as pb_grpc
-
-            options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
-            aio = self._grpc.aio
-            self._channel = (
-                aio.secure_channel(self._target, self._credentials, options=options)
-                if self._credentials
-                else aio.insecure_channel(self._target, options=options)
-            )
-            self._stub = pb_grpc.ExplainerServiceStub(self._channel)
-        return self._stub
-
-    async def explain(self, request: EscalationRequest, timeout_s: float) -> Verdict:
-        from moderation.v1 import moderation_pb2 as pb
-
-        message = pb.ExplainRequest(
-            request_id=request.request_id,
-            image=request.image,
-            policy_id=request.policy.id,
-            policy_version=request.policy.version,
-            category_ids=list(request.category_ids),
-        )
-        try:
-            reply = await self._connect().Explain(message, timeout=timeout_s)
-        except self._grpc.aio.AioRpcError as err:
-            if err.code() == self._grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimeoutError("the remote explainer did not answer in time") from err
-            raise ExplainerUnavailable(f"remote explainer: {err.code().name}: {err.details()}") from err
-        if reply.category_id not in request.category_ids or reply.clause_id != request.policy.category(reply.category_id).clause.id:
-            raise ExplainerUnavailable(f"remote explainer cited {reply.category_id!r}/{reply.clause_id!r}, which is not an escalated clause")
-        return Verdict(reply.violates, reply.category_id, reply.clause_id, reply.rationale, reply.confidence, reply.model, reply.generated_tokens)
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
+    async def close(self) -> None: ...
 
 
 class TokenBucket:
@@ -201,6 +117,10 @@ class CircuitBreaker:
             return False
         self.trial_running = True  # half-open: one call tries the explainer again
         return True
+
+    def release_trial(self) -> None:
+        """The call allow() admitted never reached the explainer (shed or queued out): let another try."""
+        self.trial_running = False
 
     def record(self, success: bool) -> None:
         self.trial_running = False
@@ -242,14 +162,14 @@ class EscalationTier:
         self.metrics.escalations.labels(request.policy.id, outcome.status.value).inc()
         self.metrics.escalation_seconds.labels(outcome.status.value).observe(outcome.latency_ms / 1e3)
         if outcome.verdict is not None:
-            self.metrics.escalation_tokens.observe(outcome.verdict.generated_tokens)
+            self.metrics.escalation_tokens.observe(outcome.generated_tokens)
         return outcome
 
     async def _escalate(self, request: EscalationRequest, time_left_s: float) -> EscalationOutcome:
         if not self._breaker.allow():
             return EscalationOutcome(EscalationStatus.SHED, f"the explainer failed {self._breaker.failures} times in a row; not calling it for now")
         if not self._budget.take():
-            self._breaker.trial_running = False
+            self._breaker.release_trial()
             return EscalationOutcome(EscalationStatus.SHED, "the escalation budget is used up for now (setting explainer_budget_per_minute)")
         started = time.monotonic()
         timeout = min(self.timeout_s, time_left_s)
@@ -257,7 +177,7 @@ class EscalationTier:
             await self._slots.acquire()  # a free slot: taken without yielding
         else:
             if self._waiting >= self.max_waiting:
-                self._breaker.trial_running = False
+                self._breaker.release_trial()
                 return EscalationOutcome(
                     EscalationStatus.SHED, f"{self._waiting} escalations already wait for the explainer (setting explainer_max_waiting)"
                 )
@@ -266,14 +186,14 @@ class EscalationTier:
             try:
                 await asyncio.wait_for(self._slots.acquire(), timeout)
             except TimeoutError:
-                self._breaker.trial_running = False
+                self._breaker.release_trial()
                 return EscalationOutcome(EscalationStatus.TIMED_OUT, "no explainer slot became free within the time left", latency_ms=_ms(started))
             finally:
                 self._waiting -= 1
                 self.metrics.escalation_queue_depth.set(self._waiting)
         try:
             remaining = timeout - (time.monotonic() - started)
-            verdict = await self.backend.explain(request, max(remaining, 0.001))
+            explanation = await self.backend.explain(request, max(remaining, 0.001))
         except TimeoutError:
             self._breaker.record(False)
             return EscalationOutcome(EscalationStatus.TIMED_OUT, f"the explainer did not answer within {timeout:.1f} s", latency_ms=_ms(started))
@@ -284,7 +204,13 @@ class EscalationTier:
         finally:
             self._slots.release()
         self._breaker.record(True)
-        return EscalationOutcome(EscalationStatus.COMPLETED, verdict=verdict, latency_ms=_ms(started))
+        return EscalationOutcome(
+            EscalationStatus.COMPLETED,
+            verdict=explanation.verdict,
+            model_id=explanation.model_id,
+            generated_tokens=explanation.generated_tokens,
+            latency_ms=_ms(started),
+        )
 
     async def close(self) -> None:
         await self.backend.close()

@@ -1,4 +1,4 @@
-"""Optional bearer-token authentication, as a gRPC server interceptor.
+"""Optional bearer-token authentication (the interceptor is in interceptors.py) and caller identity.
 
 Tokens live in a file of `name:token` lines (mounted from a Secret), so a
 caller's identity in the audit log is the token's name, never the token.
@@ -8,13 +8,17 @@ reflection stay open so probes and tooling work without credentials.
 
 from __future__ import annotations
 
+import contextvars
 import hmac
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+# The authenticated caller of the current RPC ('token:NAME'), set by the auth interceptor
+# (moderation/server/interceptors.py) around the handler, so the token is checked once per RPC.
+authenticated_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("authenticated_caller", default=None)
 
 
 class TokenFileError(ValueError):
@@ -61,44 +65,11 @@ class TokenAuth:
         return found
 
 
-def _unauthenticated(message: str) -> grpc.RpcMethodHandler:
-    async def abort_unary(request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def abort_stream(request_iterator: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    # One handler shape per RPC kind; ModerateStream is stream-stream.
-    return grpc.unary_unary_rpc_method_handler(abort_unary), grpc.stream_stream_rpc_method_handler(abort_stream)
-
-
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, auth: TokenAuth):
-        self._auth = auth
-        self._reject_unary, self._reject_stream = _unauthenticated(
-            "missing or invalid bearer token; send metadata 'authorization: Bearer <token>'"
-        )
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if handler_call_details.method.startswith(OPEN_SERVICES):
-            return await continuation(handler_call_details)
-        if self._auth.caller(handler_call_details.invocation_metadata) is None:
-            handler = await continuation(handler_call_details)
-            streaming = handler is not None and handler.request_streaming
-            return self._reject_stream if streaming else self._reject_unary
-        return await continuation(handler_call_details)
-
-
-def caller_identity(context: grpc.aio.ServicerContext, auth: TokenAuth | None) -> str:
+def caller_identity(context: grpc.aio.ServicerContext) -> str:
     """Who called, for the audit log: token name, else mTLS subject, else 'anonymous'."""
-    if auth is not None:
-        name = auth.caller(context.invocation_metadata())
-        if name:
-            return f"token:{name}"
+    token_caller = authenticated_caller.get()
+    if token_caller:
+        return token_caller
     auth_context = context.auth_context()
     common_names = auth_context.get("x509_common_name") or []
     if common_names:

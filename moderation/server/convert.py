@@ -96,8 +96,8 @@ def escalation_to_pb(outcome: EscalationOutcome) -> pb.Escalation:
         message.clause_id = verdict.clause_id
         message.rationale = verdict.rationale
         message.confidence = verdict.confidence
-        message.model = verdict.model_id
-        message.generated_tokens = verdict.generated_tokens
+        message.model = outcome.model_id
+        message.generated_tokens = outcome.generated_tokens
         message.agrees_with_clip = outcome.agrees_with_clip
         message.changed_action = outcome.changed_action
     return message

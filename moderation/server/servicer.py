@@ -11,21 +11,20 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import grpc
 
 from moderation.clip.batcher import Overloaded
 from moderation.imaging import ImageRejected
-from moderation.pipeline import ModerationPipeline, ModerationResult
+from moderation.pipeline import ModerationPipeline
 from moderation.policy.registry import PolicyNotFound
 from moderation.server import convert
-from moderation.server.auth import TokenAuth, caller_identity
+from moderation.server.auth import caller_identity
+from moderation.server.recorder import RequestRecorder
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-audit = logging.getLogger("moderation.audit")
 
 MAX_REQUEST_ID_LENGTH = 128
 # Requests one ModerateStream may have in flight; beyond it the server stops
@@ -40,36 +39,6 @@ class ServiceError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-@dataclass
-class ServingState:
-    """What the servicer serves; `pipeline` is None until models and policies are loaded."""
-
-    pipeline: ModerationPipeline | None = None
-    draining: bool = False
-    in_flight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def started(self) -> None:
-        self.in_flight += 1
-        self.idle.clear()
-
-    def finished(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self.idle.set()
-
-    async def drain(self, timeout_s: float) -> bool:
-        """Refuse new calls, then wait for in-flight ones; False if some are still running."""
-        self.draining = True
-        if self.in_flight == 0:
-            return True
-        try:
-            await asyncio.wait_for(self.idle.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
 
 
 def status_for(err: BaseException, request_id: str, deadline_s: float) -> ServiceError:
@@ -88,31 +57,24 @@ def status_for(err: BaseException, request_id: str, deadline_s: float) -> Servic
 
 
 class ModerationServicer(pb_grpc.ModerationServiceServicer):
-    def __init__(
-        self,
-        state: ServingState,
-        max_in_flight: int,
-        max_image_bytes: int,
-        default_deadline_s: float,
-        auth: TokenAuth | None = None,
-        audit_metadata_keys: tuple[str, ...] = (),
-    ):
-        self._state = state
-        self._auth = auth
-        self._audit_metadata_keys = frozenset(audit_metadata_keys)
-        self._max_in_flight = max_in_flight
+    """Transport only: check the request, call the pipeline, convert the reply.
+
+    Admission (loading, draining, in-flight bound) and auth are interceptors
+    (interceptors.py); the per-request counter and audit line are the recorder's.
+    """
+
+    def __init__(self, recorder: RequestRecorder, max_image_bytes: int, default_deadline_s: float):
+        self.pipeline: ModerationPipeline | None = None  # set once models and policies are loaded
+        self._recorder = recorder
         self._max_image_bytes = max_image_bytes
         self._default_deadline_s = default_deadline_s
 
-    def _pipeline(self) -> ModerationPipeline:
-        if self._state.draining:
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another instance")
-        if self._state.pipeline is None:
+    def _loaded(self) -> ModerationPipeline:
+        if self.pipeline is None:  # the admission interceptor refuses calls before this is set
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is still loading models and policies; retry shortly")
-        return self._state.pipeline
+        return self.pipeline
 
-    async def _moderate(self, request: pb.ModerateRequest, request_id: str, deadline_s: float) -> ModerationResult:
-        pipeline = self._pipeline()
+    def _check(self, request: pb.ModerateRequest) -> None:
         if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
         if not request.image:
@@ -122,30 +84,18 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the image is {len(request.image):,} bytes; the limit is {self._max_image_bytes:,} bytes (setting max_image_bytes)",
             )
-        if self._state.in_flight >= self._max_in_flight:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server is at its limit of {self._max_in_flight} requests in flight; retry with backoff",
-            )
-        self._state.started()
-        pipeline.metrics.in_flight.inc()
+
+    async def _moderate_recorded(self, request: pb.ModerateRequest, deadline_s: float, caller: str) -> pb.ModerateResponse:
+        """Moderate one request and record it; raise ServiceError on failure."""
+        request_id = request.request_id or uuid.uuid4().hex
+        code, result = grpc.StatusCode.OK, None
         try:
-            return await asyncio.wait_for(
+            pipeline = self._loaded()
+            self._check(request)
+            result = await asyncio.wait_for(
                 pipeline.moderate(request.image, request.policy_id, request_id, request.force_escalation, deadline_s),
                 timeout=deadline_s,
             )
-        finally:
-            self._state.finished()
-            pipeline.metrics.in_flight.dec()
-
-    async def _moderate_recorded(self, request: pb.ModerateRequest, deadline_s: float, caller: str) -> pb.ModerateResponse:
-        """Moderate one request, count it and write its audit line; raise ServiceError on failure."""
-        request_id = request.request_id or uuid.uuid4().hex
-        policy_label, action, code = self._policy_label(request.policy_id), "none", grpc.StatusCode.OK
-        try:
-            result = await self._moderate(request, request_id, deadline_s)
-            action = result.decision.action.value
-            _audit(result, caller, {k: v for k, v in request.metadata.items() if k in self._audit_metadata_keys})
             return convert.result_to_pb(result)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -155,16 +105,14 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
             code = failure.code
             raise failure from err
         finally:
-            if self._state.pipeline is not None:
-                self._state.pipeline.metrics.requests.labels(policy_label, action, code.name).inc()
+            self._recorder.record(self._policy_label(request.policy_id), code, result, caller, dict(request.metadata))
 
     def _policy_label(self, policy_id: str) -> str:
         # Only served ids become label values: a caller's typo must not mint a series.
-        pipeline = self._state.pipeline
-        if pipeline is None:
+        if self.pipeline is None:
             return "unknown"
         try:
-            return pipeline.registry.get(policy_id).policy.id
+            return self.pipeline.registry.get(policy_id).policy.id
         except PolicyNotFound:
             return "unknown"
 
@@ -174,7 +122,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
 
     async def Moderate(self, request: pb.ModerateRequest, context: grpc.aio.ServicerContext) -> pb.ModerateResponse:
         try:
-            return await self._moderate_recorded(request, self._deadline(context), caller_identity(context, self._auth))
+            return await self._moderate_recorded(request, self._deadline(context), caller_identity(context))
         except ServiceError as err:
             await context.abort(err.code, err.message)
             raise  # unreachable: abort raises
@@ -185,7 +133,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         window = asyncio.Semaphore(STREAM_WINDOW)
         results: asyncio.Queue[pb.ModerateStreamResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
-        caller = caller_identity(context, self._auth)
+        caller = caller_identity(context)
 
         async def handle(item: pb.ModerateStreamRequest) -> None:
             request = item.request
@@ -224,7 +172,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
 
     async def ListPolicies(self, request: pb.ListPoliciesRequest, context: grpc.aio.ServicerContext) -> pb.ListPoliciesResponse:
         try:
-            registry = self._pipeline().registry
+            registry = self._loaded().registry
         except ServiceError as err:
             await context.abort(err.code, err.message)
         default_id = registry.default_id
@@ -232,7 +180,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
 
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.GetPolicyResponse:
         try:
-            registry = self._pipeline().registry
+            registry = self._loaded().registry
             served = registry.get(request.policy_id)
         except ServiceError as err:
             await context.abort(err.code, err.message)
@@ -240,24 +188,3 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
         return convert.policy_to_pb(served, served.policy.id == registry.default_id)
 
-
-def _audit(result: ModerationResult, caller: str, metadata: dict[str, str]) -> None:
-    decision = result.decision
-    audit.info(
-        "decision",
-        extra={
-            "fields": {
-                "request_id": result.request_id,
-                "caller": caller,
-                "metadata": metadata,
-                "policy_id": decision.policy_id,
-                "policy_version": decision.policy_version,
-                "model": result.model_id,
-                "action": decision.action.value,
-                "bands": {c.category_id: c.band.value for c in decision.categories},
-                "clauses": list(decision.cited_clauses),
-                "escalation": result.escalation.status.value,
-                "total_ms": round(result.timings.total_ms, 1),
-            }
-        },
-    )

@@ -7,7 +7,8 @@ import asyncio
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from moderation.escalation.tier import EscalationRequest, EscalationStatus, EscalationTier, ExplainerUnavailable, Verdict
+from moderation.escalation.tier import EscalationRequest, EscalationStatus, EscalationTier, ExplainerUnavailable, Explanation
+from moderation.escalation.verdict import ExplainerVerdict
 from moderation.metrics import ModerationMetrics
 from tests.policies import TWO_CATEGORIES as POLICY
 
@@ -20,13 +21,13 @@ class SlowExplainer:
         self.fail = fail
         self.calls = 0
 
-    async def explain(self, request: EscalationRequest, timeout_s: float) -> Verdict:
+    async def explain(self, request: EscalationRequest, timeout_s: float) -> Explanation:
         self.calls += 1
         await asyncio.wait_for(asyncio.sleep(self.delay_s), timeout_s)
         if self.fail:
             raise ExplainerUnavailable("down")
         category = request.policy.category(request.category_ids[0])
-        return Verdict(True, category.id, category.clause.id, "because", 0.9, self.model_id, 12)
+        return Explanation(ExplainerVerdict(True, category.id, category.clause.id, "because", 0.9), self.model_id, 12)
 
     async def close(self) -> None:
         pass

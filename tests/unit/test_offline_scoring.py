@@ -9,14 +9,13 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from moderation.clip import ClipModelSpec, ClipScorer, load_clip
 from moderation.offline import score_image_files
 from moderation.policy import load_policy_file
 from tests.conftest import POLICIES
 
 
-def test_animation_scores_as_its_most_severe_sampled_frame(tmp_path: Path, tiny_clip_model: str) -> None:
-    scorer = ClipScorer(load_clip(ClipModelSpec(model=tiny_clip_model, weights="random")))
+def test_animation_scores_as_its_most_severe_sampled_frame(tmp_path: Path, tiny_scorer) -> None:  # noqa: ANN001
+    scorer = tiny_scorer
     index = scorer.index_policy(load_policy_file(POLICIES / "default.yaml")[0])
     sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
     frames = [Image.fromarray(sources[i]).resize((96, 96)) for i in range(3)]

@@ -48,7 +48,7 @@ def between_kth_and_next(scores: np.ndarray, k: int) -> float:
 @pytest.fixture(scope="module")
 def scenario(tiny_scorer: ClipScorer, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A store of 20 'default' decisions, OLD flagging nothing and NEW flagging a known set."""
-    vectors = embeddings(tiny_scorer.clip.model.text_projection.shape[1])
+    vectors = embeddings(tiny_scorer.encoder.encode_texts(["dimension"]).shape[1])
     old = Policy.model_validate(policy_with("1", {}))
     # Prompts do not change between OLD and NEW, so neither do scores: pick NEW's
     # thresholds from them so that exactly the top 5 weapons and top 3 drugs images flip.
@@ -90,9 +90,9 @@ def test_known_flips_per_action_and_category(tiny_scorer: ClipScorer, scenario: 
 
 
 def test_only_text_is_encoded(tiny_scorer: ClipScorer, scenario: dict) -> None:
-    model = tiny_scorer.clip.model
+    model = tiny_scorer.encoder
     calls = {"image": 0, "text": 0}
-    original_image, original_text = model.encode_image, model.encode_text
+    original_image, original_text = model.encode_images, model.encode_texts
 
     def counting_image(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls["image"] += 1
@@ -102,11 +102,11 @@ def test_only_text_is_encoded(tiny_scorer: ClipScorer, scenario: dict) -> None:
         calls["text"] += 1
         return original_text(*args, **kwargs)
 
-    model.encode_image, model.encode_text = counting_image, counting_text
+    model.encode_images, model.encode_texts = counting_image, counting_text
     try:
         flips = rescore_stored_decisions(scenario["store"], tiny_scorer, scenario["old"], scenario["new"], NOW - timedelta(days=7), policy_id="default")
     finally:
-        del model.encode_image, model.encode_text
+        del model.encode_images, model.encode_texts
     assert flips.decisions == IMAGES
     assert calls["image"] == 0 and calls["text"] > 0
 

@@ -1,0 +1,9 @@
+"""The typer apps every command module registers on; imported by moderation/cli/__init__.py."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Image moderation over gRPC: CLIP zero-shot scoring against YAML policies.", no_args_is_help=True)
+policy_app = typer.Typer(help="Validate, test, calibrate and compare policy files.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")

@@ -1,0 +1,31 @@
+"""`moderation bench`: the CLIP tier's benchmark harness (moderation/bench/clip.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from moderation.cli.app import app
+from moderation.cli.common import err
+from moderation.cli.render import print_bench
+
+
+@app.command()
+def bench(
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    model: Annotated[str, typer.Option(help="open_clip architecture (random weights)")] = "ViT-B-32",
+    concurrency: Annotated[str, typer.Option(help="comma-separated client counts")] = "1,4,16",
+    seconds: Annotated[float, typer.Option(help="load duration per concurrency level")] = 20.0,
+    soak_seconds: Annotated[float, typer.Option(help="extra soak at the top concurrency, sampling memory; 600 for the 10-minute soak")] = 0.0,
+    policies: Annotated[Path, typer.Option(help="policy directory the server loads")] = Path("policies"),
+    results_dir: Annotated[Path, typer.Option("--out", help="where the JSON and PNG go")] = Path("bench/results"),
+) -> None:
+    """Benchmark the real server over gRPC against the model's own ceiling (random weights)."""
+    from moderation.bench.clip import run_clip_bench
+
+    levels = tuple(int(c) for c in concurrency.split(","))
+    results = run_clip_bench(model, device, levels, seconds, soak_seconds, policies, results_dir, progress=lambda m: err.print(escape(m)))
+    print_bench(results, model, device)

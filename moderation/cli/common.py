@@ -1,0 +1,95 @@
+"""What the commands share: consoles, one-line failures, option types, settings and model loading.
+
+Errors a user can fix are printed as one line, without a traceback, with a
+non-zero exit code. Models are built through moderation/runtime.py, so offline
+commands score with what the server would run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+
+from moderation.config import Device, LogFormat, Settings, load_settings
+
+if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not load torch
+    from moderation.clip import ClipModelSpec, ClipScorer
+    from moderation.policy import Policy
+
+# soft_wrap: long lines stay whole so file:line prefixes can be grepped.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+# The offline policy commands load the model in-process; flags and MODERATION_* env
+# resolve as for `serve`, so they score with the model the server would run.
+ConfigOption = Annotated[Optional[Path], typer.Option(help="YAML settings file (flags and MODERATION_* env override it)")]
+HostOption = Annotated[Optional[str], typer.Option(help="gRPC bind address")]
+PortOption = Annotated[Optional[int], typer.Option(help="gRPC port")]
+MetricsPortOption = Annotated[Optional[int], typer.Option(help="Prometheus /metrics port, 0 to disable")]
+PoliciesOption = Annotated[Optional[Path], typer.Option(help="directory of policy YAML files")]
+LogFormatOption = Annotated[Optional[LogFormat], typer.Option(help="json or text")]
+ExplainerModelOption = Annotated[Optional[str], typer.Option(help="SmolVLM2 Hugging Face id or local directory (default: as serve)")]
+ExplainerWeightsOption = Annotated[Optional[str], typer.Option(help="'pretrained' or 'random' (smoke tests only)")]
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="open_clip name, hf-hub:org/repo or local-dir:/path (default: as serve)")]
+WeightsOption = Annotated[Optional[str], typer.Option("--weights", help="pretrained tag, checkpoint path, or 'random' (default: as serve)")]
+DeviceOption = Annotated[Optional[Device], typer.Option("--device", help="cpu, cuda or auto")]
+
+
+def policy_or_fail(path: Path) -> tuple[Policy, str]:
+    """A valid policy and its text, or one line naming the first problem and how many more there are."""
+    from moderation.policy import PolicyFileError, load_policy_file
+
+    try:
+        return load_policy_file(path)
+    except PolicyFileError as error:
+        more = len(error.problems) - 1
+        raise fail(f"invalid policy: {error.problems[0]}" + (f" (and {more} more problems)" if more else "")) from None
+
+
+def settings_or_fail(config: Path | None = None, **flags: object) -> Settings:
+    """Settings from flags (None: not given), environment and config file; one line on error."""
+    try:
+        return load_settings(config, **flags)
+    except (ValidationError, FileNotFoundError) as error:
+        raise fail(f"invalid settings: {error}") from None
+
+
+def offline_settings(model: str | None, weights: str | None, device: Device | None) -> Settings:
+    return settings_or_fail(clip_model=model, clip_weights=weights, device=device)
+
+
+def model_spec(settings: Settings) -> ClipModelSpec:
+    """The model the server would load with these settings."""
+    from moderation.runtime import ConfigurationError, clip_spec
+
+    try:
+        return clip_spec(settings)
+    except ConfigurationError as error:
+        raise fail(str(error)) from None
+
+
+def load_scorer_or_fail(spec: ClipModelSpec) -> ClipScorer:
+    from moderation.clip import UnknownBackend, WeightsUnavailable
+    from moderation.runtime import load_scorer
+
+    try:
+        return load_scorer(spec)
+    except (WeightsUnavailable, UnknownBackend) as error:
+        raise fail(str(error)) from None
+
+
+def load_offline_scorer(model: str | None, weights: str | None, device: Device | None) -> ClipScorer:
+    """The CLIP scorer the server would build from these flags and the environment, in-process."""
+    return load_scorer_or_fail(model_spec(offline_settings(model, weights, device)))
+

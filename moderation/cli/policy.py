@@ -1,0 +1,281 @@
+"""`moderation policy validate|test|calibrate|diff`: what trust-and-safety staff run, without Python."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from moderation.cli.app import policy_app
+from moderation.cli.common import (
+    DeviceOption,
+    ModelOption,
+    WeightsOption,
+    err,
+    fail,
+    load_offline_scorer,
+    load_scorer_or_fail,
+    model_spec,
+    offline_settings,
+    out,
+    policy_or_fail,
+)
+from moderation.cli.render import print_calibration, print_case_outcomes, print_flips
+
+if TYPE_CHECKING:
+    from moderation.policy_calibration import PolicyCalibration
+
+
+@policy_app.command("validate")
+def policy_validate(files: Annotated[list[Path], typer.Argument(help="policy YAML files")]) -> None:
+    """Check policy files; print every problem with file, line and field."""
+    from moderation.policy import PolicyFileError, load_policy_file
+
+    bad = 0
+    for path in files:
+        try:
+            policy, _ = load_policy_file(path)
+        except PolicyFileError as error:
+            bad += 1
+            for problem in error.problems:
+                err.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
+            continue
+        out.print(f"[green]✓[/] {path}: policy {policy.id}@{policy.version}, {len(policy.categories)} categories", highlight=False)
+    if bad:
+        err.print(f"{bad} of {len(files)} policy files are invalid", highlight=False)
+        raise typer.Exit(1)
+
+
+
+@policy_app.command("test")
+def policy_test(
+    files: Annotated[list[Path], typer.Argument(help="policy YAML files; each one's cases are read from tests/NAME.tests.yaml beside it")],
+    cases: Annotated[Optional[Path], typer.Option(help="cases file to use instead (only with one policy file)")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = None,
+    check_only: Annotated[
+        bool,
+        typer.Option(
+            "--check-only",
+            help="check cases, images and category ids and score every image, without comparing actions; on by itself with random weights",
+        ),
+    ] = False,
+) -> None:
+    """Score each policy's golden cases in-process and compare expected with actual decisions."""
+    from moderation.offline import check_golden_cases
+    from moderation.policy import PolicyFileError, load_policy_file
+    from moderation.policy.golden import cases_path_for, load_cases_file, problems_against_policy
+    from moderation.policy.schema import normalise_model_id
+
+    if cases is not None and len(files) != 1:
+        raise fail("--cases names the cases of one policy; give exactly one policy file with it")
+    suites = []
+    failed = 0
+    for path in files:
+        try:
+            policy, _ = load_policy_file(path)
+            cases_file = load_cases_file(cases or cases_path_for(path))
+            problems = problems_against_policy(cases_file, policy)
+            if problems:
+                raise PolicyFileError(problems)
+        except PolicyFileError as error:
+            failed += 1
+            for problem in error.problems:
+                err.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
+            continue
+        suites.append((path, policy, cases_file))
+    if suites:
+        scorer = load_offline_scorer(model, weights, device)
+        if scorer.random_weights:
+            check_only = True
+        if check_only:
+            why = f"model {scorer.model_id} has random weights" if scorer.random_weights else "--check-only"
+            out.print(
+                f"[bold yellow]CHECK-ONLY[/] ({escape(why)}): cases, images and category ids are checked and every image is "
+                "scored, but expected actions are [bold]not compared[/].",
+                highlight=False,
+            )
+    for path, policy, cases_file in suites:
+        if not check_only and policy.model and normalise_model_id(policy.model) != normalise_model_id(scorer.model_id):
+            failed += 1
+            err.print(
+                f"[red]✗[/] {escape(str(path))}: thresholds were calibrated for model {escape(policy.model)!r} but this run uses "
+                f"{escape(scorer.model_id)!r}; pass --model/--weights for it, or --check-only",
+                highlight=False,
+            )
+            continue
+        outcomes = check_golden_cases(scorer, policy, cases_file, compare=not check_only)
+        print_case_outcomes(path, policy, cases_file, outcomes, check_only)
+        failed += any(not outcome.passed for outcome in outcomes)
+    if failed:
+        err.print(f"{failed} of {len(files)} policies failed their tests", highlight=False)
+        raise typer.Exit(1)
+
+
+
+@policy_app.command("calibrate")
+def policy_calibrate(
+    policy_file: Annotated[Path, typer.Argument(help="the policy YAML file to calibrate", dir_okay=False)],
+    labels: Annotated[Path, typer.Option(help="labelled images: a folder LABELS/<category id or benign>/<image>, or a CSV with path,label")],
+    target_precision: Annotated[float, typer.Option(help="block threshold: lowest score threshold with at least this precision")] = 0.95,
+    target_recall: Annotated[
+        Optional[float], typer.Option(help="review threshold: highest score threshold with at least this recall (0.90 when no --max-review-rate)")
+    ] = None,
+    max_review_rate: Annotated[
+        Optional[float], typer.Option(help="review budget: share of labelled images one category may send to REVIEW; raises the review threshold")
+    ] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the proposed policy, report.html and scores.csv (default calibration-POLICY_ID)")] = None,
+    version: Annotated[Optional[str], typer.Option(help="version of the proposed policy (default: the next one, e.g. today's date .1)")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = None,
+    open_report: Annotated[bool, typer.Option("--open", help="open the report in a web browser")] = False,
+) -> None:
+    """Score labelled images, propose review/block thresholds per category, write the next policy version and a report."""
+    import difflib
+    from datetime import date
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from moderation.calibration import CalibrationTargets
+    from moderation.calibration_report import render_report
+    from moderation.labels import LabelsError, read_labels
+    from moderation.offline import score_image_files
+    from moderation.policy import PolicyFileError
+    from moderation.policy.rewrite import RewriteError
+    from moderation.policy_calibration import calibrate_policy
+
+    policy, policy_text = policy_or_fail(policy_file)
+    try:
+        targets = CalibrationTargets(precision=target_precision, recall=target_recall, max_review_rate=max_review_rate)
+        images = read_labels(labels, [c.id for c in policy.categories])
+    except (ValueError, LabelsError) as error:
+        raise fail(str(error)) from None
+    scorer = load_offline_scorer(model, weights, device)
+    if scorer.random_weights:
+        err.print(f"[bold yellow]warning:[/] model {escape(scorer.model_id)} has random weights: the proposed thresholds mean nothing", highlight=False)
+
+    index = scorer.index_policy(policy)
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("scoring", total=len(images))
+        scored = score_image_files(scorer, index, [image.path for image in images], on_scored=lambda n: progress.advance(task, n))
+    unreadable = [f"{result.path}: {result.error}" for result in scored if result.scores is None]
+    for line in unreadable:
+        err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
+    kept = [(image, result.scores) for image, result in zip(images, scored, strict=True) if result.scores is not None]
+    if not kept:
+        raise fail(f"none of the {len(images)} labelled images could be scored")
+
+    try:
+        result = calibrate_policy(
+            policy,
+            policy_text,
+            [image.labels for image, _ in kept],
+            [scores for _, scores in kept],
+            targets,
+            scorer.model_id,
+            date.today(),
+            version=version,
+            source=str(policy_file),
+        )
+    except (RewriteError, PolicyFileError) as error:
+        raise fail(str(error).splitlines()[0]) from None
+
+    out_dir = out_dir or Path(f"calibration-{policy.id}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proposed_path = out_dir / policy_file.name
+    proposed_path.write_text(result.proposed_text, encoding="utf-8")
+    _write_scores_csv(out_dir / "scores.csv", [image.path for image, _ in kept], result)
+    report_path = out_dir / "report.html"
+    report_path.write_text(render_report(result, str(labels), scorer.random_weights, unreadable, str(proposed_path)), encoding="utf-8")
+
+    print_calibration(result)
+    for line in difflib.unified_diff(policy_text.splitlines(), result.proposed_text.splitlines(), str(policy_file), str(proposed_path), lineterm=""):
+        style = "bold" if line.startswith(("---", "+++")) else {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
+        out.print(escape(line), style=style, highlight=False)
+    out.print(f"wrote {proposed_path}, {report_path} and {out_dir / 'scores.csv'}", highlight=False)
+    if open_report:
+        import webbrowser
+
+        webbrowser.open(report_path.resolve().as_uri())
+
+
+
+def _write_scores_csv(path: Path, images: list[Path], result: PolicyCalibration) -> None:
+    """Every scored image with its labels and category scores, to audit or re-plot the calibration."""
+    import csv
+
+    category_ids = list(result.scores)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "labels", *category_ids])
+        for row, (image, labels) in enumerate(zip(images, result.labels, strict=True)):
+            writer.writerow([str(image), " ".join(sorted(labels)), *(f"{result.scores[cid][row]:.6f}" for cid in category_ids)])
+
+
+
+@policy_app.command("diff")
+def policy_diff(
+    old_file: Annotated[Path, typer.Argument(help="the policy version that served the stored decisions")],
+    new_file: Annotated[Path, typer.Argument(help="the proposed policy version")],
+    store: Annotated[Optional[Path], typer.Option(help="embedding store (SQLite) the server writes; default MODERATION_EMBEDDING_STORE")] = None,
+    since: Annotated[str, typer.Option(help="re-score decisions newer than this age: 90m, 12h, 7d, 2w")] = "7d",
+    until: Annotated[Optional[str], typer.Option(help="and older than this age (default: up to now)")] = None,
+    stored_policy: Annotated[Optional[str], typer.Option(help="re-score decisions made under this policy id (default: OLD's id)")] = None,
+    examples: Annotated[int, typer.Option(min=0, help="example request ids shown per kind of change")] = 3,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Re-score stored traffic under OLD and NEW (text embeddings only) and report which decisions flip."""
+    from datetime import datetime, timezone
+
+    from moderation.rescore import CannotRescore, check_stored_models, rescore_stored_decisions
+    from moderation.store import StoreError
+
+    old, new = (policy_or_fail(path)[0] for path in (old_file, new_file))
+    settings = offline_settings(model, weights, device)
+    store = store or settings.embedding_store
+    if store is None:
+        raise fail("no embedding store: pass --store PATH or set MODERATION_EMBEDDING_STORE")
+    now = datetime.now(timezone.utc)
+    window_start = now - _parse_age(since, "--since")
+    window_end = now - _parse_age(until, "--until") if until else None
+    policy_id = stored_policy or old.id
+    spec = model_spec(settings)
+    try:
+        # Checked before the model loads: a wrong --model is refused in a second, not after a minute.
+        check_stored_models(store, spec.model_id, window_start, window_end, policy_id)
+    except (CannotRescore, StoreError) as error:
+        raise fail(str(error)) from None
+    scorer = load_scorer_or_fail(spec)
+    if scorer.random_weights:
+        err.print(
+            f"[bold yellow]warning:[/] model {escape(scorer.model_id)} has random weights: its text embeddings differ from "
+            "those of the model that stored the image embeddings, so these flips mean nothing",
+            highlight=False,
+        )
+    try:
+        flips = rescore_stored_decisions(store, scorer, old, new, window_start, window_end, policy_id, examples)
+    except (CannotRescore, StoreError) as error:
+        raise fail(str(error)) from None
+    window = f"the last {since}" + (f" up to {until} ago" if until else "")
+    print_flips(flips, old, new, f"{policy_id!r} decisions of {window} in {store}")
+
+
+
+def _parse_age(text: str, option: str) -> timedelta:
+    import re
+
+    # At most five digits: 99999 weeks still subtracts from now without overflowing.
+    age = re.fullmatch(r"(\d{1,5})([smhdw])", text.strip())
+    if age is None or int(age.group(1)) == 0:
+        raise fail(f"{option} {text!r} is not an age such as 90m, 12h, 7d or 2w")
+    seconds_per_unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    return timedelta(seconds=int(age.group(1)) * seconds_per_unit[age.group(2)])
+

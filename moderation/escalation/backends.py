@@ -1,0 +1,101 @@
+"""Explainer backends behind the escalation tier: SmolVLM2 in this process, or ExplainerService over gRPC.
+
+The tier (tier.py) owns every bound (breaker, budget, queue, slots, timeout);
+a backend only answers one request within the time it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from moderation.escalation.tier import EscalationRequest, Explanation, ExplainerUnavailable
+from moderation.escalation.verdict import ExplainerVerdict
+
+
+class InProcessExplainer:
+    """Runs `moderation.escalation.explainer.Explainer` in its own thread, beside the CLIP model."""
+
+    def __init__(self, explainer, max_new_tokens: int = 96):  # noqa: ANN001 - Explainer, imported lazily (transformers)
+        self._explainer = explainer
+        self._max_new_tokens = max_new_tokens
+        self.model_id = explainer.info.model_id
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="explainer")
+        self._running: asyncio.Future[Explanation] | None = None
+
+    def _explain(self, request: EscalationRequest) -> Explanation:
+        from moderation.escalation.explainer import ExplanationFailed
+
+        instruction = request.policy.escalation.instruction
+        try:
+            result = self._explainer.explain(request.frame, request.policy, request.category_ids, instruction, self._max_new_tokens)
+        except ExplanationFailed as err:
+            raise ExplainerUnavailable(str(err)) from err
+        return Explanation(result.verdict, self.model_id, result.generated_tokens)
+
+    async def explain(self, request: EscalationRequest, timeout_s: float) -> Explanation:
+        # A timed-out explanation cannot be interrupted inside torch; until it ends
+        # the thread is taken, and queueing behind it would only time out too.
+        if self._running is not None and not self._running.done():
+            raise ExplainerUnavailable("the explainer is still finishing an explanation that timed out")
+        self._running = asyncio.get_running_loop().run_in_executor(self._pool, self._explain, request)
+        # shield: a timeout answers the caller now; the thread finishes its work.
+        return await asyncio.wait_for(asyncio.shield(self._running), timeout_s)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class RemoteExplainer:
+    """Calls `moderation explain-serve` (ExplainerService) with the request's deadline."""
+
+    def __init__(self, target: str, credentials=None):  # noqa: ANN001 - grpc.ChannelCredentials
+        import grpc
+
+        self._grpc = grpc
+        self._target = target
+        self._credentials = credentials
+        self._channel = None
+        self._stub = None
+        self.model_id = f"remote:{target}"
+
+    def _connect(self):  # noqa: ANN202
+        # Created on first use: a grpc.aio channel belongs to the event loop that
+        # creates it, and the tier is built in a worker thread at start-up.
+        if self._stub is None:
+            from moderation.v1 import moderation_pb2_grpc as pb_grpc
+
+            options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
+            aio = self._grpc.aio
+            self._channel = (
+                aio.secure_channel(self._target, self._credentials, options=options)
+                if self._credentials
+                else aio.insecure_channel(self._target, options=options)
+            )
+            self._stub = pb_grpc.ExplainerServiceStub(self._channel)
+        return self._stub
+
+    async def explain(self, request: EscalationRequest, timeout_s: float) -> Explanation:
+        from moderation.v1 import moderation_pb2 as pb
+
+        message = pb.ExplainRequest(
+            request_id=request.request_id,
+            image=request.image,
+            policy_id=request.policy.id,
+            policy_version=request.policy.version,
+            category_ids=list(request.category_ids),
+        )
+        try:
+            reply = await self._connect().Explain(message, timeout=timeout_s)
+        except self._grpc.aio.AioRpcError as err:
+            if err.code() == self._grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError("the remote explainer did not answer in time") from err
+            raise ExplainerUnavailable(f"remote explainer: {err.code().name}: {err.details()}") from err
+        if reply.category_id not in request.category_ids or reply.clause_id != request.policy.category(reply.category_id).clause.id:
+            raise ExplainerUnavailable(f"remote explainer cited {reply.category_id!r}/{reply.clause_id!r}, which is not an escalated clause")
+        verdict = ExplainerVerdict(reply.violates, reply.category_id, reply.clause_id, reply.rationale, reply.confidence)
+        return Explanation(verdict, reply.model, reply.generated_tokens)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()

@@ -1,0 +1,166 @@
+"""The lifecycle both gRPC servers share (`serve` and `explain-serve`).
+
+bind (TLS or plaintext) -> health NOT_SERVING -> start -> /metrics -> load models in a
+worker thread -> SERVING -> wait for SIGTERM/SIGINT -> NOT_SERVING -> drain in-flight
+calls -> stop the transport -> close. A failed load stops the server and re-raises,
+so the command exits with its one-line error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, start_http_server
+
+from moderation.config import Settings
+from moderation.metrics import ModerationMetrics
+from moderation.runtime import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+Loaded = TypeVar("Loaded")
+
+
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigurationError(f"cannot read {path} ({err.strerror}); check {setting}") from err
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from the settings (mutual TLS with a client CA), or None for plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = _read(settings.tls_client_ca, "MODERATION_TLS_CLIENT_CA") if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(_read(settings.tls_key, "MODERATION_TLS_KEY"), _read(settings.tls_cert, "MODERATION_TLS_CERT"))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def new_metrics() -> ModerationMetrics:
+    """The service's metrics plus process, platform and GC collectors, in the server's own registry."""
+    metrics = ModerationMetrics()
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=metrics.registry)
+    return metrics
+
+
+class GrpcServerLifecycle(Generic[Loaded]):
+    """One server: the transport, health, reflection, metrics port and signals; the caller brings the services.
+
+    `load` runs in a worker thread (models, policies); `on_loaded` runs on the event
+    loop with its result and the stop event (start batchers, watchers) before
+    SERVING; `drain(grace_s)` waits for in-flight calls; `close` frees what `load` built.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ModerationMetrics,
+        services: Sequence[str],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        options: Sequence[tuple[str, object]] = (),
+    ):
+        self.settings = settings
+        self.metrics = metrics
+        self.services = tuple(services)
+        self.server = grpc.aio.server(interceptors=list(interceptors) or None, options=list(options))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if settings.reflection:
+            reflection.enable_server_reflection((*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self._health_server: grpc.aio.Server | None = None
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *self.services):
+            await self.health.set(name, status)
+
+    def _bind(self) -> str:
+        settings = self.settings
+        address = f"{settings.host}:{settings.port}"
+        credentials = server_credentials(settings)
+        port = self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
+        if port == 0:
+            raise ConfigurationError(f"cannot bind gRPC port {address}; set MODERATION_PORT (--port) to a free port")
+        return f"{settings.host}:{port}"
+
+    async def _start_health_port(self) -> None:
+        """Plaintext grpc.health.v1 on its own port: kubelet gRPC probes cannot speak TLS."""
+        settings = self.settings
+        if not settings.health_port:
+            return
+        self._health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+        if self._health_server.add_insecure_port(f"{settings.host}:{settings.health_port}") == 0:
+            raise ConfigurationError(f"cannot bind health port {settings.health_port}; set MODERATION_HEALTH_PORT to a free port")
+        await self._health_server.start()
+        log.info("health (plaintext, grpc.health.v1 only) on %s:%d", settings.host, settings.health_port)
+
+    async def _stop_transport(self, grace_s: float | None) -> None:
+        await self.server.stop(grace_s)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
+
+    async def run(
+        self,
+        name: str,
+        load: Callable[[], Loaded],
+        on_loaded: Callable[[Loaded, asyncio.Event], Awaitable[None]],
+        drain: Callable[[float], Awaitable[bool]],
+        close: Callable[[Loaded], Awaitable[None]],
+    ) -> None:
+        """Serve until SIGTERM or SIGINT. Raises ConfigurationError (and loading errors) when it cannot serve."""
+        settings = self.settings
+        address = self._bind()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("%s gRPC listening on %s (NOT_SERVING until models and policies load)", name, address)
+        try:
+            await self._start_health_port()
+            if settings.metrics_port:
+                start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=self.metrics.registry)
+                log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+        except BaseException:
+            await self._stop_transport(None)
+            raise
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        loaded: Loaded | None = None
+        try:
+            loading = loop.run_in_executor(None, load)
+            stopping = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if loading in done:
+                loaded = loading.result()
+                await on_loaded(loaded, stop)
+                await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+                log.info("%s SERVING on %s", name, address)
+                await stop.wait()
+        except BaseException:
+            await self._stop_transport(None)
+            raise
+        log.info("draining: NOT_SERVING, finishing in-flight calls for up to %.0f s", settings.grace_period_s)
+        # Health first, so load balancers stop routing here; new calls are refused
+        # while the in-flight ones finish. Only then does the transport stop, so the
+        # stop itself cuts no call short.
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if not await drain(settings.grace_period_s):
+            log.warning("grace period over with calls still in flight; cancelling them")
+        await self._stop_transport(1.0)
+        if loaded is not None:
+            await close(loaded)
+        log.info("stopped")
