@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -27,6 +28,8 @@ from moderation.runtime import ConfigurationError
 log = logging.getLogger(__name__)
 
 Loaded = TypeVar("Loaded")
+# After in-flight calls finish, new calls keep getting UNAVAILABLE this long before the transport stops.
+DRAIN_LINGER_S = 1.0
 
 
 def _read(path: Path, setting: str) -> bytes:
@@ -158,8 +161,13 @@ class GrpcServerLifecycle(Generic[Loaded]):
         # while the in-flight ones finish. Only then does the transport stop, so the
         # stop itself cuts no call short.
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        drain_started = time.monotonic()
         if not await drain(settings.grace_period_s):
             log.warning("grace period over with calls still in flight; cancelling them")
+        else:
+            # Linger while refusing: a caller that sends just now gets UNAVAILABLE (retry
+            # elsewhere) rather than CANCELLED by the transport stopping under its call.
+            await asyncio.sleep(min(DRAIN_LINGER_S, max(0.0, settings.grace_period_s - (time.monotonic() - drain_started))))
         await self._stop_transport(1.0)
         if loaded is not None:
             await close(loaded)
