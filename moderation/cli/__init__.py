@@ -4,7 +4,12 @@ Each command lives in its own module and registers itself on the apps in app.py;
 renderers are in render.py, shared options and loaders in common.py.
 """
 
-from moderation.cli import bench, client, compare, policy, serve  # noqa: F401 - registers the commands
+# Importing a command module registers its commands; `--help` lists them in this order.
+from moderation.cli import serve  # noqa: F401, I001
+from moderation.cli import client  # noqa: F401
+from moderation.cli import compare  # noqa: F401
+from moderation.cli import policy  # noqa: F401
+from moderation.cli import bench  # noqa: F401
 from moderation.cli.app import app, policy_app
 
 __all__ = ["app", "policy_app"]
