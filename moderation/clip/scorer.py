@@ -16,13 +16,14 @@ per request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from moderation.clip.loading import LoadedClip
+from moderation.policy.compile import CompileCancelled
 from moderation.policy.schema import Policy
 
 TEXT_BATCH = 64
@@ -52,17 +53,24 @@ class ClipScorer:
         return float(self.clip.model.logit_scale.detach().exp())
 
     @torch.inference_mode()
-    def encode_prompts(self, prompts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """[len(prompts), dim]: each prompt averaged over templates, normalised."""
+    def encode_prompts(
+        self, prompts: Sequence[str], templates: Sequence[str], should_stop: Callable[[], bool] | None = None
+    ) -> torch.Tensor:
+        """[len(prompts), dim]: each prompt averaged over templates, normalised.
+
+        `should_stop` is checked before each chunk of TEXT_BATCH texts; CompileCancelled when it says so.
+        """
         texts = [template.format(prompt) for prompt in prompts for template in templates]
         chunks = []
         for start in range(0, len(texts), TEXT_BATCH):
+            if should_stop is not None and should_stop():
+                raise CompileCancelled(f"stopped after {start} of {len(texts)} texts")
             tokens = self.clip.tokenizer(texts[start : start + TEXT_BATCH]).to(self.device)
             chunks.append(self.clip.model.encode_text(tokens, normalize=True).float())
         per_text = torch.cat(chunks).reshape(len(prompts), len(templates), -1)
         return F.normalize(per_text.mean(dim=1), dim=-1)
 
-    def index_policy(self, policy: Policy) -> PolicyTextIndex:
+    def index_policy(self, policy: Policy, should_stop: Callable[[], bool] | None = None) -> PolicyTextIndex:
         prompts: list[str] = list(policy.benign)
         benign_rows = list(range(len(prompts)))
         competitions = []
@@ -73,7 +81,7 @@ class ClipScorer:
             prompts.extend(category.contrast)
             rows = torch.tensor(positive_rows + contrast_rows + benign_rows, device=self.device)
             competitions.append((category.id, rows, len(positive_rows)))
-        embeddings = self.encode_prompts(prompts, policy.templates)
+        embeddings = self.encode_prompts(prompts, policy.templates, should_stop)
         return PolicyTextIndex(policy.id, policy.version, embeddings, tuple(competitions))
 
     @torch.inference_mode()

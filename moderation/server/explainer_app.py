@@ -91,7 +91,7 @@ async def serve_explainer(settings: Settings) -> None:
     from moderation.server.app import StartupError, _add_port, load_explainer_for, resolve_device
 
     metrics = ModerationMetrics()
-    registry: PolicyRegistry = PolicyRegistry(lambda policy: None, model_id=None)
+    registry: PolicyRegistry = PolicyRegistry(lambda policy, should_stop: None, model_id=None)
     reloader = PolicyReloader(registry, settings.policies, metrics, model_id=settings.explainer_model)
     limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     servicer = ExplainerServicer(registry, limits, settings.explainer_max_waiting, settings.explainer_max_new_tokens)

@@ -134,11 +134,11 @@ def test_directory_skips_configmap_internals(tmp_path: Path) -> None:
 def test_registry_default_lookup_and_model_check(tmp_path: Path) -> None:
     _write(tmp_path, "a.yaml", VALID.replace("id: test", "id: alpha\ndefault: true"))
     _write(tmp_path, "b.yaml", VALID.replace("id: test", "id: beta\nmodel: ViT-L-14/openai"))
-    registry = PolicyRegistry(lambda policy: policy.id.upper(), model_id="ViT-B-32/laion2b_s34b_b79k")
+    registry = PolicyRegistry(lambda policy, should_stop: policy.id.upper(), model_id="ViT-B-32/laion2b_s34b_b79k")
     with pytest.raises(PolicyFileError, match="calibrated for model 'ViT-L-14/openai'"):
         registry.load_directory(tmp_path)
 
-    random_registry = PolicyRegistry(lambda policy: policy.id.upper(), model_id="ViT-B-32/random", random_weights=True)
+    random_registry = PolicyRegistry(lambda policy, should_stop: policy.id.upper(), model_id="ViT-B-32/random", random_weights=True)
     random_registry.load_directory(tmp_path)
     assert random_registry.get("").policy.id == "alpha"
     assert random_registry.get("beta").compiled == "BETA"
@@ -158,7 +158,7 @@ def test_shadow_must_name_an_active_policy_and_is_not_served_directly(tmp_path: 
     with pytest.raises(PolicyFileError, match="no active policy 'missing'"):
         load_policy_dir(tmp_path)
     _write(tmp_path, "b.yaml", VALID.replace("id: test", "id: test_shadow") + "mode: shadow\nshadow_of: test\n")
-    registry = PolicyRegistry(lambda policy: policy.id, model_id="m")
+    registry = PolicyRegistry(lambda policy, should_stop: policy.id, model_id="m")
     registry.load_directory(tmp_path)
     active, shadows = registry.with_shadows("")
     assert active.policy.id == "test" and [s.policy.id for s in shadows] == ["test_shadow"]
