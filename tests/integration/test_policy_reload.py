@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from typer.testing import CliRunner
 
 import grpc
 import pytest
@@ -19,7 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
 from tests import images
-from moderation.policy.schema import MAX_CATEGORY_PROMPTS, MAX_TEMPLATES, MAX_TEXTS
+from moderation.cli import app
+from moderation.policy import load_policy_file
+from moderation.policy.schema import MAX_CATEGORY_PROMPTS, MAX_TEMPLATES, MAX_TEXTS, content_sha256
 from tests.conftest import POLICIES, ROOT, TINY_CLIP
 from tests.integration.server import RunningServer, running_server
 
@@ -192,3 +195,25 @@ def test_heavy_reload_is_superseded_by_a_newer_edit_and_stops_at_sigterm(tmp_pat
         assert server.process.wait(timeout=30) == 0
         assert time.monotonic() - started < 15, f"exit took {time.monotonic() - started:.0f} s"
         assert "stopped" in server.log_text().splitlines()[-1]
+
+
+def test_validate_against_the_running_server(server: RunningServer, tmp_path: Path) -> None:
+    policy, text = load_policy_file(POLICIES / "default.yaml")
+    with server.channel() as channel:
+        listed = pb_grpc.ModerationServiceStub(channel).ListPolicies(pb.ListPoliciesRequest(), timeout=10)
+    (summary,) = listed.policies
+    assert summary.content_sha256 == content_sha256(policy)
+    assert listed.model.endswith("/random") and listed.random_weights
+
+    def validate(edited: str):  # noqa: ANN202
+        (tmp_path / "default.yaml").write_text(edited)
+        return CliRunner().invoke(app, ["policy", "validate", str(tmp_path), "--served", server.target])
+
+    assert validate("# only a comment changed\n" + text).exit_code == 0
+    result = validate(text.replace("a city street", "a busy city street"))
+    assert result.exit_code == 1
+    assert f"version: policy 'default' changed but its version is still '{policy.version}' (as served at {server.target})" in result.output
+    assert validate(with_version("2099-01-01.1", text.replace("a city street", "a busy city street"))).exit_code == 0
+    # The server runs random weights: a model mismatch is reported as it would be, a warning.
+    result = validate(with_version("2099-01-01.1", text.replace("model: ViT-B-32/laion2b_s34b_b79k", "model: ViT-L-14/openai")))
+    assert result.exit_code == 0 and "calibrated for model 'ViT-L-14/openai'" in result.output and "ignored" in result.output
