@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable
 
 # How long one reload may spend computing text embeddings before it is refused.
-# A policy at the limits (MAX_TEXTS texts) compiles in 20-40 s with ViT-B-32 on
-# 2 CPU cores; the budget leaves 3x for cores shared with image traffic. It is a
-# backstop: the limits in schema.py are what keep compiles short.
-COMPILE_BUDGET_S = 120.0
+# A policy at the limits (MAX_TEXTS texts) compiles in 40-45 s with ViT-B-32's
+# text tower on this project's 2 CPU cores when they are otherwise idle, and was
+# measured 3x slower with the cores shared (130 ms a text): the budget leaves 2x
+# over that, so a valid policy is not refused live. It is a backstop against
+# burning the cores: the limits in schema.py keep compiles short, and a newer
+# edit or shutdown cancels a compile at once whatever the budget.
+COMPILE_BUDGET_S = 300.0
 
 ShouldStop = Callable[[], bool]
 

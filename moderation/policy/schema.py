@@ -25,10 +25,11 @@ Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, m
 # Cost bounds. Every served policy version is compiled by encoding each of its
 # texts (templates x prompts) with the CLIP text tower, and every request scores
 # against every prompt; categories become metric series and response fields.
-# Measured on this project's 2-core CPU: ViT-B-32's text tower takes 20-40 ms a
-# text (a full 77-token pass; more when image traffic shares the cores), so
-# MAX_TEXTS compiles in 20-40 s there. policies/default.yaml uses 6 categories,
-# 4 templates, 53 prompts and 212 texts: the limits leave 5-10x headroom.
+# Measured on this project's 2-core CPU: ViT-B-32's text tower takes about 40 ms
+# a text on idle cores (a full 77-token pass, ~6 GFLOP) and up to 130 ms with the
+# cores shared, so MAX_TEXTS compiles in 40 s to 2 minutes there.
+# policies/default.yaml uses 6 categories, 4 templates, 53 prompts and 212 texts:
+# the limits leave about 5x headroom over it.
 # docs/policies.md ("Limits") lists them; tests keep the two in step.
 MAX_CATEGORIES = 64  # categories in one policy
 MAX_TEMPLATES = 16  # prompt templates in one policy
