@@ -30,24 +30,86 @@ if TYPE_CHECKING:
 
 
 @policy_app.command("validate")
-def policy_validate(files: Annotated[list[Path], typer.Argument(help="policy YAML files")]) -> None:
-    """Check policy files; print every problem with file, line and field."""
-    from moderation.policy import PolicyFileError, load_policy_file
+def policy_validate(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="policy directories or files; a file stands for its whole directory, which the server loads as one"),
+    ],
+    previous: Annotated[
+        Optional[Path], typer.Option(help="a previous copy (file or directory, e.g. from git show): changed policies need a new version")
+    ] = None,
+    served: Annotated[
+        Optional[str], typer.Option(help="HOST:PORT of a running server: check versions, and the model, against what it serves")
+    ] = None,
+    model_id: Annotated[
+        Optional[str], typer.Option("--model-id", help="model the server runs, e.g. ViT-B-32/laion2b_s34b_b79k (default with --served: asked)")
+    ] = None,
+) -> None:
+    """Check policy directories exactly as the server loads them; print every problem with file, line and field."""
+    from moderation.policy import PolicyFileError
+    from moderation.policy.directory import Baseline, ModelRule, check_policy_dir, directories_to_check, previous_versions
 
-    bad = 0
-    for path in files:
+    model = ModelRule(model_id, random_weights=model_id.endswith("/random")) if model_id else None
+    baselines = []
+    if previous is not None:
+        versions, unreadable = previous_versions(previous)
+        for problem in unreadable:
+            err.print(f"[yellow]![/] not compared, the previous copy does not validate: {escape(str(problem))}", highlight=False)
+        baselines.append(Baseline(versions, f"as in {previous}"))
+    if served is not None:
+        versions, served_model = _served_policies(served)
+        baselines.append(Baseline(versions, f"as served at {served}"))
+        model = model or served_model
+    directories, problems = directories_to_check(paths)
+    for directory in directories:
         try:
-            policy, _ = load_policy_file(path)
+            checked = check_policy_dir(directory, model=model, baselines=baselines)
         except PolicyFileError as error:
-            bad += 1
-            for problem in error.problems:
-                err.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
-            continue
-        out.print(f"[green]✓[/] {path}: policy {policy.id}@{policy.version}, {len(policy.categories)} categories", highlight=False)
-    if bad:
-        err.print(f"{bad} of {len(files)} policy files are invalid", highlight=False)
+            problems += error.problems
+            warnings = error.warnings
+        else:
+            warnings = checked.warnings
+            for p in checked.policies:
+                summary = f"{p.path}: policy {p.policy.id}@{p.policy.version}, {len(p.policy.categories)} categories, {p.policy.text_count} texts"
+                out.print(f"[green]✓[/] {escape(summary)}", highlight=False)
+        for warning in warnings:
+            err.print(f"[yellow]![/] {escape(str(warning))}", highlight=False)
+    for problem in problems:
+        err.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
+    if problems:
+        err.print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''}: the server would refuse this", highlight=False)
         raise typer.Exit(1)
 
+
+def _served_policies(target: str):  # noqa: ANN202 - (versions by id, ModelRule), imported lazily
+    """What the server at `target` serves: each policy's version and content hash, and its model."""
+    import grpc
+
+    from moderation.policy import PolicyFileError, load_policy_text
+    from moderation.policy.directory import ModelRule, PolicyVersion
+    from moderation.policy.schema import content_sha256
+    from moderation.v1 import moderation_pb2 as pb
+    from moderation.v1 import moderation_pb2_grpc as pb_grpc
+
+    versions = {}
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.ModerationServiceStub(channel)
+        try:
+            listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)
+            for summary in listed.policies:
+                sha = summary.content_sha256
+                if not sha and summary.mode != "shadow":  # a server from before content_sha256: hash its source
+                    try:
+                        sha = content_sha256(load_policy_text(stub.GetPolicy(pb.GetPolicyRequest(policy_id=summary.id), timeout=10).source_yaml))
+                    except PolicyFileError:
+                        sha = ""
+                if sha:
+                    versions[summary.id] = PolicyVersion(summary.version, sha)
+                else:
+                    err.print(f"[yellow]![/] {escape(target)} does not say what policy {escape(summary.id)} contains: its version is not checked", highlight=False)
+        except grpc.RpcError as error:
+            raise fail(f"cannot ask {target} what it serves: {error.code().name}: {error.details()}") from None
+    return versions, (ModelRule(listed.model, listed.random_weights) if listed.model else None)
 
 
 @policy_app.command("test")

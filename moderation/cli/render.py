@@ -65,7 +65,7 @@ def print_case_outcomes(policy_path: Path, policy: Policy, cases_file: CasesFile
     out.print(table)
     for outcome in outcomes:
         for problem in outcome.problems:
-            out.print(f"[red]✗[/] {escape(f'{cases_file.path}: {outcome.case.image}: {problem}')}", highlight=False)
+            out.print(f"[red]✗[/] {escape(str(cases_file.problem(cases_file.case_loc(outcome.case), problem)))}", highlight=False)
     passed = sum(outcome.passed for outcome in outcomes)
     verdict = "checked, actions not compared" if check_only else "passed"
     out.print(f"{policy.id}: {passed} of {len(outcomes)} cases {verdict}", highlight=False)

@@ -26,16 +26,13 @@ import torch.nn.functional as F
 
 from moderation.clip.encoder import ImageTextEncoder
 from moderation.imaging import DecodedImage
+from moderation.policy.compile import CompileCancelled
 from moderation.policy.schema import Policy
 
 # Texts per encoder call while compiling a policy; between chunks a compile can be cancelled.
 TEXT_CHUNK = 64
 # Images per forward pass when scoring many files in-process.
 OFFLINE_BATCH = 16
-
-
-class CompileStopped(RuntimeError):
-    """A policy compile was asked to stop (shutdown, or over its time budget)."""
 
 
 @dataclass(frozen=True)
@@ -86,13 +83,14 @@ class ClipScorer:
     ) -> torch.Tensor:
         """[len(prompts), dim]: each prompt averaged over templates, normalised.
 
-        `should_stop` is asked between chunks; when it answers True, CompileStopped is raised.
+        `should_stop` is asked between chunks; when it answers True, CompileCancelled is raised
+        (a newer edit, shutdown, or the compile budget: moderation/policy/compile.py).
         """
         texts = [template.format(prompt) for prompt in prompts for template in templates]
         chunks = []
         for start in range(0, len(texts), TEXT_CHUNK):
             if should_stop is not None and should_stop():
-                raise CompileStopped(f"stopped after {start} of {len(texts)} prompt texts")
+                raise CompileCancelled(f"stopped after {start} of {len(texts)} texts")
             chunks.append(self.encoder.encode_texts(texts[start : start + TEXT_CHUNK]))
         per_text = torch.cat(chunks).reshape(len(prompts), len(templates), -1)
         return F.normalize(per_text.mean(dim=1), dim=-1)

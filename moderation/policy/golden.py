@@ -12,14 +12,20 @@ code serves `moderation policy test` with a real model and the unit tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+import yaml
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from moderation.decision import Band, Decision
-from moderation.policy.loader import PolicyProblem, read_yaml_file, validate_yaml_text
-from moderation.policy.schema import Action, Identifier, Policy, _Strict
+from moderation.policy.loader import PolicyProblem, dotted, line_of, read_yaml_file, validate_yaml_text
+from moderation.policy.schema import POLICY_RULES_ERROR, Action, ActionField, Identifier, Policy, RuleProblem, _Strict, _upper
+
+BandField = Annotated[Band, BeforeValidator(_upper)]
 
 CASES_FOLDER = "tests"
 CASES_SUFFIX = ".tests.yaml"
@@ -27,14 +33,14 @@ CASES_SUFFIX = ".tests.yaml"
 
 class GoldenCase(_Strict):
     image: str = Field(min_length=1, description="image file, relative to the cases file, e.g. 'samples/coffee.jpg'")
-    expect: Action = Field(description="the image's action: ALLOW, REVIEW or BLOCK")
+    expect: ActionField = Field(description="the image's action: ALLOW, REVIEW or BLOCK (any case)")
     flagged: list[Identifier] | None = Field(
         default=None,
         description="exactly the category ids whose score must reach their review threshold ([] for none); "
         "leave out to not check",
     )
-    bands: dict[Identifier, Band] = Field(
-        default_factory=dict, description="category id -> BELOW, BORDERLINE or ABOVE, for the categories to check"
+    bands: dict[Identifier, BandField] = Field(
+        default_factory=dict, description="category id -> BELOW, BORDERLINE or ABOVE (any case), for the categories to check"
     )
     note: str = Field(default="", description="why this case is here, for the next reader")
 
@@ -60,24 +66,52 @@ class GoldenCases(_Strict):
     policy: Identifier = Field(description="id of the policy these cases test")
     cases: list[GoldenCase] = Field(min_length=1, description="a list of cases, each with image and expect")
 
-    @field_validator("cases")
     @classmethod
-    def _images_unique(cls, cases: list[GoldenCase]) -> list[GoldenCase]:
-        seen: set[str] = set()
-        for case in cases:
-            if case.image in seen:
-                raise ValueError(f"image {case.image!r} appears in more than one case")
-            seen.add(case.image)
-        return cases
+    def rule_problems(cls, data: Mapping[str, Any]) -> list[RuleProblem]:
+        """Rules spanning cases, on raw YAML data: reported together with every field error."""
+        problems = []
+        first: dict[str, int] = {}
+        cases = data.get("cases")
+        for number, case in enumerate(cases if isinstance(cases, list) else []):
+            image = case.get("image") if isinstance(case, Mapping) else None
+            if not isinstance(image, str):
+                continue
+            if image in first:
+                problems.append(
+                    RuleProblem(("cases", number, "image"), f"image {image!r} appears in more than one case", ("cases", first[image], "image"))
+                )
+            else:
+                first[image] = number
+        return problems
+
+    @model_validator(mode="after")
+    def _rules(self) -> GoldenCases:
+        problems = self.rule_problems(self.model_dump(mode="json"))
+        if problems:
+            raise PydanticCustomError(POLICY_RULES_ERROR, "{message}", {"message": "; ".join(p.message for p in problems)})
+        return self
 
 
 @dataclass(frozen=True)
 class CasesFile:
     path: Path
     cases: GoldenCases
+    text: str = field(default="", repr=False)  # the YAML, for the line numbers of later problems
 
     def image_path(self, case: GoldenCase) -> Path:
         return (self.path.parent / case.image).resolve()
+
+    def case_loc(self, case: GoldenCase) -> tuple[str, int]:
+        """Where `case` is in the file, for `problem`."""
+        return ("cases", self.cases.cases.index(case))
+
+    def problem(self, loc: tuple[Any, ...], message: str) -> PolicyProblem:
+        """A problem found after loading (scoring, another policy), with the line and field it concerns."""
+        try:
+            data = yaml.safe_load(self.text)
+        except yaml.YAMLError:
+            data = None
+        return PolicyProblem(str(self.path), line_of(self.text, loc), dotted(loc, data), message)
 
 
 def cases_path_for(policy_path: Path) -> Path:
@@ -88,28 +122,25 @@ def cases_path_for(policy_path: Path) -> Path:
 def load_cases_file(path: Path) -> CasesFile:
     text = read_yaml_file(path)
     cases = validate_yaml_text(text, str(path), GoldenCases, "a cases file must be a YAML mapping with policy and cases")
-    return CasesFile(path, cases)
+    return CasesFile(path, cases, text)
 
 
 def problems_against_policy(cases_file: CasesFile, policy: Policy) -> list[PolicyProblem]:
     """Cases that can never be checked against `policy`: wrong policy id, unknown category ids."""
-    source = str(cases_file.path)
     problems = []
     if cases_file.cases.policy != policy.id:
-        problems.append(PolicyProblem(source, None, "policy", f"cases are for policy {cases_file.cases.policy!r}, not {policy.id!r}"))
+        problems.append(cases_file.problem(("policy",), f"cases are for policy {cases_file.cases.policy!r}, not {policy.id!r}"))
     known = {c.id for c in policy.categories}
     for number, case in enumerate(cases_file.cases.cases):
-        named = [*(case.flagged or []), *case.bands]
-        for category_id in dict.fromkeys(named):
-            if category_id not in known:
-                problems.append(
-                    PolicyProblem(
-                        source,
-                        None,
-                        f"cases[{number}]",
-                        f"category {category_id!r} is not in policy {policy.id!r} (it has {', '.join(sorted(known))})",
+        for key, named in (("flagged", case.flagged or []), ("bands", list(case.bands))):
+            for category_id in dict.fromkeys(named):
+                if category_id not in known:
+                    problems.append(
+                        cases_file.problem(
+                            ("cases", number, key),
+                            f"category {category_id!r} is not in policy {policy.id!r} (it has {', '.join(sorted(known))})",
+                        )
                     )
-                )
     return problems
 
 

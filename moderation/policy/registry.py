@@ -1,7 +1,9 @@
 """The set of policies a server serves, each compiled for the loaded model.
 
 No torch here: compiling a policy (computing its text embeddings) is a function
-the server passes in, so this module stays testable without a model.
+the server passes in, so this module stays testable without a model. It is called
+as `compile_policy(policy, should_stop)` and must call `should_stop()` between
+chunks of work, raising CompileCancelled when it returns True (see compile.py).
 """
 
 from __future__ import annotations
@@ -10,16 +12,30 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from moderation.policy.loader import PolicyFileError, PolicyProblem, load_policy_file
-from moderation.policy.schema import Policy, PolicyMode, normalise_model_id
+from moderation.policy.compile import CompileCancelled, CompileControl, ShouldStop
+from moderation.policy.directory import (
+    POLICY_SUFFIXES,
+    Baseline,
+    ModelRule,
+    PolicyVersion,
+    check_policy_dir,
+    load_policy_dir,
+    policy_files,
+)
+from moderation.policy.schema import Policy, PolicyMode, content_sha256
 
 log = logging.getLogger(__name__)
 
 Compiled = TypeVar("Compiled")
-POLICY_SUFFIXES = (".yaml", ".yml")
+CompilePolicy = Callable[[Policy, ShouldStop], Compiled]
+__all__ = [
+    "POLICY_SUFFIXES", "CompilePolicy", "LoadSummary", "PolicyNotFound", "PolicyRegistry", "ServedPolicy",
+    "describe", "load_policy_dir", "policy_files",
+]  # fmt: skip
 
 
 class PolicyNotFound(KeyError):
@@ -38,43 +54,10 @@ class ServedPolicy(Generic[Compiled]):
     source_text: str
     compiled: Compiled
 
-
-def policy_files(directory: Path) -> list[Path]:
-    """Policy files in `directory`, skipping hidden entries such as a ConfigMap's `..data`."""
-    if not directory.is_dir():
-        raise PolicyFileError([PolicyProblem(str(directory), None, "", "policy directory does not exist")])
-    return sorted(p for p in directory.iterdir() if p.suffix in POLICY_SUFFIXES and not p.name.startswith(".") and p.is_file())
-
-
-def load_policy_dir(directory: Path) -> list[tuple[Policy, Path, str]]:
-    """Parse and validate every policy file; raise one error listing every problem."""
-    problems: list[PolicyProblem] = []
-    loaded: list[tuple[Policy, Path, str]] = []
-    files = policy_files(directory)
-    if not files:
-        raise PolicyFileError([PolicyProblem(str(directory), None, "", "no *.yaml policy files found")])
-    for path in files:
-        try:
-            policy, text = load_policy_file(path)
-        except PolicyFileError as err:
-            problems.extend(err.problems)
-            continue
-        loaded.append((policy, path, text))
-    seen: dict[str, Path] = {}
-    for policy, path, _ in loaded:
-        if policy.id in seen:
-            problems.append(PolicyProblem(str(path), None, "id", f"policy id {policy.id!r} is also used by {seen[policy.id]}"))
-        seen[policy.id] = path
-    active_ids = {policy.id for policy, _, _ in loaded if policy.mode is PolicyMode.ACTIVE}
-    for policy, path, _ in loaded:
-        if policy.shadow_of and policy.shadow_of not in active_ids:
-            problems.append(PolicyProblem(str(path), None, "shadow_of", f"no active policy {policy.shadow_of!r} in {directory}"))
-    defaults = [str(path) for policy, path, _ in loaded if policy.default]
-    if len(defaults) > 1:
-        problems.append(PolicyProblem(str(directory), None, "default", f"more than one policy is marked default: {', '.join(defaults)}"))
-    if problems:
-        raise PolicyFileError(problems)
-    return loaded
+    @cached_property
+    def content_sha256(self) -> str:
+        """What GetPolicy and ListPolicies report, and what a version check compares."""
+        return content_sha256(self.policy)
 
 
 @dataclass(frozen=True)
@@ -104,7 +87,7 @@ class PolicyRegistry(Generic[Compiled]):
     current snapshot serving.
     """
 
-    def __init__(self, compile_policy: Callable[[Policy], Compiled], model_id: str | None, random_weights: bool = False):
+    def __init__(self, compile_policy: CompilePolicy[Compiled], model_id: str | None, random_weights: bool = False):
         """`model_id` None: the server scores nothing (the explainer), so no model check applies."""
         self._compile = compile_policy
         self._model_id = model_id
@@ -113,33 +96,47 @@ class PolicyRegistry(Generic[Compiled]):
         # Serialises loads (the watcher and a manual reload must not interleave).
         self._load_lock = threading.Lock()
 
-    def load_directory(self, directory: Path) -> LoadSummary:
-        """Validate every file, compile new or changed policies, then swap. Raises PolicyFileError."""
+    @property
+    def model_id(self) -> str | None:
+        return self._model_id
+
+    @property
+    def random_weights(self) -> bool:
+        return self._random_weights
+
+    def load_directory(self, directory: Path, control: CompileControl | None = None) -> LoadSummary:
+        """Validate every file, compile new or changed policies, then swap.
+
+        Raises PolicyFileError (nothing valid to swap in) or CompileCancelled (stopped
+        through `control`, or over its budget); either way the current snapshot keeps serving.
+        """
+        control = control or CompileControl()
         with self._load_lock:
-            loaded = load_policy_dir(directory)
-            self._check_models(loaded)
             current = self._snapshot.policies
-            problems = []
-            for policy, path, _ in loaded:
-                old = current.get(policy.id)
-                if old is not None and old.policy != policy and old.policy.version == policy.version:
-                    problems.append(
-                        PolicyProblem(
-                            str(path), None, "version",
-                            f"policy {policy.id!r} changed but its version is still {policy.version!r}; "
-                            "bump the version so every decision names the rules it used",
-                        )  # fmt: skip
-                    )
-            if problems:
-                raise PolicyFileError(problems)
+            served_now = Baseline({k: PolicyVersion(v.policy.version, v.content_sha256) for k, v in current.items()})
+            checked = check_policy_dir(
+                directory,
+                model=ModelRule(self._model_id, self._random_weights) if self._model_id is not None else None,
+                baselines=[served_now],
+            )
+            for warning in checked.warnings:
+                log.warning("%s", warning)
             served, compiled = [], []
-            for policy, path, text in loaded:
-                old = current.get(policy.id)
-                if old is not None and old.policy == policy:
-                    served.append(ServedPolicy(policy, path, text, old.compiled))  # comments-only edits included
-                else:
-                    served.append(ServedPolicy(policy, path, text, self._compile(policy)))
-                    compiled.append(describe(served[-1]))
+            for entry in checked.policies:
+                old = current.get(entry.policy.id)
+                if old is not None and old.content_sha256 == entry.content_sha256:
+                    served.append(ServedPolicy(entry.policy, entry.path, entry.text, old.compiled))  # comments-only edits included
+                    continue
+                name = f"{entry.policy.id}@{entry.policy.version}"
+                if control.should_stop():
+                    raise control.cancelled(name)
+                log.info("computing text embeddings for %s (%d texts)", name, entry.policy.text_count)
+                try:
+                    result = self._compile(entry.policy, control.should_stop)
+                except CompileCancelled as err:
+                    raise (control.cancelled(name) if control.should_stop() else err) from None
+                served.append(ServedPolicy(entry.policy, entry.path, entry.text, result))
+                compiled.append(describe(served[-1]))
             removed = tuple(sorted(current.keys() - {s.policy.id for s in served}))
             self.replace_all(served)
             return LoadSummary(tuple(describe(s) for s in served), tuple(compiled), removed)
@@ -172,24 +169,6 @@ class PolicyRegistry(Generic[Compiled]):
     @property
     def default_id(self) -> str | None:
         return self._snapshot.default_id
-
-    def _check_models(self, loaded: list[tuple[Policy, Path, str]]) -> None:
-        if self._model_id is None:
-            return
-        problems = []
-        for policy, path, _ in loaded:
-            if policy.model is None or normalise_model_id(policy.model) == normalise_model_id(self._model_id):
-                continue
-            message = (
-                f"thresholds were calibrated for model {policy.model!r} but the server runs {self._model_id!r}"
-            )
-            if self._random_weights:
-                log.warning("%s: %s (ignored: random weights mean nothing anyway)", path, message)
-            else:
-                problems.append(PolicyProblem(str(path), None, "model", message + "; recalibrate or change the server's model"))
-        if problems:
-            raise PolicyFileError(problems)
-
 
 def _active(snapshot: _Snapshot[Compiled], policy_id: str) -> ServedPolicy[Compiled]:
     wanted = policy_id or snapshot.default_id

@@ -7,16 +7,50 @@ Pure pydantic: no torch, no I/O. Field descriptions double as the error hints
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import re
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
 CLAUSE_ID = r"^[A-Za-z][A-Za-z0-9._-]{0,31}$"
 
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER)]
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+
+# Cost bounds. Every served policy version is compiled by encoding each of its
+# texts (templates x prompts) with the CLIP text tower, and every request scores
+# against every prompt; categories become metric series and response fields.
+# Measured on this project's 2-core CPU: ViT-B-32's text tower takes about 40 ms
+# a text on idle cores (a full 77-token pass, ~6 GFLOP) and up to 130 ms with the
+# cores shared, so MAX_TEXTS compiles in 40 s to 2 minutes there.
+# policies/default.yaml uses 6 categories, 4 templates, 53 prompts and 212 texts:
+# the limits leave about 5x headroom over it.
+# docs/policies.md ("Limits") lists them; tests keep the two in step.
+MAX_CATEGORIES = 64  # categories in one policy
+MAX_TEMPLATES = 16  # prompt templates in one policy
+MAX_CATEGORY_PROMPTS = 32  # positive + contrast prompts of one category
+MAX_PROMPTS = 512  # benign + every category's positive and contrast prompts
+MAX_TEXTS = 1024  # templates x prompts: the texts a compile encodes
+LIMITS = {
+    "MAX_CATEGORIES": MAX_CATEGORIES,
+    "MAX_TEMPLATES": MAX_TEMPLATES,
+    "MAX_CATEGORY_PROMPTS": MAX_CATEGORY_PROMPTS,
+    "MAX_PROMPTS": MAX_PROMPTS,
+    "MAX_TEXTS": MAX_TEXTS,
+}
+
+
+def _upper(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 class Action(str, enum.Enum):
@@ -32,6 +66,9 @@ class Action(str, enum.Enum):
 
 
 _SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.BLOCK: 2}
+
+# Staff write `block`, `Block` or `BLOCK`; all mean the same action.
+ActionField = Annotated[Action, BeforeValidator(_upper)]
 
 
 class _Strict(BaseModel):
@@ -68,6 +105,9 @@ class EscalationSettings(_Strict):
     )
 
 
+ExplainerRoleField = Annotated[ExplainerRole, BeforeValidator(_lower)]
+
+
 class Category(_Strict):
     id: Identifier = Field(description="lower_snake_case id, unique in the policy")
     description: str = ""
@@ -78,9 +118,11 @@ class Category(_Strict):
         description="prompts for look-alike content that does not violate (e.g. 'a toy water pistol')",
     )
     thresholds: Thresholds
-    on_block: Action = Field(default=Action.BLOCK, description="BLOCK or REVIEW when the block threshold is crossed")
-    explainer: ExplainerRole = Field(
-        default=ExplainerRole.ADVISORY, description="'advisory' (default) or 'decisive' for borderline cases"
+    on_block: ActionField = Field(default=Action.BLOCK, description="BLOCK or REVIEW when the block threshold is crossed")
+    explainer: ExplainerRoleField = Field(
+        default=ExplainerRole.ADVISORY,
+        description="'advisory' (default: SmolVLM2's verdict only informs the reviewer) or 'decisive' "
+        "(its verdict settles borderline cases)",
     )
 
     @field_validator("on_block")
@@ -96,6 +138,18 @@ class PolicyMode(str, enum.Enum):
     SHADOW = "shadow"
 
 
+PolicyModeField = Annotated[PolicyMode, BeforeValidator(_lower)]
+
+
+def _one_slot(template: str) -> str:
+    if template.count("{}") != 1:
+        raise ValueError(f"template {template!r} must contain exactly one '{{}}' where the prompt goes")
+    return template
+
+
+Template = Annotated[str, StringConstraints(min_length=3, max_length=200), AfterValidator(_one_slot)]
+
+
 class Policy(_Strict):
     id: Identifier = Field(description="lower_snake_case policy id")
     version: str = Field(
@@ -103,7 +157,7 @@ class Policy(_Strict):
     )
     description: str = ""
     default: bool = Field(default=False, description="serve this policy when a request names none")
-    mode: PolicyMode = Field(
+    mode: PolicyModeField = Field(
         default=PolicyMode.ACTIVE,
         description="'active' decides requests; 'shadow' is evaluated beside the policy named in shadow_of, "
         "and its decisions go only to metrics and the audit log",
@@ -113,7 +167,7 @@ class Policy(_Strict):
         default=None,
         description="the CLIP model the thresholds were calibrated for, e.g. 'ViT-B-32/laion2b_s34b_b79k'",
     )
-    templates: list[Annotated[str, StringConstraints(min_length=3, max_length=200)]] = Field(
+    templates: list[Template] = Field(
         default_factory=lambda: ["a photo of {}."],
         min_length=1,
         description="prompt templates, each containing '{}' where a prompt goes",
@@ -128,32 +182,25 @@ class Policy(_Strict):
         # YAML reads `version: 3` or `version: 1.2` as numbers; a version is text.
         return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
-    @field_validator("templates")
     @classmethod
-    def _templates_have_slot(cls, templates: list[str]) -> list[str]:
-        for template in templates:
-            if template.count("{}") != 1:
-                raise ValueError(f"template {template!r} must contain exactly one '{{}}' where the prompt goes")
-        return templates
+    def rule_problems(cls, data: Mapping[str, Any]) -> list[RuleProblem]:
+        """The rules spanning fields, on raw YAML data (see policy_rule_problems)."""
+        return policy_rule_problems(data)
 
     @model_validator(mode="after")
-    def _shadow_fields_agree(self) -> Policy:
-        if self.mode is PolicyMode.SHADOW:
-            if not self.shadow_of:
-                raise ValueError("a shadow policy needs shadow_of: the id of the active policy it runs beside")
-            if self.default:
-                raise ValueError("a shadow policy cannot be the default: it never decides requests")
-            if self.shadow_of == self.id:
-                raise ValueError("shadow_of must name another policy")
-        elif self.shadow_of:
-            raise ValueError("shadow_of is only for policies with mode: shadow")
+    def _policy_rules(self) -> Policy:
+        # The same checks the loader runs on raw YAML (so that they are reported
+        # together with field errors); here they guard policies built in code.
+        problems = policy_rule_problems(self.model_dump(mode="json"))
+        if problems:
+            raise PydanticCustomError(POLICY_RULES_ERROR, "{message}", {"message": "; ".join(p.message for p in problems)})
         return self
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> Policy:
-        _require_unique("category id", [c.id for c in self.categories])
-        _require_unique("clause id", [c.clause.id for c in self.categories])
-        return self
+    @property
+    def text_count(self) -> int:
+        """Texts a compile of this policy encodes (at most MAX_TEXTS)."""
+        prompts = len(self.benign) + sum(len(c.positive) + len(c.contrast) for c in self.categories)
+        return policy_text_count(len(self.templates), prompts)
 
     def category(self, category_id: str) -> Category:
         for category in self.categories:
@@ -162,12 +209,120 @@ class Policy(_Strict):
         raise KeyError(category_id)
 
 
-def _require_unique(what: str, values: list[str]) -> None:
-    seen: set[str] = set()
-    for value in values:
-        if value in seen:
-            raise ValueError(f"{what} {value!r} appears more than once")
-        seen.add(value)
+POLICY_RULES_ERROR = "policy_rules"
+
+Loc = tuple[str | int, ...]
+
+
+class RuleProblem:
+    """A problem spanning fields: where (a pydantic-style location), what, and where it first appeared."""
+
+    __slots__ = ("loc", "message", "first")
+
+    def __init__(self, loc: Loc, message: str, first: Loc | None = None):
+        self.loc, self.message, self.first = loc, message, first
+
+    def __repr__(self) -> str:
+        return f"RuleProblem({self.loc!r}, {self.message!r}, {self.first!r})"
+
+
+def _items(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: object) -> str | None:
+    value = getattr(value, "value", value)  # enums, as in a model_dump
+    return value if isinstance(value, str) else None
+
+
+def policy_text_count(templates: int, prompts: int) -> int:
+    """Texts a compile encodes: every prompt in every template."""
+    return templates * prompts
+
+
+def policy_rule_problems(data: Mapping[str, Any]) -> list[RuleProblem]:
+    """Rules spanning fields (shadow settings, unique ids, cost limits), on raw YAML data.
+
+    Tolerant of malformed input: a field of the wrong type is a field error the
+    schema reports; the rules that need it are skipped. Run on raw data, these
+    come out in the same run as every field error.
+    """
+    problems: list[RuleProblem] = []
+    mode = (_text(data.get("mode")) or "active").strip().lower()
+    shadow_of = data.get("shadow_of")
+    if mode == "shadow":
+        if not shadow_of:
+            problems.append(RuleProblem(("mode",), "a shadow policy needs shadow_of: the id of the active policy it runs beside"))
+        if data.get("default") is True:
+            problems.append(RuleProblem(("default",), "a shadow policy cannot be the default: it never decides requests"))
+        if shadow_of and shadow_of == data.get("id"):
+            problems.append(RuleProblem(("shadow_of",), "shadow_of must name another policy, not this one"))
+    elif shadow_of and mode == "active":
+        problems.append(RuleProblem(("shadow_of",), "shadow_of is only for policies with mode: shadow"))
+
+    categories = [c if isinstance(c, Mapping) else {} for c in _items(data.get("categories"))]
+    for what, key_of in (
+        ("category id", lambda c: (("id",), c.get("id"))),
+        ("clause id", lambda c: (("clause", "id"), c.get("clause", {}).get("id") if isinstance(c.get("clause"), Mapping) else None)),
+    ):
+        first_seen: dict[str, int] = {}
+        for number, category in enumerate(categories):
+            path, value = key_of(category)
+            if not isinstance(value, str):
+                continue
+            if value in first_seen:
+                problems.append(
+                    RuleProblem(
+                        ("categories", number, *path),
+                        f"{what} {value!r} is used twice; each {what} must be unique in the policy",
+                        ("categories", first_seen[value], *path),
+                    )
+                )
+            else:
+                first_seen[value] = number
+
+    templates = _items(data.get("templates")) if "templates" in data else [None]
+    prompts = len(_items(data.get("benign")))
+    if len(categories) > MAX_CATEGORIES:
+        problems.append(RuleProblem(("categories",), _over("categories", len(categories), MAX_CATEGORIES, "MAX_CATEGORIES")))
+    if len(templates) > MAX_TEMPLATES:
+        problems.append(RuleProblem(("templates",), _over("templates", len(templates), MAX_TEMPLATES, "MAX_TEMPLATES")))
+    for number, category in enumerate(categories):
+        own = len(_items(category.get("positive"))) + len(_items(category.get("contrast")))
+        prompts += own
+        if own > MAX_CATEGORY_PROMPTS:
+            problems.append(
+                RuleProblem(
+                    ("categories", number),
+                    _over("positive and contrast prompts", own, MAX_CATEGORY_PROMPTS, "MAX_CATEGORY_PROMPTS", "a category"),
+                )
+            )
+    if prompts > MAX_PROMPTS:
+        problems.append(RuleProblem((), _over("prompts (benign, positive and contrast together)", prompts, MAX_PROMPTS, "MAX_PROMPTS")))
+    texts = policy_text_count(len(templates), prompts)
+    if texts > MAX_TEXTS:
+        problems.append(
+            RuleProblem(
+                ("templates",),
+                f"{len(templates)} templates x {prompts} prompts = {texts} texts to encode; a policy may have at most "
+                f"{MAX_TEXTS} (limit MAX_TEXTS, docs/policies.md#limits): use fewer templates or prompts",
+            )
+        )
+    return problems
+
+
+def _over(what: str, count: int, limit: int, name: str, owner: str = "a policy") -> str:
+    return f"{count} {what}; {owner} may have at most {limit} (limit {name}, docs/policies.md#limits)"
+
+
+def content_sha256(policy: Policy) -> str:
+    """A hash of what a policy decides with, blind to comments, layout and fields left at their default.
+
+    Equal hashes mean equal rules: the server and `moderation policy validate`
+    compare it to refuse a changed policy that kept its version.
+    """
+    canonical = json.dumps(policy.model_dump(mode="json", exclude_defaults=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def normalise_model_id(model_id: str) -> str:

@@ -59,6 +59,7 @@ def policy_summary_to_pb(served: ServedPolicy, is_default: bool) -> pb.PolicySum
         category_ids=[c.id for c in p.categories],
         mode=p.mode.value,
         shadow_of=p.shadow_of or "",
+        content_sha256=served.content_sha256,
     )
 
 
@@ -84,6 +85,7 @@ def policy_to_pb(served: ServedPolicy, is_default: bool) -> pb.GetPolicyResponse
             for c in p.categories
         ],
         source_yaml=served.source_text,
+        content_sha256=served.content_sha256,
     )
 
 

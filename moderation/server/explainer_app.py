@@ -82,7 +82,7 @@ class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
 async def serve_explainer(settings: Settings) -> None:
     """Run the ExplainerService until SIGTERM or SIGINT."""
     metrics = new_metrics()
-    registry: PolicyRegistry = PolicyRegistry(lambda policy: None, model_id=None)
+    registry: PolicyRegistry = PolicyRegistry(lambda policy, should_stop: None, model_id=None)
     reloader = PolicyReloader(registry, settings.policies, metrics, model_id=settings.explainer_model)
     limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     servicer = ExplainerServicer(registry, limits, settings.explainer_max_new_tokens)

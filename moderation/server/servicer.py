@@ -176,7 +176,11 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         except ServiceError as err:
             await context.abort(err.code, err.message)
         default_id = registry.default_id
-        return pb.ListPoliciesResponse(policies=[convert.policy_summary_to_pb(s, s.policy.id == default_id) for s in registry.all()])
+        return pb.ListPoliciesResponse(
+            policies=[convert.policy_summary_to_pb(s, s.policy.id == default_id) for s in registry.all()],
+            model=registry.model_id or "",
+            random_weights=registry.random_weights,
+        )
 
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.GetPolicyResponse:
         try:

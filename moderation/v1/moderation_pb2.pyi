@@ -218,7 +218,7 @@ class ListPoliciesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PolicySummary(_message.Message):
-    __slots__ = ("id", "version", "description", "is_default", "category_ids", "mode", "shadow_of")
+    __slots__ = ("id", "version", "description", "is_default", "category_ids", "mode", "shadow_of", "content_sha256")
     ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +226,7 @@ class PolicySummary(_message.Message):
     CATEGORY_IDS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SHADOW_OF_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     id: str
     version: str
     description: str
@@ -233,13 +234,18 @@ class PolicySummary(_message.Message):
     category_ids: _containers.RepeatedScalarFieldContainer[str]
     mode: str
     shadow_of: str
-    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., category_ids: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., shadow_of: _Optional[str] = ...) -> None: ...
+    content_sha256: str
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., category_ids: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., shadow_of: _Optional[str] = ..., content_sha256: _Optional[str] = ...) -> None: ...
 
 class ListPoliciesResponse(_message.Message):
-    __slots__ = ("policies",)
+    __slots__ = ("policies", "model", "random_weights")
     POLICIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     policies: _containers.RepeatedCompositeFieldContainer[PolicySummary]
-    def __init__(self, policies: _Optional[_Iterable[_Union[PolicySummary, _Mapping]]] = ...) -> None: ...
+    model: str
+    random_weights: bool
+    def __init__(self, policies: _Optional[_Iterable[_Union[PolicySummary, _Mapping]]] = ..., model: _Optional[str] = ..., random_weights: _Optional[bool] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ("policy_id",)
@@ -274,7 +280,7 @@ class PolicyCategory(_message.Message):
     def __init__(self, id: _Optional[str] = ..., clause: _Optional[_Union[Clause, _Mapping]] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., action_on_block: _Optional[_Union[Action, str]] = ..., positive_prompts: _Optional[_Iterable[str]] = ..., contrast_prompts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetPolicyResponse(_message.Message):
-    __slots__ = ("id", "version", "description", "is_default", "templates", "benign_prompts", "categories", "source_yaml")
+    __slots__ = ("id", "version", "description", "is_default", "templates", "benign_prompts", "categories", "source_yaml", "content_sha256")
     ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +289,7 @@ class GetPolicyResponse(_message.Message):
     BENIGN_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_YAML_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     id: str
     version: str
     description: str
@@ -291,4 +298,5 @@ class GetPolicyResponse(_message.Message):
     benign_prompts: _containers.RepeatedScalarFieldContainer[str]
     categories: _containers.RepeatedCompositeFieldContainer[PolicyCategory]
     source_yaml: str
-    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., templates: _Optional[_Iterable[str]] = ..., benign_prompts: _Optional[_Iterable[str]] = ..., categories: _Optional[_Iterable[_Union[PolicyCategory, _Mapping]]] = ..., source_yaml: _Optional[str] = ...) -> None: ...
+    content_sha256: str
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., templates: _Optional[_Iterable[str]] = ..., benign_prompts: _Optional[_Iterable[str]] = ..., categories: _Optional[_Iterable[_Union[PolicyCategory, _Mapping]]] = ..., source_yaml: _Optional[str] = ..., content_sha256: _Optional[str] = ...) -> None: ...

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
 
 import grpc
 import pytest
@@ -16,7 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
 from tests import images
-from tests.conftest import POLICIES, TINY_CLIP
+from moderation.cli import app
+from moderation.policy import load_policy_file
+from moderation.policy.schema import MAX_CATEGORY_PROMPTS, MAX_TEMPLATES, MAX_TEXTS, content_sha256
+from tests.conftest import POLICIES, ROOT, TINY_CLIP
 from tests.integration.server import RunningServer, running_server
 
 pytestmark = pytest.mark.integration
@@ -119,7 +126,7 @@ def test_configmap_edits_under_load(tmp_path: Path) -> None:
             seen = len(load.versions)
             wait_for(lambda: len(load.versions) >= seen + 5)
             assert set(load.versions[seen:]) == {"v2"}
-            assert re.search(r"policy edit rejected.*default\.yaml:\d+: categories\[0\]\.thresholds\.block", server.log_text())
+            assert re.search(r"policy edit rejected.*default\.yaml:\d+: categories\[sexual_content\]\.thresholds\.block", server.log_text())
 
             # 3. Changing rules without bumping the version is refused too.
             errors_before = reload_counts(server)["error"]
@@ -133,3 +140,80 @@ def test_configmap_edits_under_load(tmp_path: Path) -> None:
 
         assert load.failures == [], load.failures[:5]
         assert {"v1", "v2", "v4"} <= set(load.versions) and "v3" not in load.versions
+
+
+# ViT-B-32's text tower (12 layers, width 512) behind a tiny image tower: compiling
+# a policy costs what it costs in production, about 20-40 ms a text on 2 CPU cores.
+WIDE_TEXT_CLIP = ROOT / "tests" / "fixtures" / "wide-text-clip"
+
+
+def small_policy(version: str) -> str:
+    return f"""\
+id: p
+version: "{version}"
+benign: ["a cat"]
+categories:
+  - id: weapons
+    clause: {{id: W-1, text: "No threatening display of firearms."}}
+    positive: ["a gun"]
+    thresholds: {{review: 0.3, block: 0.6}}
+"""
+
+
+def heavy_policy(version: str) -> str:
+    """Valid, at the limits: MAX_TEXTS texts, tens of seconds to compile with this text tower."""
+    data = yaml.safe_load(small_policy(version))
+    data["templates"] = [f"picture {i}: {{}}." for i in range(MAX_TEMPLATES)]
+    data["benign"] = [f"an ordinary scene number {i}" for i in range(MAX_TEXTS // MAX_TEMPLATES - MAX_CATEGORY_PROMPTS)]
+    data["categories"][0]["positive"] = [f"a weapon of kind {i}" for i in range(MAX_CATEGORY_PROMPTS)]
+    return yaml.safe_dump(data)
+
+
+def served_version(server: RunningServer) -> str:
+    with server.channel() as channel:
+        return pb_grpc.ModerationServiceStub(channel).GetPolicy(pb.GetPolicyRequest(), timeout=10).version
+
+
+def test_heavy_reload_is_superseded_by_a_newer_edit_and_stops_at_sigterm(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(small_policy("v1"))
+    with running_server(tmp_path, "--policies", str(policies), "--model", f"local-dir:{WIDE_TEXT_CLIP}", "--weights", "random") as server:
+        # 1. A heavy (valid) edit starts compiling; a fix written meanwhile is served
+        #    at once instead of waiting the tens of seconds the heavy compile takes.
+        (policies / "p.yaml").write_text(heavy_policy("v2"))
+        wait_for(lambda: f"computing text embeddings for p@v2 ({MAX_TEXTS} texts)" in server.log_text())
+        (policies / "p.yaml").write_text(small_policy("v3"))
+        wait_for(lambda: served_version(server) == "v3", timeout_s=20)
+        assert "policy reload stopped, previous versions keep serving: p@v2: a newer edit" in server.log_text()
+
+        # 2. SIGTERM during a heavy compile: the process exits promptly, cleanly.
+        (policies / "p.yaml").write_text(heavy_policy("v4"))
+        wait_for(lambda: "computing text embeddings for p@v4" in server.log_text())
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 15, f"exit took {time.monotonic() - started:.0f} s"
+        assert "stopped" in server.log_text().splitlines()[-1]
+
+
+def test_validate_against_the_running_server(server: RunningServer, tmp_path: Path) -> None:
+    policy, text = load_policy_file(POLICIES / "default.yaml")
+    with server.channel() as channel:
+        listed = pb_grpc.ModerationServiceStub(channel).ListPolicies(pb.ListPoliciesRequest(), timeout=10)
+    (summary,) = listed.policies
+    assert summary.content_sha256 == content_sha256(policy)
+    assert listed.model.endswith("/random") and listed.random_weights
+
+    def validate(edited: str):  # noqa: ANN202
+        (tmp_path / "default.yaml").write_text(edited)
+        return CliRunner().invoke(app, ["policy", "validate", str(tmp_path), "--served", server.target])
+
+    assert validate("# only a comment changed\n" + text).exit_code == 0
+    result = validate(text.replace("a city street", "a busy city street"))
+    assert result.exit_code == 1
+    assert f"version: policy 'default' changed but its version is still '{policy.version}' (as served at {server.target})" in result.output
+    assert validate(with_version("2099-01-01.1", text.replace("a city street", "a busy city street"))).exit_code == 0
+    # The server runs random weights: a model mismatch is reported as it would be, a warning.
+    result = validate(with_version("2099-01-01.1", text.replace("model: ViT-B-32/laion2b_s34b_b79k", "model: ViT-L-14/openai")))
+    assert result.exit_code == 0 and "calibrated for model 'ViT-L-14/openai'" in result.output and "ignored" in result.output

@@ -82,4 +82,4 @@ def test_invalid_policy_directory_refuses_to_start(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "invalid policy: " in result.stderr and "broken.yaml:4: categories: List should have at least 1 item" in result.stderr
+    assert "invalid policy: " in result.stderr and "broken.yaml:4: categories: must not be empty" in result.stderr

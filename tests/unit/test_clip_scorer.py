@@ -72,10 +72,10 @@ def test_text_is_encoded_once_per_policy_not_per_request(scorer: ClipScorer) -> 
 
 
 def test_compile_can_be_stopped_between_chunks(scorer: ClipScorer) -> None:
-    from moderation.clip.scorer import CompileStopped
+    from moderation.policy.compile import CompileCancelled
 
     policy, _ = load_policy_file(POLICIES / "default.yaml")
-    with pytest.raises(CompileStopped, match="stopped after 0 of"):
+    with pytest.raises(CompileCancelled, match="stopped after 0 of"):
         scorer.index_policy(policy, should_stop=lambda: True)
 
 

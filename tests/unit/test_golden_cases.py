@@ -40,12 +40,13 @@ def test_cases_file_reads_and_resolves_images_beside_it(tmp_path: Path) -> None:
 
 def test_unknown_case_field_is_reported_at_its_line(tmp_path: Path) -> None:
     (problem,) = problems_of(tmp_path, "policy: p\ncases:\n  - image: a.jpg\n    expect: ALLOW\n    expected_bands: {}\n")
-    assert problem.startswith(f"{tmp_path / 'p.tests.yaml'}:5: cases[0].expected_bands: unknown field")
+    assert problem.startswith(f"{tmp_path / 'p.tests.yaml'}:5: cases[a.jpg].expected_bands: unknown field 'expected_bands'")
+    assert "a case takes image, expect, flagged, bands, note" in problem
 
 
 def test_bad_action_names_what_is_expected(tmp_path: Path) -> None:
     (problem,) = problems_of(tmp_path, "policy: p\ncases:\n  - image: a.jpg\n    expect: DENY\n")
-    assert ":4: cases[0].expect:" in problem and "ALLOW" in problem
+    assert problem.endswith(":4: cases[a.jpg].expect: must be one of ALLOW, REVIEW or BLOCK, not the text 'DENY'")
 
 
 @pytest.mark.parametrize(
@@ -73,8 +74,9 @@ def test_cases_naming_unknown_categories_or_another_policy(tmp_path: Path) -> No
     path = write_cases(tmp_path, "policy: q\ncases:\n  - {image: a.jpg, expect: REVIEW, flagged: [weapon], bands: {drugs: BELOW}}\n")
     problems = [str(p) for p in problems_against_policy(load_cases_file(path), POLICY)]
     assert any("cases are for policy 'q', not 'p'" in p for p in problems)
-    assert any("cases[0]: category 'weapon' is not in policy 'p' (it has violence, weapons)" in p for p in problems)
-    assert any("category 'drugs' is not in policy 'p'" in p for p in problems)
+    assert f"{path}:1: policy: cases are for policy 'q', not 'p'" in problems
+    assert f"{path}:3: cases[a.jpg].flagged: category 'weapon' is not in policy 'p' (it has violence, weapons)" in problems
+    assert f"{path}:3: cases[a.jpg].bands: category 'drugs' is not in policy 'p' (it has violence, weapons)" in problems
 
 
 def test_mismatches_name_action_flagged_set_and_bands(tmp_path: Path) -> None:
@@ -106,3 +108,25 @@ def test_every_shipped_policy_has_valid_cases_with_decodable_images() -> None:
         for case in cases_file.cases.cases:
             image = decode_image(cases_file.image_path(case).read_bytes(), DecodeLimits())
             assert max(image.size) <= 512, f"{case.image}: keep sample images small"
+
+
+def test_actions_and_bands_in_any_case(tmp_path: Path) -> None:
+    path = write_cases(tmp_path, "policy: p\ncases:\n  - {image: a.jpg, expect: review, flagged: [weapons], bands: {weapons: borderline}}\n")
+    (case,) = load_cases_file(path).cases.cases
+    assert case.expect.value == "REVIEW" and case.bands["weapons"].value == "BORDERLINE"
+
+
+def test_rule_problems_carry_no_misleading_hint_and_come_with_field_errors(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        "policy: p\ncases:\n"
+        "  - {image: a.jpg, expect: BLOCK, flagged: []}\n"
+        "  - {image: b.jpg, expect: DENY}\n"
+        "  - {image: a.jpg, expect: ALLOW}\n",
+    )
+    path = tmp_path / "p.tests.yaml"
+    assert problems == [
+        f"{path}:3: cases[a.jpg]: flagged is empty, so the action can only be ALLOW, not BLOCK",
+        f"{path}:4: cases[b.jpg].expect: must be one of ALLOW, REVIEW or BLOCK, not the text 'DENY'",
+        f"{path}:5: cases[a.jpg].image: image 'a.jpg' appears in more than one case (first on line 3)",
+    ]

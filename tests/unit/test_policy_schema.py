@@ -56,15 +56,15 @@ def test_numeric_version_is_text_and_defaults_apply() -> None:
 def test_errors_name_file_line_field_and_expectation() -> None:
     text = VALID.replace("review: 0.3", "review: 1.5")
     (problem,) = problems_of(text)
-    assert problem.startswith("p.yaml:8: categories[0].thresholds.review:")
-    assert "less than or equal to 1" in problem
+    assert problem.startswith("p.yaml:8: categories[weapons].thresholds.review:")
+    assert "must be at most 1.0, not 1.5" in problem
     assert "expected scores at or above this go to REVIEW" in problem
 
 
 def test_unknown_field_is_reported_at_its_line() -> None:
     text = VALID + "    treshold: 0.5\n"
     (problem,) = problems_of(text)
-    assert problem.startswith("p.yaml:9: categories[0].treshold: unknown field")
+    assert problem.startswith("p.yaml:9: categories[weapons].treshold: unknown field 'treshold' (did you mean 'thresholds'?")
 
 
 def test_missing_field_is_reported() -> None:
@@ -95,7 +95,8 @@ def test_duplicate_category_and_clause_ids() -> None:
     data = yaml.safe_load(VALID)
     data["categories"].append(dict(data["categories"][0]))
     problems = problems_of(yaml.safe_dump(data))
-    assert any("category id 'weapons' appears more than once" in p for p in problems)
+    assert any("category id 'weapons' is used twice" in p for p in problems)
+    assert any("clause id 'W-1' is used twice" in p for p in problems)
 
 
 def test_broken_yaml_points_at_line() -> None:
@@ -133,11 +134,11 @@ def test_directory_skips_configmap_internals(tmp_path: Path) -> None:
 def test_registry_default_lookup_and_model_check(tmp_path: Path) -> None:
     _write(tmp_path, "a.yaml", VALID.replace("id: test", "id: alpha\ndefault: true"))
     _write(tmp_path, "b.yaml", VALID.replace("id: test", "id: beta\nmodel: ViT-L-14/openai"))
-    registry = PolicyRegistry(lambda policy: policy.id.upper(), model_id="ViT-B-32/laion2b_s34b_b79k")
+    registry = PolicyRegistry(lambda policy, should_stop: policy.id.upper(), model_id="ViT-B-32/laion2b_s34b_b79k")
     with pytest.raises(PolicyFileError, match="calibrated for model 'ViT-L-14/openai'"):
         registry.load_directory(tmp_path)
 
-    random_registry = PolicyRegistry(lambda policy: policy.id.upper(), model_id="ViT-B-32/random", random_weights=True)
+    random_registry = PolicyRegistry(lambda policy, should_stop: policy.id.upper(), model_id="ViT-B-32/random", random_weights=True)
     random_registry.load_directory(tmp_path)
     assert random_registry.get("").policy.id == "alpha"
     assert random_registry.get("beta").compiled == "BETA"
@@ -157,9 +158,149 @@ def test_shadow_must_name_an_active_policy_and_is_not_served_directly(tmp_path: 
     with pytest.raises(PolicyFileError, match="no active policy 'missing'"):
         load_policy_dir(tmp_path)
     _write(tmp_path, "b.yaml", VALID.replace("id: test", "id: test_shadow") + "mode: shadow\nshadow_of: test\n")
-    registry = PolicyRegistry(lambda policy: policy.id, model_id="m")
+    registry = PolicyRegistry(lambda policy, should_stop: policy.id, model_id="m")
     registry.load_directory(tmp_path)
     active, shadows = registry.with_shadows("")
     assert active.policy.id == "test" and [s.policy.id for s in shadows] == ["test_shadow"]
     with pytest.raises(PolicyNotFound, match="served policies: test$"):
         registry.get("test_shadow")
+
+
+# -- cost limits ----------------------------------------------------------------------
+
+
+def _policy_with(categories: int = 1, prompts_each: int = 1, templates: int = 1, benign: int = 1) -> str:
+    data = {
+        "id": "big",
+        "version": "1",
+        "templates": [f"{i} {{}}." for i in range(templates)],
+        "benign": [f"benign {i}" for i in range(benign)],
+        "categories": [
+            {
+                "id": f"c{c}",
+                "clause": {"id": f"C-{c}", "text": "A clause long enough to read."},
+                "positive": [f"positive {c} {i}" for i in range(prompts_each)],
+                "thresholds": {"review": 0.3, "block": 0.6},
+            }
+            for c in range(categories)
+        ],
+    }
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def test_limits_name_the_limit_and_allow_policies_at_it() -> None:
+    from moderation.policy.schema import MAX_CATEGORIES, MAX_CATEGORY_PROMPTS, MAX_PROMPTS, MAX_TEMPLATES, MAX_TEXTS
+
+    at_limits = load_policy_text(_policy_with(categories=MAX_CATEGORIES, prompts_each=7, templates=2, benign=MAX_PROMPTS - 7 * MAX_CATEGORIES))
+    assert at_limits.text_count == MAX_TEXTS == 1024
+    (problem,) = problems_of(_policy_with(categories=MAX_CATEGORIES + 1))
+    assert problem == "p.yaml:7: categories: 65 categories; a policy may have at most 64 (limit MAX_CATEGORIES, docs/policies.md#limits)"
+    (problem,) = problems_of(_policy_with(templates=MAX_TEMPLATES + 1))
+    assert problem == "p.yaml:3: templates: 17 templates; a policy may have at most 16 (limit MAX_TEMPLATES, docs/policies.md#limits)"
+    (problem,) = problems_of(_policy_with(prompts_each=MAX_CATEGORY_PROMPTS + 1))
+    assert problem.startswith("p.yaml:8: categories[c0]: 33 positive and contrast prompts; a category may have at most 32")
+    (problem,) = problems_of(_policy_with(benign=MAX_PROMPTS))
+    assert problem.startswith("p.yaml:1: 513 prompts (benign, positive and contrast together); a policy may have at most 512 (limit MAX_PROMPTS")
+    (problem,) = problems_of(_policy_with(templates=16, benign=64))
+    assert problem.startswith("p.yaml:3: templates: 16 templates x 65 prompts = 1040 texts to encode; a policy may have at most 1024")
+    assert "(limit MAX_TEXTS" in problem
+
+
+def test_the_2000_by_2000_policy_of_the_incident_is_refused_quickly() -> None:
+    import time
+
+    started = time.monotonic()
+    problems = problems_of(_policy_with(templates=2000, benign=2000))
+    assert time.monotonic() - started < 5
+    assert any("limit MAX_TEMPLATES" in p for p in problems) and any("limit MAX_TEXTS" in p for p in problems)
+
+
+# -- every problem at once, in plain words ----------------------------------------------
+
+
+def test_every_problem_of_a_file_comes_out_in_one_run_at_its_line() -> None:
+    text = (
+        VALID.replace("id: test", "id: test\nmode: shadow")
+        + "  - id: weapons\n"
+        + "    clause: {id: W-2, text: 'Another firearms clause.'}\n"
+        + "    positive: ['a rifle']\n"
+        + "    thresholds: {review: 0.3, block: 0.6}\n"
+        + "    on_blok: REVIEW\n"
+    )
+    problems = problems_of(text)
+    assert problems[:2] == [
+        "p.yaml:2: mode: a shadow policy needs shadow_of: the id of the active policy it runs beside",
+        "p.yaml:10: categories[weapons].id: category id 'weapons' is used twice; each category id must be unique in the policy "
+        "(first on line 6)",
+    ]
+    assert problems[2].startswith("p.yaml:14: categories[weapons].on_blok: unknown field 'on_blok' (did you mean 'on_block'? a category takes id,")
+    assert len(problems) == 3
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda t: t.replace('clause: {id: W-1, text: "No threatening display of firearms."}', "clause: W-1"),
+            "p.yaml:6: categories[weapons].clause: must be a mapping with id, text (one 'key: value' per line, or {key: value, ...}), "
+            "not the text 'W-1'",
+        ),
+        (
+            lambda t: t.replace('    positive: ["a gun"]', '     positive: ["a gun"]'),
+            "p.yaml:7: not valid YAML: this line does not line up with the lines above it: the keys of one mapping start in the same column",
+        ),
+        (lambda t: t.replace("  - id: weapons", "\t- id: weapons"), "p.yaml:5: not valid YAML: a tab character: indent with spaces only"),
+        (
+            lambda t: t.replace("{review: 0.3, block: 0.6}", "[0.3, 0.6]"),
+            "p.yaml:8: categories[weapons].thresholds: must be a mapping with review, block (one 'key: value' per line, or "
+            "{key: value, ...}), not a list",
+        ),
+        (
+            lambda t: t.replace("id: weapons", "id: Weapons"),
+            "p.yaml:5: categories[Weapons].id: must be lower_snake_case: a lowercase letter, then lowercase letters, digits or '_', "
+            "at most 63 characters (e.g. 'graphic_violence'), not the text 'Weapons'",
+        ),
+        (
+            lambda t: t.replace('positive: ["a gun"]', "positive: []"),
+            "p.yaml:7: categories[weapons].positive: must not be empty (expected prompts describing violating content)",
+        ),
+        (
+            lambda t: t + "    explainer: final\n",
+            "p.yaml:9: categories[weapons].explainer: must be one of advisory or decisive, not the text 'final'",
+        ),
+        (
+            lambda t: t.replace("    thresholds:", "    positive: ['a rifle']\n    thresholds:"),
+            "p.yaml:8: categories[weapons]: 'positive' appears twice in this mapping (first on line 7); YAML would silently keep "
+            "only the last one: delete or merge one of them",
+        ),
+    ],
+)
+def test_problems_read_as_plain_sentences(edit, expected: str) -> None:  # noqa: ANN001
+    problems = problems_of(edit(VALID))
+    assert problems == [expected]
+    for jargon in ("Input should", "instance of", "<block end>", "Value error", "validation"):
+        assert jargon not in problems[0]
+
+
+def test_actions_roles_and_modes_are_case_insensitive() -> None:
+    text = VALID + "    on_block: review\n    explainer: Decisive\n"
+    policy = load_policy_text(text)
+    assert policy.categories[0].on_block is Action.REVIEW
+    assert policy.categories[0].explainer.value == "decisive"
+    assert load_policy_text(VALID.replace("id: test", "id: test\nmode: Shadow\nshadow_of: other")).mode.value == "shadow"
+
+
+def test_a_file_with_thousands_of_problems_shows_the_first_ones() -> None:
+    text = _policy_with(categories=60).replace("review: 0.3", "review: high")
+    problems = problems_of(text)
+    assert len(problems) == 51
+    assert problems[-1] == "p.yaml: and more problems not shown: 10 of them; fix these first"
+
+
+def test_content_hash_ignores_comments_layout_and_defaults() -> None:
+    from moderation.policy.schema import content_sha256
+
+    plain = load_policy_text(VALID)
+    commented = load_policy_text("# a note\n" + VALID.replace("{review: 0.3, block: 0.6}", "\n      review: 0.30\n      block: 0.6") + "    on_block: BLOCK\n")
+    assert content_sha256(plain) == content_sha256(commented)
+    assert content_sha256(plain) != content_sha256(load_policy_text(VALID.replace("a gun", "a rifle")))

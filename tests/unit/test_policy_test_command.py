@@ -42,8 +42,9 @@ def test_missing_and_undecodable_images_and_missing_cases_fail(tmp_path: Path) -
     )
     result = run("policy", "test", str(tmp_path / "default.yaml"), str(tmp_path / "untested.yaml"), *TINY)
     assert result.exit_code == 1
-    assert "missing.jpg: cannot read file: No such file or directory" in result.output
-    assert "not-an-image.jpg: the bytes are not an image" in result.output
+    # Each failing case with the line it is on in the cases file.
+    assert "default.tests.yaml:4: cases[missing.jpg]: cannot read file: No such file or directory" in result.output
+    assert "default.tests.yaml:5: cases[not-an-image.jpg]: the bytes are not an image" in result.output
     assert "untested.tests.yaml: cannot read file" in result.output
     assert "default: 1 of 3 cases checked" in result.output
     assert "2 of 2 policies failed their tests" in result.output

@@ -1,0 +1,131 @@
+"""A policy directory checked as the server loads it, by the server and by `moderation policy validate` alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from moderation.policy import PolicyFileError
+from moderation.policy.directory import Baseline, ModelRule, PolicyVersion, check_policy_dir, policy_files
+from moderation.policy.registry import PolicyRegistry
+
+POLICY = """\
+id: {id}
+version: "{version}"
+benign: ["a cat"]
+categories:
+  - id: weapons
+    clause: {{id: W-1, text: "No threatening display of firearms."}}
+    positive: ["a gun"]
+    thresholds: {{review: 0.3, block: 0.6}}
+"""
+
+
+def policy(policy_id: str = "p", version: str = "1", extra: str = "") -> str:
+    return POLICY.format(id=policy_id, version=version) + extra
+
+
+def problems_of(directory: Path, **kwargs: object) -> list[str]:
+    with pytest.raises(PolicyFileError) as caught:
+        check_policy_dir(directory, **kwargs)
+    return [str(p) for p in caught.value.problems]
+
+
+# -- symbolic links ---------------------------------------------------------------
+
+
+def test_a_link_leaving_the_directory_is_refused_without_reading_it(tmp_path: Path) -> None:
+    policies, outside = tmp_path / "policies", tmp_path / "elsewhere"
+    policies.mkdir()
+    outside.mkdir()
+    (policies / "default.yaml").write_text(policy())
+    secret = outside / "shadow.yaml"
+    secret.write_text("root:$6$secret-hash-line:19000:0:99999:7:::\n")
+    (policies / "passwords.yaml").symlink_to(secret)
+    (outside / "real.yaml").write_text(policy("other"))
+    (policies / "other.yaml").symlink_to(Path("..") / "elsewhere" / "real.yaml")  # relative, still outside
+
+    problems = problems_of(policies)
+    assert len(problems) == 2
+    for name, problem in zip(("other.yaml", "passwords.yaml"), problems, strict=True):
+        assert problem.startswith(f"{policies / name}: is a link to a file outside the policy directory")
+    text = "\n".join(problems)
+    assert "secret-hash-line" not in text and "root:" not in text and str(outside) not in text
+    with pytest.raises(PolicyFileError):
+        policy_files(policies)
+
+
+def test_configmap_links_inside_the_directory_keep_working(tmp_path: Path) -> None:
+    # The kubelet's layout: ..<timestamp>/ holds the files, ..data links to it, and
+    # each top-level name links through ..data.
+    data = tmp_path / "..2026_11_23_10_00_00.123456789"
+    data.mkdir()
+    (data / "default.yaml").write_text(policy("default", "7"))
+    (tmp_path / "..data").symlink_to(data.name)
+    (tmp_path / "default.yaml").symlink_to(Path("..data") / "default.yaml")
+
+    (loaded,) = check_policy_dir(tmp_path).policies
+    assert (loaded.policy.id, loaded.policy.version, loaded.path) == ("default", "7", tmp_path / "default.yaml")
+    # The directory itself may be reached through a link, too.
+    (tmp_path.parent / f"{tmp_path.name}-link").symlink_to(tmp_path)
+    assert [p.policy.id for p in check_policy_dir(tmp_path.parent / f"{tmp_path.name}-link").policies] == ["default"]
+
+
+# -- one check for server and validate ----------------------------------------------
+
+
+def test_every_directory_problem_with_its_file_and_line_in_one_run(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(policy("a", extra="default: true\n"))
+    (tmp_path / "b.yaml").write_text(policy("b", extra="default: true\n"))
+    (tmp_path / "c.yaml").write_text(policy("c", extra="mode: shadow\nshadow_of: missing\n"))
+    (tmp_path / "d.yaml").write_text(policy("a"))
+    (tmp_path / "e.yaml").write_text(policy("e").replace("review: 0.3", "review: lots"))
+    problems = problems_of(tmp_path)
+    assert f"{tmp_path / 'b.yaml'}:9: default: more than one policy is marked default: {tmp_path / 'a.yaml'}, {tmp_path / 'b.yaml'}" in problems
+    assert f"{tmp_path / 'c.yaml'}:10: shadow_of: no active policy 'missing' in {tmp_path}" in problems
+    assert f"{tmp_path / 'd.yaml'}:1: id: policy id 'a' is also used by {tmp_path / 'a.yaml'}" in problems
+    assert any(p.startswith(f"{tmp_path / 'e.yaml'}:8: categories[weapons].thresholds.review: must be a number") for p in problems)
+    assert len(problems) == 4
+
+
+def test_a_shadow_of_a_broken_file_is_not_blamed_twice(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(policy("a").replace("review: 0.3", "review: lots"))
+    (tmp_path / "b.yaml").write_text(policy("b", extra="mode: shadow\nshadow_of: a\n"))
+    (problem,) = problems_of(tmp_path)
+    assert "a.yaml" in problem and "thresholds.review" in problem
+
+
+def test_version_and_model_rules_are_the_servers(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(policy(extra="model: ViT-B-32/laion2b_s34b_b79k\n"))
+    served = check_policy_dir(tmp_path).policies[0]
+    changed = policy(extra="model: ViT-B-32/laion2b_s34b_b79k\n").replace("review: 0.3", "review: 0.2")
+    (tmp_path / "p.yaml").write_text(changed)
+    baseline = Baseline({"p": PolicyVersion("1", served.content_sha256)}, "as served at host:1")
+    problems = problems_of(tmp_path, model=ModelRule("ViT-L-14/openai"), baselines=[baseline])
+    assert problems == [
+        f"{tmp_path / 'p.yaml'}:2: version: policy 'p' changed but its version is still '1' (as served at host:1); "
+        "bump the version so every decision names the rules it used",
+        f"{tmp_path / 'p.yaml'}:9: model: thresholds were calibrated for model 'ViT-B-32/laion2b_s34b_b79k' but the server "
+        "runs 'ViT-L-14/openai'; recalibrate or change the server's model",
+    ]
+    # Comments and layout are not content; random weights only warn about the model.
+    (tmp_path / "p.yaml").write_text("# a comment\n" + policy(extra="model:   ViT-B-32/laion2b_s34b_b79k\n"))
+    checked = check_policy_dir(tmp_path, model=ModelRule("ViT-L-14/random", random_weights=True), baselines=[baseline])
+    assert [str(w) for w in checked.warnings] == [
+        f"{tmp_path / 'p.yaml'}:10: model: thresholds were calibrated for model 'ViT-B-32/laion2b_s34b_b79k' but the server "
+        "runs 'ViT-L-14/random' (ignored: random weights mean nothing anyway)"
+    ]
+
+
+def test_the_server_refuses_what_validate_refuses(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(policy())
+    registry = PolicyRegistry(lambda p, should_stop: p.version, model_id="m")
+    registry.load_directory(tmp_path)
+    (tmp_path / "p.yaml").write_text(policy().replace("a gun", "a rifle"))
+    with pytest.raises(PolicyFileError) as caught:
+        registry.load_directory(tmp_path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{tmp_path / 'p.yaml'}:2: version: policy 'p' changed but its version is still '1'; "
+        "bump the version so every decision names the rules it used"
+    ]
+    assert registry.get().compiled == "1"
