@@ -9,18 +9,11 @@ The image's action is the most severe of its categories' actions.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from moderation.policy.schema import Action, Category, ExplainerRole, Policy
-
-
-class Band(str, enum.Enum):
-    BELOW = "BELOW"
-    BORDERLINE = "BORDERLINE"
-    ABOVE = "ABOVE"
+from moderation.policy.schema import Action, Band, Category, ExplainerRole, Policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moderation.clip.scorer import OFFLINE_BATCH, ClipScorer, PolicyTextIndex
-from moderation.decision import Decision, decide
+from moderation.decision import Band, Decision, decide
 from moderation.imaging import DecodedImage, DecodeLimits, ImageRejected, decode_frames
-from moderation.policy.golden import CasesFile, GoldenCase, mismatches
+from moderation.policy.golden import CasesFile, GoldenCase
 from moderation.policy.schema import Policy
 
 
@@ -85,3 +85,19 @@ def check_golden_cases(scorer: ClipScorer, policy: Policy, cases_file: CasesFile
         decision = decide(result.scores, policy)
         outcomes.append(CaseOutcome(case, decision, tuple(mismatches(case, decision)) if compare else ()))
     return outcomes
+
+
+def mismatches(case: GoldenCase, decision: Decision) -> list[str]:
+    """What differs between the expectations of `case` and `decision`; empty when it passes."""
+    found = []
+    if decision.action is not case.expect:
+        found.append(f"action {decision.action.value}, expected {case.expect.value}")
+    actual_flagged = sorted(c.category_id for c in decision.categories if c.band is not Band.BELOW)
+    if case.flagged is not None and sorted(case.flagged) != actual_flagged:
+        found.append(f"flagged {actual_flagged or 'none'}, expected {sorted(case.flagged) or 'none'}")
+    by_id = {c.category_id: c for c in decision.categories}
+    for category_id, band in case.bands.items():
+        actual = by_id[category_id]
+        if actual.band is not band:
+            found.append(f"{category_id} {actual.band.value} ({actual.score:.3f}), expected {band.value}")
+    return found

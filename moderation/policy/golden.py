@@ -21,9 +21,8 @@ import yaml
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from moderation.decision import Band, Decision
 from moderation.policy.loader import PolicyProblem, dotted, line_of, read_yaml_file, validate_yaml_text
-from moderation.policy.schema import POLICY_RULES_ERROR, Action, ActionField, Identifier, Policy, RuleProblem, _Strict, _upper
+from moderation.policy.schema import POLICY_RULES_ERROR, Action, ActionField, Band, Identifier, Policy, RuleProblem, _Strict, _upper
 
 BandField = Annotated[Band, BeforeValidator(_upper)]
 
@@ -142,19 +141,3 @@ def problems_against_policy(cases_file: CasesFile, policy: Policy) -> list[Polic
                         )
                     )
     return problems
-
-
-def mismatches(case: GoldenCase, decision: Decision) -> list[str]:
-    """What differs between the expectations of `case` and `decision`; empty when it passes."""
-    found = []
-    if decision.action is not case.expect:
-        found.append(f"action {decision.action.value}, expected {case.expect.value}")
-    actual_flagged = sorted(c.category_id for c in decision.categories if c.band is not Band.BELOW)
-    if case.flagged is not None and sorted(case.flagged) != actual_flagged:
-        found.append(f"flagged {actual_flagged or 'none'}, expected {sorted(case.flagged) or 'none'}")
-    by_id = {c.category_id: c for c in decision.categories}
-    for category_id, band in case.bands.items():
-        actual = by_id[category_id]
-        if actual.band is not band:
-            found.append(f"{category_id} {actual.band.value} ({actual.score:.3f}), expected {band.value}")
-    return found

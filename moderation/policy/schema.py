@@ -53,6 +53,14 @@ def _lower(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
+class Band(str, enum.Enum):
+    """Where a score falls against a category's thresholds: below review, borderline, at or above block."""
+
+    BELOW = "BELOW"
+    BORDERLINE = "BORDERLINE"
+    ABOVE = "ABOVE"
+
+
 class Action(str, enum.Enum):
     """Decision for an image or a category, ordered by severity."""
 
