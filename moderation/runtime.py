@@ -9,6 +9,7 @@ here knows gRPC.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,36 @@ log = logging.getLogger(__name__)
 
 class ConfigurationError(RuntimeError):
     """Settings that cannot run: the message says which setting to change."""
+
+
+class StartupCancellation:
+    """SIGTERM while models and policies load: stop at the next step or text chunk, not after the whole load."""
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+        self._reloader: PolicyReloader | None = None
+        self._lock = threading.Lock()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled.set()
+            reloader = self._reloader
+        if reloader is not None:
+            reloader.cancel("the server is shutting down")
+
+    def check(self) -> None:
+        """Raise CompileCancelled once cancel() was called."""
+        from moderation.policy.compile import CompileCancelled
+
+        if self._cancelled.is_set():
+            raise CompileCancelled("the server is shutting down")
+
+    def attach(self, reloader: PolicyReloader) -> None:
+        with self._lock:
+            self._reloader = reloader
+            cancelled = self._cancelled.is_set()
+        if cancelled:
+            reloader.cancel("the server is shutting down")
 
 
 def resolve_device(device: Device) -> str:
@@ -131,8 +162,15 @@ def build_store(settings: Settings) -> EmbeddingStore | None:
     return EmbeddingStore(settings.embedding_store, retention=timedelta(days=settings.embedding_retention_days))
 
 
-def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[ModerationPipeline, PolicyReloader]:
-    """Load the CLIP model, every policy and the escalation tier; slow, runs in a worker thread."""
+def build_pipeline(
+    settings: Settings, metrics: ModerationMetrics, cancellation: StartupCancellation | None = None
+) -> tuple[ModerationPipeline, PolicyReloader]:
+    """Load the CLIP model, every policy and the escalation tier; slow, runs in a worker thread.
+
+    With `cancellation`, raises CompileCancelled soon after it is cancelled (between steps,
+    or within one chunk of a policy compile).
+    """
+    cancellation = cancellation or StartupCancellation()
     from moderation.pipeline import ModerationPipeline
     from moderation.policy.registry import PolicyRegistry
     from moderation.reload import PolicyReloader
@@ -143,9 +181,12 @@ def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[Mode
         torch.set_num_threads(settings.torch_threads)
     spec = clip_spec(settings)
     scorer = load_scorer(spec)
+    cancellation.check()
     registry = PolicyRegistry(scorer.index_policy, scorer.model_id, random_weights=scorer.random_weights)
     reloader = PolicyReloader(registry, settings.policies, metrics, scorer.model_id)
+    cancellation.attach(reloader)
     summary = reloader.load_now()
+    cancellation.check()
     metrics.model_info.labels(scorer.model_id, str(scorer.random_weights).lower()).set(1)
     log.info(
         "serving policies %s with model %s (%s backend, %s) (default: %s)",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from moderation.config import Settings
 from moderation.pipeline import ModerationPipeline
 from moderation.reload import PolicyReloader
-from moderation.runtime import build_pipeline
+from moderation.runtime import StartupCancellation, build_pipeline
 from moderation.server.auth import load_tokens, TokenAuth
 from moderation.server.interceptors import AdmissionInterceptor, RpcMetricsInterceptor, ServingState, TokenAuthInterceptor
 from moderation.server.lifecycle import GrpcServerLifecycle, new_metrics
@@ -57,8 +57,10 @@ async def serve(settings: Settings) -> None:
     )
     moderation_pb2_grpc.add_ModerationServiceServicer_to_server(servicer, lifecycle.server)
 
+    cancellation = StartupCancellation()
+
     def load() -> _Loaded:
-        return _Loaded(*build_pipeline(settings, metrics))
+        return _Loaded(*build_pipeline(settings, metrics, cancellation))
 
     async def on_loaded(loaded: _Loaded, stop: asyncio.Event) -> None:
         loaded.pipeline.start()
@@ -73,4 +75,4 @@ async def serve(settings: Settings) -> None:
             await loaded.watcher
         loaded.reloader.close()
 
-    await lifecycle.run("moderation", load, on_loaded, state.drain, close)
+    await lifecycle.run("moderation", load, on_loaded, state.drain, close, cancel_load=cancellation.cancel)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -57,6 +58,31 @@ def new_metrics() -> ModerationMetrics:
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=metrics.registry)
     return metrics
+
+
+def _in_daemon_thread(loop: asyncio.AbstractEventLoop, function: Callable[[], Loaded]) -> asyncio.Future[Loaded]:
+    """Run a slow load in a daemon thread: SIGTERM during start-up exits at once instead of
+    waiting for the load to finish (asyncio.run joins its default executor's threads)."""
+    future: asyncio.Future[Loaded] = loop.create_future()
+
+    def deliver(setter: Callable[[object], None], value: object) -> None:
+        if not future.done():
+            setter(value)
+
+    def run() -> None:
+        try:
+            result = function()
+        except BaseException as err:  # noqa: BLE001 - handed to the event loop
+            outcome = (future.set_exception, err)
+        else:
+            outcome = (future.set_result, result)
+        try:
+            loop.call_soon_threadsafe(deliver, *outcome)
+        except RuntimeError:  # the loop already closed: the server stopped during the load
+            pass
+
+    threading.Thread(target=run, name="load-models", daemon=True).start()
+    return future
 
 
 class GrpcServerLifecycle(Generic[Loaded]):
@@ -115,6 +141,18 @@ class GrpcServerLifecycle(Generic[Loaded]):
         if self._health_server is not None:
             await self._health_server.stop(None)
 
+    async def _abandon_load(self, loading: asyncio.Future[Loaded]) -> Loaded | None:
+        """Wait for a cancelled load to stop; what it finished anyway is returned, to be closed."""
+        from moderation.policy.compile import CompileCancelled
+
+        try:
+            return await asyncio.wait_for(asyncio.shield(loading), self.settings.grace_period_s)
+        except CompileCancelled:
+            return None
+        except TimeoutError:
+            log.warning("the load did not stop within the grace period; exiting anyway")
+            return None
+
     async def run(
         self,
         name: str,
@@ -122,8 +160,13 @@ class GrpcServerLifecycle(Generic[Loaded]):
         on_loaded: Callable[[Loaded, asyncio.Event], Awaitable[None]],
         drain: Callable[[float], Awaitable[bool]],
         close: Callable[[Loaded], Awaitable[None]],
+        cancel_load: Callable[[], None] = lambda: None,
     ) -> None:
-        """Serve until SIGTERM or SIGINT. Raises ConfigurationError (and loading errors) when it cannot serve."""
+        """Serve until SIGTERM or SIGINT. Raises ConfigurationError (and loading errors) when it cannot serve.
+
+        SIGTERM during the load calls `cancel_load` and waits up to the grace period for
+        the load to stop (a load that ends in CompileCancelled is a clean stop).
+        """
         settings = self.settings
         address = self._bind()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -144,7 +187,7 @@ class GrpcServerLifecycle(Generic[Loaded]):
             loop.add_signal_handler(signum, stop.set)
         loaded: Loaded | None = None
         try:
-            loading = loop.run_in_executor(None, load)
+            loading = _in_daemon_thread(loop, load)
             stopping = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if loading in done:
@@ -153,6 +196,10 @@ class GrpcServerLifecycle(Generic[Loaded]):
                 await self._set_health(health_pb2.HealthCheckResponse.SERVING)
                 log.info("%s SERVING on %s", name, address)
                 await stop.wait()
+            else:
+                log.info("stopping while models and policies load")
+                cancel_load()
+                loaded = await self._abandon_load(loading)
         except BaseException:
             await self._stop_transport(None)
             raise

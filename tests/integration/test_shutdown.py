@@ -64,3 +64,40 @@ def test_sigterm_loses_no_in_flight_call(tmp_path: Path) -> None:
     assert drained, "some calls were in flight at SIGTERM and must have completed"
     log = server.log_text()
     assert "draining: NOT_SERVING" in log and '"msg": "stopped"' in log
+
+
+def test_sigterm_while_models_load_exits_at_once(tmp_path: Path) -> None:
+    """ViT-B-32 with the default policy takes tens of seconds to load here; SIGTERM must not wait for it."""
+    import subprocess
+    import sys
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.integration.server import free_port
+
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    command = [sys.executable, "-m", "moderation", "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+               "--policies", str(POLICIES), "--model", "ViT-B-32", "--weights", "random"]  # fmt: skip
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 60
+            while True:  # up and NOT_SERVING: the models are loading
+                assert time.monotonic() < deadline, log_path.read_text()
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    assert status == health_pb2.HealthCheckResponse.NOT_SERVING, "loaded before SIGTERM: the test proves nothing"
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.1)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log_path.read_text()
+        assert time.monotonic() - sent < 10, f"exit took {time.monotonic() - sent:.1f} s:\n{log_path.read_text()}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
