@@ -135,6 +135,9 @@ class Settings(BaseSettings):
         "unset keeps none",
     )
     embedding_retention_days: float = Field(30.0, gt=0, description="how long stored embeddings are kept")
+    embedding_flush_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="buffered decisions reach the embedding store file at most this many seconds late"
+    )
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
 

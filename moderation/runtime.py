@@ -128,7 +128,12 @@ def build_store(settings: Settings) -> EmbeddingStore | None:
 
     if settings.embedding_store is None:
         return None
-    return EmbeddingStore(settings.embedding_store, retention=timedelta(days=settings.embedding_retention_days))
+    return EmbeddingStore(
+        settings.embedding_store,
+        retention=timedelta(days=settings.embedding_retention_days),
+        max_delay_s=settings.embedding_flush_interval_s,
+        flush_interval_s=settings.embedding_flush_interval_s,
+    )
 
 
 def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[ModerationPipeline, PolicyReloader]:
