@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     embedding_flush_interval_s: float = Field(
         5.0, gt=0, le=3600, description="buffered decisions reach the embedding store file at most this many seconds late"
     )
+    thumbnail_store: Path | None = Field(
+        None,
+        description="directory keeping a small JPEG of each flagged decision's image (not ALLOWed by the active or a shadow "
+        "policy) for reviewers, by request id (`moderation case show`); mode 0700/0600; unset keeps none",
+    )
+    thumbnail_retention_days: float = Field(7.0, gt=0, description="how long thumbnails are kept")
+    thumbnail_max_px: int = Field(256, ge=32, le=512, description="longer side of a thumbnail, pixels")
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
 

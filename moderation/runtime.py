@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
     from moderation.pipeline import ModerationPipeline
     from moderation.reload import PolicyReloader
     from moderation.store import EmbeddingStore
+    from moderation.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,22 @@ def build_store(settings: Settings) -> EmbeddingStore | None:
     )
 
 
+def build_thumbnails(settings: Settings) -> ThumbnailStore | None:
+    from moderation.thumbnails import ThumbnailError, ThumbnailStore
+
+    if settings.thumbnail_store is None:
+        return None
+    try:
+        store = ThumbnailStore(settings.thumbnail_store, timedelta(days=settings.thumbnail_retention_days), settings.thumbnail_max_px)
+    except ThumbnailError as error:
+        raise ConfigurationError(f"{error}; fix or unset MODERATION_THUMBNAIL_STORE") from error
+    log.info(
+        "thumbnail store on: flagged cases keep a %d px JPEG in %s (mode 0700) for %g days",
+        settings.thumbnail_max_px, settings.thumbnail_store, settings.thumbnail_retention_days,
+    )  # fmt: skip
+    return store
+
+
 def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[ModerationPipeline, PolicyReloader]:
     """Load the CLIP model, every policy and the escalation tier; slow, runs in a worker thread."""
     from moderation.pipeline import ModerationPipeline
@@ -166,6 +183,7 @@ def build_pipeline(settings: Settings, metrics: ModerationMetrics) -> tuple[Mode
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
         store=build_store(settings),
+        thumbnails=build_thumbnails(settings),
         escalation=build_escalation_tier(settings, metrics, spec.device),
     )
     return pipeline, reloader
