@@ -35,6 +35,7 @@ class ClipPrecision(str, enum.Enum):
 
 
 class ExplainerMode(str, enum.Enum):
+    AUTO = "auto"  # remote when explainer_target is set, else in-process when the weights are available, else off
     OFF = "off"
     IN_PROCESS = "in-process"
     REMOTE = "remote"
@@ -79,7 +80,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch; default: torch's own")
 
     explainer_mode: ExplainerMode = Field(
-        ExplainerMode.OFF, description="SmolVLM2 escalation: off, in-process, or remote (explainer_target)"
+        ExplainerMode.AUTO,
+        description="SmolVLM2 escalation: auto (remote when explainer_target is set, else in-process when the explainer's "
+        "weights are available, else off, saying why), off, in-process (fails to start without weights), or remote",
     )
     explainer_model: str = Field(
         "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", description="Hugging Face id or local directory of a SmolVLM2 model"

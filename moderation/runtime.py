@@ -9,6 +9,7 @@ here knows gRPC.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -102,16 +103,89 @@ def load_explainer(settings: Settings, device: str) -> Explainer:
     return explainer
 
 
+@dataclass(frozen=True)
+class ExplainerChoice:
+    """Which escalation tier runs (OFF, IN_PROCESS or REMOTE, never AUTO) and why."""
+
+    mode: ExplainerMode
+    reason: str
+
+
+# Settings that only matter to one kind of tier, and the modes they matter in.
+_EXPLAINER_SETTINGS_USED_BY = {
+    "explainer_model": (ExplainerMode.IN_PROCESS,),
+    "explainer_weights": (ExplainerMode.IN_PROCESS,),
+    "explainer_quantize": (ExplainerMode.IN_PROCESS,),
+    "explainer_max_new_tokens": (ExplainerMode.IN_PROCESS,),
+    "explainer_target": (ExplainerMode.REMOTE,),
+    "explainer_timeout_s": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_max_concurrent": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_max_waiting": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_budget_per_minute": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_failure_threshold": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_cooldown_s": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+}
+
+
+def choose_explainer(settings: Settings) -> ExplainerChoice:
+    """Resolve explainer_mode (auto included) to the tier that runs, in about a second at most."""
+    from moderation.escalation.availability import explainer_available
+
+    mode = settings.explainer_mode
+    if mode is ExplainerMode.OFF:
+        return ExplainerChoice(ExplainerMode.OFF, "explainer_mode is off")
+    if mode is ExplainerMode.REMOTE:
+        return ExplainerChoice(ExplainerMode.REMOTE, f"explainer_mode is remote, explain-serve at {settings.explainer_target}")
+    if mode is ExplainerMode.IN_PROCESS:
+        return ExplainerChoice(ExplainerMode.IN_PROCESS, "explainer_mode is in-process")
+    if settings.explainer_target:
+        return ExplainerChoice(ExplainerMode.REMOTE, f"explainer_mode auto and explainer_target is set: explain-serve at {settings.explainer_target}")
+    available, why = explainer_available(settings.explainer_model, settings.explainer_weights, settings.weights_cache, settings.allow_downloads)
+    if available:
+        return ExplainerChoice(ExplainerMode.IN_PROCESS, f"explainer_mode auto: {why}")
+    return ExplainerChoice(
+        ExplainerMode.OFF,
+        f"explainer_mode auto: {why}; borderline cases go to REVIEW without a rationale "
+        "(--explainer in-process requires the explainer and fails without it; --explainer off silences this)",
+    )
+
+
+def explainer_setting_warnings(settings: Settings, choice: ExplainerChoice) -> list[str]:
+    """Explainer settings given (flag, environment or config file) that the chosen tier does not use."""
+    warnings = []
+    for name in sorted(settings.model_fields_set & set(_EXPLAINER_SETTINGS_USED_BY)):
+        if choice.mode in _EXPLAINER_SETTINGS_USED_BY[name]:
+            continue
+        value = getattr(settings, name)
+        if choice.mode is ExplainerMode.OFF:
+            where = "escalation is off"
+        elif choice.mode is ExplainerMode.REMOTE:
+            where = "the explainer runs remotely (set it on explain-serve)"
+        else:
+            where = "the explainer runs in-process (explainer_target is for remote mode)"
+        warnings.append(f"{name}={value} has no effect: {where}")
+    return warnings
+
+
 def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device: str) -> EscalationTier | None:
     from moderation.escalation.backends import InProcessExplainer, RemoteExplainer
     from moderation.escalation.tier import EscalationTier
 
-    if settings.explainer_mode is ExplainerMode.OFF:
+    choice = choose_explainer(settings)
+    for warning in explainer_setting_warnings(settings, choice):
+        log.warning("%s", warning)
+    if choice.mode is ExplainerMode.OFF:
+        log.info("escalation tier off: %s", choice.reason, extra={"fields": {"escalation": "off"}})
         return None
-    if settings.explainer_mode is ExplainerMode.REMOTE:
+    if choice.mode is ExplainerMode.REMOTE:
         backend = RemoteExplainer(settings.explainer_target)
+        log.info("escalation tier remote: %s", choice.reason, extra={"fields": {"escalation": "remote"}})
     else:
-        backend = InProcessExplainer(load_explainer(settings, device), settings.explainer_max_new_tokens)
+        explainer = load_explainer(settings, device)
+        backend = InProcessExplainer(explainer, settings.explainer_max_new_tokens)
+        log.info(
+            "escalation tier in-process, SmolVLM2 %s: %s", explainer.info.model_id, choice.reason, extra={"fields": {"escalation": "in-process"}}
+        )
     return EscalationTier(
         backend,
         metrics,
