@@ -163,9 +163,10 @@ def test_diff_names_whole_ids_with_scores_freshness_and_thumbnails(tiny_scorer: 
     vectors = embeddings(tiny_scorer.encoder.encode_texts(["dimension"]).shape[1])
     ids = [f"upload-2026-11-24-{i:04d}-0123456789abcdef0123" for i in range(3)]
     store_path = tmp_path / "store.db"
+    now = datetime.now(timezone.utc)  # not the module's NOW: ages are checked to the minute
     with EmbeddingStore(store_path) as store:
         for i, request_id in enumerate(ids):
-            store.record(request_id, NOW - timedelta(minutes=10 * (i + 1)), "default", "1", "ALLOW", vectors[i], tiny_scorer.model_id)
+            store.record(request_id, now - timedelta(minutes=10 * (i + 1)), "default", "1", "ALLOW", vectors[i], tiny_scorer.model_id)
     thumbnails = ThumbnailStore(tmp_path / "thumbs", timedelta(days=1))
     kept = thumbnails.save(ids[0], make_thumbnail(Image.new("RGB", (300, 200), "blue"), 256))
     old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
