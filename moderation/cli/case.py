@@ -17,7 +17,14 @@ import typer
 from rich.markup import escape
 
 from moderation.cli.app import case_app
-from moderation.cli.common import ConfigOption, JsonOption, fail, out, print_json, settings_or_fail
+from moderation.cli.common import (
+    ConfigOption,
+    JsonOption,
+    fail,
+    out,
+    print_json,
+    settings_or_fail,
+)
 from moderation.cli.render import age, print_rows
 
 

@@ -6,24 +6,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from moderation.cli.app import app
 from rich.markup import escape
 
+from moderation.cli.app import app
 from moderation.cli.common import (
     DeviceOption,
-    JsonOption,
     ExplainerModelOption,
     ExplainerWeightsOption,
+    JsonOption,
     ModelOption,
     WeightsOption,
     err,
-    out,
-    print_json,
     load_scorer_or_fail,
     model_spec,
     offline_settings,
+    out,
     policy_or_fail,
+    print_json,
     settings_or_fail,
 )
 from moderation.cli.render import print_comparison

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from moderation.config import RANDOM_WEIGHTS
-from moderation.escalation.availability import DEFAULT_EXPLAINER_MODEL, SHIPPED_ARCHITECTURES, TINY_TEST_MODEL
+from moderation.escalation.availability import DEFAULT_EXPLAINER_MODEL, SHIPPED_ARCHITECTURES, TINY_TEST_MODEL  # noqa: F401 - re-exported
 from moderation.escalation.local_processor import IMAGE, build_local_processor
 
 log = logging.getLogger(__name__)
