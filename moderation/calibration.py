@@ -16,6 +16,15 @@ scores as candidate thresholds:
           REVIEW. With both, the budget can only raise the recall threshold. With
           neither, R = 0.90.
 
+A proposal that would empty a REVIEW band the current version has (review >=
+block, so nothing is ever BORDERLINE: no human review below block and no
+escalation) is not taken unless `allow_collapse`: the category keeps its current
+review threshold (and its current block threshold too when the proposed block
+falls to or below it), with a warning saying what forced the collapse. Every
+threshold comes with the reason it was chosen (`why`), and warnings name review
+loads above the budget, or, without a budget, review loads that rise by more than
+REVIEW_LOAD_RISE.
+
 A threshold t is written rounded down to the fewest decimal places that keep it
 above the next lower observed score, so it flags exactly the images t flags while
 reading like a hand-set value (0.4667 rather than 0.46671826).
@@ -31,6 +40,9 @@ import numpy as np
 
 DEFAULT_RECALL = 0.90
 DEFAULT_PRECISION = 0.95
+# Without a review budget, a category (or the whole labelled set) whose review load
+# rises by more than this share of labelled images gets a warning.
+REVIEW_LOAD_RISE = 0.05
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class CalibrationTargets:
     precision: float = DEFAULT_PRECISION  # block threshold
     recall: float | None = None  # review threshold; DEFAULT_RECALL when neither this nor a budget is given
     max_review_rate: float | None = None  # review budget, a share of all labelled images
+    allow_collapse: bool = False  # take a proposal that empties the REVIEW band (review >= block)
 
     def __post_init__(self) -> None:
         for name, value, low_open in (("precision", self.precision, True), ("recall", self.recall, True), ("max_review_rate", self.max_review_rate, False)):
@@ -60,6 +73,7 @@ class OperatingPoint:
     review: float
     block: float
     precision_at_block: float | None  # None when nothing scores at or above block
+    precision_at_review: float | None  # of everything at or above review (reviewed or blocked); None when nothing is
     recall_at_block: float | None  # None when there are no positives
     recall_at_review: float | None  # share of positives at or above review (reviewed or blocked)
     review_load: float  # share of all labelled images this category sends to REVIEW
@@ -73,7 +87,11 @@ class CategoryCalibration:
     negatives: int
     current: OperatingPoint
     proposed: OperatingPoint
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # facts worth reading (a missed target, a kept threshold)
+    why: dict[str, str] = field(default_factory=dict)  # "review" / "block" -> why the proposed threshold is what it is
+    warnings: tuple[str, ...] = field(default_factory=tuple)  # an emptied REVIEW band, a review load over budget
+    collapsed: bool = False  # the proposed REVIEW band is empty (review >= block)
+    collapse_refused: bool = False  # the calibration wanted an empty band; current thresholds kept instead
 
     @property
     def changed(self) -> bool:
@@ -111,6 +129,7 @@ def operating_point(scores: np.ndarray, positive: np.ndarray, review: float, blo
         review=review,
         block=block,
         precision_at_block=float((at_block & positive).sum() / at_block.sum()) if at_block.any() else None,
+        precision_at_review=float((at_review & positive).sum() / at_review.sum()) if at_review.any() else None,
         recall_at_block=float((at_block & positive).sum() / positives) if positives else None,
         recall_at_review=float((at_review & positive).sum() / positives) if positives else None,
         review_load=float(reviewed.mean()) if len(scores) else 0.0,
@@ -127,45 +146,120 @@ def calibrate_category(
     current_block: float,
     block_sends_to_review: bool = False,
 ) -> CategoryCalibration:
-    """Thresholds for one category by the rule in this module's docstring."""
+    """Thresholds for one category by the rule in this module's docstring, each with its reason."""
     scores, positive = _checked(scores, positive)
     positives, negatives = int(positive.sum()), int((~positive).sum())
     current = operating_point(scores, positive, current_review, current_block, block_sends_to_review)
     if positives == 0 or negatives == 0:
         note = "no labelled positives: thresholds kept" if positives == 0 else "no labelled negatives: precision cannot be measured, thresholds kept"
-        return CategoryCalibration(category_id, positives, negatives, current, current, (note,))
+        why = {"review": f"kept: {note.split(':')[0]}", "block": f"kept: {note.split(':')[0]}"}
+        return CategoryCalibration(category_id, positives, negatives, current, current, (note,), why, collapsed=current_review >= current_block)
 
     curve = precision_recall_curve(scores, positive)
     notes: list[str] = []
+    warnings: list[str] = []
+    why: dict[str, str] = {}
     # A small tolerance so that e.g. 19/20 meets a 0.95 target despite float rounding.
     reaching = np.flatnonzero((curve.precision >= targets.precision - 1e-12) & (curve.true_positives >= 1))
     if len(reaching):
-        block = _written(curve.thresholds, int(reaching[0]))
+        first = int(reaching[0])
+        block = _written(curve.thresholds, first)
+        why["block"] = (
+            f"lowest threshold with precision >= {targets.precision:g} "
+            f"(precision {curve.precision[first]:.3f}, recall {curve.recall[first]:.2f} at it)"
+        )
     else:
         block = current_block
         notes.append(f"no threshold reaches precision {targets.precision:.2f}: block threshold kept at {block}")
+        why["block"] = f"kept: no threshold reaches precision {targets.precision:g} (the best is {float(curve.precision.max()):.3f})"
 
     recall = targets.review_recall
     review = block
+    budget_emptied_band = False
     if recall is not None:
         # The k-th highest positive score keeps k positives at or above it.
         k = max(1, math.ceil(recall * positives - 1e-9))
         kth_highest = np.sort(scores[positive])[positives - k]
-        review = min(_written(curve.thresholds, int(np.searchsorted(curve.thresholds, kth_highest))), block)
+        recall_review = _written(curve.thresholds, int(np.searchsorted(curve.thresholds, kth_highest)))
+        review = min(recall_review, block)
+        if recall_review >= block:
+            why["review"] = f"= block: the block threshold alone keeps recall >= {recall:g}"
+        else:
+            why["review"] = f"highest threshold keeping recall >= {recall:g} ({k} of {positives} positives at or above it)"
     if targets.max_review_rate is not None:
-        within_budget = _lowest_review_within_budget(scores, curve.thresholds, block, targets.max_review_rate, block_sends_to_review)
+        budget = targets.max_review_rate
+        within_budget = _lowest_review_within_budget(scores, curve.thresholds, block, budget, block_sends_to_review)
         if within_budget is None:
-            review = block
+            review, budget_emptied_band = block, True
             notes.append(
-                f"on_block is REVIEW and the block threshold alone sends more than {targets.max_review_rate:.1%} "
+                f"on_block is REVIEW and the block threshold alone sends more than {budget:.1%} "
                 "of images to review: review threshold set to the block threshold"
             )
+            why["review"] = (
+                f"= block: on_block is REVIEW and the block threshold alone sends "
+                f"{float((scores >= block).mean()):.1%} of labelled images to review, over the {budget:.1%} budget"
+            )
+        elif within_budget >= block and (recall is None or review < block):
+            review, budget_emptied_band = block, True
+            smallest = _smallest_review_load_below_block(scores, block, block_sends_to_review)
+            why["review"] = (
+                f"= block: the {budget:.1%} review budget admits no threshold below block (the smallest review load one "
+                f"gives is {smallest:.1%} of the {len(scores)} labelled images)"
+            )
+        elif recall is None or within_budget > review:
+            raised = recall is not None
+            review = within_budget
+            why["review"] = f"lowest threshold with review load <= {budget:.1%} (the review budget)" + (
+                f"; the budget raised it above the recall-{recall:g} threshold" if raised else ""
+            )
         else:
-            review = within_budget if recall is None else max(review, within_budget)
+            why["review"] += f"; its review load is within the {budget:.1%} budget"
     proposed = operating_point(scores, positive, review, block, block_sends_to_review)
+
+    collapsed = proposed.review >= proposed.block
+    collapse_refused = False
+    if collapsed and current_review < current_block:
+        cause = why["review"].removeprefix("= block: ")
+        if targets.allow_collapse:
+            warnings.append(
+                f"REVIEW band EMPTIED (review {current_review:g} -> {review:g} = block {block:g}): {cause}. Nothing in this "
+                "category will be BORDERLINE: no human review below block and no escalation. Taken because of --allow-collapse."
+            )
+        else:
+            wanted = (review, block)
+            if current_review < block:
+                review = current_review
+                kept = f"review threshold kept at {current_review:g}"
+            else:
+                review, block = current_review, current_block
+                kept = f"both thresholds kept ({current_review:g}, {current_block:g}): the proposed block is not above the current review"
+                why["block"] = f"kept: the proposed {wanted[1]:g} would leave no REVIEW band below it (--allow-collapse takes it)"
+            why["review"] = f"kept: the proposed {wanted[0]:g} (= block) would empty the REVIEW band: {cause} (--allow-collapse takes it)"
+            warnings.append(
+                f"the proposal would EMPTY the REVIEW band (review {current_review:g} -> {wanted[0]:g} = block {wanted[1]:g}): "
+                f"{cause}. Not taken: {kept}. Raise --max-review-rate, add labelled images, or pass --allow-collapse."
+            )
+            proposed = operating_point(scores, positive, review, block, block_sends_to_review)
+            collapsed, collapse_refused = False, True
+    elif collapsed:
+        notes.append("the REVIEW band stays empty (review >= block), as in the current version")
+
     if recall is not None and proposed.recall_at_review is not None and proposed.recall_at_review < recall - 1e-12:
-        notes.append(f"the review budget holds recall at {proposed.recall_at_review:.2f}, below the {recall:.2f} target")
-    return CategoryCalibration(category_id, positives, negatives, current, proposed, tuple(notes))
+        holder = "the review budget" if targets.max_review_rate is not None and not collapse_refused else "the kept thresholds"
+        notes.append(f"{holder} holds recall at {proposed.recall_at_review:.2f}, below the {recall:.2f} target")
+    if targets.max_review_rate is not None and proposed.review_load > targets.max_review_rate + 1e-12:
+        warnings.append(
+            f"review load {proposed.review_load:.1%} of labelled images is over the {targets.max_review_rate:.1%} budget"
+            + (" (on_block is REVIEW: everything at or above block is reviewed)" if budget_emptied_band and not collapse_refused else "")
+        )
+    elif targets.max_review_rate is None and proposed.review_load > current.review_load + REVIEW_LOAD_RISE:
+        warnings.append(
+            f"review load rises from {current.review_load:.1%} to {proposed.review_load:.1%} of labelled images; "
+            "pass --max-review-rate to bound it"
+        )
+    return CategoryCalibration(
+        category_id, positives, negatives, current, proposed, tuple(notes), why, tuple(warnings), collapsed, collapse_refused
+    )
 
 
 def threshold_between(below: float | None, at: float) -> float:
@@ -199,6 +293,15 @@ def _lowest_review_within_budget(
     if not len(within):
         return block
     return _written(thresholds, int(np.searchsorted(thresholds, candidates[within[0]])))
+
+
+def _smallest_review_load_below_block(scores: np.ndarray, block: float, block_sends_to_review: bool) -> float:
+    """The review load of the highest observed score below block as review threshold: the least any such threshold sends."""
+    above_block = float((scores >= block).mean()) if block_sends_to_review else 0.0
+    below = scores[scores < block]
+    if not len(below):
+        return above_block
+    return float((below == below.max()).sum()) / len(scores) + above_block
 
 
 def _checked(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

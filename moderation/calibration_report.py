@@ -46,9 +46,13 @@ def render_report(result: PolicyCalibration, labels_source: str, random_weights:
             f"<p class='warning'><b>Random weights.</b> Model {_e(result.model_id)} has random weights: these scores, "
             "thresholds and rates mean nothing. Use this report only to check the workflow.</p>"
         )
+    warnings = [*result.warnings, *(f"{c.category_id}: {w}" for c in result.categories for w in c.warnings)]
+    if warnings:
+        listed = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+        parts.append(f"<div class='warning'><b>Read before taking the proposal:</b><ul>{listed}</ul></div>")
     parts.append(
         f"<p>Model <code>{_e(result.model_id)}</code>; labelled set <code>{_e(labels_source)}</code>; "
-        f"generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Proposed policy file: <code>{_e(proposed_file)}</code>.</p>"
+        f"generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Proposed policy file: <code>{_e(proposed_file)}</code>; {_e(result.model_note)}.</p>"
     )
     parts.append(_targets(result))
     parts.append(_label_counts(result))
@@ -116,10 +120,15 @@ def _targets(result: PolicyCalibration) -> str:
         review.append(f"recall &ge; {targets.review_recall:g}")
     if targets.max_review_rate is not None:
         review.append(f"review load &le; {targets.max_review_rate:.1%} of labelled images")
+    collapse = (
+        "a proposal that empties a REVIEW band is taken (--allow-collapse)"
+        if targets.allow_collapse
+        else "a proposal that would empty a REVIEW band (review &ge; block) keeps the current review threshold"
+    )
     return (
         f"<p>Targets: block threshold = lowest score threshold with precision &ge; {targets.precision:g} "
-        f"(category vs every other labelled image); review threshold: {' and '.join(review)}, never above block. "
-        "See docs/policies.md, Calibrating, for the exact rule.</p>"
+        f"(category vs every other labelled image); review threshold: {' and '.join(review)}, never above block; "
+        f"{collapse}. See docs/policies.md, Calibrating, for the exact rule.</p>"
     )
 
 
@@ -134,7 +143,13 @@ def _action_mix(result: PolicyCalibration) -> str:
         f"<tr><td>{action.value}</td><td>{result.current_actions[action]:.1%}</td><td>{result.proposed_actions[action]:.1%}</td></tr>"
         for action in Action
     )
-    return (
+    budget = result.targets.max_review_rate
+    total = (
+        f"<p>REVIEW in total: {result.current_actions[Action.REVIEW]:.1%} &rarr; {result.proposed_actions[Action.REVIEW]:.1%} "
+        + (f"(budget {budget:.1%} per category, {budget * len(result.policy.categories):.1%} for "
+           f"{len(result.policy.categories)} categories).</p>" if budget is not None else "(no review budget given).</p>")
+    )  # fmt: skip
+    return total + (
         "<h2>Image actions on the labelled set</h2>"
         "<p>Share of labelled images per action (the most severe category action). The labelled set's mix of "
         "labels is not your traffic's: read these as a comparison between versions, not as production rates.</p>"
@@ -150,9 +165,16 @@ def _category_section(result: PolicyCalibration, calibration: CategoryCalibratio
         for name, current, proposed in _metric_rows(calibration.current, calibration.proposed)
     )
     notes = "".join(f"<p class='note'>{_e(note)}</p>" for note in calibration.notes)
+    notes += "".join(f"<p class='warning'>{_e(warning)}</p>" for warning in calibration.warnings)
+    why = "".join(
+        f"<li>{name} {_number(getattr(calibration.current, name))} &rarr; {_number(getattr(calibration.proposed, name))}: "
+        f"{_e(calibration.why[name])}</li>"
+        for name in ("review", "block")
+        if name in calibration.why
+    )
     return (
         f"<section><h2>{_e(category.id)} (clause {_e(category.clause.id)}, on_block {category.on_block.value})</h2>"
-        f"<p>{calibration.positives} positives, {calibration.negatives} negatives.</p>{notes}"
+        f"<p>{calibration.positives} positives, {calibration.negatives} negatives.</p>{notes}<ul>{why}</ul>"
         f"<table><tr><th></th><th>current</th><th>proposed</th></tr>{rows}</table>"
         f"<img alt='{_e(category.id)} score histograms and precision-recall curve' "
         f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'></section>"
@@ -162,8 +184,7 @@ def _category_section(result: PolicyCalibration, calibration: CategoryCalibratio
 def _metric_rows(current: OperatingPoint, proposed: OperatingPoint) -> list[tuple[str, str, str]]:
     """(metric, current, proposed), formatted."""
 
-    def number(value: float | None) -> str:
-        return "&ndash;" if value is None else f"{value:.4g}"
+    number = _number
 
     def share(value: float) -> str:
         return f"{value:.1%}"
@@ -171,12 +192,17 @@ def _metric_rows(current: OperatingPoint, proposed: OperatingPoint) -> list[tupl
     return [
         ("review threshold", number(current.review), number(proposed.review)),
         ("block threshold", number(current.block), number(proposed.block)),
+        ("precision at review (reviewed or blocked)", number(current.precision_at_review), number(proposed.precision_at_review)),
         ("precision at block", number(current.precision_at_block), number(proposed.precision_at_block)),
         ("recall at block", number(current.recall_at_block), number(proposed.recall_at_block)),
         ("recall at review (reviewed or blocked)", number(current.recall_at_review), number(proposed.recall_at_review)),
         ("expected review load (share of labelled images)", share(current.review_load), share(proposed.review_load)),
         ("expected block load (share of labelled images)", share(current.block_load), share(proposed.block_load)),
     ]
+
+
+def _number(value: float | None) -> str:
+    return "&ndash;" if value is None else f"{value:.4g}"
 
 
 def _e(text: str) -> str:

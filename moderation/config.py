@@ -35,6 +35,7 @@ class ClipPrecision(str, enum.Enum):
 
 
 class ExplainerMode(str, enum.Enum):
+    AUTO = "auto"  # remote when explainer_target is set, else in-process when the weights are available, else off
     OFF = "off"
     IN_PROCESS = "in-process"
     REMOTE = "remote"
@@ -79,7 +80,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch; default: torch's own")
 
     explainer_mode: ExplainerMode = Field(
-        ExplainerMode.OFF, description="SmolVLM2 escalation: off, in-process, or remote (explainer_target)"
+        ExplainerMode.AUTO,
+        description="SmolVLM2 escalation: auto (remote when explainer_target is set, else in-process when the explainer's "
+        "weights are available, else off, saying why), off, in-process (fails to start without weights), or remote",
     )
     explainer_model: str = Field(
         "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", description="Hugging Face id or local directory of a SmolVLM2 model"
@@ -135,6 +138,16 @@ class Settings(BaseSettings):
         "unset keeps none",
     )
     embedding_retention_days: float = Field(30.0, gt=0, description="how long stored embeddings are kept")
+    embedding_flush_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="buffered decisions reach the embedding store file at most this many seconds late"
+    )
+    thumbnail_store: Path | None = Field(
+        None,
+        description="directory keeping a small JPEG of each flagged decision's image (not ALLOWed by the active or a shadow "
+        "policy) for reviewers, by request id (`moderation case show`); mode 0700/0600; unset keeps none",
+    )
+    thumbnail_retention_days: float = Field(7.0, gt=0, description="how long thumbnails are kept")
+    thumbnail_max_px: int = Field(256, ge=32, le=512, description="longer side of a thumbnail, pixels")
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
 

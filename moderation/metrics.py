@@ -2,9 +2,14 @@
 
 Labels are bounded: policy and category ids come from the served policy files,
 actions, bands, stages and status codes from fixed enums. Never a request id.
+Shadow series carry the shadow's version; series of versions no longer served are
+removed whenever the served set is published (every policy load), so their number
+stays bounded by the served shadows, not by how many versions a server has seen.
 """
 
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -91,14 +96,14 @@ class ModerationMetrics:
         )
         self.shadow_decisions = Counter(
             "moderation_shadow_decisions_total",
-            "Decisions of shadow policies (never returned to callers) by action.",
-            ["policy", "shadow", "action"],
+            "Decisions of shadow policies (never returned to callers) by shadow version and action.",
+            ["policy", "shadow", "shadow_version", "action"],
             registry=registry,
         )
         self.shadow_disagreements = Counter(
             "moderation_shadow_disagreements_total",
-            "Categories where a shadow policy's action differs from the active policy's.",
-            ["policy", "shadow", "category"],
+            "Categories where a shadow policy's action differs from the active policy's, by shadow version.",
+            ["policy", "shadow", "shadow_version", "category"],
             registry=registry,
         )
         self.escalations = Counter(
@@ -139,10 +144,31 @@ class ModerationMetrics:
             registry=registry,
         )
 
+        self._shadow_lock = threading.Lock()
+        self._shadow_series: set[tuple[str, ...]] = set()  # label values of decisions and disagreements series
+
+    def count_shadow_decision(self, policy: str, shadow: str, shadow_version: str, action: str) -> None:
+        with self._shadow_lock:
+            self._shadow_series.add(("decision", policy, shadow, shadow_version, action))
+            self.shadow_decisions.labels(policy, shadow, shadow_version, action).inc()
+
+    def count_shadow_disagreement(self, policy: str, shadow: str, shadow_version: str, category: str) -> None:
+        with self._shadow_lock:
+            self._shadow_series.add(("disagreement", policy, shadow, shadow_version, category))
+            self.shadow_disagreements.labels(policy, shadow, shadow_version, category).inc()
+
     def publish_policies(self, policies: list[tuple[str, str, list[tuple[str, float, float]]]], model_id: str) -> None:
-        """Replace the info and threshold series with the currently served policies."""
+        """Replace the info and threshold series with the currently served policies; drop shadow series of versions gone."""
         self.policy_info.clear()
         self.thresholds.clear()
+        served = {(policy_id, version) for policy_id, version, _ in policies}
+        # A request still finishing on the old snapshot may recreate a series just removed;
+        # the next publish removes it again, so stale series never outnumber in-flight requests.
+        with self._shadow_lock:
+            for series in [s for s in self._shadow_series if (s[2], s[3]) not in served]:
+                family = self.shadow_decisions if series[0] == "decision" else self.shadow_disagreements
+                family.remove(*series[1:])
+                self._shadow_series.discard(series)
         for policy_id, version, categories in policies:
             self.policy_info.labels(policy_id, version, model_id).set(1)
             for category_id, review, block in categories:

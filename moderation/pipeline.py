@@ -26,8 +26,9 @@ from moderation.escalation.tier import (
 from moderation.imaging import DecodedImage, DecodeLimits, decode_frames
 from moderation.metrics import ModerationMetrics
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
-from moderation.policy.schema import Policy
+from moderation.policy.schema import Action, Policy
 from moderation.store import EmbeddingStore
+from moderation.thumbnails import ThumbnailStore, make_thumbnail
 
 log = logging.getLogger(__name__)
 shadow_log = logging.getLogger("moderation.audit.shadow")
@@ -74,10 +75,12 @@ class ModerationPipeline:
         max_queue: int = 128,
         store: EmbeddingStore | None = None,
         escalation: EscalationTier | None = None,
+        thumbnails: ThumbnailStore | None = None,
     ):
         self.scorer = scorer
         self.escalation = escalation
         self.store = store
+        self.thumbnails = thumbnails
         self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="embedding-store")
         self.registry = registry
         self.limits = limits
@@ -150,23 +153,24 @@ class ModerationPipeline:
     ) -> tuple[FrameScores, Decision]:
         frame_scores = self.scorer.score_frames(embeddings, decoded.frame_indices, served.compiled)
         decision = decide(frame_scores.scores, served.policy)
-        for shadow in shadows:
-            self._evaluate_shadow(shadow, embeddings, decoded.frame_indices, decision, request_id)
+        shadow_decisions = [self._evaluate_shadow(shadow, embeddings, decoded.frame_indices, decision, request_id) for shadow in shadows]
         if self.store is not None:
             self._record(request_id, decision, embeddings, decoded.frame_indices, frame_scores.deciding)
+        if self.thumbnails is not None and any(d.action is not Action.ALLOW for d in (decision, *shadow_decisions)):
+            self._keep_thumbnail(request_id, decision, decoded, frame_scores.deciding)
         return frame_scores, decision
 
     def _evaluate_shadow(
         self, shadow: ServedPolicy[PolicyTextIndex], embeddings: torch.Tensor, frame_indices: tuple[int, ...], active: Decision, request_id: str
-    ) -> None:
+    ) -> Decision:
         """Score the same embeddings under a shadow policy; its decision goes to metrics and the audit log only."""
         scores = self.scorer.score_frames(embeddings, frame_indices, shadow.compiled).scores
         decision = decide(scores, shadow.policy)
-        self.metrics.shadow_decisions.labels(active.policy_id, shadow.policy.id, decision.action.value).inc()
+        self.metrics.count_shadow_decision(active.policy_id, shadow.policy.id, decision.policy_version, decision.action.value)
         active_actions = {c.category_id: c.action for c in active.categories}
         disagreements = [c.category_id for c in decision.categories if active_actions.get(c.category_id, c.action) is not c.action]
         for category_id in disagreements:
-            self.metrics.shadow_disagreements.labels(active.policy_id, shadow.policy.id, category_id).inc()
+            self.metrics.count_shadow_disagreement(active.policy_id, shadow.policy.id, decision.policy_version, category_id)
         shadow_log.info(
             "shadow decision",
             extra={
@@ -179,9 +183,25 @@ class ModerationPipeline:
                     "shadow_policy_version": decision.policy_version,
                     "shadow_action": decision.action.value,
                     "disagreements": disagreements,
+                    # Per category: [active score, shadow score] and [active action, shadow action].
+                    "scores": _pairs({c.category_id: round(c.score, 4) for c in active.categories}, {c.category_id: round(c.score, 4) for c in decision.categories}),
+                    "actions": _pairs({c.category_id: c.action.value for c in active.categories}, {c.category_id: c.action.value for c in decision.categories}),
                 }
             },
         )
+        return decision
+
+    def _keep_thumbnail(self, request_id: str, decision: Decision, decoded: DecodedImage, deciding: dict[str, int]) -> None:
+        """A small JPEG of the deciding frame for reviewers (opt-in); made here, written off the event loop."""
+        top = max(decision.categories, key=lambda c: c.score)
+        frame = decoded.frames[decoded.frame_indices.index(deciding.get(top.category_id, decoded.frame_indices[0]))]
+        try:
+            jpeg = make_thumbnail(frame, self.thumbnails.max_px)
+        except (OSError, ValueError) as error:  # a thumbnail never fails the request
+            log.warning("could not make a thumbnail for request %s: %s", request_id, error)
+            return
+        future = self._store_pool.submit(self.thumbnails.save, request_id, jpeg)
+        future.add_done_callback(_log_thumbnail_failure)
 
     def _record(
         self, request_id: str, decision: Decision, embeddings: torch.Tensor, frame_indices: tuple[int, ...], deciding: dict[str, int]
@@ -243,6 +263,16 @@ class ModerationPipeline:
         self._store_pool.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
+
+
+def _pairs(active: dict[str, object], shadow: dict[str, object]) -> dict[str, list[object]]:
+    """category id -> [active, shadow]; None on the side of a policy without that category."""
+    return {cid: [active.get(cid), shadow.get(cid)] for cid in dict.fromkeys([*active, *shadow])}
+
+
+def _log_thumbnail_failure(future) -> None:  # noqa: ANN001 - concurrent.futures.Future
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("could not write a thumbnail: %s", future.exception())
 
 
 __all__ = ["Band", "EscalationOutcome", "EscalationStatus", "ModerationPipeline", "ModerationResult", "StageTimings"]

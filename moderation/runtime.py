@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
     from moderation.pipeline import ModerationPipeline
     from moderation.reload import PolicyReloader
     from moderation.store import EmbeddingStore
+    from moderation.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +134,89 @@ def load_explainer(settings: Settings, device: str) -> Explainer:
     return explainer
 
 
+@dataclass(frozen=True)
+class ExplainerChoice:
+    """Which escalation tier runs (OFF, IN_PROCESS or REMOTE, never AUTO) and why."""
+
+    mode: ExplainerMode
+    reason: str
+
+
+# Settings that only matter to one kind of tier, and the modes they matter in.
+_EXPLAINER_SETTINGS_USED_BY = {
+    "explainer_model": (ExplainerMode.IN_PROCESS,),
+    "explainer_weights": (ExplainerMode.IN_PROCESS,),
+    "explainer_quantize": (ExplainerMode.IN_PROCESS,),
+    "explainer_max_new_tokens": (ExplainerMode.IN_PROCESS,),
+    "explainer_target": (ExplainerMode.REMOTE,),
+    "explainer_timeout_s": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_max_concurrent": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_max_waiting": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_budget_per_minute": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_failure_threshold": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+    "explainer_cooldown_s": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
+}
+
+
+def choose_explainer(settings: Settings) -> ExplainerChoice:
+    """Resolve explainer_mode (auto included) to the tier that runs, in about a second at most."""
+    from moderation.escalation.availability import explainer_available
+
+    mode = settings.explainer_mode
+    if mode is ExplainerMode.OFF:
+        return ExplainerChoice(ExplainerMode.OFF, "explainer_mode is off")
+    if mode is ExplainerMode.REMOTE:
+        return ExplainerChoice(ExplainerMode.REMOTE, f"explainer_mode is remote, explain-serve at {settings.explainer_target}")
+    if mode is ExplainerMode.IN_PROCESS:
+        return ExplainerChoice(ExplainerMode.IN_PROCESS, "explainer_mode is in-process")
+    if settings.explainer_target:
+        return ExplainerChoice(ExplainerMode.REMOTE, f"explainer_mode auto and explainer_target is set: explain-serve at {settings.explainer_target}")
+    available, why = explainer_available(settings.explainer_model, settings.explainer_weights, settings.weights_cache, settings.allow_downloads)
+    if available:
+        return ExplainerChoice(ExplainerMode.IN_PROCESS, f"explainer_mode auto: {why}")
+    return ExplainerChoice(
+        ExplainerMode.OFF,
+        f"explainer_mode auto: {why}; borderline cases go to REVIEW without a rationale "
+        "(--explainer in-process requires the explainer and fails without it; --explainer off silences this)",
+    )
+
+
+def explainer_setting_warnings(settings: Settings, choice: ExplainerChoice) -> list[str]:
+    """Explainer settings given (flag, environment or config file) that the chosen tier does not use."""
+    warnings = []
+    for name in sorted(settings.model_fields_set & set(_EXPLAINER_SETTINGS_USED_BY)):
+        if choice.mode in _EXPLAINER_SETTINGS_USED_BY[name]:
+            continue
+        value = getattr(settings, name)
+        if choice.mode is ExplainerMode.OFF:
+            where = "escalation is off"
+        elif choice.mode is ExplainerMode.REMOTE:
+            where = "the explainer runs remotely (set it on explain-serve)"
+        else:
+            where = "the explainer runs in-process (explainer_target is for remote mode)"
+        warnings.append(f"{name}={value} has no effect: {where}")
+    return warnings
+
+
 def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device: str) -> EscalationTier | None:
     from moderation.escalation.backends import InProcessExplainer, RemoteExplainer
     from moderation.escalation.tier import EscalationTier
 
-    if settings.explainer_mode is ExplainerMode.OFF:
+    choice = choose_explainer(settings)
+    for warning in explainer_setting_warnings(settings, choice):
+        log.warning("%s", warning)
+    if choice.mode is ExplainerMode.OFF:
+        log.info("escalation tier off: %s", choice.reason, extra={"fields": {"escalation": "off"}})
         return None
-    if settings.explainer_mode is ExplainerMode.REMOTE:
+    if choice.mode is ExplainerMode.REMOTE:
         backend = RemoteExplainer(settings.explainer_target)
+        log.info("escalation tier remote: %s", choice.reason, extra={"fields": {"escalation": "remote"}})
     else:
-        backend = InProcessExplainer(load_explainer(settings, device), settings.explainer_max_new_tokens)
+        explainer = load_explainer(settings, device)
+        backend = InProcessExplainer(explainer, settings.explainer_max_new_tokens)
+        log.info(
+            "escalation tier in-process, SmolVLM2 %s: %s", explainer.info.model_id, choice.reason, extra={"fields": {"escalation": "in-process"}}
+        )
     return EscalationTier(
         backend,
         metrics,
@@ -159,7 +234,28 @@ def build_store(settings: Settings) -> EmbeddingStore | None:
 
     if settings.embedding_store is None:
         return None
-    return EmbeddingStore(settings.embedding_store, retention=timedelta(days=settings.embedding_retention_days))
+    return EmbeddingStore(
+        settings.embedding_store,
+        retention=timedelta(days=settings.embedding_retention_days),
+        max_delay_s=settings.embedding_flush_interval_s,
+        flush_interval_s=settings.embedding_flush_interval_s,
+    )
+
+
+def build_thumbnails(settings: Settings) -> ThumbnailStore | None:
+    from moderation.thumbnails import ThumbnailError, ThumbnailStore
+
+    if settings.thumbnail_store is None:
+        return None
+    try:
+        store = ThumbnailStore(settings.thumbnail_store, timedelta(days=settings.thumbnail_retention_days), settings.thumbnail_max_px)
+    except ThumbnailError as error:
+        raise ConfigurationError(f"{error}; fix or unset MODERATION_THUMBNAIL_STORE") from error
+    log.info(
+        "thumbnail store on: flagged cases keep a %d px JPEG in %s (mode 0700) for %g days",
+        settings.thumbnail_max_px, settings.thumbnail_store, settings.thumbnail_retention_days,
+    )  # fmt: skip
+    return store
 
 
 def build_pipeline(
@@ -170,11 +266,11 @@ def build_pipeline(
     With `cancellation`, raises CompileCancelled soon after it is cancelled (between steps,
     or within one chunk of a policy compile).
     """
-    cancellation = cancellation or StartupCancellation()
     from moderation.pipeline import ModerationPipeline
     from moderation.policy.registry import PolicyRegistry
     from moderation.reload import PolicyReloader
 
+    cancellation = cancellation or StartupCancellation()
     if settings.torch_threads:
         import torch
 
@@ -202,6 +298,7 @@ def build_pipeline(
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
         store=build_store(settings),
+        thumbnails=build_thumbnails(settings),
         escalation=build_escalation_tier(settings, metrics, spec.device),
     )
     return pipeline, reloader

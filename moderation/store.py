@@ -9,7 +9,10 @@ Storage is one SQLite file (WAL mode, so `policy diff` can read while the server
 writes). `record` is cheap and thread-safe: it appends to an in-memory buffer, and
 the thread whose record fills a batch (or finds the oldest buffered row older than
 `max_delay_s`) writes the batch in one transaction. A thread never waits for
-another's write. If SQLite refuses a write (disk full, database locked) the rows
+another's write. A background thread also writes whatever is buffered every
+`flush_interval_s` (default `max_delay_s`), so a quiet server's last decisions reach
+the file within seconds rather than waiting for more traffic; `close()` writes the
+rest. If SQLite refuses a write (disk full, database locked) the rows
 stay buffered, the next attempt waits `max_delay_s`, and past `max_buffered` the
 oldest rows are dropped and counted in `dropped`: the request path never grows
 memory without bound and never fails because of the store.
@@ -51,6 +54,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (ts);
 CREATE INDEX IF NOT EXISTS decisions_by_policy_time ON decisions (policy_id, ts);
+CREATE INDEX IF NOT EXISTS decisions_by_request ON decisions (request_id);  -- `moderation case show`
 """
 _INSERT = "INSERT INTO decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
@@ -88,6 +92,7 @@ class EmbeddingStore:
         max_buffered: int = 10_000,
         busy_timeout_s: float = 1.0,
         prune_every_s: float = 3600.0,
+        flush_interval_s: float | None = None,
     ):
         if batch_size < 1 or max_buffered < batch_size:
             raise ValueError(f"need 1 <= batch_size <= max_buffered, got {batch_size} and {max_buffered}")
@@ -114,6 +119,10 @@ class EmbeddingStore:
             self._connection.execute("INSERT OR IGNORE INTO store_info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.Error as error:
             raise StoreError(f"cannot open embedding store {self.path}: {error}") from error
+        self._closed = threading.Event()
+        interval = max_delay_s if flush_interval_s is None else flush_interval_s
+        self._flusher = threading.Thread(target=self._flush_periodically, args=(max(interval, 0.05),), name="embedding-store-flush", daemon=True)
+        self._flusher.start()
 
     def record(
         self,
@@ -191,11 +200,24 @@ class EmbeddingStore:
             return self._prune_locked(cutoff)
 
     def close(self) -> None:
-        """Write what is buffered and close the file."""
+        """Stop the flush thread, write what is buffered and close the file."""
+        self._closed.set()
+        self._flusher.join()
         try:
             self.flush()
         finally:
             self._connection.close()
+
+    def _flush_periodically(self, interval_s: float) -> None:
+        while not self._closed.wait(interval_s):
+            with self._buffer_lock:
+                due = bool(self._buffer) and time.monotonic() >= self._retry_at
+            if not due:
+                continue
+            try:
+                self.flush(wait=False)
+            except StoreError as error:
+                log.warning("%s; %d decisions stay buffered, next attempt in %.0f s", error, len(self._buffer), self.max_delay_s)
 
     def __enter__(self) -> EmbeddingStore:
         return self
@@ -258,6 +280,35 @@ def stored_model_ids(path: str | Path, since: Timestamp, until: Timestamp | None
     with _read_only(path) as connection:
         rows = connection.execute(f"SELECT model_id, COUNT(*) FROM decisions WHERE {where} GROUP BY model_id ORDER BY 2 DESC", params)
         return dict(rows.fetchall())
+
+
+@dataclass(frozen=True)
+class StoreFreshness:
+    """How current a store is: what `policy diff` re-scores, and how old the newest decision is."""
+
+    in_window: int  # decisions in the window (and policy)
+    oldest_in_window: float | None  # unix seconds
+    newest_in_window: float | None
+    newest: float | None  # the newest decision of any policy, any time
+
+
+def store_freshness(path: str | Path, since: Timestamp, until: Timestamp | None = None, policy_id: str | None = None) -> StoreFreshness:
+    where, params = _window(since, until, policy_id)
+    with _read_only(path) as connection:
+        count, oldest, newest_in_window = connection.execute(f"SELECT COUNT(*), MIN(ts), MAX(ts) FROM decisions WHERE {where}", params).fetchone()
+        (newest,) = connection.execute("SELECT MAX(ts) FROM decisions").fetchone()
+    return StoreFreshness(int(count), oldest, newest_in_window, newest)
+
+
+def find_decisions(path: str | Path, request_id: str) -> StoredDecisions | None:
+    """Every stored decision with this request id (one, unless a caller reused the id), oldest first."""
+    with _read_only(path) as connection:
+        rows = connection.execute(
+            "SELECT ts, rowid, request_id, policy_id, policy_version, action, model_id, embedding FROM decisions "
+            "WHERE request_id = ? ORDER BY ts, rowid LIMIT 100",
+            (request_id,),
+        ).fetchall()
+    return _batch(rows, path) if rows else None
 
 
 def unix_seconds(timestamp: Timestamp) -> float:

@@ -104,7 +104,8 @@ class ServerProcess:
             "--metrics-port", str(self.metrics_port), "--policies", str(policies), "--model", model,
             "--weights", "random", "--device", device, "--log-format", "text", *extra_args,
         ]  # fmt: skip
-        env = {**os.environ, "MODERATION_LOG_LEVEL": "WARNING"}
+        # The CLIP tier alone: the default explainer_mode (auto) could load SmolVLM2 beside it.
+        env = {**os.environ, "MODERATION_LOG_LEVEL": "WARNING", "MODERATION_EXPLAINER_MODE": "off"}
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
 
     def wait_serving(self, timeout_s: float = 300) -> None:

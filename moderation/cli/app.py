@@ -7,3 +7,5 @@ import typer
 app = typer.Typer(help="Image moderation over gRPC: CLIP zero-shot scoring against YAML policies.", no_args_is_help=True)
 policy_app = typer.Typer(help="Validate, test, calibrate and compare policy files.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+case_app = typer.Typer(help="Look up one moderated request by its id: stored decision and, if kept, its thumbnail.", no_args_is_help=True)
+app.add_typer(case_app, name="case")

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from moderation.cli.app import app
 from moderation.cli.common import err
-from moderation.cli.render import print_response
+from moderation.cli.render import print_response, print_responses_summary
 
 
 @app.command()
@@ -31,6 +31,7 @@ def moderate(
 
     failures = 0
     documents = []
+    answered = []
     with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 256 * 1024 * 1024)]) as channel:
         stub = pb_grpc.ModerationServiceStub(channel)
         for path in images:
@@ -44,6 +45,9 @@ def moderate(
                 documents.append({"image": str(path), **MessageToDict(response, preserving_proto_field_name=True)})
             else:
                 print_response(path, response)
+                answered.append((path, response))
+    if len(answered) > 1:
+        print_responses_summary(answered)
     if as_json:
         print(json.dumps(documents, indent=2))
     if failures:

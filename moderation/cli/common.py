@@ -7,8 +7,10 @@ commands score with what the server would run.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
@@ -21,9 +23,44 @@ if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not l
     from moderation.clip import ClipModelSpec, ClipScorer
     from moderation.policy import Policy
 
+
+
+class _LiveConsole:
+    """A rich Console made for the streams and COLUMNS of the moment it prints, not of import time.
+
+    A Console reads COLUMNS once, when it is made; a module-level one would keep the
+    width of whatever imported it first (a test runner, a shell with other settings).
+    """
+
+    def __init__(self, **options: Any):
+        self._options = options
+        self._made: tuple[tuple[object, ...], Console] | None = None
+
+    def current(self) -> Console:
+        key = (sys.stdout, sys.stderr, os.environ.get("COLUMNS"))
+        if self._made is None or self._made[0] != key:
+            self._made = (key, Console(**self._options))
+        return self._made[1]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.current(), name)
+
+
 # soft_wrap: long lines stay whole so file:line prefixes can be grepped.
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out: Console = _LiveConsole(soft_wrap=True)  # type: ignore[assignment]
+err: Console = _LiveConsole(stderr=True, soft_wrap=True)  # type: ignore[assignment]
+JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout instead of tables")]
+
+
+def width_known() -> bool:
+    """Whether tables can be sized: stdout is a terminal, or COLUMNS says how wide the reader is."""
+    return out.is_terminal or (os.environ.get("COLUMNS") or "").isdigit()
+
+
+def print_json(document: object) -> None:
+    import json
+
+    print(json.dumps(document, indent=2, default=str))
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

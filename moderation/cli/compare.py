@@ -1,4 +1,4 @@
-"""`moderation compare`: both model tiers on one image, in-process, side by side."""
+"""`moderation compare`: both model tiers on images, in-process, side by side, with an agreement count."""
 
 from __future__ import annotations
 
@@ -6,19 +6,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from moderation.cli.app import app
 from moderation.cli.common import (
     DeviceOption,
     ExplainerModelOption,
     ExplainerWeightsOption,
+    JsonOption,
     ModelOption,
     WeightsOption,
-    fail,
+    err,
     load_scorer_or_fail,
     model_spec,
     offline_settings,
+    out,
     policy_or_fail,
+    print_json,
     settings_or_fail,
 )
 from moderation.cli.render import print_comparison
@@ -26,7 +30,7 @@ from moderation.cli.render import print_comparison
 
 @app.command()
 def compare(
-    image: Annotated[Path, typer.Argument(help="image file", exists=True, dir_okay=False)],
+    images: Annotated[list[Path], typer.Argument(help="image files", exists=True, dir_okay=False)],
     policy: Annotated[Path, typer.Option(help="policy YAML file")] = Path("policies/default.yaml"),
     model: ModelOption = None,
     weights: WeightsOption = None,
@@ -34,13 +38,15 @@ def compare(
     explainer_model: ExplainerModelOption = None,
     explainer_weights: ExplainerWeightsOption = None,
     no_explainer: Annotated[bool, typer.Option("--no-explainer", help="CLIP tier only")] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Run every model tier on one image, in-process, and print their outputs side by side per category.
+    """Run every model tier on images, in-process, and print their outputs side by side per category.
 
-    The CLIP tier scores the image as the server does (every sampled frame of an
-    animation, the most severe kept); the explainer sees the frame that decided each category.
+    The CLIP tier scores each image as the server does (every sampled frame of an
+    animation, the most severe kept); the explainer sees the frame that decided each
+    category. Ends with how many category verdicts the two tiers agree on.
     """
-    from moderation.decision import decide
+    from moderation.decision import clip_leans_violating, decide
     from moderation.imaging import ImageRejected, decode_frames
     from moderation.runtime import decode_limits, load_explainer
 
@@ -48,14 +54,8 @@ def compare(
     settings = offline_settings(model, weights, device)
     spec = model_spec(settings)
     scorer = load_scorer_or_fail(spec)
-    try:
-        decoded = decode_frames(image.read_bytes(), decode_limits(settings, scorer.image_size))
-    except ImageRejected as error:
-        raise fail(f"{image}: {error}") from None
-    (frame_scores,) = scorer.score_decoded([decoded], scorer.index_policy(loaded_policy))
-    decision = decide(frame_scores.scores, loaded_policy)
-
-    verdicts = {}
+    index = scorer.index_policy(loaded_policy)
+    explainer = None
     explainer_id = "off"
     if not no_explainer:
         explainer_settings = settings_or_fail(
@@ -63,9 +63,76 @@ def compare(
         )
         explainer = load_explainer(explainer_settings, spec.device)
         explainer_id = explainer.info.model_id
-        # One verdict per category, so every row has the explainer's view of it.
-        for category in loaded_policy.categories:
-            frame = decoded.frames[decoded.frame_indices.index(frame_scores.deciding[category.id])]
-            result = explainer.explain(frame, loaded_policy, [category.id], loaded_policy.escalation.instruction)
-            verdicts[category.id] = result.verdict
-    print_comparison(image, scorer.model_id, explainer_id, decision, verdicts, scorer.random_weights)
+
+    documents = []
+    agree = compared = 0
+    failures = 0
+    for image in images:
+        try:
+            decoded = decode_frames(image.read_bytes(), decode_limits(settings, scorer.image_size))
+        except ImageRejected as error:
+            failures += 1
+            err.print(escape(f"{image}: {error}"), highlight=False)
+            continue
+        (frame_scores,) = scorer.score_decoded([decoded], index)
+        decision = decide(frame_scores.scores, loaded_policy)
+        verdicts = {}
+        if explainer is not None:
+            # One verdict per category, so every row has the explainer's view of it.
+            for category in loaded_policy.categories:
+                frame = decoded.frames[decoded.frame_indices.index(frame_scores.deciding[category.id])]
+                result = explainer.explain(frame, loaded_policy, [category.id], loaded_policy.escalation.instruction)
+                verdicts[category.id] = result.verdict
+        for c in decision.categories:
+            verdict = verdicts.get(c.category_id)
+            if verdict is not None:
+                compared += 1
+                agree += verdict.violates == clip_leans_violating(c)
+        if as_json:
+            documents.append(comparison_document(image, decision, verdicts))
+        else:
+            print_comparison(image, scorer.model_id, explainer_id, decision, verdicts, scorer.random_weights)
+    random = scorer.random_weights or explainer_id.endswith("/random")
+    if as_json:
+        print_json(
+            {
+                "policy_id": loaded_policy.id,
+                "version": loaded_policy.version,
+                "clip_model": scorer.model_id,
+                "explainer": explainer_id,
+                "random_weights": random,
+                "images": documents,
+                "agreement": {"agree": agree, "compared": compared},
+            }
+        )
+    else:
+        if explainer is None:
+            out.print("explainer off (--no-explainer): no agreement to count", highlight=False)
+        else:
+            out.print(f"[bold]{agree} of {compared} categories agree[/] over {len(images) - failures} images", highlight=False)
+        if random:
+            out.print("[bold yellow]random weights: these outputs mean nothing[/]")
+    if failures:
+        raise typer.Exit(1)
+
+
+def comparison_document(image: Path, decision, verdicts: dict) -> dict:  # noqa: ANN001 - Decision, ExplainerVerdict
+    from moderation.decision import clip_leans_violating
+
+    categories = []
+    for c in decision.categories:
+        verdict = verdicts.get(c.category_id)
+        categories.append(
+            {
+                "id": c.category_id,
+                "clause": c.clause_id,
+                "clip_score": c.score,
+                "band": c.band.value,
+                "clip_leans_violating": clip_leans_violating(c),
+                "explainer_violates": verdict.violates if verdict else None,
+                "confidence": verdict.confidence if verdict else None,
+                "agree": (verdict.violates == clip_leans_violating(c)) if verdict else None,
+                "rationale": verdict.rationale if verdict else None,
+            }
+        )
+    return {"image": str(image), "action": decision.action.value, "categories": categories}

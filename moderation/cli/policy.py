@@ -12,6 +12,7 @@ from rich.markup import escape
 from moderation.cli.app import policy_app
 from moderation.cli.common import (
     DeviceOption,
+    JsonOption,
     ModelOption,
     WeightsOption,
     err,
@@ -22,8 +23,9 @@ from moderation.cli.common import (
     offline_settings,
     out,
     policy_or_fail,
+    print_json,
 )
-from moderation.cli.render import print_calibration, print_case_outcomes, print_flips
+from moderation.cli.render import print_calibration, print_case_outcomes, print_flips, print_store_freshness
 
 if TYPE_CHECKING:
     from moderation.policy_calibration import PolicyCalibration
@@ -126,6 +128,7 @@ def policy_test(
             help="check cases, images and category ids and score every image, without comparing actions; on by itself with random weights",
         ),
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Score each policy's golden cases in-process and compare expected with actual decisions."""
     from moderation.offline import check_golden_cases
@@ -136,6 +139,7 @@ def policy_test(
     if cases is not None and len(files) != 1:
         raise fail("--cases names the cases of one policy; give exactly one policy file with it")
     suites = []
+    documents: list[dict] = []
     failed = 0
     for path in files:
         try:
@@ -154,7 +158,7 @@ def policy_test(
         scorer = load_offline_scorer(model, weights, device)
         if scorer.random_weights:
             check_only = True
-        if check_only:
+        if check_only and not as_json:
             why = f"model {scorer.model_id} has random weights" if scorer.random_weights else "--check-only"
             out.print(
                 f"[bold yellow]CHECK-ONLY[/] ({escape(why)}): cases, images and category ids are checked and every image is "
@@ -171,12 +175,39 @@ def policy_test(
             )
             continue
         outcomes = check_golden_cases(scorer, policy, cases_file, compare=not check_only)
-        print_case_outcomes(path, policy, cases_file, outcomes, check_only)
+        if as_json:
+            documents.append(_cases_document(path, policy, cases_file, outcomes))
+        else:
+            print_case_outcomes(path, policy, cases_file, outcomes, check_only)
         failed += any(not outcome.passed for outcome in outcomes)
+    if as_json:
+        print_json({"check_only": check_only, "model": scorer.model_id if suites else None, "policies": documents, "failed": failed})
     if failed:
         err.print(f"{failed} of {len(files)} policies failed their tests", highlight=False)
         raise typer.Exit(1)
 
+
+
+def _cases_document(path: Path, policy, cases_file, outcomes) -> dict:  # noqa: ANN001 - Policy, CasesFile, CaseOutcome
+    return {
+        "file": str(path),
+        "policy_id": policy.id,
+        "version": policy.version,
+        "cases_file": str(cases_file.path),
+        "cases": [
+            {
+                "image": outcome.case.image,
+                "expect": outcome.case.expect.value,
+                "action": outcome.decision.action.value if outcome.decision else None,
+                "categories": {c.category_id: {"score": c.score, "band": c.band.value} for c in outcome.decision.categories}
+                if outcome.decision
+                else {},
+                "passed": outcome.passed,
+                "problems": [str(problem) for problem in outcome.problems],
+            }
+            for outcome in outcomes
+        ],
+    }
 
 
 @policy_app.command("calibrate")
@@ -196,6 +227,15 @@ def policy_calibrate(
     weights: WeightsOption = None,
     device: DeviceOption = None,
     open_report: Annotated[bool, typer.Option("--open", help="open the report in a web browser")] = False,
+    allow_collapse: Annotated[
+        bool,
+        typer.Option(
+            "--allow-collapse",
+            help="take a proposal that empties a REVIEW band (review = block: no human review or escalation below block); "
+            "without it such a category keeps its current review threshold",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Score labelled images, propose review/block thresholds per category, write the next policy version and a report."""
     import difflib
@@ -209,11 +249,13 @@ def policy_calibrate(
     from moderation.offline import score_image_files
     from moderation.policy import PolicyFileError
     from moderation.policy.rewrite import RewriteError
-    from moderation.policy_calibration import calibrate_policy
+    from moderation.policy_calibration import calibrate_policy, calibration_document
 
     policy, policy_text = policy_or_fail(policy_file)
     try:
-        targets = CalibrationTargets(precision=target_precision, recall=target_recall, max_review_rate=max_review_rate)
+        targets = CalibrationTargets(
+            precision=target_precision, recall=target_recall, max_review_rate=max_review_rate, allow_collapse=allow_collapse
+        )
         images = read_labels(labels, [c.id for c in policy.categories])
     except (ValueError, LabelsError) as error:
         raise fail(str(error)) from None
@@ -223,7 +265,7 @@ def policy_calibrate(
 
     index = scorer.index_policy(policy)
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err) as progress:
+    with Progress(*columns, console=err.current()) as progress:
         task = progress.add_task("scoring", total=len(images))
         scored = score_image_files(scorer, index, [image.path for image in images], on_scored=lambda n: progress.advance(task, n))
     unreadable = [f"{result.path}: {result.error}" for result in scored if result.scores is None]
@@ -256,11 +298,19 @@ def policy_calibrate(
     report_path = out_dir / "report.html"
     report_path.write_text(render_report(result, str(labels), scorer.random_weights, unreadable, str(proposed_path)), encoding="utf-8")
 
-    print_calibration(result)
-    for line in difflib.unified_diff(policy_text.splitlines(), result.proposed_text.splitlines(), str(policy_file), str(proposed_path), lineterm=""):
-        style = "bold" if line.startswith(("---", "+++")) else {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
-        out.print(escape(line), style=style, highlight=False)
-    out.print(f"wrote {proposed_path}, {report_path} and {out_dir / 'scores.csv'}", highlight=False)
+    diff = list(difflib.unified_diff(policy_text.splitlines(), result.proposed_text.splitlines(), str(policy_file), str(proposed_path), lineterm=""))
+    if as_json:
+        document = calibration_document(result)
+        document["skipped"] = unreadable
+        document["files"] = {"proposed": str(proposed_path), "report": str(report_path), "scores": str(out_dir / "scores.csv")}
+        document["diff"] = "\n".join(diff)
+        print_json(document)
+    else:
+        print_calibration(result)
+        for line in diff:
+            style = "bold" if line.startswith(("---", "+++")) else {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
+            out.print(escape(line), style=style, highlight=False)
+        out.print(f"wrote {proposed_path}, {report_path} and {out_dir / 'scores.csv'}", highlight=False)
     if open_report:
         import webbrowser
 
@@ -290,15 +340,19 @@ def policy_diff(
     until: Annotated[Optional[str], typer.Option(help="and older than this age (default: up to now)")] = None,
     stored_policy: Annotated[Optional[str], typer.Option(help="re-score decisions made under this policy id (default: OLD's id)")] = None,
     examples: Annotated[int, typer.Option(min=0, help="example request ids shown per kind of change")] = 3,
+    thumbnails: Annotated[
+        Optional[Path], typer.Option(help="thumbnail store to point examples at; default MODERATION_THUMBNAIL_STORE")
+    ] = None,
     model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-score stored traffic under OLD and NEW (text embeddings only) and report which decisions flip."""
     from datetime import datetime, timezone
 
-    from moderation.rescore import CannotRescore, check_stored_models, rescore_stored_decisions
-    from moderation.store import StoreError
+    from moderation.rescore import CannotRescore, check_stored_models, flips_document, rescore_stored_decisions
+    from moderation.store import StoreError, store_freshness
 
     old, new = (policy_or_fail(path)[0] for path in (old_file, new_file))
     settings = offline_settings(model, weights, device)
@@ -311,6 +365,9 @@ def policy_diff(
     policy_id = stored_policy or old.id
     spec = model_spec(settings)
     try:
+        freshness = store_freshness(store, window_start, window_end, policy_id)
+        if not as_json:
+            print_store_freshness(freshness, now.timestamp())
         # Checked before the model loads: a wrong --model is refused in a second, not after a minute.
         check_stored_models(store, spec.model_id, window_start, window_end, policy_id)
     except (CannotRescore, StoreError) as error:
@@ -327,7 +384,32 @@ def policy_diff(
     except (CannotRescore, StoreError) as error:
         raise fail(str(error)) from None
     window = f"the last {since}" + (f" up to {until} ago" if until else "")
-    print_flips(flips, old, new, f"{policy_id!r} decisions of {window} in {store}")
+    thumbnails = thumbnails or settings.thumbnail_store
+    if as_json:
+        document = {
+            "old": {"policy_id": old.id, "version": old.version},
+            "new": {"policy_id": new.id, "version": new.version},
+            "store": str(store),
+            "stored_policy": policy_id,
+            "window": {"since": window_start.isoformat(), "until": (window_end or now).isoformat()},
+            "freshness": {
+                "in_window": freshness.in_window,
+                "newest_in_window_age_s": None if freshness.newest_in_window is None else now.timestamp() - freshness.newest_in_window,
+                "newest_age_s": None if freshness.newest is None else now.timestamp() - freshness.newest,
+            },
+            "model": scorer.model_id,
+            "random_weights": scorer.random_weights,
+            **flips_document(flips),
+        }
+        if thumbnails is not None:
+            from moderation.thumbnails import thumbnail_path
+
+            document["thumbnails"] = {
+                r: str(thumbnail_path(thumbnails, r)) for r in flips.example_details if thumbnail_path(thumbnails, r).exists()
+            }
+        print_json(document)
+        return
+    print_flips(flips, old, new, f"{policy_id!r} decisions of {window} in {store}", thumbnails)
 
 
 

@@ -1,14 +1,23 @@
-"""Renderers: tables and lines for people; commands decide what to show, these decide how."""
+"""Renderers: tables and lines for people; commands decide what to show, these decide how.
+
+Every table goes through `print_rows`: a table when it fits the reader's width without
+wrapping a cell (so an id is never cut or folded), otherwise, and whenever the width is
+unknown (stdout is not a terminal and COLUMNS is unset: a pipe), one block of
+`key: value` lines per row, which greps and reads at any width.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
-from moderation.cli.common import out
+from moderation.cli.common import out, width_known
 
 if TYPE_CHECKING:
     from moderation.decision import Decision
@@ -17,7 +26,34 @@ if TYPE_CHECKING:
     from moderation.policy import Policy
     from moderation.policy.golden import CasesFile
     from moderation.policy_calibration import PolicyCalibration
-    from moderation.rescore import DecisionFlips
+    from moderation.rescore import DecisionFlips, FlipExample
+    from moderation.store import StoreFreshness
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    justify: str = "left"  # "right" for numbers
+
+
+def print_rows(title: str | None, columns: Sequence[Column | str], rows: Sequence[Sequence[str]]) -> None:
+    """Rows as a table when it fits unwrapped, else as `key: value` blocks. Cells may hold rich markup (escape data)."""
+    cols = [c if isinstance(c, Column) else Column(c) for c in columns]
+    if title:
+        out.print(title, highlight=False)
+    table = Table(title_justify="left")
+    for column in cols:
+        table.add_column(escape(column.name), justify=column.justify, no_wrap=True)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(*row)
+    if width_known():
+        needed = Measurement.get(out.current(), out.options.update_width(100_000), table).maximum
+        if needed <= out.width:
+            out.print(table)
+            return
+    for row in rows:
+        for i, (column, value) in enumerate(zip(cols, row, strict=True)):
+            out.print(f"{'- ' if i == 0 else '  '}{escape(column.name)}: {value}", highlight=False)
 
 
 def print_response(path: Path, response) -> None:  # noqa: ANN001 - generated message type
@@ -25,27 +61,36 @@ def print_response(path: Path, response) -> None:  # noqa: ANN001 - generated me
 
     action = pb.Action.Name(response.action).removeprefix("ACTION_")
     colour = {"ALLOW": "green", "REVIEW": "yellow", "BLOCK": "red"}.get(action, "white")
-    table = Table(
-        title=f"{path}: [bold {colour}]{action}[/] under {response.policy_id}@{response.policy_version} ({response.model})",
-        title_justify="left",
+    title = (
+        f"{escape(str(path))}: [bold {colour}]{action}[/] under {escape(response.policy_id)}@{escape(response.policy_version)} "
+        f"({escape(response.model)}), request {escape(response.request_id)}"
     )
-    for column in ("category", "score", "review at", "block at", "band", "clause"):
-        table.add_column(column, justify="right" if column in ("score", "review at", "block at") else "left")
-    for c in response.categories:
-        table.add_row(c.id, f"{c.score:.3f}", f"{c.review_threshold:.2f}", f"{c.block_threshold:.2f}", pb.Band.Name(c.band).removeprefix("BAND_"), c.clause_id)
-    out.print(table)
+    columns = ["category", Column("score", "right"), Column("review at", "right"), Column("block at", "right"), "band", "clause"]
+    rows = [
+        [escape(c.id), f"{c.score:.3f}", f"{c.review_threshold:.2f}", f"{c.block_threshold:.2f}", pb.Band.Name(c.band).removeprefix("BAND_"), escape(c.clause_id)]
+        for c in response.categories
+    ]
+    print_rows(title, columns, rows)
     for reason in response.reasons:
         out.print(f"  {escape(reason)}", highlight=False)
 
+
+def print_responses_summary(results: list[tuple[Path, object]]) -> None:
+    """One row per image: its request id (to find it in the audit log) and action."""
+    from moderation.v1 import moderation_pb2 as pb
+
+    rows = [
+        [escape(str(path)), escape(r.request_id), pb.Action.Name(r.action).removeprefix("ACTION_"), escape(f"{r.policy_id}@{r.policy_version}")]
+        for path, r in results
+    ]
+    print_rows(f"{len(results)} images", ["image", "request id", "action", "policy"], rows)
 
 
 def print_case_outcomes(policy_path: Path, policy: Policy, cases_file: CasesFile, outcomes: list[CaseOutcome], check_only: bool) -> None:
     from moderation.decision import Band
 
-    title = f"{policy_path}: {policy.id}@{policy.version}, cases from {cases_file.path}"
-    table = Table(title=escape(title), title_justify="left")
-    for column in ("image", "expected", "actual", "categories at or above review (score)", "result"):
-        table.add_column(column, overflow="fold")
+    title = escape(f"{policy_path}: {policy.id}@{policy.version}, cases from {cases_file.path}")
+    rows = []
     for outcome in outcomes:
         case, decision = outcome.case, outcome.decision
         expected = case.expect.value + (f" flagged={sorted(case.flagged)}" if case.flagged is not None else "")
@@ -61,8 +106,8 @@ def print_case_outcomes(policy_path: Path, policy: Policy, cases_file: CasesFile
             result = "[red]✗ fail[/]"
         else:
             result = "[yellow]checked[/]" if check_only else "[green]✓ pass[/]"
-        table.add_row(escape(case.image), escape(expected), actual, escape(categories), result)
-    out.print(table)
+        rows.append([escape(case.image), escape(expected), actual, escape(categories), result])
+    print_rows(title, ["image", "expected", "actual", "categories at or above review (score)", "result"], rows)
     for outcome in outcomes:
         for problem in outcome.problems:
             out.print(f"[red]✗[/] {escape(str(cases_file.problem(cases_file.case_loc(outcome.case), problem)))}", highlight=False)
@@ -73,32 +118,104 @@ def print_case_outcomes(policy_path: Path, policy: Policy, cases_file: CasesFile
 
 
 def print_calibration(result: PolicyCalibration) -> None:
-    table = Table(
-        title=escape(f"{result.policy.id}: {result.policy.version} -> {result.proposed.version} ({len(result.labels)} labelled images, model {result.model_id})"),
-        title_justify="left",
+    from moderation.policy.schema import Action
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    title = escape(
+        f"{result.policy.id}: {result.policy.version} -> {result.proposed.version} "
+        f"({len(result.labels)} labelled images, scored with {result.model_id})"
     )
-    for column in ("category", "positives", "review", "block", "precision at block", "recall at review", "review load"):
-        table.add_column(column, overflow="fold", justify="left" if column == "category" else "right")
-    for c in result.categories:
-        table.add_row(
-            c.category_id,
+    columns = [
+        "category", Column("positives", "right"), Column("review", "right"), Column("block", "right"),
+        Column("precision at review", "right"), Column("precision at block", "right"), Column("recall at review", "right"),
+        Column("review load", "right"),
+    ]  # fmt: skip
+    rows = [
+        [
+            escape(c.category_id),
             str(c.positives),
             f"{c.current.review:g} -> {c.proposed.review:g}",
             f"{c.current.block:g} -> {c.proposed.block:g}",
-            "-" if c.proposed.precision_at_block is None else f"{c.proposed.precision_at_block:.3f}",
-            "-" if c.proposed.recall_at_review is None else f"{c.proposed.recall_at_review:.3f}",
+            number(c.proposed.precision_at_review),
+            number(c.proposed.precision_at_block),
+            number(c.proposed.recall_at_review),
             f"{c.current.review_load:.1%} -> {c.proposed.review_load:.1%}",
-        )
-    out.print(table)
+        ]
+        for c in result.categories
+    ]
+    print_rows(title, columns, rows)
+    out.print("why:", highlight=False)
+    for c in result.categories:
+        if not c.changed and not c.collapse_refused:
+            reason = c.why.get("review", "kept")
+            out.print(escape(f"  {c.category_id}: unchanged ({reason})"), highlight=False)
+            continue
+        for name in ("review", "block"):
+            before, after = getattr(c.current, name), getattr(c.proposed, name)
+            out.print(escape(f"  {c.category_id} {name} {before:g} -> {after:g}: {c.why.get(name, '')}"), highlight=False)
+    # Notes that restate a reason above ("thresholds kept", "block threshold kept at") are left out.
+    restated = ("no labelled", "no threshold reaches precision", "on_block is REVIEW and the block threshold alone")
     for c in result.categories:
         for note in c.notes:
-            out.print(f"[yellow]![/] {escape(f'{c.category_id}: {note}')}", highlight=False)
+            if not note.startswith(restated):
+                out.print(f"[yellow]![/] {escape(f'{c.category_id}: {note}')}", highlight=False)
+    budget = result.targets.max_review_rate
+    review_before, review_after = result.current_actions[Action.REVIEW], result.proposed_actions[Action.REVIEW]
+    out.print(
+        f"REVIEW in total: {review_before:.1%} -> {review_after:.1%} of labelled images"
+        + (f" (budget {budget:.1%} per category)" if budget is not None else " (no --max-review-rate)"),
+        highlight=False,
+    )
     shares = ", ".join(f"{a.value} {result.current_actions[a]:.1%} -> {result.proposed_actions[a]:.1%}" for a in result.current_actions)
     out.print(f"image actions on the labelled set: {shares}", highlight=False)
+    out.print(escape(result.model_note), highlight=False)
+    warnings = [*(f"{c.category_id}: {w}" for c in result.categories for w in c.warnings), *result.warnings]
+    for warning in warnings:
+        out.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
+def age(seconds: float) -> str:
+    """A duration as a person reads it: 40 s, 12 min, 5 h, 3 d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
-def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str) -> None:
+
+def print_store_freshness(freshness: StoreFreshness, now: float) -> None:
+    """How current the stored traffic is, so a diff is not read as covering decisions the store does not hold yet."""
+    if freshness.newest is None:
+        out.print("store: empty", highlight=False)
+        return
+    window = (
+        f"{freshness.in_window} decisions in the window, newest {age(now - freshness.newest_in_window)} ago, "
+        f"oldest {age(now - freshness.oldest_in_window)} ago"
+        if freshness.newest_in_window is not None
+        else "no decisions in the window"
+    )
+    out.print(f"store: {window}; newest decision of any policy {age(now - freshness.newest)} ago", highlight=False)
+
+
+def _scores(example: FlipExample) -> str:
+    parts = []
+    for category_id, (old, new) in example.scores.items():
+        before, after = example.actions[category_id]
+        if old is None or new is None or f"{old:.3f}" == f"{new:.3f}":
+            score = f"{old if new is None else new:.3f}"
+        else:
+            score = f"{old:.3f} -> {new:.3f}"
+        parts.append(f"{category_id} {score} ({before.value} -> {after.value})")
+    return "; ".join(parts) or "-"
+
+
+def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumbnails: Path | None = None) -> None:
+    from datetime import datetime, timezone
+
+    from moderation.thumbnails import thumbnail_path
+
     share = flips.changed / flips.decisions if flips.decisions else 0.0
     out.print(
         f"re-scored {flips.decisions} {escape(what)} under {old.id}@{escape(old.version)} and {new.id}@{escape(new.version)}: "
@@ -108,20 +225,39 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str) -> No
     if not flips.changed and not flips.category_changes:
         out.print("no decision changes", highlight=False)
     if flips.action_changes:
-        table = Table(title="image action changes", title_justify="left")
-        for column in ("from", "to", "decisions", "share", "example request ids"):
-            table.add_column(column, overflow="fold", justify="right" if column in ("decisions", "share") else "left")
-        for (before, after), count in flips.action_changes.most_common():
-            table.add_row(before.value, after.value, str(count), f"{count / flips.decisions:.1%}", escape(", ".join(flips.action_examples[(before, after)])))
-        out.print(table)
+        rows = [
+            [before.value, after.value, str(count), f"{count / flips.decisions:.1%}", escape(", ".join(flips.action_examples[(before, after)]))]
+            for (before, after), count in flips.action_changes.most_common()
+        ]
+        columns = ["from", "to", Column("decisions", "right"), Column("share", "right"), "example request ids"]
+        print_rows("image action changes", columns, rows)
     if flips.category_changes:
-        table = Table(title="category action changes", title_justify="left")
-        for column in ("category", "from", "to", "decisions", "example request ids"):
-            table.add_column(column, overflow="fold", justify="right" if column == "decisions" else "left")
-        for category_id, changes in flips.category_changes.items():
-            for (before, after), count in changes.most_common():
-                table.add_row(category_id, before.value, after.value, str(count), escape(", ".join(flips.category_examples[(category_id, (before, after))])))
-        out.print(table)
+        rows = [
+            [escape(category_id), before.value, after.value, str(count), escape(", ".join(flips.category_examples[(category_id, (before, after))]))]
+            for category_id, changes in flips.category_changes.items()
+            for (before, after), count in changes.most_common()
+        ]
+        print_rows("category action changes", ["category", "from", "to", Column("decisions", "right"), "example request ids"], rows)
+    if flips.example_details:
+        rows = []
+        for example in flips.example_details.values():
+            row = [
+                escape(example.request_id),
+                datetime.fromtimestamp(example.timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                escape(example.stored_version),
+                f"{example.old_action.value} -> {example.new_action.value}",
+                escape(_scores(example)),
+            ]
+            if thumbnails is not None:
+                path = thumbnail_path(thumbnails, example.request_id)
+                row.append(escape(str(path)) if path.exists() else "-")
+            rows.append(row)
+        columns = ["request id", "decided (UTC)", "stored version", "action old -> new", "category score (action old -> new)"]
+        print_rows(
+            f"examples: scores under {escape(old.version)} -> {escape(new.version)}",
+            columns + (["thumbnail"] if thumbnails is not None else []),
+            rows,
+        )
     other_versions = {v: n for v, n in flips.stored_versions.items() if v != old.version}
     if other_versions:
         listed = ", ".join(f"{v} ({n})" for v, n in sorted(other_versions.items()))
@@ -132,7 +268,6 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str) -> No
             f"(e.g. {escape(', '.join(flips.not_reproduced_examples))}): OLD may differ from the file that served them",
             highlight=False,
         )
-
 
 
 def print_bench(results: dict, model: str, device: str) -> None:
@@ -156,18 +291,16 @@ def print_comparison(
 ) -> None:
     from moderation.decision import clip_leans_violating
 
-    table = Table(title=f"{image}: CLIP {escape(clip_model)} -> {decision.action.value}; explainer {escape(explainer_id)}", title_justify="left")
-    for column in ("category", "clause", "CLIP score", "band", "CLIP leans", "explainer", "confidence", "agree", "rationale"):
-        table.add_column(column)
+    title = f"{escape(str(image))}: CLIP {escape(clip_model)} -> {decision.action.value}; explainer {escape(explainer_id)}"
+    rows = []
     for c in decision.categories:
         leans = "violates" if clip_leans_violating(c) else "ok"
         verdict = verdicts.get(c.category_id)
         said = ("violates" if verdict.violates else "ok") if verdict else "-"
         agree = ("yes" if (verdict.violates == (leans == "violates")) else "no") if verdict else "-"
-        table.add_row(
-            c.category_id, c.clause_id, f"{c.score:.3f}", c.band.value, leans, said,
+        rows.append([
+            escape(c.category_id), escape(c.clause_id), f"{c.score:.3f}", c.band.value, leans, said,
             f"{verdict.confidence:.2f}" if verdict else "-", agree, escape(verdict.rationale) if verdict else "",
-        )  # fmt: skip
-    out.print(table)
-    if random_weights or explainer_id.endswith("/random"):
-        out.print("[bold yellow]random weights: these outputs mean nothing[/]")
+        ])  # fmt: skip
+    columns = ["category", "clause", Column("CLIP score", "right"), "band", "CLIP leans", "explainer", Column("confidence", "right"), "agree", "rationale"]
+    print_rows(title, columns, rows)

@@ -36,7 +36,13 @@ def serve(
     weights: WeightsOption = None,
     device: DeviceOption = None,
     log_format: LogFormatOption = None,
-    explainer: Annotated[Optional[ExplainerMode], typer.Option(help="SmolVLM2 escalation: off, in-process or remote")] = None,
+    explainer: Annotated[
+        Optional[ExplainerMode],
+        typer.Option(
+            help="SmolVLM2 escalation: auto (default: in-process when the explainer's weights are available, remote when "
+            "--explainer-target is set, else off and the log says why), off, in-process or remote"
+        ),
+    ] = None,
     explainer_model: ExplainerModelOption = None,
     explainer_weights: ExplainerWeightsOption = None,
     explainer_target: Annotated[Optional[str], typer.Option(help="host:port of explain-serve (remote mode)")] = None,

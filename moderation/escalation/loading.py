@@ -29,19 +29,12 @@ from transformers import (
 )
 
 from moderation.config import RANDOM_WEIGHTS
+from moderation.escalation.availability import DEFAULT_EXPLAINER_MODEL, SHIPPED_ARCHITECTURES, TINY_TEST_MODEL  # noqa: F401 - re-exported
 from moderation.escalation.local_processor import IMAGE, build_local_processor
 
 log = logging.getLogger(__name__)
 
 PRETRAINED_WEIGHTS = "pretrained"
-DEFAULT_EXPLAINER_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
-TINY_TEST_MODEL = "tiny-smolvlm"
-
-_ARCHITECTURES_DIR = Path(__file__).parent / "architectures"
-SHIPPED_ARCHITECTURES = {
-    DEFAULT_EXPLAINER_MODEL: _ARCHITECTURES_DIR / "smolvlm2-256m.json",
-    TINY_TEST_MODEL: _ARCHITECTURES_DIR / "tiny-smolvlm.json",
-}
 
 
 class ExplainerWeightsUnavailable(RuntimeError):

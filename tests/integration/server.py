@@ -74,7 +74,9 @@ def running_server(
         "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *args,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        # Escalation off unless a test asks for it: `auto` would load (or probe the hub for) SmolVLM2 weights.
+        defaults = {"MODERATION_EXPLAINER_MODE": "off"}
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **defaults, **(env or {})})
     # With TLS the certificate names localhost, so the client must too.
     target = f"{'localhost' if credentials else '127.0.0.1'}:{port}"
     try:

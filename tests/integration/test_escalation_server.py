@@ -50,10 +50,12 @@ def test_in_process_forced_escalation_and_timeout(tmp_path: Path) -> None:
     agreement = sum(s.value for s in families["moderation_tier_agreement"].samples if s.name.endswith("_total"))
     assert agreement >= 1
 
-    env = {"MODERATION_EXPLAINER_TIMEOUT_S": "0.001"}
-    with running_server(tmp_path, *TINY, "--explainer", "in-process", *EXPLAINER, env=env) as server, server.channel() as channel:
+    # The default mode, auto, runs the explainer in-process when its weights are available (random ones here) and says why.
+    env = {"MODERATION_EXPLAINER_TIMEOUT_S": "0.001", "MODERATION_EXPLAINER_MODE": "auto"}
+    with running_server(tmp_path, *TINY, *EXPLAINER, env=env) as server, server.channel() as channel:
         stub = pb_grpc.ModerationServiceStub(channel)
         response = stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=120)
+    assert "escalation tier in-process, SmolVLM2 tiny-smolvlm/random: explainer_mode auto: random weights built from" in server.log_text()
     assert response.escalation.status == pb.ESCALATION_STATUS_TIMED_OUT
     assert response.action in (pb.ACTION_REVIEW, pb.ACTION_BLOCK), "an explainer that cannot answer never lets an image through"
     assert any("Escalation TIMED_OUT" in reason for reason in response.reasons)

@@ -6,13 +6,21 @@ import json
 import re
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from moderation.cli import app
+from moderation.thumbnails import thumbnail_path
 
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
@@ -31,15 +39,24 @@ STRICT_SHADOW = re.sub(
 )
 
 
+def stored_count(store: Path) -> int:
+    if not store.exists():
+        return 0
+    with sqlite3.connect(store) as db:
+        return db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+
+
 def test_shadow_decisions_go_to_metrics_and_audit_and_store_feeds_diff(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "default.yaml").write_text(DEFAULT_TEXT)
     (policies / "default_strict.yaml").write_text(STRICT_SHADOW)
     store = tmp_path / "embeddings.sqlite"
+    thumbnails = tmp_path / "thumbnails"
     tiny = f"local-dir:{TINY_CLIP}"
+    env = {"MODERATION_EMBEDDING_STORE": str(store), "MODERATION_THUMBNAIL_STORE": str(thumbnails), "MODERATION_EMBEDDING_FLUSH_INTERVAL_S": "0.5"}
     with running_server(
-        tmp_path, "--policies", str(policies), "--model", tiny, "--weights", "random", env={"MODERATION_EMBEDDING_STORE": str(store)}
+        tmp_path, "--policies", str(policies), "--model", tiny, "--weights", "random", env=env
     ) as server, server.channel() as channel:  # fmt: skip
         stub = pb_grpc.ModerationServiceStub(channel)
         listed = {p.id: (p.mode, p.shadow_of) for p in stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10).policies}
@@ -48,6 +65,11 @@ def test_shadow_decisions_go_to_metrics_and_audit_and_store_feeds_diff(tmp_path:
                      for i, data in enumerate([images.astronaut_jpeg, images.coffee_png, images.camera_grayscale_png] * 2)]  # fmt: skip
         assert all(r.policy_id == "default" for r in responses), "the shadow never answers"
         metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        # No more requests come, yet the store catches up within the flush interval (not at shutdown only).
+        deadline = time.monotonic() + 20
+        while stored_count(store) < len(responses) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stored_count(store) == len(responses), "decisions stayed buffered while the server was idle"
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
 
@@ -58,9 +80,34 @@ def test_shadow_decisions_go_to_metrics_and_audit_and_store_feeds_diff(tmp_path:
     disagreements = sum(s.value for s in families["moderation_shadow_disagreements"].samples if s.name.endswith("_total"))
     assert disagreements == below > 0
 
+    versions = {s.labels["shadow_version"] for s in families["moderation_shadow_decisions"].samples}
+    assert versions == {yaml.safe_load(STRICT_SHADOW)["version"]}
+
     shadow_lines = [json.loads(line) for line in server.log_text().splitlines() if '"moderation.audit.shadow"' in line]
     assert {line["request_id"] for line in shadow_lines} == {r.request_id for r in responses}
     assert all(line["shadow_policy_id"] == "default_strict" and line["shadow_action"] != "ALLOW" for line in shadow_lines)
+    by_id = {r.request_id: r for r in responses}
+    for line in shadow_lines:
+        active = {c.id: c.score for c in by_id[line["request_id"]].categories}
+        assert set(line["scores"]) == set(active)
+        for category_id, (score, shadow_score) in line["scores"].items():
+            assert score == pytest.approx(active[category_id], abs=1e-4) and shadow_score == pytest.approx(score, abs=1e-4)
+        assert {cid for cid, (a, b) in line["actions"].items() if a != b} == set(line["disagreements"])
+        assert line["shadow_policy_version"] and line["policy_version"]
+
+    # The shadow flags every image, so every case kept a private thumbnail, and `case show` finds it.
+    assert stat.S_IMODE(thumbnails.stat().st_mode) == 0o700
+    kept = sorted(thumbnails.glob("*/*.jpg"))
+    assert len(kept) == len(set(by_id)) and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in kept)
+    copy = tmp_path / "case.jpg"
+    shown = CliRunner().invoke(app, ["case", "show", "r1", "--store", str(store), "--thumbnails", str(thumbnails), "--out", str(copy), "--json"])
+    assert shown.exit_code == 0, shown.output
+    case = json.loads(shown.stdout)
+    assert [(d["policy_id"], d["action"]) for d in case["decisions"]] == [("default", pb.Action.Name(by_id["r1"].action).removeprefix("ACTION_"))]
+    assert case["thumbnail"] == str(thumbnail_path(thumbnails, "r1"))
+    with Image.open(copy) as thumbnail:
+        assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 256
+    assert not re.search(r"[A-Za-z0-9+/=]{200,}", server.log_text()), "no image data (base64 or otherwise) in the logs"
 
     with sqlite3.connect(store) as db:
         rows = db.execute("SELECT request_id, policy_id, policy_version, action FROM decisions").fetchall()
@@ -74,3 +121,4 @@ def test_shadow_decisions_go_to_metrics_and_audit_and_store_feeds_diff(tmp_path:
     )  # fmt: skip
     assert diff.returncode == 0, diff.stderr
     assert str(len(responses)) in diff.stdout
+    assert f"store: {len(responses)} decisions in the window" in diff.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import skimage.data
@@ -35,9 +36,10 @@ def test_calibrate_writes_a_valid_next_version_a_report_and_scores(tmp_path: Pat
         ["policy", "calibrate", str(POLICIES / "default.yaml"), "--labels", str(labels), "--out", str(out), "--target-precision", "0.8", "--version", "2026-12-01.1", *TINY],
     )
     assert result.exit_code == 0, result.output
-    proposed, text = load_policy_file(out / "default.yaml")
     current, current_text = load_policy_file(POLICIES / "default.yaml")
-    assert proposed.version == "2026-12-01.1" and proposed.model.endswith("tiny-clip/random")
+    proposed, text = load_policy_file(out / "default.yaml")
+    assert proposed.version == "2026-12-01.1"
+    assert proposed.model == current.model, "random weights never become the model a policy was calibrated for"
     assert [c.id for c in proposed.categories] == [c.id for c in current.categories]
     # Comments survive the rewrite.
     assert all(line in text.splitlines() for line in current_text.splitlines() if line.startswith("#"))
@@ -65,3 +67,31 @@ def test_unknown_label_folder_is_one_line_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "error:" in result.output and "folders weapon are neither 'benign'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_budget_that_would_empty_the_review_band_is_refused_and_explained(tmp_path: Path) -> None:
+    labels = labelled_folder(tmp_path / "labels")
+    # 12 images: one image is 8.3% of them, so a 2% budget admits no review threshold below block.
+    args = ["policy", "calibrate", str(POLICIES / "default.yaml"), "--labels", str(labels), "--out", str(tmp_path / "out"),
+            "--max-review-rate", "0.02", "--target-precision", "0.8", *TINY]  # fmt: skip
+    narrow = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    assert "warning: weapons: the proposal would EMPTY the REVIEW band (review 0.35 -> 0.75 = block 0.75)" in narrow.stdout
+    assert "the 2.0% review budget admits no threshold below block" in narrow.stdout
+    assert "  precision at review: " in narrow.stdout and "…" not in narrow.stdout  # vertical at 80 columns, nothing cut
+    assert "model: left as 'ViT-B-32/laion2b_s34b_b79k'" in narrow.stdout
+    proposed, _ = load_policy_file(tmp_path / "out" / "default.yaml")
+    current, _ = load_policy_file(POLICIES / "default.yaml")
+    assert all(c.thresholds.review < c.thresholds.block for c in proposed.categories), "no REVIEW band emptied"
+    assert proposed.category("weapons").thresholds == current.category("weapons").thresholds
+
+    document = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    weapons = next(c for c in document["categories"] if c["id"] == "weapons")
+    assert weapons["collapse_refused"] and not weapons["review_band_empty"]
+    assert "admits no threshold below block" in weapons["why"]["review"] and weapons["warnings"]
+    assert document["model"]["written"] is None and document["random_weights"] is True
+
+    taken = CliRunner().invoke(app, [*args, "--allow-collapse", "--json"])
+    weapons = next(c for c in json.loads(taken.stdout)["categories"] if c["id"] == "weapons")
+    assert weapons["review_band_empty"] and weapons["proposed"]["review"] == weapons["proposed"]["block"] == 0.75
+    assert "REVIEW band EMPTIED" in weapons["warnings"][0]

@@ -35,13 +35,56 @@ OVERLAPPING = labelled(evenly(0.4, 1.0), evenly(0.0, 0.6))
 
 def test_separable_classes_get_a_threshold_in_the_gap_with_perfect_precision_and_recall() -> None:
     scores, positive = labelled(evenly(0.6, 1.0), evenly(0.0, 0.4))
-    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.3, 0.7)
+    targets = CalibrationTargets(precision=1.0, recall=1.0, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.3, 0.7)
     highest_negative, lowest_positive = scores[~positive].max(), scores[positive].min()
     assert highest_negative < result.proposed.block <= lowest_positive
     assert result.proposed.review == result.proposed.block  # recall 1.0 is already met at the block threshold
     assert result.proposed.block == 0.6  # the lowest positive score rounded down to one decimal, still in the gap
     assert (result.proposed.precision_at_block, result.proposed.recall_at_block) == (1.0, 1.0)
     assert result.notes == () and result.changed
+    assert result.collapsed and "block threshold alone keeps recall >= 1" in result.why["review"]
+    (warning,) = result.warnings
+    assert "REVIEW band EMPTIED (review 0.3 -> 0.6 = block 0.6)" in warning and "--allow-collapse" in warning
+
+
+def test_a_proposal_that_empties_the_review_band_keeps_the_current_review_threshold() -> None:
+    scores, positive = labelled(evenly(0.6, 1.0), evenly(0.0, 0.4))
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.3, 0.7)
+    assert (result.proposed.review, result.proposed.block) == (0.3, 0.6)
+    assert result.collapse_refused and not result.collapsed
+    (warning,) = result.warnings
+    assert "would EMPTY the REVIEW band (review 0.3 -> 0.6 = block 0.6)" in warning and "review threshold kept at 0.3" in warning
+    assert result.why["review"].startswith("kept: the proposed 0.6 (= block) would empty the REVIEW band")
+
+    # A proposed block at or below the current review threshold leaves no band to keep: both stay.
+    both = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.65, 0.7)
+    assert (both.proposed.review, both.proposed.block) == (0.65, 0.7) and not both.changed
+    assert "both thresholds kept (0.65, 0.7)" in both.warnings[0]
+
+
+def test_a_budget_no_threshold_below_block_meets_is_explained_and_does_not_empty_the_band() -> None:
+    # 44 images, all scoring under the current review threshold: one image is 2.3% of the set,
+    # so a 2% budget admits no observed threshold below block (the case of issue 13).
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(0.1, 0.3, 44)
+    positive = scores <= np.sort(scores)[9]  # the 10 lowest: no threshold reaches the precision target, block stays
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.95, max_review_rate=0.02), 0.35, 0.75)
+    assert (result.proposed.review, result.proposed.block) == (0.35, 0.75)
+    assert result.collapse_refused and result.proposed.review_load == 0.0
+    assert "admits no threshold below block (the smallest review load one gives is 2.3% of the 44 labelled images)" in result.warnings[0]
+    taken = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.95, max_review_rate=0.02, allow_collapse=True), 0.35, 0.75)
+    assert taken.proposed.review == taken.proposed.block == 0.75 and taken.collapsed
+
+
+def test_review_load_over_budget_or_rising_without_one_is_warned() -> None:
+    scores, positive = OVERLAPPING
+    rising = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.99, recall=0.95), 0.55, 0.6)
+    assert rising.proposed.review_load > rising.current.review_load + 0.05
+    assert any("review load rises from" in w and "--max-review-rate" in w for w in rising.warnings)
+    held = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8, max_review_rate=0.1), 0.3, 0.7)
+    assert held.warnings == ()
+    assert held.proposed.precision_at_review == pytest.approx(float(positive[scores >= held.proposed.review].mean()))
 
 
 def test_overlapping_classes_match_the_analytic_thresholds() -> None:
@@ -89,9 +132,11 @@ def test_on_block_review_counts_blocked_images_in_the_review_load() -> None:
     assert result.proposed.review_load == pytest.approx(float((scores >= result.proposed.review).mean()))
     assert 0.59 < result.proposed.review_load <= 0.6
 
-    over = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.8, max_review_rate=0.5), 0.3, 0.7, block_sends_to_review=True)
+    targets = CalibrationTargets(precision=0.8, max_review_rate=0.5, allow_collapse=True)
+    over = calibrate_category("c", scores, positive, targets, 0.3, 0.7, block_sends_to_review=True)
     assert over.proposed.review == over.proposed.block
     assert "block threshold alone sends more than 50.0%" in over.notes[0]
+    assert any("over the 50.0% budget (on_block is REVIEW" in w for w in over.warnings)
 
 
 def test_unreachable_precision_keeps_the_current_block_threshold() -> None:
@@ -145,6 +190,7 @@ def test_operating_point_counts() -> None:
     positive = np.array([False, False, True, True, False])
     point = operating_point(scores, positive, review=0.4, block=0.8, block_sends_to_review=False)
     assert point.precision_at_block == 0.5 and point.recall_at_block == 0.5 and point.recall_at_review == 1.0
+    assert point.precision_at_review == pytest.approx(2 / 4)
     assert point.review_load == pytest.approx(2 / 5) and point.block_load == pytest.approx(2 / 5)
 
 

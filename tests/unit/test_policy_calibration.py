@@ -35,7 +35,7 @@ def synthetic_set() -> tuple[list[frozenset[str]], list[dict[str, float]]]:
 
 def test_only_categories_with_evidence_move_and_the_new_version_names_the_model() -> None:
     labels, scores = synthetic_set()
-    result = calibrate_policy(POLICY, TEXT, labels, scores, CalibrationTargets(precision=1.0, recall=1.0), "ViT-B-32/openai", date(2026, 11, 24))
+    result = calibrate_policy(POLICY, TEXT, labels, scores, CalibrationTargets(precision=1.0, recall=1.0, allow_collapse=True), "ViT-B-32/openai", date(2026, 11, 24))
     weapons = next(c for c in result.categories if c.category_id == "weapons")
     lowest_weapons = min(s["weapons"] for s, l in zip(scores, labels) if "weapons" in l)
     highest_benign = max(s["weapons"] for s, l in zip(scores, labels) if "benign" in l)
@@ -55,9 +55,41 @@ def test_only_categories_with_evidence_move_and_the_new_version_names_the_model(
     assert sum(result.current_actions.values()) == pytest.approx(1.0)
 
 
+def test_random_weights_never_become_the_policy_model() -> None:
+    labels, scores = synthetic_set()
+    assert POLICY.model == "ViT-B-32/laion2b_s34b_b79k"
+    result = calibrate_policy(POLICY, TEXT, labels, scores, CalibrationTargets(precision=0.9), "ViT-B-32/random", date(2026, 11, 24))
+    assert result.random_model and result.model_written is None
+    assert result.proposed.model == POLICY.model
+    assert "ViT-B-32/random" not in result.proposed_text
+    assert "left as 'ViT-B-32/laion2b_s34b_b79k'" in result.model_note and "random weights" in result.model_note
+    text = "\n".join(line for line in TEXT.splitlines() if not line.startswith("model:"))
+    unset = calibrate_policy(load_policy_text(text), text, labels, scores, CalibrationTargets(precision=0.9), "tiny/random", date(2026, 11, 24))
+    assert unset.proposed.model is None and "left unset" in unset.model_note
+
+
+def test_total_review_load_rise_without_a_budget_is_warned() -> None:
+    rng = np.random.default_rng(4)
+    labels, scores = [], []
+    for i in range(60):
+        drugs = i < 20
+        per_image = {c.id: 0.05 for c in POLICY.categories}
+        # drugs images score 0.2-0.9, the rest 0.2-0.34: under the current review threshold (0.35).
+        per_image["drugs"] = float(rng.uniform(0.2, 0.9) if drugs else rng.uniform(0.2, 0.34))
+        labels.append(frozenset({"drugs" if drugs else "benign"}))
+        scores.append(per_image)
+    rising = calibrate_policy(POLICY, TEXT, labels, scores, CalibrationTargets(precision=0.9, recall=1.0), "m", date(2026, 11, 24))
+    assert rising.proposed_actions[Action.REVIEW] > rising.current_actions[Action.REVIEW] + 0.05
+    assert any("REVIEW rises from" in w and "--max-review-rate" in w for w in rising.warnings), rising.warnings
+    drugs = next(c for c in rising.categories if c.category_id == "drugs")
+    assert any("review load rises from" in w for w in drugs.warnings)
+    budgeted = calibrate_policy(POLICY, TEXT, labels, scores, CalibrationTargets(precision=0.9, recall=1.0, max_review_rate=0.05), "m", date(2026, 11, 24))
+    assert budgeted.warnings == () and budgeted.proposed_actions[Action.REVIEW] <= 0.05
+
+
 def test_report_has_a_png_per_category_and_the_random_weights_warning() -> None:
     labels, scores = synthetic_set()
-    result = calibrate_policy(POLICY, TEXT, labels, scores, CalibrationTargets(precision=0.9, max_review_rate=0.2), "tiny/random", date(2026, 11, 24))
+    result = calibrate_policy(POLICY, TEXT, labels, scores, CalibrationTargets(precision=1.0, max_review_rate=0.2), "ViT-B-32/random", date(2026, 11, 24))
     page = render_report(result, "labels/", random_weights=True, unreadable=["labels/benign/x.jpg: truncated"], proposed_file="out/default.yaml")
     pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     assert len(pngs) == len(POLICY.categories)
@@ -67,6 +99,11 @@ def test_report_has_a_png_per_category_and_the_random_weights_warning() -> None:
     assert "Random weights." in page and "labels/benign/x.jpg: truncated" in page
     assert "review load &le; 20.0% of labelled images" in page
     assert "expected review load" in page
+    assert "precision at review (reviewed or blocked)" in page
+    assert "block 0.75 &rarr; 0.5: lowest threshold with precision &gt;= 1 (precision 1.000" in page  # why, per change
+    # weapons (on_block REVIEW) sends a third of the images to review at block: over budget, and the band is kept.
+    assert "Read before taking the proposal:" in page and "would EMPTY the REVIEW band" in page
+    assert "model: left as &#x27;ViT-B-32/laion2b_s34b_b79k&#x27;" in page
 
 
 def test_mismatched_inputs_are_refused() -> None:

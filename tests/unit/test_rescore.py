@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -150,3 +151,45 @@ def test_diff_command_refuses_another_model_before_loading_one(scenario: dict, t
     for age in ("infd", "0d", "1.5d", "999999w"):
         refused = CliRunner().invoke(app, ["policy", "diff", str(POLICIES / "default.yaml"), str(POLICIES / "default.yaml"), "--store", str(tmp_path / "nope.db"), "--since", age])
         assert refused.exit_code == 2 and "is not an age" in refused.output, age
+
+
+def test_diff_names_whole_ids_with_scores_freshness_and_thumbnails(tiny_scorer: ClipScorer, tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from moderation.thumbnails import ThumbnailStore, make_thumbnail
+
+    vectors = embeddings(tiny_scorer.encoder.encode_texts(["dimension"]).shape[1])
+    ids = [f"upload-2026-11-24-{i:04d}-0123456789abcdef0123" for i in range(3)]
+    store_path = tmp_path / "store.db"
+    now = datetime.now(timezone.utc)  # not the module's NOW: ages are checked to the minute
+    with EmbeddingStore(store_path) as store:
+        for i, request_id in enumerate(ids):
+            store.record(request_id, now - timedelta(minutes=10 * (i + 1)), "default", "1", "ALLOW", vectors[i], tiny_scorer.model_id)
+    thumbnails = ThumbnailStore(tmp_path / "thumbs", timedelta(days=1))
+    kept = thumbnails.save(ids[0], make_thumbnail(Image.new("RGB", (300, 200), "blue"), 256))
+    old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old_file.write_text(yaml.safe_dump(policy_with("1", {})))
+    new_file.write_text(yaml.safe_dump(policy_with("2", {"weapons": (0.0, 1.0)})))  # every image to REVIEW on weapons
+    args = ["policy", "diff", str(old_file), str(new_file), "--store", str(store_path), "--since", "1d", "--thumbnails", str(tmp_path / "thumbs"),
+            "--model", f"local-dir:{TINY_CLIP}", "--weights", "random"]  # fmt: skip
+
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "store: 3 decisions in the window, newest 10 min ago, oldest 30 min ago; newest decision of any policy 10 min ago" in text
+    for request_id in ids:
+        assert re.search(rf"(^|[ ,:]){re.escape(request_id)}($|[ ,])", text, re.M), f"{request_id} whole in the output"
+    assert re.search(r"weapons \d\.\d{3} \(ALLOW -> REVIEW\)", text)
+    assert str(kept) in text
+
+    document = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    assert document["freshness"]["in_window"] == 3 and 590 < document["freshness"]["newest_age_s"] < 700
+    (change,) = document["action_changes"]
+    assert (change["from"], change["to"], change["decisions"]) == ("ALLOW", "REVIEW", 3)
+    example = change["examples"][0]
+    assert example["request_id"] in ids and example["categories"]["weapons"]["actions"] == ["ALLOW", "REVIEW"]
+    old_score, new_score = example["categories"]["weapons"]["scores"]
+    assert old_score == pytest.approx(new_score)  # same prompts, other thresholds
+    assert document["thumbnails"] == {ids[0]: str(kept)}

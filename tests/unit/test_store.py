@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from moderation.policy import Action
-from moderation.store import EmbeddingStore, StoreError, read_decisions, stored_model_ids
+from moderation.store import EmbeddingStore, StoreError, find_decisions, read_decisions, store_freshness, stored_model_ids
 
 NOW = datetime.now(timezone.utc)
 DIM = 8
@@ -149,3 +150,41 @@ def test_reading_never_creates_a_store(tmp_path: Path) -> None:
         stored_model_ids(other, since=NOW)
     with pytest.raises(StoreError, match="cannot open embedding store"):
         EmbeddingStore(tmp_path / "no-such-folder" / "store.db")
+
+
+def test_a_quiet_store_writes_its_buffer_on_an_interval_and_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    # A batch that never fills and a record-time delay that never passes: only the interval writes.
+    store = EmbeddingStore(path, batch_size=1000, max_delay_s=3600, flush_interval_s=0.1)
+    store.record("a", NOW, "p", "1", "ALLOW", vector(0), "m")
+    deadline = time.monotonic() + 10
+    while not read_all(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r[0] for r in read_all(path)] == ["a"], "no request came after it, and it was written anyway"
+    store.close()
+
+    slow = EmbeddingStore(path, batch_size=1000, max_delay_s=3600)
+    slow.record("b", NOW, "p", "1", "ALLOW", vector(1), "m")
+    assert [r[0] for r in read_all(path)] == ["a"]
+    slow.close()
+    assert [r[0] for r in read_all(path)] == ["a", "b"]
+
+
+def test_freshness_and_lookup_by_request_id(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with EmbeddingStore(path) as store:
+        store.record("old", NOW - timedelta(days=3), "default", "1", "ALLOW", vector(0), "m")
+        store.record("a", NOW - timedelta(hours=2), "default", "1", "REVIEW", vector(1), "m")
+        store.record("b", NOW - timedelta(minutes=5), "default", "2", "BLOCK", vector(2), "m")
+        store.record("c", NOW - timedelta(minutes=1), "marketplace", "4", "ALLOW", vector(3), "m")
+    fresh = store_freshness(path, NOW - timedelta(days=1), policy_id="default")
+    assert fresh.in_window == 2
+    assert fresh.oldest_in_window == pytest.approx((NOW - timedelta(hours=2)).timestamp())
+    assert fresh.newest_in_window == pytest.approx((NOW - timedelta(minutes=5)).timestamp())
+    assert fresh.newest == pytest.approx((NOW - timedelta(minutes=1)).timestamp())
+    empty = store_freshness(path, NOW - timedelta(days=1), policy_id="nsfw")
+    assert (empty.in_window, empty.newest_in_window) == (0, None) and empty.newest is not None
+    found = find_decisions(path, "b")
+    assert found is not None and found.policy_versions == ("2",) and found.actions == (Action.BLOCK,)
+    assert np.array_equal(found.embeddings[0], vector(2))
+    assert find_decisions(path, "nope") is None
