@@ -138,6 +138,12 @@ class ModerationMetrics:
             ["result"],
             registry=registry,
         )
+        self.auth_failures = Counter(
+            "moderation_auth_failures_total",
+            "Calls refused with UNAUTHENTICATED by reason (missing, malformed, duplicate, invalid).",
+            ["reason"],
+            registry=registry,
+        )
 
     def publish_policies(self, policies: list[tuple[str, str, list[tuple[str, float, float]]]], model_id: str) -> None:
         """Replace the info and threshold series with the currently served policies."""
