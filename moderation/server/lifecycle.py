@@ -62,6 +62,10 @@ def transport_options(settings: Settings) -> list[tuple[str, object]]:
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         ("grpc.max_allowed_incoming_connections", settings.max_connections),
         ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * 1000)),
+        # grpc-core's overload protection counts streams the server has finished but not yet
+        # freed, so a busy client within the limit got REFUSED_STREAM (UNAVAILABLE); the
+        # limit above and max_concurrent_rpcs are the bounds.
+        ("grpc.http.overload_protection", 0),
     ]
 
 
