@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 RANDOM_WEIGHTS = "random"
 CONFIG_FILE_ENV = "MODERATION_CONFIG"
+# Room in a gRPC message beyond the image for the request's other fields (ids, metadata).
+MESSAGE_MARGIN_BYTES = 64 * 1024
 # A --config file given to load_settings: context-local, so no process-wide state changes.
 _config_file: ContextVar[Path | None] = ContextVar("moderation_config_file", default=None)
 
@@ -51,7 +53,7 @@ class Settings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="address the gRPC server binds")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str | None = Field(None, description="address /metrics binds; default: the gRPC host")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it")
     policies: Path = Field(Path("policies"), description="directory of policy YAML files")
 
@@ -97,6 +99,17 @@ class Settings(BaseSettings):
     explainer_failure_threshold: int = Field(3, ge=1, description="consecutive failures that open the circuit breaker")
     explainer_cooldown_s: float = Field(30.0, ge=0, description="how long an open circuit breaker waits before a trial call")
     explainer_max_new_tokens: int = Field(96, ge=16, le=512, description="token budget of one verdict")
+    explainer_tls_ca: Path | None = Field(
+        None, description="CA bundle (PEM) that signed explain-serve's certificate; set: the scorer calls the explainer over TLS"
+    )
+    explainer_tls_client_cert: Path | None = Field(None, description="client certificate (PEM) the scorer presents to explain-serve (mutual TLS)")
+    explainer_tls_client_key: Path | None = Field(None, description="private key (PEM) of explainer_tls_client_cert")
+    explainer_tls_server_name: str | None = Field(
+        None, description="name expected in explain-serve's certificate when it differs from the host in explainer_target"
+    )
+    explainer_token_file: Path | None = Field(
+        None, description="file holding the bearer token the scorer sends to explain-serve (one of its auth_tokens_file tokens)"
+    )
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="largest width x height accepted")
@@ -108,8 +121,8 @@ class Settings(BaseSettings):
     max_message_bytes: int | None = Field(
         None,
         ge=1024,
-        description="largest gRPC message accepted; default 2 x max_image_bytes + 64 KiB, so images between the two "
-        "limits get a sentence naming max_image_bytes rather than gRPC's generic error",
+        description="largest gRPC message accepted; default max_image_bytes + 64 KiB (room for the request's other fields); "
+        "larger messages are refused by gRPC with RESOURCE_EXHAUSTED before they are buffered in full",
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced scale (PIL draft mode)")
     decode_workers: int = Field(2, ge=1, le=64, description="threads that decode images off the event loop")
@@ -121,6 +134,18 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(64, ge=1, description="requests in flight before RESOURCE_EXHAUSTED")
     default_deadline_s: float = Field(10.0, gt=0, description="deadline applied when a caller sets none")
     grace_period_s: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+    max_concurrent_rpcs: int | None = Field(
+        None,
+        ge=1,
+        description="RPCs of any service handled at once, enforced by gRPC before a request message is read; beyond: "
+        "RESOURCE_EXHAUSTED; default max_concurrent_requests + 16 (room for health checks and refusals)",
+    )
+    max_concurrent_streams: int = Field(32, ge=1, description="HTTP/2 streams (calls) open at once on one connection; more wait in the client")
+    max_connections: int = Field(512, ge=1, description="client connections held at once; more are closed at once (UNAVAILABLE)")
+    max_connection_idle_s: float = Field(300.0, gt=0, description="a connection without calls for this long is closed (GOAWAY)")
+    stream_window: int = Field(
+        16, ge=1, le=1024, description="requests of one ModerateStream in flight or answered but not yet sent; beyond, reading stops"
+    )
     health_port: int | None = Field(
         None, ge=1, le=65535, description="extra plaintext port serving only grpc.health.v1 (for kubelet probes when TLS is on)"
     )
@@ -131,6 +156,12 @@ class Settings(BaseSettings):
     auth_tokens_file: Path | None = Field(None, description="file of 'name:token' lines; set: bearer token required")
     audit_metadata_keys: list[str] = Field(
         default_factory=list, description="request metadata keys whose values may appear in the audit log"
+    )
+    audit_metadata_max_chars: int = Field(
+        256, ge=8, le=65536, description="longest metadata value written to the audit log; longer ones are cut and marked"
+    )
+    auth_failure_logs_per_minute: int = Field(
+        10, ge=0, description="log lines about refused credentials per minute at most (the counter counts every one)"
     )
     embedding_store: Path | None = Field(
         None,
@@ -176,9 +207,25 @@ class Settings(BaseSettings):
     def random_weights(self) -> bool:
         return self.clip_weights == RANDOM_WEIGHTS
 
+    @model_validator(mode="after")
+    def _explainer_tls(self) -> Settings:
+        if (self.explainer_tls_client_cert is None) != (self.explainer_tls_client_key is None):
+            raise ValueError("explainer_tls_client_cert and explainer_tls_client_key must be set together")
+        if self.explainer_tls_client_cert is not None and self.explainer_tls_ca is None:
+            raise ValueError("explainer_tls_client_cert (mutual TLS to the explainer) needs explainer_tls_ca")
+        return self
+
     @property
     def grpc_max_message_bytes(self) -> int:
-        return self.max_message_bytes or 2 * self.max_image_bytes + 64 * 1024
+        return self.max_message_bytes or self.max_image_bytes + MESSAGE_MARGIN_BYTES
+
+    @property
+    def grpc_max_concurrent_rpcs(self) -> int:
+        return self.max_concurrent_rpcs or self.max_concurrent_requests + 16
+
+    @property
+    def metrics_bind_host(self) -> str:
+        return self.metrics_host or self.host
 
     @classmethod
     def settings_customise_sources(

@@ -143,6 +143,12 @@ class ModerationMetrics:
             ["result"],
             registry=registry,
         )
+        self.auth_failures = Counter(
+            "moderation_auth_failures_total",
+            "Calls refused with UNAUTHENTICATED by reason (missing, malformed, duplicate, invalid).",
+            ["reason"],
+            registry=registry,
+        )
 
         self._shadow_lock = threading.Lock()
         self._shadow_series: set[tuple[str, ...]] = set()  # label values of decisions and disagreements series

@@ -12,6 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moderation.clip import ClipModelSpec, ClipScorer, load_encoder
@@ -149,6 +150,11 @@ _EXPLAINER_SETTINGS_USED_BY = {
     "explainer_quantize": (ExplainerMode.IN_PROCESS,),
     "explainer_max_new_tokens": (ExplainerMode.IN_PROCESS,),
     "explainer_target": (ExplainerMode.REMOTE,),
+    "explainer_tls_ca": (ExplainerMode.REMOTE,),
+    "explainer_tls_client_cert": (ExplainerMode.REMOTE,),
+    "explainer_tls_client_key": (ExplainerMode.REMOTE,),
+    "explainer_tls_server_name": (ExplainerMode.REMOTE,),
+    "explainer_token_file": (ExplainerMode.REMOTE,),
     "explainer_timeout_s": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
     "explainer_max_concurrent": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
     "explainer_max_waiting": (ExplainerMode.IN_PROCESS, ExplainerMode.REMOTE),
@@ -198,6 +204,32 @@ def explainer_setting_warnings(settings: Settings, choice: ExplainerChoice) -> l
     return warnings
 
 
+def _read_setting_file(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigurationError(f"cannot read {path} ({err.strerror}); check {setting}") from err
+
+
+def remote_explainer_security(settings: Settings) -> dict[str, object]:
+    """TLS material and bearer token for calling explain-serve, read from the files the settings name."""
+    security: dict[str, object] = {"server_name": settings.explainer_tls_server_name}
+    if settings.explainer_tls_ca is not None:
+        security["root_certificates"] = _read_setting_file(settings.explainer_tls_ca, "MODERATION_EXPLAINER_TLS_CA")
+    if settings.explainer_tls_client_cert is not None and settings.explainer_tls_client_key is not None:
+        security["certificate_chain"] = _read_setting_file(settings.explainer_tls_client_cert, "MODERATION_EXPLAINER_TLS_CLIENT_CERT")
+        security["private_key"] = _read_setting_file(settings.explainer_tls_client_key, "MODERATION_EXPLAINER_TLS_CLIENT_KEY")
+    if settings.explainer_token_file is not None:
+        lines = _read_setting_file(settings.explainer_token_file, "MODERATION_EXPLAINER_TOKEN_FILE").decode(errors="replace").splitlines()
+        tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        if len(tokens) != 1 or len(tokens[0]) < 16:
+            raise ConfigurationError(
+                f"{settings.explainer_token_file} must hold one token of at least 16 characters; check MODERATION_EXPLAINER_TOKEN_FILE"
+            )
+        security["token"] = tokens[0]
+    return security
+
+
 def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device: str) -> EscalationTier | None:
     from moderation.escalation.backends import InProcessExplainer, RemoteExplainer
     from moderation.escalation.tier import EscalationTier
@@ -209,8 +241,14 @@ def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device
         log.info("escalation tier off: %s", choice.reason, extra={"fields": {"escalation": "off"}})
         return None
     if choice.mode is ExplainerMode.REMOTE:
-        backend = RemoteExplainer(settings.explainer_target)
+        backend = RemoteExplainer(settings.explainer_target, **remote_explainer_security(settings))
         log.info("escalation tier remote: %s", choice.reason, extra={"fields": {"escalation": "remote"}})
+        if not backend.secure:
+            log.warning(
+                "calling the explainer at %s in plaintext%s; set MODERATION_EXPLAINER_TLS_CA (and a client certificate for mutual TLS)",
+                settings.explainer_target,
+                " with a bearer token" if settings.explainer_token_file else "",
+            )
     else:
         explainer = load_explainer(settings, device)
         backend = InProcessExplainer(explainer, settings.explainer_max_new_tokens)

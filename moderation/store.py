@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -110,6 +111,11 @@ class EmbeddingStore:
         self._buffer_lock = threading.Lock()
         self._write_lock = threading.Lock()
         # Connect and create the schema now: a bad path fails at start-up, not on the first request.
+        try:
+            # Owner-only: embeddings support similarity search. SQLite gives its -wal and -shm files the same mode.
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        except OSError as error:
+            raise StoreError(f"cannot open embedding store {self.path}: {error.strerror}") from error
         try:
             self._connection = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
             self._connection.execute("PRAGMA journal_mode=WAL")

@@ -106,7 +106,7 @@ def run_logged(settings, run) -> None:  # noqa: ANN001 - Settings, async server 
     from moderation.runtime import ConfigurationError
     from moderation.server.auth import TokenFileError
 
-    configure_logging(settings.log_level, settings.log_format.value)
+    configure_logging(settings.log_level, settings.log_format.value, native_stderr=True)
     for name in unknown_environment_settings():
         logging.getLogger("moderation").warning("%s is not a setting and is ignored; check its spelling in moderation/config.py", name)
     try:

@@ -47,17 +47,39 @@ class InProcessExplainer:
 
 
 class RemoteExplainer:
-    """Calls `moderation explain-serve` (ExplainerService) with the request's deadline."""
+    """Calls `moderation explain-serve` (ExplainerService) with the request's deadline.
 
-    def __init__(self, target: str, credentials=None):  # noqa: ANN001 - grpc.ChannelCredentials
+    `root_certificates` turns TLS on (and with `private_key`/`certificate_chain`,
+    mutual TLS); `server_name` is the name expected in the explainer's certificate
+    when it differs from the target's host; `token` is sent as
+    `authorization: Bearer <token>` on every call.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+    ):
         import grpc
 
         self._grpc = grpc
         self._target = target
-        self._credentials = credentials
+        self._credentials = (
+            grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain) if root_certificates is not None else None
+        )
+        self._server_name = server_name
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel = None
         self._stub = None
         self.model_id = f"remote:{target}"
+
+    @property
+    def secure(self) -> bool:
+        return self._credentials is not None
 
     def _connect(self):  # noqa: ANN202
         # Created on first use: a grpc.aio channel belongs to the event loop that
@@ -65,7 +87,9 @@ class RemoteExplainer:
         if self._stub is None:
             from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
-            options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
+            options: list[tuple[str, object]] = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
+            if self._server_name:
+                options.append(("grpc.ssl_target_name_override", self._server_name))
             aio = self._grpc.aio
             self._channel = (
                 aio.secure_channel(self._target, self._credentials, options=options)
@@ -86,7 +110,7 @@ class RemoteExplainer:
             category_ids=list(request.category_ids),
         )
         try:
-            reply = await self._connect().Explain(message, timeout=timeout_s)
+            reply = await self._connect().Explain(message, timeout=timeout_s, metadata=self._metadata)
         except self._grpc.aio.AioRpcError as err:
             if err.code() == self._grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError("the remote explainer did not answer in time") from err

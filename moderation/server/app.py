@@ -36,7 +36,9 @@ async def serve(settings: Settings) -> None:
     metrics.in_flight.set_function(lambda: state.in_flight)
     interceptors = [RpcMetricsInterceptor(metrics)]
     if settings.auth_tokens_file:
-        interceptors.append(TokenAuthInterceptor(TokenAuth(load_tokens(settings.auth_tokens_file))))
+        interceptors.append(
+            TokenAuthInterceptor(TokenAuth(load_tokens(settings.auth_tokens_file)), metrics, settings.auth_failure_logs_per_minute)
+        )
     interceptors.append(
         AdmissionInterceptor(
             state, settings.max_concurrent_requests, (SERVICE_NAME,), "the server is still loading models and policies; retry shortly"
@@ -53,7 +55,11 @@ async def serve(settings: Settings) -> None:
         ],
     )
     servicer = ModerationServicer(
-        RequestRecorder(metrics, tuple(settings.audit_metadata_keys)), settings.max_image_bytes, settings.default_deadline_s
+        RequestRecorder(metrics, tuple(settings.audit_metadata_keys), settings.audit_metadata_max_chars),
+        settings.max_image_bytes,
+        settings.default_deadline_s,
+        state,
+        stream_window=settings.stream_window,
     )
     moderation_pb2_grpc.add_ModerationServiceServicer_to_server(servicer, lifecycle.server)
 

@@ -49,20 +49,32 @@ class TokenAuth:
     def __init__(self, tokens: dict[str, bytes]):
         self._tokens = tokens
 
-    def caller(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
-        """The token's name for an `authorization: Bearer <token>` header, else None."""
-        presented = b""
-        for key, value in metadata or ():
-            if key == "authorization":
-                text = value.decode() if isinstance(value, bytes) else value
-                if text[:7].lower() == "bearer ":
-                    presented = text[7:].strip().encode()
+    def check(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> tuple[str | None, str]:
+        """(the token's name, '') for one valid `authorization: Bearer <token>` header, else (None, reason).
+
+        Reasons (bounded, they label a counter): missing, malformed, duplicate, invalid.
+        More than one authorization header is refused: which one a proxy or the
+        server would read is ambiguous, so neither is trusted.
+        """
+        values = [value for key, value in metadata or () if key == "authorization"]
+        if not values:
+            return None, "missing"
+        if len(values) > 1:
+            return None, "duplicate"
+        text = values[0].decode(errors="replace") if isinstance(values[0], bytes) else values[0]
+        if text[:7].lower() != "bearer ":
+            return None, "malformed"
+        presented = text[7:].strip().encode()
         found = None
         for name, token in self._tokens.items():
             # Compare against every token so timing does not reveal which one nearly matched.
             if hmac.compare_digest(presented, token):
                 found = name
-        return found
+        return (found, "") if found is not None else (None, "invalid")
+
+    def caller(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+        """The token's name for a valid header, else None."""
+        return self.check(metadata)[0]
 
 
 def caller_identity(context: grpc.aio.ServicerContext) -> str:

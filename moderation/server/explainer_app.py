@@ -23,6 +23,7 @@ from moderation.runtime import load_explainer, resolve_device
 from moderation.server.auth import TokenAuth, load_tokens
 from moderation.server.interceptors import AdmissionInterceptor, RpcMetricsInterceptor, ServingState, TokenAuthInterceptor
 from moderation.server.lifecycle import GrpcServerLifecycle, new_metrics
+from moderation.server.limits import MAX_POLICY_ID_CHARS, echo, status_message
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
@@ -47,18 +48,24 @@ class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         from moderation.escalation.explainer import ExplanationFailed
 
+        if len(request.policy_id) > MAX_POLICY_ID_CHARS:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no policy {echo(request.policy_id)!r} is served")
         try:
             policy = self._registry.get(request.policy_id).policy
         except PolicyNotFound as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+            await context.abort(grpc.StatusCode.NOT_FOUND, status_message(str(err)))
         if policy.version != request.policy_version:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"the explainer serves {policy.id}@{policy.version}, not version {request.policy_version!r}; retry after the policy rollout",
+                f"the explainer serves {policy.id}@{policy.version}, not version {echo(request.policy_version)!r}; "
+                "retry after the policy rollout",
             )
         unknown = [c for c in request.category_ids if c not in {k.id for k in policy.categories}]
         if not request.category_ids or unknown:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"category_ids must name categories of {policy.id}; unknown: {unknown}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                status_message(f"category_ids must name categories of {policy.id}; unknown: {[echo(c) for c in unknown[:8]]}"),
+            )
         started = time.perf_counter()
         try:
             result = await asyncio.get_running_loop().run_in_executor(self._pool, self._explain, request, policy)
@@ -89,7 +96,9 @@ async def serve_explainer(settings: Settings) -> None:
     state = ServingState()
     interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor(metrics)]
     if settings.auth_tokens_file:
-        interceptors.append(TokenAuthInterceptor(TokenAuth(load_tokens(settings.auth_tokens_file))))
+        interceptors.append(
+            TokenAuthInterceptor(TokenAuth(load_tokens(settings.auth_tokens_file)), metrics, settings.auth_failure_logs_per_minute)
+        )
     # Calls beyond the running and waiting bounds get RESOURCE_EXHAUSTED at once; the scorer records FAILED.
     max_in_flight = settings.explainer_max_concurrent + settings.explainer_max_waiting
     interceptors.append(
@@ -101,6 +110,8 @@ async def serve_explainer(settings: Settings) -> None:
         (SERVICE_NAME,),
         interceptors,
         options=[("grpc.max_receive_message_length", settings.grpc_max_message_bytes)],
+        # Only the scorer calls: its admitted calls, plus room for health checks and refusals.
+        max_concurrent_rpcs=settings.max_concurrent_rpcs or max_in_flight + 16,
     )
     pb_grpc.add_ExplainerServiceServicer_to_server(servicer, lifecycle.server)
     watcher: asyncio.Task[None] | None = None

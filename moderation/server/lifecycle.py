@@ -19,12 +19,12 @@ from typing import Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, start_http_server
 
 from moderation.config import Settings
 from moderation.metrics import ModerationMetrics
 from moderation.runtime import ConfigurationError
+from moderation.server.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,24 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def transport_options(settings: Settings) -> list[tuple[str, object]]:
+    """gRPC-level bounds every server port gets: streams per connection, connections, idle connections.
+
+    Connections beyond `max_connections` are closed by grpc-core as they arrive
+    (the client sees UNAVAILABLE); a connection's calls beyond
+    `max_concurrent_streams` wait in the client (HTTP/2 flow control, no error).
+    """
+    return [
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * 1000)),
+        # grpc-core's overload protection counts streams the server has finished but not yet
+        # freed, so a busy client within the limit got REFUSED_STREAM (UNAVAILABLE); the
+        # limit above and max_concurrent_rpcs are the bounds.
+        ("grpc.http.overload_protection", 0),
+    ]
 
 
 def new_metrics() -> ModerationMetrics:
@@ -91,6 +109,8 @@ class GrpcServerLifecycle(Generic[Loaded]):
     `load` runs in a worker thread (models, policies); `on_loaded` runs on the event
     loop with its result and the stop event (start batchers, watchers) before
     SERVING; `drain(grace_s)` waits for in-flight calls; `close` frees what `load` built.
+    `max_concurrent_rpcs` bounds RPCs of every service at once; gRPC refuses the
+    ones beyond it with RESOURCE_EXHAUSTED before reading their request message.
     """
 
     def __init__(
@@ -100,15 +120,20 @@ class GrpcServerLifecycle(Generic[Loaded]):
         services: Sequence[str],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         options: Sequence[tuple[str, object]] = (),
+        max_concurrent_rpcs: int | None = None,
     ):
         self.settings = settings
         self.metrics = metrics
         self.services = tuple(services)
-        self.server = grpc.aio.server(interceptors=list(interceptors) or None, options=list(options))
+        self.server = grpc.aio.server(
+            interceptors=list(interceptors) or None,
+            options=[*transport_options(settings), *options],
+            maximum_concurrent_rpcs=max_concurrent_rpcs or settings.grpc_max_concurrent_rpcs,
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
-            reflection.enable_server_reflection((*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+            enable_reflection((*self.services, health.SERVICE_NAME), self.server)
         self._health_server: grpc.aio.Server | None = None
 
     async def _set_health(self, status: int) -> None:
@@ -129,7 +154,10 @@ class GrpcServerLifecycle(Generic[Loaded]):
         settings = self.settings
         if not settings.health_port:
             return
-        self._health_server = grpc.aio.server()
+        # Health checks only: tiny messages, a few calls at once.
+        self._health_server = grpc.aio.server(
+            options=[*transport_options(settings), ("grpc.max_receive_message_length", 4096)], maximum_concurrent_rpcs=64
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
         if self._health_server.add_insecure_port(f"{settings.host}:{settings.health_port}") == 0:
             raise ConfigurationError(f"cannot bind health port {settings.health_port}; set MODERATION_HEALTH_PORT to a free port")
@@ -175,8 +203,8 @@ class GrpcServerLifecycle(Generic[Loaded]):
         try:
             await self._start_health_port()
             if settings.metrics_port:
-                start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=self.metrics.registry)
-                log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+                start_http_server(settings.metrics_port, addr=settings.metrics_bind_host, registry=self.metrics.registry)
+                log.info("metrics on http://%s:%d/metrics", settings.metrics_bind_host, settings.metrics_port)
         except BaseException:
             await self._stop_transport(None)
             raise

@@ -20,15 +20,18 @@ from moderation.pipeline import ModerationPipeline
 from moderation.policy.registry import PolicyNotFound
 from moderation.server import convert
 from moderation.server.auth import caller_identity
+from moderation.server.interceptors import ServingState
+from moderation.server.limits import MAX_POLICY_ID_CHARS, MAX_REQUEST_ID_CHARS, echo, status_message
 from moderation.server.recorder import RequestRecorder
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_ID_LENGTH = 128
-# Requests one ModerateStream may have in flight; beyond it the server stops
-# reading the stream, which pushes back on the client through flow control.
+MAX_REQUEST_ID_LENGTH = MAX_REQUEST_ID_CHARS
+# Requests one ModerateStream may have in flight or answered but not yet sent;
+# beyond it the server stops reading the stream, which pushes back on the client
+# through flow control (settings.stream_window).
 STREAM_WINDOW = 16
 
 
@@ -36,9 +39,18 @@ class ServiceError(Exception):
     """An expected failure with its gRPC code and caller-facing sentence."""
 
     def __init__(self, code: grpc.StatusCode, message: str):
+        message = status_message(message)
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def check_policy_id(policy_id: str) -> None:
+    """An id longer than any policy id can name no served policy: NOT_FOUND, echoing it cut."""
+    if len(policy_id) > MAX_POLICY_ID_CHARS:
+        raise ServiceError(
+            grpc.StatusCode.NOT_FOUND, f"no policy {echo(policy_id)!r} is served; policy ids are at most {MAX_POLICY_ID_CHARS} characters"
+        )
 
 
 def status_for(err: BaseException, request_id: str, deadline_s: float) -> ServiceError:
@@ -56,6 +68,11 @@ def status_for(err: BaseException, request_id: str, deadline_s: float) -> Servic
     return ServiceError(grpc.StatusCode.INTERNAL, f"internal error while moderating request {request_id}; the server logged the details")
 
 
+def _quietly(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio does not log it as "never retrieved"
+
+
 class ModerationServicer(pb_grpc.ModerationServiceServicer):
     """Transport only: check the request, call the pipeline, convert the reply.
 
@@ -63,26 +80,37 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
     (interceptors.py); the per-request counter and audit line are the recorder's.
     """
 
-    def __init__(self, recorder: RequestRecorder, max_image_bytes: int, default_deadline_s: float):
+    def __init__(
+        self,
+        recorder: RequestRecorder,
+        max_image_bytes: int,
+        default_deadline_s: float,
+        state: ServingState,
+        stream_window: int = STREAM_WINDOW,
+    ):
         self.pipeline: ModerationPipeline | None = None  # set once models and policies are loaded
         self._recorder = recorder
         self._max_image_bytes = max_image_bytes
         self._default_deadline_s = default_deadline_s
+        self._stream_window = stream_window
+        # Request slots shared with unary calls: a stream's next item waits (the stream stops being read) for one.
+        self._state = state
 
     def _loaded(self) -> ModerationPipeline:
         if self.pipeline is None:  # the admission interceptor refuses calls before this is set
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is still loading models and policies; retry shortly")
         return self.pipeline
 
-    def _check(self, request: pb.ModerateRequest) -> None:
+    def _check(self, request: pb.ModerateRequest, image: bytes) -> None:
         if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
-        if not request.image:
+        check_policy_id(request.policy_id)
+        if not image:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "the image field is empty; send the encoded image bytes")
-        if len(request.image) > self._max_image_bytes:
+        if len(image) > self._max_image_bytes:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"the image is {len(request.image):,} bytes; the limit is {self._max_image_bytes:,} bytes (setting max_image_bytes)",
+                f"the image is {len(image):,} bytes; the limit is {self._max_image_bytes:,} bytes (setting max_image_bytes)",
             )
 
     async def _moderate_recorded(self, request: pb.ModerateRequest, deadline_s: float, caller: str) -> pb.ModerateResponse:
@@ -91,9 +119,10 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         code, result = grpc.StatusCode.OK, None
         try:
             pipeline = self._loaded()
-            self._check(request)
+            image = request.image  # protobuf copies a bytes field on every access: once only
+            self._check(request, image)
             result = await asyncio.wait_for(
-                pipeline.moderate(request.image, request.policy_id, request_id, request.force_escalation, deadline_s),
+                pipeline.moderate(image, request.policy_id, request_id, request.force_escalation, deadline_s),
                 timeout=deadline_s,
             )
             return convert.result_to_pb(result)
@@ -109,7 +138,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
 
     def _policy_label(self, policy_id: str) -> str:
         # Only served ids become label values: a caller's typo must not mint a series.
-        if self.pipeline is None:
+        if self.pipeline is None or len(policy_id) > MAX_POLICY_ID_CHARS:
             return "unknown"
         try:
             return self.pipeline.registry.get(policy_id).policy.id
@@ -130,8 +159,12 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
     async def ModerateStream(
         self, request_iterator: AsyncIterator[pb.ModerateStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModerateStreamResponse]:
-        window = asyncio.Semaphore(STREAM_WINDOW)
-        results: asyncio.Queue[pb.ModerateStreamResponse | None] = asyncio.Queue()
+        # A window slot is taken before a request is read and given back only when its
+        # response has been sent, so a client that writes and never reads holds at most
+        # `stream_window` requests and answers here; beyond that the server stops reading.
+        window = asyncio.Semaphore(self._stream_window)
+        state = self._state
+        results: asyncio.Queue[pb.ModerateStreamResponse | None] = asyncio.Queue()  # <= window entries
         tasks: set[asyncio.Task] = set()
         caller = caller_identity(context)
 
@@ -144,15 +177,21 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
                 await results.put(pb.ModerateStreamResponse(request_id=request.request_id, response=response))
             except ServiceError as err:
                 error = pb.ModerateStreamError(code=err.code.value[0], message=err.message)
-                await results.put(pb.ModerateStreamResponse(request_id=request.request_id, error=error))
-            finally:
-                window.release()
+                await results.put(pb.ModerateStreamResponse(request_id=echo(request.request_id), error=error))
 
         async def read_all() -> None:
+            requests = aiter(request_iterator)
             try:
-                async for item in request_iterator:
+                while True:
                     await window.acquire()
+                    try:
+                        item = await anext(requests)
+                    except StopAsyncIteration:
+                        break
+                    # A slot is taken only once a request has come: an idle stream holds none.
+                    await state.start_request()
                     task = asyncio.create_task(handle(item))
+                    task.add_done_callback(lambda _: state.finish_request())  # runs even if the task never started
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if tasks:
@@ -164,9 +203,13 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         try:
             while (response := await results.get()) is not None:
                 yield response
+                window.release()  # sent: the transport took it
             await reader  # surfaces a broken request stream
         finally:
+            # The call is over (done, failed or cancelled by the client): what is left of it
+            # ends quietly; an error of the request stream then has no one to report to.
             reader.cancel()
+            reader.add_done_callback(_quietly)
             for task in list(tasks):
                 task.cancel()
 
@@ -185,10 +228,11 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.GetPolicyResponse:
         try:
             registry = self._loaded().registry
+            check_policy_id(request.policy_id)
             served = registry.get(request.policy_id)
         except ServiceError as err:
             await context.abort(err.code, err.message)
         except PolicyNotFound as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+            await context.abort(grpc.StatusCode.NOT_FOUND, status_message(str(err)))
         return convert.policy_to_pb(served, served.policy.id == registry.default_id)
 

@@ -306,6 +306,30 @@ def test_prod_serves_tls_from_a_secret_and_weights_read_only(rendered: dict[str,
         assert container(scorer)[probe]["grpc"]["port"] == int(settings["MODERATION_HEALTH_PORT"]) != api_port, probe
 
 
+def test_prod_explainer_hop_is_mutual_tls_with_a_token(rendered: dict[str, list[dict]]) -> None:
+    deployments = by_kind(rendered["prod"], "Deployment")
+    explainer, scorer = deployments["moderation-explainer"], deployments["moderation-scorer"]
+
+    def secret_of(deployment: dict, path: str) -> str:
+        mounts = {m["mountPath"]: m for m in container(deployment)["volumeMounts"]}
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        mount = mounts[str(Path(path).parent)]
+        assert mount["readOnly"] is True, path
+        return volumes[mount["name"]]["secret"]["secretName"]
+
+    served, calling = env(explainer), env(scorer)
+    for variable in ("MODERATION_TLS_CERT", "MODERATION_TLS_KEY", "MODERATION_TLS_CLIENT_CA", "MODERATION_AUTH_TOKENS_FILE"):
+        assert secret_of(explainer, served[variable]), variable
+    for variable in ("MODERATION_EXPLAINER_TLS_CA", "MODERATION_EXPLAINER_TLS_CLIENT_CERT", "MODERATION_EXPLAINER_TLS_CLIENT_KEY",
+                     "MODERATION_EXPLAINER_TOKEN_FILE"):  # fmt: skip
+        assert secret_of(scorer, calling[variable]), variable
+    # Both ends read the same token Secret; with TLS on its API port the explainer's probes use the plaintext health port.
+    assert secret_of(explainer, served["MODERATION_AUTH_TOKENS_FILE"]) == secret_of(scorer, calling["MODERATION_EXPLAINER_TOKEN_FILE"])
+    api_port = next(p["containerPort"] for p in container(explainer)["ports"] if p["name"] == "grpc")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container(explainer)[probe]["grpc"]["port"] == int(served["MODERATION_HEALTH_PORT"]) != api_port, probe
+
+
 def test_prod_autoscales_the_scorer_and_is_scraped(rendered: dict[str, list[dict]]) -> None:
     resources = rendered["prod"]
     (autoscaler,) = by_kind(resources, "HorizontalPodAutoscaler").values()

@@ -86,9 +86,9 @@ def test_mutual_tls_identity_and_reflection_off(tmp_path: Path) -> None:
             response = pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(request_id="tls-1", image=images.astronaut_jpeg()), timeout=30)
             assert response.categories
 
-        # TLS without a client certificate is refused during the handshake.
-        with grpc.secure_channel(server.target, grpc.ssl_channel_credentials(ca)) as channel:
-            with pytest.raises(grpc.RpcError) as caught:
+        # TLS without a client certificate, and plaintext, are refused during the handshake.
+        for channel in (grpc.secure_channel(server.target, grpc.ssl_channel_credentials(ca)), grpc.insecure_channel(server.target)):
+            with channel, pytest.raises(grpc.RpcError) as caught:
                 pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(image=images.astronaut_jpeg()), timeout=10)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -110,3 +110,115 @@ def test_mutual_tls_identity_and_reflection_off(tmp_path: Path) -> None:
     (line,) = [entry for entry in audit_lines(server.log_text()) if entry["request_id"] == "tls-1"]
     assert line["caller"] == "mtls:client-a"
     assert "MODERATION_REFLECTON is not a setting and is ignored" in server.log_text()
+    # grpc-core reports the failed handshake on stderr; in a JSON log it arrives as JSON too.
+    entries = [json.loads(line) for line in server.log_text().splitlines()]
+    assert any(e["logger"] == "grpc.core" and "Handshake failed" in e["msg"] for e in entries)
+
+
+def test_auth_failures_are_counted_and_logged_at_a_bounded_rate(tmp_path: Path) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"upstream-a:{TOKEN}\n")
+    env = {"MODERATION_AUTH_TOKENS_FILE": str(tokens), "MODERATION_AUTH_FAILURE_LOGS_PER_MINUTE": "3"}
+    good, wrong = ("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong-token-0000000000")
+    refused = {
+        "missing": [(), (("x-other", "1"),)],
+        "invalid": [(wrong,), (wrong,)],
+        "malformed": [(("authorization", TOKEN),)],
+        # Two authorization headers: whichever one a proxy or the server reads, neither is trusted.
+        "duplicate": [(wrong, good), (good, wrong), (good, good)],
+    }
+    with running_server(tmp_path, *TINY, env=env) as server, server.channel() as channel:
+        stub = pb_grpc.ModerationServiceStub(channel)
+        request = pb.ModerateRequest(image=images.astronaut_jpeg())
+        for reason, cases in refused.items():
+            for metadata in cases:
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.Moderate(request, metadata=metadata, timeout=30)
+                assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, (reason, metadata)
+        assert "more than one authorization header" in caught.value.details()
+        assert stub.Moderate(request, metadata=(good,), timeout=30).categories
+        text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "moderation_auth_failures")
+    counted = {s.labels["reason"]: s.value for s in family.samples if s.name.endswith("_total")}
+    assert counted == {reason: float(len(cases)) for reason, cases in refused.items()}
+    lines = [json.loads(line) for line in server.log_text().splitlines() if "refused a call without valid credentials" in line]
+    assert len(lines) == 3, "at most auth_failure_logs_per_minute lines"
+    assert all(line["peer"].startswith("ipv4:127.0.0.1:") and line["method"] == "ModerationService/Moderate" for line in lines)
+    assert TOKEN not in server.log_text()
+
+
+def explain_serve(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int, Path]:
+    import os
+    import sys
+
+    from tests.integration.server import free_port
+
+    port = free_port()
+    log_path = tmp_path / "explainer.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moderation", "explain-serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+             "--policies", str(POLICIES), "--explainer-model", "tiny-smolvlm", "--explainer-weights", "random"],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **env},
+        )  # fmt: skip
+    return process, port, log_path
+
+
+def test_explainer_hop_uses_mutual_tls_and_a_token(tmp_path: Path) -> None:
+    from tests.integration.server import wait_until_serving
+
+    make_pki(tmp_path)
+    tokens = tmp_path / "explainer-tokens"
+    tokens.write_text(f"scorer:{TOKEN}\n")
+    (tmp_path / "scorer-token").write_text(f"{TOKEN}\n")
+    tls = {
+        "MODERATION_TLS_CERT": str(tmp_path / "server.pem"),
+        "MODERATION_TLS_KEY": str(tmp_path / "server.key"),
+        "MODERATION_TLS_CLIENT_CA": str(tmp_path / "ca.pem"),
+    }
+    ca = (tmp_path / "ca.pem").read_bytes()
+    client = grpc.ssl_channel_credentials(ca, (tmp_path / "client-a.key").read_bytes(), (tmp_path / "client-a.pem").read_bytes())
+    process, port, log_path = explain_serve(tmp_path, {**tls, "MODERATION_AUTH_TOKENS_FILE": str(tokens)})
+    try:
+        target = f"localhost:{port}"
+        wait_until_serving(target, process, log_path, credentials=client)
+        policy = POLICIES / "default.yaml"
+        from moderation.policy import load_policy_file
+
+        version = load_policy_file(policy)[0].version
+        request = pb.ExplainRequest(image=images.astronaut_jpeg(), policy_id="default", policy_version=version, category_ids=["weapons"])
+        # Plaintext and TLS without a client certificate fail the handshake; mTLS without a token is refused.
+        for channel in (grpc.insecure_channel(target), grpc.secure_channel(target, grpc.ssl_channel_credentials(ca))):
+            with channel, pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.ExplainerServiceStub(channel).Explain(request, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        with grpc.secure_channel(target, client) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.ExplainerServiceStub(channel).Explain(request, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            reply = pb_grpc.ExplainerServiceStub(channel).Explain(request, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=120)
+            assert reply.category_id == "weapons"
+
+        # The scorer calls it with its client certificate and token.
+        scorer_env = {
+            "MODERATION_EXPLAINER_TLS_CA": str(tmp_path / "ca.pem"),
+            "MODERATION_EXPLAINER_TLS_CLIENT_CERT": str(tmp_path / "client-a.pem"),
+            "MODERATION_EXPLAINER_TLS_CLIENT_KEY": str(tmp_path / "client-a.key"),
+            "MODERATION_EXPLAINER_TOKEN_FILE": str(tmp_path / "scorer-token"),
+        }
+        args = (*TINY, "--explainer", "remote", "--explainer-target", target)
+        with running_server(tmp_path, *args, env=scorer_env) as server, server.channel() as channel:
+            response = pb_grpc.ModerationServiceStub(channel).Moderate(
+                pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=120
+            )
+        assert response.escalation.status == pb.ESCALATION_STATUS_COMPLETED, response.escalation.reason
+        assert "plaintext" not in server.log_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert TOKEN not in log_path.read_text()

@@ -1,0 +1,298 @@
+"""Resource bounds against the real server (issue 12): what a caller can make it hold, echo or log.
+
+Memory cases sample the server's RSS while the abuse runs and assert its growth
+stays under a stated bound; on the code before these bounds each of them grew
+well past it (docs/security.md, "Resource bounds").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.abuse import RssSampler
+from moderation.v1 import moderation_pb2 as pb
+from moderation.v1 import moderation_pb2_grpc as pb_grpc
+from tests import images
+from tests.conftest import POLICIES, TINY_CLIP
+from tests.integration.server import RunningServer, open_channel, running_server
+
+pytestmark = pytest.mark.integration
+
+TINY = ("--policies", str(POLICIES), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random")
+MIB = 1024 * 1024
+# Growth of the server's RSS the memory cases allow (the loaded tiny server sits near 1.1 GB).
+RSS_BOUND_MB = 300
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Default bounds; metadata keys 'tenant' and 'note' allow-listed for the audit log."""
+    env = {"MODERATION_AUDIT_METADATA_KEYS": '["tenant", "note"]'}
+    with running_server(tmp_path_factory.mktemp("bounded"), *TINY, env=env) as server:
+        yield server
+
+
+def metric_samples(server: RunningServer, family_name: str) -> list:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    family = next((f for f in text_string_to_metric_families(text) if f.name == family_name), None)
+    return list(family.samples) if family else []
+
+
+def valid_call(channel: grpc.Channel, **fields: object) -> pb.ModerateResponse:
+    return pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), **fields), timeout=60)
+
+
+def error_lines(log_text: str) -> list[str]:
+    return [line for line in log_text.splitlines() if '"level": "error"' in line or '"level": "critical"' in line]
+
+
+# 1 ---------------------------------------------------------------------------------------------
+
+
+def test_a_stream_that_is_never_read_holds_bounded_memory(bounded: RunningServer) -> None:
+    with bounded.channel() as channel:
+        valid_call(channel)  # warm
+    sent = 0
+
+    def requests() -> Iterator[pb.ModerateStreamRequest]:
+        nonlocal sent
+        for i in range(6000):
+            sent += 1
+            yield pb.ModerateStreamRequest(request=pb.ModerateRequest(request_id=f"{i:08d}" + "x" * 100_000, image=b""))
+
+    errors_before = len(error_lines(bounded.log_text()))
+    with RssSampler(bounded.process.pid) as rss, bounded.channel() as channel:
+        call = pb_grpc.ModerationServiceStub(channel).ModerateStream(requests(), timeout=120)
+        time.sleep(6)  # writing, never reading
+        with bounded.channel() as other:
+            assert valid_call(other).categories, "other callers are served meanwhile"
+        call.cancel()
+    print(f"sent {sent} requests of 100 KB; server RSS {rss.baseline:.0f} -> peak {rss.peak:.0f} MB")
+    assert rss.growth < RSS_BOUND_MB, f"RSS grew {rss.growth:.0f} MB (bound {RSS_BOUND_MB} MB)"
+    # 9: the client cancelling its stream is no error of the server's.
+    time.sleep(1)
+    assert error_lines(bounded.log_text())[errors_before:] == []
+
+
+def test_stream_error_entries_echo_a_cut_request_id(bounded: RunningServer) -> None:
+    long_id = "r" * 100_000
+    with bounded.channel() as channel:
+        items = iter([pb.ModerateStreamRequest(request=pb.ModerateRequest(request_id=long_id, image=images.astronaut_jpeg()))])
+        (reply,) = list(pb_grpc.ModerationServiceStub(channel).ModerateStream(items, timeout=60))
+    assert reply.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "request_id is longer than 128 characters" in reply.error.message
+    assert reply.request_id.startswith("r" * 128) and reply.request_id.endswith("…[99872 more characters]")
+
+
+# 2 ---------------------------------------------------------------------------------------------
+
+
+def test_concurrent_large_messages_hold_bounded_memory(tmp_path: Path) -> None:
+    # 4 MiB images, at most 2 RPCs handled at once: what a flood of large messages may hold is
+    # bounded by 2 x (4 MiB + 64 KiB), three copies each (docs/security.md), plus allocator slack.
+    env = {"MODERATION_MAX_IMAGE_BYTES": str(4 * MIB), "MODERATION_MAX_CONCURRENT_RPCS": "2"}
+    with running_server(tmp_path, *TINY, env=env) as server:
+        with server.channel(max_send_message_length=64 * MIB) as warm:
+            valid_call(warm)
+
+        def send(payload: bytes) -> str:
+            # A connection each, as many callers would: nothing but the server's bounds limits them.
+            with server.channel(max_send_message_length=64 * MIB, use_local_subchannel_pool=1) as channel:
+                try:
+                    pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(image=payload), timeout=60)
+                    return "OK"
+                except grpc.RpcError as err:
+                    return f"{err.code().name}: {err.details()}"
+
+        over, under = os.urandom(6 * MIB), os.urandom(4 * MIB)
+        with RssSampler(server.process.pid, interval_s=0.05) as rss, ThreadPoolExecutor(48) as pool:
+            over_outcomes = list(pool.map(send, [over] * 32))
+            under_outcomes = list(pool.map(send, [under] * 48))
+        with server.channel() as channel:
+            assert valid_call(channel).categories, "the server still answers"
+
+    print(f"server RSS {rss.baseline:.0f} -> peak {rss.peak:.0f} MB")
+    # Over the message limit (image limit + 64 KiB): refused by gRPC before it is buffered whole.
+    assert all(o.startswith("RESOURCE_EXHAUSTED: ") and "Received message larger than max" in o for o in over_outcomes), set(over_outcomes)
+    # Under it but more than 2 at once: refused before their messages are read; the rest are no images.
+    kinds = {o.split(":")[0] + (": limit" if "Concurrent RPC limit exceeded" in o else "") for o in under_outcomes}
+    assert kinds <= {"RESOURCE_EXHAUSTED: limit", "INVALID_ARGUMENT"}, set(under_outcomes)
+    assert "RESOURCE_EXHAUSTED: limit" in kinds, "48 calls at once against 2 RPC slots must be refused in part"
+    assert rss.growth < RSS_BOUND_MB, f"RSS grew {rss.growth:.0f} MB (bound {RSS_BOUND_MB} MB)"
+
+
+def test_connections_and_streams_per_connection_are_capped(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    env = {"MODERATION_MAX_CONNECTIONS": "3", "MODERATION_MAX_CONCURRENT_STREAMS": "4"}
+    with running_server(tmp_path, *TINY, env=env) as server:
+        # Connections: the fourth and fifth are closed as they arrive. (The probe connection
+        # that waited for SERVING may take a moment to go: try again until it has.)
+        def connect(count: int) -> tuple[list[str], list[grpc.Channel]]:
+            channels = [open_channel(server.target, use_local_subchannel_pool=1) for _ in range(count)]
+            outcomes = []
+            for channel in channels:
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    outcomes.append("OK")
+                except grpc.RpcError as err:
+                    outcomes.append(err.code().name)
+            return outcomes, channels
+
+        for _ in range(10):
+            held, channels = connect(3)
+            if held == ["OK"] * 3:
+                break
+            for channel in channels:
+                channel.close()
+            time.sleep(1)
+        try:
+            assert held == ["OK"] * 3
+            beyond, more = connect(2)
+            channels += more
+            assert beyond == ["UNAVAILABLE"] * 2
+        finally:
+            for channel in channels:
+                channel.close()
+        time.sleep(2)  # those connections are gone
+
+        # Streams: six calls opened on one connection, only four reach the server at once.
+        release = threading.Event()
+
+        def idle() -> Iterator[pb.ModerateStreamRequest]:
+            release.wait(60)
+            return
+            yield
+
+        def in_flight() -> float:
+            (value,) = [s.value for s in metric_samples(server, "moderation_in_flight_requests")]
+            return value
+
+        with server.channel() as channel:
+            # Connected first, so the client knows the server's limit (on a fresh connection the
+            # streams beyond it may be refused with REFUSED_STREAM: UNAVAILABLE, safe to retry).
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            stub = pb_grpc.ModerationServiceStub(channel)
+            calls = [stub.ModerateStream(idle(), timeout=90) for _ in range(6)]
+            deadline = time.monotonic() + 20
+            while in_flight() < 4 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1)
+            reached = in_flight()
+            release.set()
+            for call in calls:
+                assert list(call) == []
+        assert reached == 4
+
+
+# 5 ---------------------------------------------------------------------------------------------
+
+
+def audit_entries(log_text: str, request_id: str) -> list[dict]:
+    return [json.loads(line) for line in log_text.splitlines() if '"logger": "moderation.audit"' in line and request_id in line]
+
+
+def test_audit_metadata_values_are_cut(bounded: RunningServer) -> None:
+    with bounded.channel(max_send_message_length=64 * MIB) as channel:
+        valid_call(channel, request_id="big-metadata", metadata={"tenant": "t" * 5_000_000, "note": "n" * 5_000_000, "other": "o" * 100})
+    time.sleep(0.5)
+    (line,) = [line for line in bounded.log_text().splitlines() if '"logger": "moderation.audit"' in line and "big-metadata" in line]
+    assert len(line) < 2048, f"the audit line is {len(line)} characters"
+    metadata = json.loads(line)["metadata"]
+    assert metadata == {"tenant": "t" * 256 + "…[4999744 more characters]", "note": "n" * 256 + "…[4999744 more characters]"}
+
+
+# 6 ---------------------------------------------------------------------------------------------
+
+
+def test_text_log_format_cannot_be_forged(tmp_path: Path) -> None:
+    forged = "x\n2030-01-01 00:00:00,000 INFO moderation.audit: decision request_id=fake caller=token:admin action=ALLOW"
+    with running_server(tmp_path, *TINY, "--log-format", "text") as server, server.channel() as channel:
+        valid_call(channel, request_id=forged)
+        valid_call(channel, request_id="esc-\x1b[2J-\x1b]0;owned\x07-\u2028-end")
+        time.sleep(0.5)
+        log = server.log_text()
+    lines = log.splitlines()
+    assert not [line for line in lines if line.startswith("2030-01-01")], "a request id wrote a line of its own"
+    assert "\x1b" not in log and "\x07" not in log and "\u2028" not in log
+    (decision,) = [line for line in lines if "moderation.audit: decision" in line and "fake" in line]
+    assert 'request_id="x\\n2030-01-01 00:00:00,000 INFO moderation.audit: decision request_id=fake' in decision
+    (escaped,) = [line for line in lines if "esc-" in line]
+    # Quoted and escaped (the U+2028 makes it quote the value, which then uses JSON's \u001b escapes).
+    assert 'request_id="esc-\\u001b[2J-\\u001b]0;owned\\u0007-\\u2028-end"' in escaped
+
+
+# 8 ---------------------------------------------------------------------------------------------
+
+
+def test_long_policy_ids_are_not_found_with_a_short_message(bounded: RunningServer) -> None:
+    long_id = "p" * 10_000
+    with bounded.channel() as channel:
+        stub = pb_grpc.ModerationServiceStub(channel)
+        for call in (
+            lambda: stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), policy_id=long_id), timeout=30),
+            lambda: stub.GetPolicy(pb.GetPolicyRequest(policy_id=long_id), timeout=30),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert len(caught.value.details()) < 400 and "policy ids are at most 128 characters" in caught.value.details()
+        item = pb.ModerateStreamRequest(request=pb.ModerateRequest(image=images.astronaut_jpeg(), policy_id=long_id))
+        (reply,) = list(stub.ModerateStream(iter([item]), timeout=30))
+        assert reply.error.code == grpc.StatusCode.NOT_FOUND.value[0] and len(reply.error.message) < 400
+
+
+# 9 ---------------------------------------------------------------------------------------------
+
+
+def listening_address(pid: int, port: int) -> str:
+    """The local address a process's TCP socket listens on for `port`, from /proc/<pid>/net/tcp."""
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:  # LISTEN
+            return ".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0))
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_metrics_port_binds_the_grpc_host(bounded: RunningServer) -> None:
+    metrics_port = int(re.search(r":(\d+)/metrics$", bounded.metrics_url).group(1))
+    assert listening_address(bounded.process.pid, metrics_port) == "127.0.0.1"
+
+
+def test_reflection_v1_and_v1alpha(bounded: RunningServer) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with bounded.channel() as channel:
+        for version in ("v1", "v1alpha"):
+            call = channel.stream_stream(
+                f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            (reply,) = list(call(iter([request]), timeout=30))
+            names = {service.name for service in reply.list_services_response.service}
+            assert {"moderation.v1.ModerationService", "grpc.reflection.v1.ServerReflection"} <= names, version
+
+
+def test_embedding_store_is_private_to_its_owner(tmp_path: Path) -> None:
+    store = tmp_path / "store" / "embeddings.db"
+    store.parent.mkdir()
+    with running_server(tmp_path, *TINY, env={"MODERATION_EMBEDDING_STORE": str(store)}) as server, server.channel() as channel:
+        valid_call(channel)
+    for path in store.parent.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, f"{path.name} is {oct(path.stat().st_mode & 0o777)}"
+    assert store.exists()

@@ -1,0 +1,90 @@
+"""The pieces behind the resource bounds (issue 12), without a server: escaping, cutting, rate limits, slots, tokens, store mode."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from moderation.logs import RateLimitedLog, TextFormatter, escape_control
+from moderation.server.auth import TokenAuth
+from moderation.server.interceptors import ServingState
+from moderation.server.limits import cut, echo
+
+TOKEN = b"0123456789abcdef-token"
+
+
+def test_escape_control_keeps_one_line_and_no_terminal_escapes() -> None:
+    assert escape_control("a\nb\rc\td\x1b[31m\x7f\x85\u2028é") == "a\\nb\\rc\\td\\x1b[31m\\x7f\\x85\\u2028é"
+
+
+def test_text_formatter_quotes_values_that_could_pose_as_fields() -> None:
+    record = logging.LogRecord("moderation.audit", logging.INFO, "x", 1, "decision\nforged", (), None)
+    record.fields = {"request_id": "a caller=token:admin", "plain": "ok-1", "meta": {"k": "v\x1b"}}
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line
+    assert 'decision\\nforged request_id="a caller=token:admin" plain=ok-1 meta={"k": "v\\u001b"}' in line
+
+
+def test_cut_marks_what_it_leaves_out() -> None:
+    assert cut("abc", 3) == "abc"
+    assert cut("abcdef", 3) == "abc…[3 more characters]"
+    assert len(echo("x" * 100_000)) < 160
+
+
+def test_rate_limited_log_says_how_many_lines_it_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    limited = RateLimitedLog(logging.getLogger("test.limited"), per_interval=2, interval_s=60, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="test.limited"):
+        written = [limited.log(logging.WARNING, "refused", fields={"peer": "p"}) for _ in range(5)]
+        now[0] = 61.0
+        written.append(limited.log(logging.WARNING, "refused"))
+    assert written == [True, True, False, False, False, True]
+    assert [r.fields["left_out_before"] for r in caplog.records] == [0, 0, 3]
+
+
+def test_token_check_refuses_duplicate_headers_whichever_comes_last() -> None:
+    auth = TokenAuth({"a": TOKEN})
+    good, bad = ("authorization", "Bearer " + TOKEN.decode()), ("authorization", "Bearer nope-nope-nope-nope")
+    assert auth.check((good,)) == ("a", "")
+    assert auth.check((bad, good)) == (None, "duplicate")
+    assert auth.check((good, bad)) == (None, "duplicate")
+    assert auth.check(()) == (None, "missing")
+    assert auth.check((("authorization", TOKEN.decode()),)) == (None, "malformed")
+    assert auth.check((bad,)) == (None, "invalid")
+
+
+async def test_request_slots_refuse_unary_calls_and_queue_stream_items_in_order() -> None:
+    state = ServingState(max_requests=2)
+    assert state.try_start_request() and state.try_start_request()
+    assert not state.try_start_request()
+    order: list[str] = []
+
+    async def item(name: str) -> None:
+        await state.start_request()
+        order.append(name)
+
+    first, second = asyncio.create_task(item("first")), asyncio.create_task(item("second"))
+    cancelled = asyncio.create_task(item("cancelled"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    state.finish_request()  # handed to the first waiter: a unary call cannot jump the queue
+    assert not state.try_start_request()
+    await first
+    state.finish_request()
+    await second
+    assert order == ["first", "second"] and state.requests == 2
+    state.finish_request()
+    state.finish_request()
+    assert state.requests == 0 and state.try_start_request()
+
+
+def test_embedding_store_is_created_owner_only(tmp_path: Path) -> None:
+    from moderation.store import EmbeddingStore
+
+    with EmbeddingStore(tmp_path / "store.db"):
+        pass
+    assert (tmp_path / "store.db").stat().st_mode & 0o777 == 0o600
