@@ -80,14 +80,18 @@ def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
 def explainer_spec(settings: Settings, device: str) -> ExplainerSpec:
     from moderation.escalation.loading import ExplainerSpec
 
-    return ExplainerSpec(
-        model=settings.explainer_model,
-        weights=settings.explainer_weights,
-        device=device,
-        allow_downloads=settings.allow_downloads,
-        cache_dir=settings.weights_cache,
-        quantize=settings.explainer_quantize,
-    )
+    try:
+        return ExplainerSpec(
+            model=settings.explainer_model,
+            weights=settings.explainer_weights,
+            device=device,
+            allow_downloads=settings.allow_downloads,
+            cache_dir=settings.weights_cache,
+            precision=settings.explainer_precision.value,
+            quantize=settings.explainer_quantize,
+        )
+    except ValueError as error:  # e.g. int8 quantization asked for on CUDA
+        raise ConfigurationError(str(error)) from None
 
 
 def load_explainer(settings: Settings, device: str) -> Explainer:
@@ -97,7 +101,8 @@ def load_explainer(settings: Settings, device: str) -> Explainer:
     spec = explainer_spec(settings, device)
     explainer = Explainer.load(spec)
     explainer.warmup()
-    log.info("explainer %s loaded%s", spec.model_id, " (int8)" if spec.quantize else "")
+    info = explainer.info
+    log.info("explainer %s loaded on %s (%s)", spec.model_id, info.device, "int8" if info.quantized else info.dtype)
     return explainer
 
 
