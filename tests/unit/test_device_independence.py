@@ -11,7 +11,9 @@ explicitly (`.to("cpu", torch.float32)`, `.cpu()`) or justified on the list.
 
 moderation/clip/backends/ is exempt: device, dtype and runtime live there by design
 (moderation/clip/encoder.py), and its contract, float32 CPU tensors out, is tested
-on every backend's outputs (test_clip_scorer.py, test_half_precision.py).
+on every backend's outputs (test_clip_scorer.py, test_half_precision.py). So is the
+benchmark harness, moderation/bench/, which picks devices and per-device defaults by
+name and measures through the same seam.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "moderation"
-EXEMPT = (PACKAGE / "v1", PACKAGE / "clip" / "backends")
+EXEMPT = (PACKAGE / "v1", PACKAGE / "clip" / "backends", PACKAGE / "bench")
 
 # Anything that assumes where a tensor lives or what it holds, or guesses it from one
 # parameter (open_clip's fp16 keeps some parameters, the first among them, in float32).
@@ -54,8 +56,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("escalation/grammar.py", "move them with .to('cpu', torch.float32) first"): "an error message",
     ("pipeline.py", "vector = embeddings[row].numpy().copy()"): "embeddings cross the encoder seam as float32 CPU tensors",
     ("cli/bench.py", 'help="cpu or cuda")] = "cpu"'): "a command-line default",
-    ("bench/clip.py", 'device: str = "cpu"'): "a benchmark default",
-    ("bench/clip.py", 'suffix = "" if device == "cpu" else f"-{device}"'): "the results file's name",
 }
 
 
