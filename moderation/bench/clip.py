@@ -112,7 +112,13 @@ def _rss_mb(pid: int) -> tuple[float, float]:
 
 class ServerProcess:
     def __init__(
-        self, model: str, device: str, policies: Path, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+        self,
+        model: str,
+        device: str,
+        policies: Path,
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
+        log_path: Path | None = None,
     ):
         self.port, self.metrics_port = _free_port(), _free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -122,7 +128,12 @@ class ServerProcess:
             "--weights", "random", "--device", device, "--log-format", "text", *extra_args,
         ]  # fmt: skip
         env = {**os.environ, "MODERATION_LOG_LEVEL": "WARNING", **(extra_env or {})}
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+        # The log goes to a file when one is given (a pipe nobody reads would fill up and stall the server).
+        self.log_path = log_path
+        stderr = log_path.open("w") if log_path else subprocess.PIPE
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env, text=True)
+        if log_path:
+            stderr.close()
 
     def wait_serving(self, timeout_s: float = 300) -> None:
         import grpc
@@ -133,13 +144,18 @@ class ServerProcess:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited: {self.process.stderr.read()[-2000:] if self.process.stderr else ''}")
+                    raise RuntimeError(f"server exited: {self.log_tail()}")
                 try:
                     if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.RpcError:
                     time.sleep(0.3)
         raise TimeoutError("server did not become SERVING")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        if self.log_path:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return self.process.stderr.read()[-chars:] if self.process.stderr else ""
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -320,7 +336,10 @@ def measure_in_process(
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a GPU box may lack it: the JSON is the result, the PNG a picture of it
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -397,7 +416,10 @@ def run_clip_bench(
     # queue bounds (64) would shed the clients beyond them, not measure them.
     admitted = max(64, *levels)
     server_env = {"MODERATION_MAX_CONCURRENT_REQUESTS": str(admitted), "MODERATION_MAX_QUEUE": str(admitted)}
-    server = ServerProcess(model, device, policies, extra_env=server_env)
+    import tempfile
+
+    server_log = Path(tempfile.mkstemp(prefix="clip-bench-server-", suffix=".log")[1])
+    server = ServerProcess(model, device, policies, extra_env=server_env, log_path=server_log)
     load: list[LoadResult] = []
     soak: list[dict[str, float]] = []
     try:
