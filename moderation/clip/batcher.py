@@ -11,7 +11,9 @@ request goes straight through; under load batches grow on their own.
 
 The buffer comes from `allocate` (for the CLIP tier `ClipScorer.batch_buffer`:
 page-locked memory when the model runs on CUDA, so the backend's copy to the
-device is asynchronous).
+device is asynchronous) and is reused: two buffers of `max_batch` frames serve the
+running and the open batch. A batch of one request is not staged at all: its
+tensor goes to the model as it is, so low load pays no copy and no extra thread hop.
 
 Backpressure: requests waiting for the model (queued or in the open batch) are
 bounded by `max_queue`; beyond it `embed` raises `Overloaded` at once rather than
@@ -63,6 +65,7 @@ class _Batch:
     offsets: list[int] = field(default_factory=list)
     frames: int = 0
     copies: list[asyncio.Future[None]] = field(default_factory=list)
+    staged: int = 0  # requests whose copies are submitted (none while the batch holds one request)
     buffer: torch.Tensor | None = None  # written by the staging thread only, read once the copies are done
 
 
@@ -93,6 +96,7 @@ class MicroBatcher:
         self._running: tuple[asyncio.Future[torch.Tensor], list[_Pending]] | None = None
         self._wakeup = asyncio.Event()  # a request arrived, or the model came free
         self._stager: ThreadPoolExecutor | None = None
+        self._spare_buffers: list[torch.Tensor] = []  # at most two: the running batch's and the open one's
         self._worker: asyncio.Task[None] | None = None
         metrics.queue_capacity.set(max_queue)
 
@@ -156,22 +160,29 @@ class MicroBatcher:
 
     def _admit(self, batch: _Batch) -> None:
         """Move queued requests into the open batch, up to max_batch frames, and stage their pixels."""
-        start, copies = batch.frames, []
+        admitted = len(batch.items)
         while self._waiting and batch.frames < self.max_batch:
             item = self._waiting.popleft()
             batch.items.append(item)
             batch.offsets.append(batch.frames)
-            copies.append((batch.frames, item.pixels))
             batch.frames += item.pixels.shape[0]
-        if copies:
-            loop = asyncio.get_running_loop()
-            batch.copies.append(loop.run_in_executor(self._stager, self._stage, batch, start, copies))
+        if len(batch.items) > admitted:
             self._metrics.queue_depth.set(self.depth)
+        # Staging starts with the second request (a batch of one goes as it is).
+        if len(batch.items) > 1 and batch.staged < len(batch.items):
+            copies = [(batch.offsets[i], batch.items[i].pixels) for i in range(batch.staged, len(batch.items))]
+            filled = batch.offsets[batch.staged]
+            spare = self._spare_buffers.pop() if batch.staged == 0 and self._spare_buffers else None
+            loop = asyncio.get_running_loop()
+            batch.copies.append(loop.run_in_executor(self._stager, self._stage, batch, filled, copies, spare))
+            batch.staged = len(batch.items)
 
-    def _stage(self, batch: _Batch, filled: int, copies: list[tuple[int, torch.Tensor]]) -> None:
+    def _stage(self, batch: _Batch, filled: int, copies: list[tuple[int, torch.Tensor]], spare: torch.Tensor | None) -> None:
         """Staging thread: copy frames into the batch buffer, growing it when an item overshoots."""
         needed = copies[-1][0] + copies[-1][1].shape[0]
         first = copies[0][1]
+        if batch.buffer is None and spare is not None and spare.shape[1:] == first.shape[1:] and spare.dtype == first.dtype:
+            batch.buffer = spare
         if batch.buffer is None or batch.buffer.shape[0] < needed:
             grown = self._allocate((max(needed, self.max_batch), *first.shape[1:]), first.dtype)
             if batch.buffer is not None:
@@ -179,6 +190,11 @@ class MicroBatcher:
             batch.buffer = grown
         for offset, pixels in copies:
             batch.buffer[offset : offset + pixels.shape[0]].copy_(pixels)
+
+    def _release(self, buffer: torch.Tensor | None) -> None:
+        """A batch buffer the model no longer reads: kept for the next batches (two at most)."""
+        if buffer is not None and len(self._spare_buffers) < 2:
+            self._spare_buffers.append(buffer)
 
     async def _assemble(self) -> _Batch:
         """The next batch: opened by the first queued request, closed when the model is free (or it is full)."""
@@ -213,8 +229,8 @@ class MicroBatcher:
             self._metrics.batch_wait_seconds.observe(now - pending.enqueued)
         return live
 
-    async def _close(self, batch: _Batch) -> tuple[list[_Pending], torch.Tensor] | None:
-        """Wait for the staged copies, drop requests that are gone; the live requests and their stacked pixels."""
+    async def _close(self, batch: _Batch) -> tuple[list[_Pending], torch.Tensor, torch.Tensor | None] | None:
+        """Wait for the staged copies, drop requests that are gone: the live requests, their pixels, the buffer used."""
         try:
             await asyncio.gather(*batch.copies)
         except Exception as err:  # noqa: BLE001 - delivered to every waiting caller
@@ -223,23 +239,28 @@ class MicroBatcher:
             return None
         live = self._live(batch)
         if not live:
+            self._release(batch.buffer)
             return None
-        assert batch.buffer is not None
+        if batch.buffer is None:  # one request: its own tensor
+            return [live[0][0]], live[0][0].pixels, None
         if len(live) == len(batch.items):
-            return [p for p, _ in live], batch.buffer[: batch.frames]
+            return [p for p, _ in live], batch.buffer[: batch.frames], batch.buffer
         # Some left while waiting: their rows go (rare; a copy of the rest).
         rows = [batch.buffer[offset : offset + p.pixels.shape[0]] for p, offset in live]
         pixels = await asyncio.get_running_loop().run_in_executor(self._stager, torch.cat, rows)
-        return [p for p, _ in live], pixels
+        self._release(batch.buffer)
+        return [p for p, _ in live], pixels, None
 
-    def _dispatch(self, live: list[_Pending], pixels: torch.Tensor) -> None:
+    def _dispatch(self, live: list[_Pending], pixels: torch.Tensor, buffer: torch.Tensor | None) -> None:
         self._metrics.batch_size.observe(pixels.shape[0])
         running = asyncio.get_running_loop().run_in_executor(self._executor, self._forward, pixels)
         self._running = (running, live)
-        running.add_done_callback(lambda done: self._deliver(done, live))
+        running.add_done_callback(lambda done: self._deliver(done, live, buffer))
 
-    def _deliver(self, done: asyncio.Future[torch.Tensor], batch: list[_Pending]) -> None:
+    def _deliver(self, done: asyncio.Future[torch.Tensor], batch: list[_Pending], buffer: torch.Tensor | None = None) -> None:
         self._wakeup.set()  # the model is free
+        if not done.cancelled():
+            self._release(buffer)  # the forward pass has read it (on CUDA: the copy to the device is complete)
         if done.cancelled():
             self._fail(batch, Overloaded("the batcher stopped while this request ran"))
             return

@@ -192,4 +192,32 @@ async def test_forward_gets_the_allocated_buffer_and_a_batch_may_overshoot_max_b
         await batcher.stop()
     assert forward.batches == [1, 6]
     assert a.eq(1.0).all() and b.eq(2.0).all()
-    assert set(seen) <= set(storages), "the model read the staged buffer, not a fresh copy"
+    assert seen[-1] in storages, "the model read the staged buffer, not a fresh copy"
+
+
+async def test_a_lone_request_goes_as_it_is_and_batch_buffers_are_reused(executor) -> None:  # noqa: ANN001
+    allocations: list[tuple[int, ...]] = []
+
+    def allocate(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        allocations.append(shape)
+        return torch.empty(shape, dtype=dtype)
+
+    seen: list[torch.Tensor] = []
+
+    def forward(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append(pixels)
+        time.sleep(0.01)
+        return pixels.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=4, allocate=allocate)
+    batcher.start()
+    try:
+        alone = frame(5.0)
+        assert float((await batcher.embed(alone, far()))[0, 0]) == 5.0
+        assert seen[-1] is alone and not allocations, "one request: no copy, no buffer"
+        for _ in range(5):  # bursts: batches of several requests, one after the other
+            results = await asyncio.gather(*(batcher.embed(frame(float(i)), far()) for i in range(12)))
+            assert [float(r[0, 0]) for r in results] == [float(i) for i in range(12)]
+    finally:
+        await batcher.stop()
+    assert len(seen) > 10 and len(allocations) <= 2, f"{len(allocations)} buffers for {len(seen)} batches"
