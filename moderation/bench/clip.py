@@ -53,6 +53,8 @@ class LoadResult:
     client_processes: int = 1
     client_cpu_s: float = 0.0  # CPU time the load generator itself used
     mean_batch: float | None = None  # images per forward pass in the server meanwhile
+    server_cpu_s: float | None = None  # CPU the server used meanwhile, all threads
+    server_loop_cpu_s: float | None = None  # of which its main thread (the event loop, serialised)
 
     @property
     def throughput(self) -> float:
@@ -75,7 +77,14 @@ class LoadResult:
             # Cores the load generator took from the machine the server runs on.
             "client_cpu_cores": round(self.client_cpu_s / self.seconds, 2) if self.seconds else 0.0,
             "mean_batch": None if self.mean_batch is None else round(self.mean_batch, 1),
+            # CPU per answered request: steadier than wall time on a shared machine, and what
+            # bounds the served rate when the model is not the bottleneck (a GPU).
+            "server_cpu_ms_per_request": self._per_request(self.server_cpu_s),
+            "server_loop_cpu_ms_per_request": self._per_request(self.server_loop_cpu_s),
         }
+
+    def _per_request(self, cpu_s: float | None) -> float | None:
+        return round(cpu_s * 1e3 / self.requests, 2) if cpu_s is not None and self.requests else None
 
 
 def realistic_jpegs() -> list[bytes]:
@@ -108,6 +117,13 @@ def _rss_mb(pid: int) -> tuple[float, float]:
         key, _, value = line.partition(":")
         fields[key] = value
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _cpu_s(pid: int, thread: int | None = None) -> float:
+    """CPU seconds (user + system) a process, or one of its threads, has used, from /proc."""
+    path = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat")
+    fields = path.read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class ServerProcess:
@@ -308,8 +324,16 @@ def measure_in_process(
 
     # (h) The host's ceiling: decode + preprocess on every core, as the server's decode pool does.
     workers = host_cpus()
+    stats: dict = {}
     numbers["host_decode_images_per_s"] = decode_rate(
-        jpegs, encoder.preprocess, scorer.image_size, workers, "thread", host_seconds, torch_threads=1
+        jpegs, encoder.preprocess, scorer.image_size, workers, "thread", host_seconds, torch_threads=1, stats=stats
+    )
+    numbers["host_decode_cpu_ms_per_image"] = stats["cpu_ms_per_image"]
+    # The same work in a process pool, for comparison (the server runs threads): on many
+    # cores the GIL may favour processes even though they pay for pickling.
+    transform = getattr(encoder, "_preprocess", encoder.preprocess)  # the picklable transform, not the encoder
+    numbers["host_decode_process_pool_images_per_s"] = decode_rate(
+        jpegs, transform, scorer.image_size, workers, "process", host_seconds, torch_threads=1
     )
     numbers["host_decode_workers"] = workers
 
@@ -428,7 +452,10 @@ def run_clip_bench(
         asyncio.run(drive(server.target, jpegs, 2, 5.0))
         for level in levels:
             batches_before = _batch_histogram(server.metrics_port)
+            pid = server.process.pid
+            cpu_before, loop_before = _cpu_s(pid), _cpu_s(pid, pid)
             result = drive_processes(server.target, jpegs, level, seconds, processes)
+            result.server_cpu_s, result.server_loop_cpu_s = _cpu_s(pid) - cpu_before, _cpu_s(pid, pid) - loop_before
             batches_after = _batch_histogram(server.metrics_port)
             forwards = batches_after[1] - batches_before[1]
             result.mean_batch = (batches_after[0] - batches_before[0]) / forwards if forwards else None
@@ -463,6 +490,11 @@ def run_clip_bench(
         "bound_by": "forward" if forward_cap <= host_cap else "host decode",
         "peak_throughput_per_s": round(best.throughput, 2),
         "peak_at_concurrency": best.concurrency,
+        # Machine-load-independent view of the host-bound regime, from CPU time: the share
+        # of the decode pool's rate all cores could serve if the server's own CPU per
+        # request were the only cost, and the rate its event loop thread alone allows.
+        "served_cpu_efficiency": _ratio(model_numbers["host_decode_cpu_ms_per_image"], best.summary()["server_cpu_ms_per_request"]),
+        "event_loop_ceiling_per_s": _ratio(1e3, best.summary()["server_loop_cpu_ms_per_request"]),
         "speedup_vs_naive": round(top.throughput / model_numbers["naive_images_per_s"], 3),
         # Defined at one client only: with more, queueing is part of the latency by design.
         "p50_latency_vs_single_forward": round(one.percentile(50) / (model_numbers["decode_ms"] + model_numbers["single_forward_ms"]), 3)
@@ -481,6 +513,10 @@ def run_clip_bench(
     (out_dir / f"clip{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out_dir / f"clip{suffix}.png")
     return results
+
+
+def _ratio(numerator: float, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 3) if denominator else None
 
 
 def _targets(kind: str) -> dict[str, str]:
