@@ -2,21 +2,24 @@
 
 One run, side by side, interleaved, on SmolVLM2-256M's architecture with random
 weights (same FLOPs and memory traffic as the real model; the text means nothing), on
-CPU, with one real photo (scikit-image's astronaut) and the default policy's first two
-categories as the borderline ones.
+the CPU (default) or a GPU (--device cuda: bf16, both paths on the same GPU), with one
+real photo (scikit-image's astronaut) and the default policy's first two categories as
+the borderline ones.
 
 What is compared, for the same prompt tokens and the same number of output tokens:
-  generate     `model.generate` on the full prompt (prefix + image + question), float32,
+  generate     `model.generate` on the full prompt (prefix + image + question), in the
+               explainer's float dtype on its device (float32 on CPU, bf16 on CUDA),
                greedy, min_new_tokens = max_new_tokens = N: the naive way to call the model.
   escalation   `Explainer.explain`: the production path. The prefix KV cache is warm (it
                is prefilled once per policy version, in warmup), int8 dynamic quantization
-               (unless --no-quantize), grammar-constrained greedy decoding with
+               (CPU, unless --no-quantize), grammar-constrained greedy decoding with
                jump-forward. N is the number of tokens its verdict took; the grammar
                dictates some of them (`forced_tokens`), which are fed to the model in bulk.
 Two more rows split the gain:
   escalation_unconstrained   the explainer's path without the grammar, exactly N tokens
                              (all chosen by the model: no jump-forward).
-  prefix_reuse_float32       the explainer's path, float32 (no quantization), same grammar.
+  prefix_reuse_float32       the explainer's path, float32 (no quantization), same grammar
+                             (CPU with int8 only).
 Each is repeated `runs` times, interleaved, and the median is reported: the machine is
 shared and noisy, so compare ratios, not absolute milliseconds. The process's CPU time is
 recorded too; its ratio moves much less than wall time when other work shares the CPU.
@@ -26,7 +29,12 @@ OpenMP threads competing with other processes turned runs into noise (the same c
 took 5 s in one run and 39 s in the next), while one thread measures the work itself.
 Pass --threads 2 on a quiet machine to measure both cores.
 
+On CUDA there is no int8 path: escalation runs in bf16 beside generate in bf16, and
+times are taken after the device has finished (the grammar reads every step's logits
+on the host; generate's token clock synchronises).
+
 Run: python -m bench.escalation [--runs 3] [--threads 1] [--no-quantize] [--output bench/results/escalation.json]
+     python -m bench.escalation --device cuda --output bench/results/escalation-cuda.json
 """
 
 from __future__ import annotations
@@ -69,6 +77,8 @@ class _TokenClock(BaseStreamer):
         self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
+        if value.device.type == "cuda":
+            torch.cuda.synchronize(value.device)  # the token exists when the device has produced it
         if self._prompt_seen:
             self.token_times.append(time.perf_counter())
         self._prompt_seen = True
@@ -78,21 +88,24 @@ class _TokenClock(BaseStreamer):
 
 
 def _plain_generate(model: torch.nn.Module, inputs: Any, new_tokens: int) -> dict[str, float]:
+    # The prompt is built on the host in float32; it moves to the model's device and float dtype.
+    device, dtype = model.device, model.dtype
+    input_ids = inputs.input_ids.to(device)
     cpu_started = time.process_time()
     clock = _TokenClock()
     with torch.inference_mode():
         output = model.generate(
-            input_ids=inputs.input_ids,
-            attention_mask=torch.ones_like(inputs.input_ids),
-            pixel_values=inputs.pixel_values,
-            pixel_attention_mask=inputs.pixel_attention_mask,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pixel_values=inputs.pixel_values.to(device, dtype),
+            pixel_attention_mask=inputs.pixel_attention_mask.to(device),
             do_sample=False,
             min_new_tokens=new_tokens,
             max_new_tokens=new_tokens,
             streamer=clock,
         )
     finished = time.perf_counter()
-    produced = output.shape[1] - inputs.input_ids.shape[1]
+    produced = output.shape[1] - input_ids.shape[1]
     if produced != new_tokens or len(clock.token_times) != new_tokens:
         raise RuntimeError(f"generate produced {produced} tokens, not the {new_tokens} asked for")
     first = clock.token_times[0]
@@ -120,7 +133,7 @@ def _median_row(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.median(row[key] for row in rows), 1) for key in rows[0]}
 
 
-def _machine() -> dict[str, Any]:
+def _machine(device: str) -> dict[str, Any]:
     cpu_model = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -133,7 +146,8 @@ def _machine() -> dict[str, Any]:
             "",
         )
     return {
-        "device": "cpu",
+        "device": device,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
         "cpus": os.cpu_count(),
         "cpu_model": cpu_model,
         "torch_threads": torch.get_num_threads(),
@@ -151,22 +165,35 @@ def run_escalation_bench(
     seed: int = 0,
     threads: int | None = 1,
     progress: Callable[[str], None] = print,
+    device: str = "cpu",
+    model: str = DEFAULT_EXPLAINER_MODEL,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Measure and return the comparison described in the module docstring; write it to `output`.
 
     `threads` sets torch's intra-op threads for the bench (None: torch's own choice).
+    Off the CPU there is no int8: `quantize` is ignored there.
     """
     threads_before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    quantize = quantize and device == "cpu" and precision in ("auto", "fp32")
     try:
-        return _run(runs, quantize, policy_path, output, seed, progress)
+        return _run(runs, quantize, policy_path, output, seed, progress, device, model, precision)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _run(
-    runs: int, quantize: bool, policy_path: Path, output: Path | None, seed: int, progress: Callable[[str], None]
+    runs: int,
+    quantize: bool,
+    policy_path: Path,
+    output: Path | None,
+    seed: int,
+    progress: Callable[[str], None],
+    device: str,
+    model: str,
+    precision: str,
 ) -> dict[str, Any]:
     from skimage import data as skimage_data
 
@@ -176,30 +203,25 @@ def _run(
     category_ids = [c.id for c in policy.categories[:2]]
     image = Image.fromarray(skimage_data.astronaut())
 
-    progress(
-        f"building {DEFAULT_EXPLAINER_MODEL} with random weights (float32 and {'int8' if quantize else 'float32'})"
-    )
-    float32 = load_explainer(ExplainerSpec(weights="random", seed=seed))
-    prefix_reuse_float32 = Explainer(float32)
+    float_spec = ExplainerSpec(model=model, weights="random", seed=seed, device=device, precision=precision)
+    float_name = str(float_spec.torch_dtype).removeprefix("torch.")
+    progress(f"building {model} with random weights on {device} ({float_name}{' and int8' if quantize else ''})")
+    float_model = load_explainer(float_spec)
+    prefix_reuse_float = Explainer(float_model)
     explainer = (
-        Explainer.load(ExplainerSpec(weights="random", seed=seed, quantize=quantize))
-        if quantize
-        else prefix_reuse_float32
+        Explainer.load(ExplainerSpec(model=model, weights="random", seed=seed, quantize=True)) if quantize else prefix_reuse_float
     )
     inputs = explainer.prompt_inputs(image, policy, category_ids)
 
     progress("warming up (this also prefills the policy prefix, as the server does once per policy version)")
     explainer.warmup(policy, category_ids)
-    prefix_reuse_float32.warmup(policy, category_ids)
-    _plain_generate(float32.model, inputs, new_tokens=2)
+    prefix_reuse_float.warmup(policy, category_ids)
+    _plain_generate(float_model.model, inputs, new_tokens=2)
     new_tokens = explainer.explain(image, policy, category_ids).generated_tokens
 
-    rows: dict[str, list[dict[str, float]]] = {
-        "generate": [],
-        "escalation": [],
-        "escalation_unconstrained": [],
-        "prefix_reuse_float32": [],
-    }
+    rows: dict[str, list[dict[str, float]]] = {"generate": [], "escalation": [], "escalation_unconstrained": []}
+    if quantize:  # the float path beside the int8 one (the default's row on CPU)
+        rows["prefix_reuse_float32"] = []
     forced_tokens = []
     for run in range(runs):
         result, row = _explainer_row(lambda: explainer.explain(image, policy, category_ids))
@@ -207,11 +229,12 @@ def _run(
             raise RuntimeError(f"explain produced {result.generated_tokens} tokens, then {new_tokens}")
         forced_tokens.append(result.forced_tokens)
         rows["escalation"].append(row)
-        rows["generate"].append(_plain_generate(float32.model, inputs, new_tokens))
+        rows["generate"].append(_plain_generate(float_model.model, inputs, new_tokens))
         _, row = _explainer_row(lambda: explainer.generate_unconstrained(image, policy, category_ids, new_tokens))
         rows["escalation_unconstrained"].append(row)
-        _, row = _explainer_row(lambda: prefix_reuse_float32.explain(image, policy, category_ids))
-        rows["prefix_reuse_float32"].append(row)
+        if quantize:
+            _, row = _explainer_row(lambda: prefix_reuse_float.explain(image, policy, category_ids))
+            rows["prefix_reuse_float32"].append(row)
         progress(
             f"run {run + 1}/{runs}: " + ", ".join(f"{name} {row[-1]['total_ms']:.0f} ms" for name, row in rows.items())
         )
@@ -219,7 +242,10 @@ def _run(
     medians = {name: _median_row(measured) for name, measured in rows.items()}
     generate_ms = medians["generate"]["total_ms"]
     results = {
-        "model": f"{DEFAULT_EXPLAINER_MODEL} (random weights)",
+        "model": f"{model} (random weights)",
+        "device": device,
+        "dtype": "int8 (dynamic, Linear layers)" if quantize else float_name,
+        "generate_dtype": float_name,
         "quantized": quantize,
         "policy": f"{policy.id}@{policy.version}",
         "categories": category_ids,
@@ -248,12 +274,12 @@ def _run(
         },
         "verdict_sample": asdict(result.verdict),
         "all_runs": rows,
-        "machine": _machine(),
+        "machine": _machine(device),
         "load_average": {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()]},
         "bench_seconds": round(time.perf_counter() - started, 1),
         "compared": (
-            "same prompt token ids and pixels, same number of output tokens (new_tokens); generate: float32 "
-            "model.generate with min_new_tokens=max_new_tokens=new_tokens; escalation: Explainer.explain with a warm "
+            f"same prompt token ids and pixels, same number of output tokens (new_tokens); generate: {float_name} "
+            f"model.generate on {device} with min_new_tokens=max_new_tokens=new_tokens; escalation: Explainer.explain with a warm "
             "prefix cache, grammar and jump-forward (forced_tokens of new_tokens dictated by the grammar)"
         ),
     }
@@ -269,15 +295,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-quantize", dest="quantize", action="store_false", help="float32 explainer")
     parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=Path, default=None, help="default: bench/results/escalation[-cuda].json")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's own choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16, no int8)")
+    parser.add_argument("--model", default=DEFAULT_EXPLAINER_MODEL, help="architecture for random weights (tiny-smolvlm: dry runs)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     args = parser.parse_args()
     results = run_escalation_bench(
         runs=args.runs,
         quantize=args.quantize,
         policy_path=args.policy,
-        output=args.output,
+        output=args.output or (DEFAULT_OUTPUT if args.device == "cpu" else DEFAULT_OUTPUT.with_name(f"escalation-{args.device.partition(':')[0]}.json")),
         threads=args.threads or None,
+        device=args.device,
+        model=args.model,
+        precision=args.precision,
     )
     print(f"\n{'path':<28}{'total ms':>10}{'ttft ms':>10}{'ms/token':>10}{'vs generate':>13}{'cpu ratio':>11}")
     for name, total in results["total_ms"].items():

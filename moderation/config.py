@@ -29,11 +29,14 @@ class Device(str, enum.Enum):
     CUDA = "cuda"
 
 
-class ClipPrecision(str, enum.Enum):
+class Precision(str, enum.Enum):
     AUTO = "auto"
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+
+
+ClipPrecision = Precision  # the name clip_precision was declared with
 
 
 class ExplainerMode(str, enum.Enum):
@@ -91,7 +94,12 @@ class Settings(BaseSettings):
     )
     explainer_weights: str = Field("pretrained", description="'pretrained' or 'random' (smoke tests and benchmarks only)")
     explainer_target: str | None = Field(None, description="host:port of `moderation explain-serve` when explainer_mode is remote")
-    explainer_quantize: bool = Field(False, description="int8 dynamic quantization of the explainer's Linear layers (CPU)")
+    explainer_precision: Precision = Field(
+        Precision.AUTO, description="explainer weights and inputs: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16"
+    )
+    explainer_quantize: bool = Field(
+        False, description="int8 dynamic quantization of the explainer's Linear layers (CPU, fp32 only)"
+    )
     explainer_timeout_s: float = Field(20.0, gt=0, description="longest an escalation may take before TIMED_OUT")
     explainer_max_concurrent: int = Field(1, ge=1, description="explanations running at once")
     explainer_max_waiting: int = Field(4, ge=0, description="escalations waiting for a slot before SHED")
@@ -125,8 +133,12 @@ class Settings(BaseSettings):
         "larger messages are refused by gRPC with RESOURCE_EXHAUSTED before they are buffered in full",
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced scale (PIL draft mode)")
-    decode_workers: int = Field(2, ge=1, le=64, description="threads that decode images off the event loop")
-    max_batch: int = Field(16, ge=1, le=512, description="most images in one CLIP forward pass")
+    decode_workers: int | None = Field(
+        None, ge=1, le=256, description="threads that decode and preprocess images off the event loop; default: the host's cores"
+    )
+    max_batch: int | None = Field(
+        None, ge=1, le=1024, description="most images in one CLIP forward pass; default: 16 on CPU, 256 on CUDA"
+    )
     max_batch_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="how long a batch waits for more requests; 0 takes what is queued when the model is free"
     )

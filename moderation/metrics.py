@@ -81,7 +81,7 @@ class ModerationMetrics:
         self.batch_size = Histogram(
             "moderation_batch_size",
             "Images per CLIP forward pass (dynamic micro-batching).",
-            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
             registry=registry,
         )
         self.batch_wait_seconds = Histogram(

@@ -91,7 +91,13 @@ class ModerationPipeline:
         # only fight over the same cores. The batcher feeds it.
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.batcher = MicroBatcher(
-            scorer.embed_images, self._model_pool, metrics, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
+            scorer.embed_images,
+            self._model_pool,
+            metrics,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            allocate=scorer.batch_buffer,  # pinned on CUDA: the copy to the device does not block
         )
 
     def start(self) -> None:

@@ -9,6 +9,8 @@ here knows gRPC.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -76,6 +78,37 @@ def resolve_device(device: Device) -> str:
     return device.value
 
 
+# Images per CLIP forward pass when MODERATION_MAX_BATCH is not set. CPU: beyond 16 a
+# batch only adds latency (the forward is compute-bound from a handful of images on).
+# CUDA: ViT-B-32 fp16 on an H200 ran 15k img/s at 64, 26k at 256 and 28k at 1024
+# (issue 11), so 256 takes ~95% of the peak at a quarter of 1024's latency per batch.
+DEFAULT_MAX_BATCH = {"cpu": 16, "cuda": 256}
+
+
+def max_batch(settings: Settings, device: str) -> int:
+    """The micro-batcher's largest batch: the setting, else the default for the device."""
+    if settings.max_batch is not None:
+        return settings.max_batch
+    return DEFAULT_MAX_BATCH.get(device.partition(":")[0], DEFAULT_MAX_BATCH["cpu"])
+
+
+def host_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def decode_workers(settings: Settings) -> int:
+    """Threads decoding and preprocessing images: the setting, else one per core the host gives us."""
+    return settings.decode_workers or host_cpus()
+
+
 def clip_spec(settings: Settings, device: str | None = None) -> ClipModelSpec:
     """The CLIP model these settings name, on `device` (default: resolved from the settings)."""
     return ClipModelSpec(
@@ -114,14 +147,18 @@ def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
 def explainer_spec(settings: Settings, device: str) -> ExplainerSpec:
     from moderation.escalation.loading import ExplainerSpec
 
-    return ExplainerSpec(
-        model=settings.explainer_model,
-        weights=settings.explainer_weights,
-        device=device,
-        allow_downloads=settings.allow_downloads,
-        cache_dir=settings.weights_cache,
-        quantize=settings.explainer_quantize,
-    )
+    try:
+        return ExplainerSpec(
+            model=settings.explainer_model,
+            weights=settings.explainer_weights,
+            device=device,
+            allow_downloads=settings.allow_downloads,
+            cache_dir=settings.weights_cache,
+            precision=settings.explainer_precision.value,
+            quantize=settings.explainer_quantize,
+        )
+    except ValueError as error:  # e.g. int8 quantization asked for on CUDA
+        raise ConfigurationError(str(error)) from None
 
 
 def load_explainer(settings: Settings, device: str) -> Explainer:
@@ -131,7 +168,8 @@ def load_explainer(settings: Settings, device: str) -> Explainer:
     spec = explainer_spec(settings, device)
     explainer = Explainer.load(spec)
     explainer.warmup()
-    log.info("explainer %s loaded%s", spec.model_id, " (int8)" if spec.quantize else "")
+    info = explainer.info
+    log.info("explainer %s loaded on %s (%s)", spec.model_id, info.device, "int8" if info.quantized else info.dtype)
     return explainer
 
 
@@ -304,16 +342,21 @@ def build_pipeline(
     With `cancellation`, raises CompileCancelled soon after it is cancelled (between steps,
     or within one chunk of a policy compile).
     """
+    import torch
+
     from moderation.pipeline import ModerationPipeline
     from moderation.policy.registry import PolicyRegistry
     from moderation.reload import PolicyReloader
 
     cancellation = cancellation or StartupCancellation()
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     spec = clip_spec(settings)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    elif not spec.device.startswith("cpu"):
+        # The model runs on the GPU; the CPU's torch work is preprocessing in the decode
+        # threads, which are the parallelism: intra-op threads in each of them would
+        # only oversubscribe the cores (measured no faster on 2 cores, see README).
+        torch.set_num_threads(1)
     scorer = load_scorer(spec)
     cancellation.check()
     registry = PolicyRegistry(scorer.index_policy, scorer.model_id, random_weights=scorer.random_weights)
@@ -323,16 +366,18 @@ def build_pipeline(
     cancellation.check()
     metrics.model_info.labels(scorer.model_id, str(scorer.random_weights).lower()).set(1)
     log.info(
-        "serving policies %s with model %s (%s backend, %s) (default: %s)",
-        ", ".join(summary.served), scorer.model_id, scorer.encoder.backend, spec.device, registry.default_id,
+        "serving policies %s with model %s (%s backend, %s, %s; batches up to %d, %d decode threads) (default: %s)",
+        ", ".join(summary.served), scorer.model_id, scorer.encoder.backend, spec.device,
+        str(scorer.encoder.dtype).removeprefix("torch."), max_batch(settings, spec.device), decode_workers(settings),
+        registry.default_id,
     )  # fmt: skip
     pipeline = ModerationPipeline(
         scorer,
         registry,
         decode_limits(settings, scorer.image_size),
         metrics,
-        decode_workers=settings.decode_workers,
-        max_batch=settings.max_batch,
+        decode_workers=decode_workers(settings),
+        max_batch=max_batch(settings, spec.device),
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
         store=build_store(settings),

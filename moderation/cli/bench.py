@@ -17,15 +17,20 @@ from moderation.cli.render import print_bench
 def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     model: Annotated[str, typer.Option(help="open_clip architecture (random weights)")] = "ViT-B-32",
-    concurrency: Annotated[str, typer.Option(help="comma-separated client counts")] = "1,4,16",
+    concurrency: Annotated[str, typer.Option(help="comma-separated client counts (default: 1,4,16 on cpu, 1,16,64,256 on cuda)")] = "",
     seconds: Annotated[float, typer.Option(help="load duration per concurrency level")] = 20.0,
     soak_seconds: Annotated[float, typer.Option(help="extra soak at the top concurrency, sampling memory; 600 for the 10-minute soak")] = 0.0,
     policies: Annotated[Path, typer.Option(help="policy directory the server loads")] = Path("policies"),
     results_dir: Annotated[Path, typer.Option("--out", help="where the JSON and PNG go")] = Path("bench/results"),
+    client_processes: Annotated[int, typer.Option(help="load-generator processes (default: 1 on cpu, 4 on cuda)")] = 0,
+    host_seconds: Annotated[float, typer.Option(help="duration of the host decode + preprocess ceiling")] = 10.0,
 ) -> None:
     """Benchmark the real server over gRPC against the model's own ceiling (random weights)."""
     from moderation.bench.clip import run_clip_bench
 
-    levels = tuple(int(c) for c in concurrency.split(","))
-    results = run_clip_bench(model, device, levels, seconds, soak_seconds, policies, results_dir, progress=lambda m: err.print(escape(m)))
+    levels = tuple(int(c) for c in concurrency.split(",")) if concurrency else None
+    results = run_clip_bench(
+        model, device, levels, seconds, soak_seconds, policies, results_dir, progress=lambda m: err.print(escape(m)),
+        client_processes=client_processes or None, host_seconds=host_seconds,
+    )  # fmt: skip
     print_bench(results, model, device)

@@ -7,6 +7,10 @@ seam as float32 on the CPU, so device, dtype and runtime stay inside the backend
     encode_images([B, 3, S, S] f32)  -> [B, D] float32, CPU, L2-normalised
     encode_texts(list of N strings)  -> [N, D] float32, CPU, L2-normalised
 
+The server stacks each batch into `host_batch_buffer(encoder, ...)`: plain memory, or
+page-locked memory when the encoder runs on CUDA, so a backend's copy to the device
+(`.to(device, non_blocking=True)`) does not block the model thread on the host.
+
 `load_encoder(spec)` picks the backend named by `spec.backend` from
 moderation/clip/backends/BACKENDS; adding a runtime is one module there plus one
 line in that table.
@@ -43,6 +47,11 @@ class ImageTextEncoder(Protocol):
 
 class UnknownBackend(ValueError):
     pass
+
+
+def host_batch_buffer(encoder: ImageTextEncoder, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised CPU tensor to stack a batch of prepared pixels into, page-locked for a CUDA encoder."""
+    return torch.empty(shape, dtype=dtype, pin_memory=encoder.device.type == "cuda")
 
 
 def load_encoder(spec: ClipModelSpec, backends: Mapping[str, str] | None = None) -> ImageTextEncoder:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from moderation.clip.encoder import ImageTextEncoder
+from moderation.clip.encoder import ImageTextEncoder, host_batch_buffer
 from moderation.imaging import DecodedImage
 from moderation.policy.compile import CompileCancelled
 from moderation.policy.schema import Policy
@@ -108,6 +108,10 @@ class ClipScorer:
             competitions.append((category.id, rows, len(positive_rows)))
         embeddings = self.encode_prompts(prompts, policy.templates, should_stop)
         return PolicyTextIndex(policy.id, policy.version, embeddings, tuple(competitions))
+
+    def batch_buffer(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Where the micro-batcher stacks a batch: page-locked when the encoder runs on CUDA."""
+        return host_batch_buffer(self.encoder, shape, dtype)
 
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """[batch, 3, S, S] prepared pixels -> [batch, dim] float32 CPU normalised embeddings."""

@@ -4,6 +4,11 @@ Our own loop rather than `model.generate` because it starts from a cache we pref
 in two steps (shared prefix, then the image), applies the grammar mask, and feeds
 grammar-forced tokens to the model in one pass. Callers run it under
 `torch.inference_mode()`.
+
+Devices: the model runs wherever its weights are (CUDA in bf16, CPU in float32...);
+each step's logits row moves to the CPU as float32 before the grammar sees it
+(xgrammar fills its token bitmask on the CPU), and each step's input ids go to the
+device the logits came from.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ def greedy_decode(
     tokens: list[int] = []
     forced_count = forward_passes = 0
     first_token_at = None
-    logits = next_token_logits.float().clone()  # the mask writes in place; keep the caller's tensor intact
+    model_device = next_token_logits.device
+    # A copy: the mask writes in place, and the caller's tensor stays intact.
+    logits = _host_logits(next_token_logits, copy=True)
     while True:
         if constraint is not None:
             constraint.mask(logits)
@@ -64,10 +71,10 @@ def greedy_decode(
         forced_count += len(forced)
         if len(tokens) >= max_new_tokens or (constraint is not None and constraint.complete):
             break
-        step_ids = torch.tensor([[token_id, *forced]], device=logits.device)
+        step_ids = torch.tensor([[token_id, *forced]], device=model_device)
         output = model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         forward_passes += 1
-        logits = output.logits[0, -1].float()
+        logits = _host_logits(output.logits[0, -1])
 
     complete = constraint is None or constraint.complete or constraint.close_after_budget()
     return DecodeOutcome(
@@ -79,3 +86,8 @@ def greedy_decode(
         complete=complete,
         closing_text=constraint.closing_text if constraint is not None else "",
     )
+
+
+def _host_logits(logits: torch.Tensor, copy: bool = False) -> torch.Tensor:
+    """One row of logits as float32 on the CPU, where the grammar mask and argmax run."""
+    return logits.to(device="cpu", dtype=torch.float32, copy=copy)

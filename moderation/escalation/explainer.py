@@ -57,6 +57,7 @@ class ExplainerInfo:
     random_weights: bool
     quantized: bool
     device: str
+    dtype: str  # of the weights and the pixels fed to them, e.g. 'bfloat16'
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,7 @@ class Explainer:
             random_weights=self._spec.random,
             quantized=self._spec.quantize,
             device=self._spec.device,
+            dtype=str(self._spec.torch_dtype).removeprefix("torch."),
         )
 
     def warmup(self, policy: Policy | None = None, category_ids: Sequence[str] | None = None) -> None:
@@ -257,7 +259,8 @@ class Explainer:
             input_ids = torch.cat([self._encode(prompt.prefix), suffix_ids], dim=1)
         output = self._model(
             input_ids=input_ids.to(self._spec.device),
-            pixel_values=pixels["pixel_values"].to(self._spec.device),
+            # The processor returns float32 pixels on the CPU; they take the weights' device and dtype.
+            pixel_values=pixels["pixel_values"].to(self._spec.device, self._spec.torch_dtype),
             pixel_attention_mask=pixels["pixel_attention_mask"].to(self._spec.device),
             past_key_values=cache,
             use_cache=True,

@@ -62,7 +62,18 @@ class JsonConstraint:
         self._closing_text = ""
 
     def mask(self, logits: torch.Tensor) -> None:
-        """Set the logits of every token the grammar forbids next to -inf, in place."""
+        """Set the logits of every token the grammar forbids next to -inf, in place.
+
+        `logits` must be float32 on the CPU, where xgrammar fills the bitmask: a model
+        on CUDA or in half precision hands its logits over with an explicit
+        `.to("cpu", torch.float32)` (decoding.py does). Anything else is refused here,
+        on every machine, rather than failing inside xgrammar on a GPU only.
+        """
+        if logits.device.type != "cpu" or logits.dtype != torch.float32:
+            raise ValueError(
+                f"the grammar mask takes float32 logits on the CPU, not {logits.dtype} on {logits.device}; "
+                "move them with .to('cpu', torch.float32) first"
+            )
         self._matcher.fill_next_token_bitmask(self._bitmask)
         xgrammar.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask, vocab_size=self._vocab_size)
 

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 PRETRAINED_WEIGHTS = "pretrained"
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class ExplainerWeightsUnavailable(RuntimeError):
     """The explainer's weights cannot be found locally or fetched. One line, says what to change."""
 
@@ -48,9 +51,12 @@ class ExplainerSpec:
     device: str = "cpu"
     allow_downloads: bool = True
     cache_dir: Path | None = None
-    # int8 dynamic quantization of the Linear layers (CPU): about half the latency, at
-    # some cost in fidelity to the float model. bfloat16 is not offered: on the CPUs
-    # this was measured on, it made the vision encoder five times slower.
+    # Weights and inputs: 'auto' is bf16 on CUDA (SmolVLM2's own dtype) and float32 on
+    # the CPU, where bf16 made the vision encoder five times slower on the CPUs this
+    # was measured on. 'fp32', 'bf16' and 'fp16' force one.
+    precision: str = "auto"
+    # int8 dynamic quantization of the Linear layers (CPU, float32 only): about half the
+    # latency, at some cost in fidelity to the float model.
     quantize: bool = False
     seed: int = 0  # random weights only
 
@@ -59,6 +65,21 @@ class ExplainerSpec:
             raise ValueError(
                 f"explainer weights must be {PRETRAINED_WEIGHTS!r} or {RANDOM_WEIGHTS!r}, not {self.weights!r}"
             )
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise ValueError(f"explainer precision must be 'auto' or one of {sorted(PRECISIONS)}, not {self.precision!r}")
+        if self.quantize and (not self.device.startswith("cpu") or self.torch_dtype != torch.float32):
+            raise ValueError(
+                f"int8 quantization of the explainer runs on the CPU in float32 only, not {self.device} "
+                f"{str(self.torch_dtype).removeprefix('torch.')}; turn explainer_quantize off or set device and "
+                "explainer_precision to cpu and fp32"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The dtype of the weights and of the float inputs (pixels) fed to them."""
+        if self.precision == "auto":
+            return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        return PRECISIONS[self.precision]
 
     @property
     def random(self) -> bool:
@@ -91,7 +112,7 @@ def load_explainer(spec: ExplainerSpec) -> LoadedExplainer:
         model, processor = _random_model(spec)
     else:
         model, processor = _pretrained_model(spec)
-    model.to(spec.device).eval()
+    model.to(device=spec.device, dtype=spec.torch_dtype).eval()
     if spec.quantize:
         model = _quantize_linear_layers(model)
     return LoadedExplainer(spec=spec, model=model, processor=processor)
@@ -103,9 +124,9 @@ def _pretrained_model(spec: ExplainerSpec) -> tuple[PreTrainedModel, ProcessorMi
     local_only = not spec.allow_downloads
     try:
         processor = AutoProcessor.from_pretrained(spec.model, cache_dir=cache_dir, local_files_only=local_only)
-        # float32 on purpose: see ExplainerSpec.quantize about bfloat16 on CPU.
+        # Loaded in the spec's dtype (float32 on the CPU, bf16 on CUDA: see ExplainerSpec.precision).
         model = AutoModelForImageTextToText.from_pretrained(
-            spec.model, cache_dir=cache_dir, dtype=torch.float32, local_files_only=local_only
+            spec.model, cache_dir=cache_dir, dtype=spec.torch_dtype, local_files_only=local_only
         )
     except (OSError, ValueError) as err:  # hub and file errors are OSErrors; unknown repos ValueErrors
         raise ExplainerWeightsUnavailable(_unavailable_message(spec, err)) from err
@@ -124,6 +145,8 @@ def _random_model(spec: ExplainerSpec) -> tuple[PreTrainedModel, ProcessorMixin]
         )
     # The shipped tokenizer is not the model's own, so the image placeholder id is ours.
     config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
+    # Initialised in float32 whatever the precision, then cast by load_explainer: a
+    # seed gives the same model in every dtype, up to rounding.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)

@@ -126,3 +126,98 @@ async def test_expired_and_cancelled_requests_are_dropped_before_compute(executo
         forward.release.set()
         await batcher.stop()
     assert forward.batches == [1, 1], "only the live request ran in the second batch"
+
+
+async def test_next_batch_is_stacked_while_the_model_runs_the_current_one(executor) -> None:  # noqa: ANN001
+    forward = RecordingForward()
+    forward.release.clear()  # the model is busy with the first batch
+    allocated: list[tuple[torch.Tensor, str]] = []
+
+    def allocate(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        allocated.append((torch.empty(shape, dtype=dtype), threading.current_thread().name))
+        return allocated[-1][0]
+
+    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=8, allocate=allocate)
+    batcher.start()
+    try:
+        busy = asyncio.ensure_future(batcher.embed(frame(0), far()))
+        await asyncio.sleep(0.05)
+        following = [asyncio.ensure_future(batcher.embed(frame(i, frames=2), far())) for i in (1, 2, 3)]
+        await asyncio.sleep(0.2)
+        # Before the model is free, the three requests are in the next batch, their
+        # frames already copied into its buffer by the staging thread.
+        assert not busy.done() and batcher.depth == 3
+        buffer, thread = allocated[-1]
+        assert thread.startswith("batch-stager")
+        assert buffer[:6, 0, 0, 0].tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+        forward.release.set()
+        await busy
+        results = await asyncio.gather(*following)
+    finally:
+        forward.release.set()
+        await batcher.stop()
+    assert forward.batches == [1, 6]
+    assert [r[:, 0].tolist() for r in results] == [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]
+
+
+async def test_forward_gets_the_allocated_buffer_and_a_batch_may_overshoot_max_batch(executor) -> None:  # noqa: ANN001
+    storages: list[int] = []
+    seen: list[int] = []
+
+    def allocate(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        tensor = torch.empty(shape, dtype=dtype)
+        storages.append(tensor.untyped_storage().data_ptr())
+        return tensor
+
+    class StorageForward(RecordingForward):
+        def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+            seen.append(pixels.untyped_storage().data_ptr())
+            return super().__call__(pixels)
+
+    forward = StorageForward()
+    forward.release.clear()
+    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=4, allocate=allocate)
+    batcher.start()
+    try:
+        busy = asyncio.ensure_future(batcher.embed(frame(9), far()))
+        await asyncio.sleep(0.05)
+        # 3 frames, then 3 more while under max_batch: the buffer grows to 6 and keeps both.
+        a, b = (asyncio.ensure_future(batcher.embed(frame(v, frames=3), far())) for v in (1.0, 2.0))
+        await asyncio.sleep(0.1)
+        forward.release.set()
+        await busy
+        a, b = await a, await b
+    finally:
+        forward.release.set()
+        await batcher.stop()
+    assert forward.batches == [1, 6]
+    assert a.eq(1.0).all() and b.eq(2.0).all()
+    assert seen[-1] in storages, "the model read the staged buffer, not a fresh copy"
+
+
+async def test_a_lone_request_goes_as_it_is_and_batch_buffers_are_reused(executor) -> None:  # noqa: ANN001
+    allocations: list[tuple[int, ...]] = []
+
+    def allocate(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        allocations.append(shape)
+        return torch.empty(shape, dtype=dtype)
+
+    seen: list[torch.Tensor] = []
+
+    def forward(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append(pixels)
+        time.sleep(0.01)
+        return pixels.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=4, allocate=allocate)
+    batcher.start()
+    try:
+        alone = frame(5.0)
+        assert float((await batcher.embed(alone, far()))[0, 0]) == 5.0
+        assert seen[-1] is alone and not allocations, "one request: no copy, no buffer"
+        for _ in range(5):  # bursts: batches of several requests, one after the other
+            results = await asyncio.gather(*(batcher.embed(frame(float(i)), far()) for i in range(12)))
+            assert [float(r[0, 0]) for r in results] == [float(i) for i in range(12)]
+    finally:
+        await batcher.stop()
+    assert len(seen) > 10 and len(allocations) <= 2, f"{len(allocations)} buffers for {len(seen)} batches"
