@@ -231,3 +231,28 @@ def _temporary(folder: Path, suffix: str) -> Iterator[Path]:
         yield path
     finally:
         path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Fill the export cache ahead of time (an image build step or init container), so the
+    service's first start neither pays the export's time nor its peak memory (~3.2 GB for
+    ViT-B-32, against ~1.6 GB when the export is cached)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m moderation.clip.backends.onnx_export", description=main.__doc__.split(",")[0])
+    parser.add_argument("--model", default=ClipModelSpec.model)
+    parser.add_argument("--weights", default=ClipModelSpec.weights)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="the service's weights cache (MODERATION_WEIGHTS_CACHE)")
+    parser.add_argument("--variant", choices=VARIANTS, default="int8", help="int8 for 'onnxruntime-int8', fp32 for 'onnxruntime'")
+    parser.add_argument("--offline", action="store_true", help="use cached weights only")
+    args = parser.parse_args(argv)
+    from moderation.clip.loading import build_open_clip
+
+    spec = ClipModelSpec(model=args.model, weights=args.weights, cache_dir=args.cache_dir, allow_downloads=not args.offline)
+    path = image_tower_onnx(spec, build_open_clip(spec), args.variant)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
