@@ -1,9 +1,11 @@
 """The image tower as an ONNX file, exported once per model and weights and cached on disk.
 
-Exporting ViT-B-32 takes ~10 s (and int8 quantisation a few more), so backends that
-run the image tower outside PyTorch call `image_tower_onnx`, which returns a cached
-file when one matches and exports otherwise. The graph is the visual tower followed
-by L2 normalisation: pixels [batch, 3, S, S] float32 -> embeddings [batch, D] float32.
+Exporting ViT-B-32 takes 10-30 s on a 2-core machine (trace, fold constants, and for
+int8 quantise) and peaks at ~3.2 GB RSS, so backends that run the image tower outside
+PyTorch call `image_tower_onnx`, which returns a cached file when one matches and
+exports otherwise; `python -m moderation.clip.backends.onnx_export` fills the cache
+ahead of time. The graph is the visual tower followed by L2 normalisation:
+pixels [batch, 3, S, S] float32 -> embeddings [batch, D] float32.
 
 Cache: `<root>/<model id>/image-<variant>-<fingerprint>.onnx`, where root is
 `<spec.cache_dir>/moderation-clip-export` when a weights cache is configured, else

@@ -87,11 +87,13 @@ def _load(spec: ClipModelSpec, backend: str, variant: str, dtype: torch.dtype, t
     check_cpu_spec(spec, backend)
     clip = build_open_clip(spec)
     path = image_tower_onnx(spec, clip, variant)
+    release_visual_tower(clip)  # before the session is built: the load peaks ~200 MB lower
     try:
         session = session_for(path, threads)
     except Exception as err:  # noqa: BLE001 - ORT raises its own types; a damaged cache file must not stop the service
         log.warning("CLIP image tower: cached export %s does not load (%s); exporting again", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
         path.unlink(missing_ok=True)
+        clip = build_open_clip(spec)  # the tower was freed: build again (random weights: drawn again)
         session = session_for(image_tower_onnx(spec, clip, variant), threads)
-    release_visual_tower(clip)  # the session holds its own copy; also returns the file buffer it parsed
+        release_visual_tower(clip)
     return OnnxRuntimeEncoder(spec, clip, session, backend, dtype)
