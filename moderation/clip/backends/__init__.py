@@ -13,5 +13,8 @@ BACKENDS: Mapping[str, str] = MappingProxyType(
     {
         # Eager PyTorch: CPU fp32, CUDA fp16/bf16.
         "torch": "moderation.clip.backends.torch_eager:load",
+        # ONNX Runtime, CPU only: the image tower exported once (cached), text on torch.
+        "onnxruntime": "moderation.clip.backends.onnx_runtime:load_fp32",
+        "onnxruntime-int8": "moderation.clip.backends.onnx_runtime:load_int8",
     }
 )
