@@ -77,7 +77,13 @@ class Settings(BaseSettings):
     )
     device: Device = Device.AUTO
     clip_backend: str = Field(
-        "torch", description="CLIP runtime: a name from moderation/clip/backends (torch: eager PyTorch, CPU or CUDA)"
+        "auto",
+        description="CLIP runtime: auto (onnxruntime-int8 on CPU, torch on CUDA), torch (eager PyTorch, CPU or CUDA), "
+        "onnxruntime (CPU fp32), onnxruntime-int8 (CPU, dynamic int8); the names in moderation/clip/backends",
+    )
+    clip_export_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moderation" / "clip-export",
+        description="where CPU backends keep the image tower they export (once per model and weights); must be writable",
     )
     clip_precision: ClipPrecision = Field(
         ClipPrecision.AUTO, description="CLIP weights and inputs: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16"

@@ -109,16 +109,26 @@ def decode_workers(settings: Settings) -> int:
     return settings.decode_workers or host_cpus()
 
 
+def clip_backend(settings: Settings, device: str) -> str:
+    """The backend `clip_backend` names; auto: ONNX Runtime int8 on the CPU (4x eager fp32 here,
+    scores within 0.02: README, Performance), eager PyTorch on CUDA."""
+    if settings.clip_backend != "auto":
+        return settings.clip_backend
+    return "torch" if device.startswith("cuda") else "onnxruntime-int8"
+
+
 def clip_spec(settings: Settings, device: str | None = None) -> ClipModelSpec:
     """The CLIP model these settings name, on `device` (default: resolved from the settings)."""
+    device = device or resolve_device(settings.device)
     return ClipModelSpec(
         model=settings.clip_model,
         weights=settings.clip_weights,
         cache_dir=settings.weights_cache,
-        device=device or resolve_device(settings.device),
+        device=device,
         allow_downloads=settings.allow_downloads,
-        backend=settings.clip_backend,
+        backend=clip_backend(settings, device),
         precision=settings.clip_precision.value,
+        export_dir=settings.clip_export_dir,
     )
 
 

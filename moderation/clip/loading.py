@@ -52,6 +52,8 @@ class ClipModelSpec:
     device: str = "cpu"
     allow_downloads: bool = True
     backend: str = "torch"
+    # Where backends that convert the model (onnxruntime) keep the result; None: ~/.cache/moderation/clip-export.
+    export_dir: Path | None = None
     # 'auto': fp16 on CUDA (half the memory traffic), fp32 on the CPU (bf16 measured
     # 5x slower for the vision tower on this project's CPU).
     precision: str = "auto"

@@ -28,7 +28,7 @@ MIN_COSINE = {"onnxruntime": 0.99999, "onnxruntime-int8": 0.999}
 
 
 def tiny_spec(cache: Path, backend: str = "torch", **overrides: object) -> ClipModelSpec:
-    return ClipModelSpec(model=TINY, weights="random", backend=backend, cache_dir=cache, **overrides)
+    return ClipModelSpec(model=TINY, weights="random", backend=backend, cache_dir=cache, export_dir=cache, **overrides)
 
 
 def load_seeded(cache: Path, backend: str, seed: int = 0) -> ImageTextEncoder:

@@ -7,9 +7,10 @@ exports otherwise; `python -m moderation.clip.backends.onnx_export` fills the ca
 ahead of time. The graph is the visual tower followed by L2 normalisation:
 pixels [batch, 3, S, S] float32 -> embeddings [batch, D] float32.
 
-Cache: `<root>/<model id>/image-<variant>-<fingerprint>.onnx`, where root is
-`<spec.cache_dir>/moderation-clip-export` when a weights cache is configured, else
-`$XDG_CACHE_HOME/moderation/clip-export` (default `~/.cache/moderation/clip-export`).
+Cache: `<root>/<model id>/image-<variant>-<fingerprint>.onnx`, where root is the
+setting `clip_export_dir` (`spec.export_dir`; default `$XDG_CACHE_HOME/moderation/clip-export`,
+else `~/.cache/moderation/clip-export`). It must be writable, so it is not the weights
+cache (often a read-only volume).
 The fingerprint hashes the tower's architecture (its module tree), input size and
 every weight, so a weights change re-exports, and random weights are only reused
 when they are the same tensors (a seeded test). Files are written to a temporary
@@ -67,10 +68,9 @@ class _ImageTower(torch.nn.Module):
 
 
 def cache_root(spec: ClipModelSpec) -> Path:
-    if spec.cache_dir:
-        return Path(spec.cache_dir) / "moderation-clip-export"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "moderation" / "clip-export"
+    # The setting clip_export_dir (config.py resolves XDG_CACHE_HOME); the weights cache
+    # is often a read-only volume, so exports never go there.
+    return spec.export_dir or Path.home() / ".cache" / "moderation" / "clip-export"
 
 
 def tower_fingerprint(clip: OpenClipModel) -> str:
@@ -246,11 +246,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--weights", default=ClipModelSpec.weights)
     parser.add_argument("--cache-dir", type=Path, default=None, help="the service's weights cache (MODERATION_WEIGHTS_CACHE)")
     parser.add_argument("--variant", choices=VARIANTS, default="int8", help="int8 for 'onnxruntime-int8', fp32 for 'onnxruntime'")
+    parser.add_argument("--export-dir", type=Path, default=None, help="the service's MODERATION_CLIP_EXPORT_DIR (default ~/.cache/moderation/clip-export)")
     parser.add_argument("--offline", action="store_true", help="use cached weights only")
     args = parser.parse_args(argv)
     from moderation.clip.loading import build_open_clip
 
-    spec = ClipModelSpec(model=args.model, weights=args.weights, cache_dir=args.cache_dir, allow_downloads=not args.offline)
+    spec = ClipModelSpec(
+        model=args.model, weights=args.weights, cache_dir=args.cache_dir, allow_downloads=not args.offline, export_dir=args.export_dir
+    )
     path = image_tower_onnx(spec, build_open_clip(spec), args.variant)
     print(path)
     return path
