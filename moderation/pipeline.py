@@ -159,6 +159,7 @@ class ModerationPipeline:
     ) -> tuple[FrameScores, Decision]:
         frame_scores = self.scorer.score_frames(embeddings, decoded.frame_indices, served.compiled)
         decision = decide(frame_scores.scores, served.policy)
+        self._observe_categories(decision)
         shadow_decisions = [self._evaluate_shadow(shadow, embeddings, decoded.frame_indices, decision, request_id) for shadow in shadows]
         if self.store is not None:
             self._record(request_id, decision, embeddings, decoded.frame_indices, frame_scores.deciding)
@@ -253,9 +254,12 @@ class ModerationPipeline:
         return decision, replace(outcome, agrees_with_clip=agrees, changed_action=changed)
 
     def _observe(self, decision: Decision, timings: StageTimings) -> None:
-        m = self.metrics
         for stage in ("decode", "embed", "decide", "total"):
-            m.stage_seconds.labels(stage).observe(getattr(timings, f"{stage}_ms") / 1e3)
+            self.metrics.stage_seconds.labels(stage).observe(getattr(timings, f"{stage}_ms") / 1e3)
+
+    def _observe_categories(self, decision: Decision) -> None:
+        """CLIP's scores and bands, per category: in the host pool, off the event loop (two series per category)."""
+        m = self.metrics
         for c in decision.categories:
             m.category_score.labels(decision.policy_id, c.category_id).observe(c.score)
             m.decisions.labels(decision.policy_id, c.category_id, c.band.value).inc()

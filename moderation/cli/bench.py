@@ -24,6 +24,7 @@ def bench(
     results_dir: Annotated[Path, typer.Option("--out", help="where the JSON and PNG go")] = Path("bench/results"),
     client_processes: Annotated[int, typer.Option(help="load-generator processes (default: 1 on cpu, 4 on cuda)")] = 0,
     host_seconds: Annotated[float, typer.Option(help="duration of the host decode + preprocess ceiling")] = 10.0,
+    backend: Annotated[str, typer.Option(help="CLIP backend the server runs (default: what clip_backend auto picks for the device)")] = "",
 ) -> None:
     """Benchmark the real server over gRPC against the model's own ceiling (random weights)."""
     from moderation.bench.clip import run_clip_bench
@@ -31,6 +32,6 @@ def bench(
     levels = tuple(int(c) for c in concurrency.split(",")) if concurrency else None
     results = run_clip_bench(
         model, device, levels, seconds, soak_seconds, policies, results_dir, progress=lambda m: err.print(escape(m)),
-        client_processes=client_processes or None, host_seconds=host_seconds,
+        client_processes=client_processes or None, host_seconds=host_seconds, backend=backend or None,
     )  # fmt: skip
     print_bench(results, model, device)

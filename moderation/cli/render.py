@@ -271,7 +271,7 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumb
 
 
 def print_bench(results: dict, model: str, device: str) -> None:
-    table = Table(title=f"{model} on {device}: server over gRPC", title_justify="left")
+    table = Table(title=f"{model} ({results.get('backend', 'torch')}) on {device}: server over gRPC", title_justify="left")
     for column in ("clients", "images/s", "p50 ms", "p95 ms", "p99 ms", "errors"):
         table.add_column(column, justify="right")
     for row in results["load"]:
@@ -282,7 +282,7 @@ def print_bench(results: dict, model: str, device: str) -> None:
     out.print(table)
     for key in results["targets"]:
         value = results.get(key)
-        value = value if value is not None else "not measured (needs concurrency 1)"
+        value = value if value is not None else "not measured"
         out.print(f"{key}: {value}  (target {results['targets'][key]})", highlight=False)
 
 
