@@ -114,7 +114,9 @@ def clip_backend(settings: Settings, device: str) -> str:
     scores within 0.02: README, Performance), eager PyTorch on CUDA."""
     if settings.clip_backend != "auto":
         return settings.clip_backend
-    return "torch" if device.startswith("cuda") else "onnxruntime-int8"
+    # The ONNX backends run fp32 on the CPU only; CUDA and half precision are torch's.
+    cpu_fp32 = device == "cpu" and settings.clip_precision.value in ("auto", "fp32")
+    return "onnxruntime-int8" if cpu_fp32 else "torch"
 
 
 def clip_spec(settings: Settings, device: str | None = None) -> ClipModelSpec:

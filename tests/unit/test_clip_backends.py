@@ -111,6 +111,17 @@ def test_any_batch_size_runs(batch: int, cache: Path, reference: ImageTextEncode
     assert encoder.encode_images(pixels).shape == reference.encode_images(pixels).shape == (batch, 32)
 
 
+@pytest.mark.parametrize("backend", ONNX_BACKENDS)
+def test_an_image_scores_the_same_whatever_shares_its_batch(backend: str, cache: Path) -> None:
+    """A caller's score must not depend on other callers' images in the same forward pass."""
+    encoder = load_seeded(cache, backend)
+    torch.manual_seed(3)
+    batch = torch.rand(4, 3, encoder.image_size, encoder.image_size)
+    batch[1:] *= 3.0  # batch-mates with a much wider range than the first image
+    alone, together = encoder.encode_images(batch[:1]), encoder.encode_images(batch)[:1]
+    assert torch.allclose(alone, together, atol=1e-5), float((alone - together).abs().max())
+
+
 def test_export_is_cached_and_a_weights_change_replaces_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = onnx_export.export_fp32

@@ -38,6 +38,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("runtime.py", 'DEFAULT_MAX_BATCH = {"cpu": 16, "cuda": 256}'): "per-device defaults, keyed by device type",
     ("runtime.py", 'DEFAULT_MAX_BATCH["cpu"]'): "unknown device types get the conservative default",
     ("runtime.py", 'elif not spec.device.startswith("cpu"):'): "torch threads: 1 when the model is off the CPU",
+    ("runtime.py", 'cpu_fp32 = device == "cpu" and'): "clip_backend auto picks the CPU-only ONNX backend only on the CPU",
     ("clip/encoder.py", "dtype: torch.dtype = torch.float32) -> torch.Tensor:"): "the seam's pixels are float32 by contract",
     ("clip/encoder.py", 'pin_memory=encoder.device.type == "cuda"'): "pinned staging buffers for CUDA encoders only",
     ("clip/scorer.py", "dtype: torch.dtype = torch.float32) -> torch.Tensor:"): "the seam's pixels are float32 by contract",
