@@ -22,3 +22,17 @@ categories:
     on_block: REVIEW
 """
 )
+
+
+def one_category_yaml(version: str, policy_id: str = "p") -> str:
+    """The text of a one-category policy file, for tests that write policy directories."""
+    return f"""\
+id: {policy_id}
+version: "{version}"
+benign: ["a cat"]
+categories:
+  - id: weapons
+    clause: {{id: W-1, text: "No threatening display of firearms."}}
+    positive: ["a gun"]
+    thresholds: {{review: 0.3, block: 0.6}}
+"""

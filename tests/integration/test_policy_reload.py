@@ -23,6 +23,7 @@ from tests import images
 from moderation.cli import app
 from moderation.policy import load_policy_file
 from moderation.policy.schema import MAX_CATEGORY_PROMPTS, MAX_TEMPLATES, MAX_TEXTS, content_sha256
+from tests.policies import one_category_yaml
 from tests.conftest import POLICIES, ROOT, TINY_CLIP
 from tests.integration.server import RunningServer, running_server
 
@@ -148,16 +149,7 @@ WIDE_TEXT_CLIP = ROOT / "tests" / "fixtures" / "wide-text-clip"
 
 
 def small_policy(version: str) -> str:
-    return f"""\
-id: p
-version: "{version}"
-benign: ["a cat"]
-categories:
-  - id: weapons
-    clause: {{id: W-1, text: "No threatening display of firearms."}}
-    positive: ["a gun"]
-    thresholds: {{review: 0.3, block: 0.6}}
-"""
+    return one_category_yaml(version)
 
 
 def heavy_policy(version: str) -> str:

@@ -20,21 +20,12 @@ from moderation.policy.compile import CompileCancelled, CompileControl
 from moderation.policy.registry import PolicyRegistry
 from moderation.reload import PolicyReloader
 from tests.conftest import ROOT
+from tests.policies import one_category_yaml
 
-POLICY = """\
-id: p
-version: "{version}"
-benign: ["a cat"]
-categories:
-  - id: weapons
-    clause: {{id: W-1, text: "No threatening display of firearms."}}
-    positive: ["a gun"]
-    thresholds: {{review: 0.3, block: 0.6}}
-"""
 
 
 def write(directory: Path, version: str) -> None:
-    (directory / "p.yaml").write_text(POLICY.format(version=version))
+    (directory / "p.yaml").write_text(one_category_yaml(version))
 
 
 def slow_for(heavy: str, seconds: float = 60.0):  # noqa: ANN201
@@ -76,7 +67,7 @@ def test_control_stops_on_cancel_and_past_its_budget() -> None:
 
 
 def test_scorer_stops_between_chunks(tiny_scorer: ClipScorer) -> None:
-    policy = load_policy_text(POLICY.format(version="1"))
+    policy = load_policy_text(one_category_yaml("1"))
     calls = []
 
     def stop_after_first_chunk() -> bool:

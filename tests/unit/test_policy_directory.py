@@ -8,21 +8,12 @@ import pytest
 from moderation.policy import PolicyFileError
 from moderation.policy.directory import Baseline, ModelRule, PolicyVersion, check_policy_dir, policy_files
 from moderation.policy.registry import PolicyRegistry
+from tests.policies import one_category_yaml
 
-POLICY = """\
-id: {id}
-version: "{version}"
-benign: ["a cat"]
-categories:
-  - id: weapons
-    clause: {{id: W-1, text: "No threatening display of firearms."}}
-    positive: ["a gun"]
-    thresholds: {{review: 0.3, block: 0.6}}
-"""
 
 
 def policy(policy_id: str = "p", version: str = "1", extra: str = "") -> str:
-    return POLICY.format(id=policy_id, version=version) + extra
+    return one_category_yaml(version, policy_id) + extra
 
 
 def problems_of(directory: Path, **kwargs: object) -> list[str]:
