@@ -376,11 +376,12 @@ def build_pipeline(
     cancellation.attach(reloader)
     summary = reloader.load_now()
     cancellation.check()
+    batch, workers = max_batch(settings, spec.device), decode_workers(settings)
     metrics.model_info.labels(scorer.model_id, str(scorer.random_weights).lower()).set(1)
     log.info(
         "serving policies %s with model %s (%s backend, %s, %s; batches up to %d, %d decode threads) (default: %s)",
         ", ".join(summary.served), scorer.model_id, scorer.encoder.backend, spec.device,
-        str(scorer.encoder.dtype).removeprefix("torch."), max_batch(settings, spec.device), decode_workers(settings),
+        str(scorer.encoder.dtype).removeprefix("torch."), batch, workers,
         registry.default_id,
     )  # fmt: skip
     pipeline = ModerationPipeline(
@@ -388,8 +389,8 @@ def build_pipeline(
         registry,
         decode_limits(settings, scorer.image_size),
         metrics,
-        decode_workers=decode_workers(settings),
-        max_batch=max_batch(settings, spec.device),
+        decode_workers=workers,
+        max_batch=batch,
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
         store=build_store(settings),

@@ -22,3 +22,15 @@ def tiny_scorer(tiny_clip_model: str):  # noqa: ANN201 - torch is imported lazil
     from moderation.runtime import load_scorer
 
     return load_scorer(ClipModelSpec(model=tiny_clip_model, weights="random"))  # seeded: the same random model every time
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():  # noqa: ANN201
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning
+    threads make every matmul wait: one thread is ten times faster. Use per module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

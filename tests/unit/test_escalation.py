@@ -42,14 +42,7 @@ CATEGORY_SETS = (
 SEEDS = (0, 1, 2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # A model this small gains nothing from threads, and on a busy 2-core machine
-    # OpenMP's spinning threads make every matmul wait: one thread is ten times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
