@@ -58,11 +58,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from moderation.clip.backends import onnx_export
-from moderation.clip.backends.onnx_runtime import SCORE_TOLERANCE, session_for
-from moderation.clip.backends.torch_eager import TorchEncoder
-from moderation.clip.loading import ClipModelSpec, build_open_clip
-from moderation.clip.scorer import ClipScorer
+from moderation.signals.clip.backends import onnx_export
+from moderation.signals.clip.backends.onnx_runtime import SCORE_TOLERANCE, session_for
+from moderation.signals.clip.backends.torch_eager import TorchEncoder
+from moderation.signals.clip.loading import ClipModelSpec, build_open_clip
+from moderation.signals.clip.scorer import ClipScorer
 from moderation.policy import load_policy_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -254,7 +254,7 @@ def speed(runs: dict[str, Run], pixels: np.ndarray, batch: int, rounds: int, cal
 MEMORY_PROBE = """
 import json, sys, time, torch
 from pathlib import Path
-from moderation.clip import ClipModelSpec, ClipScorer, load_encoder
+from moderation.signals.clip import ClipModelSpec, ClipScorer, load_encoder
 from moderation.policy import load_policy_file
 def status(key):
     for line in open('/proc/self/status'):

@@ -5,7 +5,7 @@ Python packages first):
   1. `moderation serve --device cuda` with random weights (ViT-B-32 fp16) and the
      in-process SmolVLM2-256M explainer (random weights, bf16): plain Moderate calls,
      then forced escalations, each of which must come back COMPLETED;
-  2. `moderation bench --device cuda`: the served rate at concurrency up to 256 from
+  2. `python -m bench.clip --device cuda`: the served rate at concurrency up to 256 from
      several client processes, beside the raw fp16 forward at the server's batch and
      the host's decode + preprocess rate on all cores, measured in the same run;
   3. `python -m bench.escalation --device cuda`: the explainer's latency beside plain
@@ -64,7 +64,7 @@ def serve_and_escalate(device: str, out: Path, escalations: int) -> dict[str, An
     """Start the server with the in-process explainer, moderate a few images, force escalations."""
     import grpc
 
-    from moderation.bench.clip import ServerProcess, realistic_jpegs
+    from bench.clip import ServerProcess, realistic_jpegs
     from moderation.v1 import moderation_pb2 as pb
     from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     checks["server_exits_cleanly"] = _check(served["server_exit_code"], "0 after SIGTERM", served["server_exit_code"] == 0)
 
-    # 2. moderation bench on the device, with both ceilings.
-    bench_args = [sys.executable, "-m", "moderation", "bench", "--device", device, "--model", MODELS[kind]["clip"], "--out", str(args.out)]
+    # 2. python -m bench.clip on the device, with both ceilings.
+    bench_args = [sys.executable, "-m", "bench.clip", "--device", device, "--model", MODELS[kind]["clip"], "--out", str(args.out)]
     if args.quick:
         bench_args += ["--concurrency", "1,4", "--seconds", "2", "--host-seconds", "2", "--client-processes", "2"]
     bench_log = args.out / f"gpu-check-bench-{kind}.log"
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         checks["served_vs_host_decode"] = _check(ratio, f">= {TARGET_VS_HOST_DECODE}", ratio >= TARGET_VS_HOST_DECODE if judged else None)
         checks["served_images_per_s"] = _check(peak, f"> {TARGET_IMAGES_PER_S:.0f} on one H200-class GPU", peak > TARGET_IMAGES_PER_S if judged else None)
     else:
-        checks["bench_without_errors"] = _check(f"moderation bench exited {code}", "runs to the end", False)
+        checks["bench_without_errors"] = _check(f"python -m bench.clip exited {code}", "runs to the end", False)
         summary["bench"] = {"log": str(bench_log)}
 
     # 3. The explainer beside plain generate, same device.

@@ -15,21 +15,19 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from moderation.clip import ClipModelSpec, ClipScorer, load_encoder
-from moderation.config import Device, ExplainerMode, Settings
-from moderation.imaging import DecodeLimits
-from moderation.metrics import ModerationMetrics
+from moderation.signals.clip import ClipModelSpec, ClipScorer, load_encoder
+from moderation.ops.config import Device, ExplainerMode, Settings
+from moderation.core.decode import DecodeLimits
+from moderation.ops.metrics import ModerationMetrics
 
 if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
     from moderation.escalation.explainer import Explainer
     from moderation.escalation.loading import ExplainerSpec
     from moderation.escalation.tier import EscalationTier
-    from moderation.pipeline import ModerationPipeline
-    from moderation.reload import PolicyReloader
-    from moderation.store import EmbeddingStore
-    from moderation.thumbnails import ThumbnailStore
+    from moderation.state.embeddings import EmbeddingStore
+    from moderation.state.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +36,18 @@ class ConfigurationError(RuntimeError):
     """Settings that cannot run: the message says which setting to change."""
 
 
+class Cancellable(Protocol):
+    """What a startup cancellation stops: a policy compile in progress (serving's PolicyReloader)."""
+
+    def cancel(self, reason: str) -> None: ...
+
+
 class StartupCancellation:
     """SIGTERM while models and policies load: stop at the next step or text chunk, not after the whole load."""
 
     def __init__(self) -> None:
         self._cancelled = threading.Event()
-        self._reloader: PolicyReloader | None = None
+        self._reloader: Cancellable | None = None
         self._lock = threading.Lock()
 
     def cancel(self) -> None:
@@ -60,7 +64,7 @@ class StartupCancellation:
         if self._cancelled.is_set():
             raise CompileCancelled("the server is shutting down")
 
-    def attach(self, reloader: PolicyReloader) -> None:
+    def attach(self, reloader: Cancellable) -> None:
         with self._lock:
             self._reloader = reloader
             cancelled = self._cancelled.is_set()
@@ -318,7 +322,7 @@ def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device
 
 
 def build_store(settings: Settings) -> EmbeddingStore | None:
-    from moderation.store import EmbeddingStore
+    from moderation.state.embeddings import EmbeddingStore
 
     if settings.embedding_store is None:
         return None
@@ -331,7 +335,7 @@ def build_store(settings: Settings) -> EmbeddingStore | None:
 
 
 def build_thumbnails(settings: Settings) -> ThumbnailStore | None:
-    from moderation.thumbnails import ThumbnailError, ThumbnailStore
+    from moderation.state.thumbnails import ThumbnailError, ThumbnailStore
 
     if settings.thumbnail_store is None:
         return None
@@ -344,57 +348,3 @@ def build_thumbnails(settings: Settings) -> ThumbnailStore | None:
         settings.thumbnail_max_px, settings.thumbnail_store, settings.thumbnail_retention_days,
     )  # fmt: skip
     return store
-
-
-def build_pipeline(
-    settings: Settings, metrics: ModerationMetrics, cancellation: StartupCancellation | None = None
-) -> tuple[ModerationPipeline, PolicyReloader]:
-    """Load the CLIP model, every policy and the escalation tier; slow, runs in a worker thread.
-
-    With `cancellation`, raises CompileCancelled soon after it is cancelled (between steps,
-    or within one chunk of a policy compile).
-    """
-    import torch
-
-    from moderation.pipeline import ModerationPipeline
-    from moderation.policy.registry import PolicyRegistry
-    from moderation.reload import PolicyReloader
-
-    cancellation = cancellation or StartupCancellation()
-    spec = clip_spec(settings)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    elif not spec.device.startswith("cpu"):
-        # The model runs on the GPU; the CPU's torch work is preprocessing in the decode
-        # threads, which are the parallelism: intra-op threads in each of them would
-        # only oversubscribe the cores (measured no faster on 2 cores, see README).
-        torch.set_num_threads(1)
-    scorer = load_scorer(spec)
-    cancellation.check()
-    registry = PolicyRegistry(scorer.index_policy, scorer.model_id, random_weights=scorer.random_weights)
-    reloader = PolicyReloader(registry, settings.policies, metrics, scorer.model_id)
-    cancellation.attach(reloader)
-    summary = reloader.load_now()
-    cancellation.check()
-    batch, workers = max_batch(settings, spec.device), decode_workers(settings)
-    metrics.model_info.labels(scorer.model_id, str(scorer.random_weights).lower()).set(1)
-    log.info(
-        "serving policies %s with model %s (%s backend, %s, %s; batches up to %d, %d decode threads) (default: %s)",
-        ", ".join(summary.served), scorer.model_id, scorer.encoder.backend, spec.device,
-        str(scorer.encoder.dtype).removeprefix("torch."), batch, workers,
-        registry.default_id,
-    )  # fmt: skip
-    pipeline = ModerationPipeline(
-        scorer,
-        registry,
-        decode_limits(settings, scorer.image_size),
-        metrics,
-        decode_workers=workers,
-        max_batch=batch,
-        max_wait_ms=settings.max_batch_wait_ms,
-        max_queue=settings.max_queue,
-        store=build_store(settings),
-        thumbnails=build_thumbnails(settings),
-        escalation=build_escalation_tier(settings, metrics, spec.device),
-    )
-    return pipeline, reloader

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 11's acceptance check on a machine with a CUDA GPU: the server on cuda with
-# random weights and the in-process explainer, forced escalations, `moderation bench
+# random weights and the in-process explainer, forced escalations, `python -m bench.clip
 # --device cuda` beside its two ceilings, the explainer beside plain generate. Prints
 # one JSON summary (bench/gpu_check.py) and exits 0 only if every judged check passes.
 #

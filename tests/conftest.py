@@ -18,7 +18,7 @@ def tiny_clip_model() -> str:
 @pytest.fixture(scope="session")
 def tiny_scorer(tiny_clip_model: str):  # noqa: ANN201 - torch is imported lazily
     """One seeded tiny random CLIP scorer shared by the tests that only read it."""
-    from moderation.clip import ClipModelSpec
+    from moderation.signals.clip import ClipModelSpec
     from moderation.runtime import load_scorer
 
     return load_scorer(ClipModelSpec(model=tiny_clip_model, weights="random"))  # seeded: the same random model every time

@@ -1,4 +1,4 @@
-"""The `moderation` command: serve, explain-serve, moderate, compare, bench, policy validate|test|calibrate|diff, case show.
+"""The `moderation` command: serve, explain-serve, moderate, compare, policy validate|test|calibrate|diff, case show.
 
 Each command lives in its own module and registers itself on the apps in app.py;
 renderers are in render.py, shared options and loaders in common.py.
@@ -10,7 +10,6 @@ from moderation.cli import client  # noqa: F401
 from moderation.cli import compare  # noqa: F401
 from moderation.cli import policy  # noqa: F401
 from moderation.cli import case  # noqa: F401
-from moderation.cli import bench  # noqa: F401
 from moderation.cli.app import app, policy_app
 
 __all__ = ["app", "policy_app"]

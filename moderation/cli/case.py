@@ -40,8 +40,8 @@ def case_show(
     """Print what the server stored about one request: its decisions and, if kept, its thumbnail."""
     from datetime import datetime, timezone
 
-    from moderation.store import StoreError, find_decisions
-    from moderation.thumbnails import thumbnail_path
+    from moderation.state.embeddings import StoreError, find_decisions
+    from moderation.state.thumbnails import thumbnail_path
 
     settings = settings_or_fail(config)
     store = store or settings.embedding_store

@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from moderation.config import Device, LogFormat, Settings, load_settings
+from moderation.ops.config import Device, LogFormat, Settings, load_settings
 
 if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not load torch
-    from moderation.clip import ClipModelSpec, ClipScorer
+    from moderation.signals.clip import ClipModelSpec, ClipScorer
     from moderation.policy import Policy
 
 
@@ -117,7 +117,7 @@ def model_spec(settings: Settings) -> ClipModelSpec:
 
 
 def load_scorer_or_fail(spec: ClipModelSpec) -> ClipScorer:
-    from moderation.clip import UnknownBackend, WeightsUnavailable
+    from moderation.signals.clip import UnknownBackend, WeightsUnavailable
     from moderation.runtime import load_scorer
 
     try:

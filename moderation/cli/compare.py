@@ -46,8 +46,8 @@ def compare(
     animation, the most severe kept); the explainer sees the frame that decided each
     category. Ends with how many category verdicts the two tiers agree on.
     """
-    from moderation.decision import clip_leans_violating, decide
-    from moderation.imaging import ImageRejected, decode_frames
+    from moderation.core.decision import clip_leans_violating, decide
+    from moderation.core.decode import ImageRejected, decode_frames
     from moderation.runtime import decode_limits, load_explainer
 
     loaded_policy, _ = policy_or_fail(policy)
@@ -117,7 +117,7 @@ def compare(
 
 
 def comparison_document(image: Path, decision, verdicts: dict) -> dict:  # noqa: ANN001 - Decision, ExplainerVerdict
-    from moderation.decision import clip_leans_violating
+    from moderation.core.decision import clip_leans_violating
 
     categories = []
     for c in decision.categories:

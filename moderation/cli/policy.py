@@ -28,7 +28,7 @@ from moderation.cli.common import (
 from moderation.cli.render import print_calibration, print_case_outcomes, print_flips, print_store_freshness
 
 if TYPE_CHECKING:
-    from moderation.policy_calibration import PolicyCalibration
+    from moderation.offline.policy_calibration import PolicyCalibration
 
 
 @policy_app.command("validate")
@@ -131,7 +131,7 @@ def policy_test(
     as_json: JsonOption = False,
 ) -> None:
     """Score each policy's golden cases in-process and compare expected with actual decisions."""
-    from moderation.offline import check_golden_cases
+    from moderation.offline.scoring import check_golden_cases
     from moderation.policy import PolicyFileError, load_policy_file
     from moderation.policy.golden import cases_path_for, load_cases_file, problems_against_policy
     from moderation.policy.schema import normalise_model_id
@@ -243,13 +243,13 @@ def policy_calibrate(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from moderation.calibration import CalibrationTargets
-    from moderation.calibration_report import render_report
-    from moderation.labels import LabelsError, read_labels
-    from moderation.offline import score_image_files
+    from moderation.offline.calibration import CalibrationTargets
+    from moderation.offline.report import render_report
+    from moderation.offline.labels import LabelsError, read_labels
+    from moderation.offline.scoring import score_image_files
     from moderation.policy import PolicyFileError
     from moderation.policy.rewrite import RewriteError
-    from moderation.policy_calibration import calibrate_policy, calibration_document
+    from moderation.offline.policy_calibration import calibrate_policy, calibration_document
 
     policy, policy_text = policy_or_fail(policy_file)
     try:
@@ -351,8 +351,8 @@ def policy_diff(
     """Re-score stored traffic under OLD and NEW (text embeddings only) and report which decisions flip."""
     from datetime import datetime, timezone
 
-    from moderation.rescore import CannotRescore, check_stored_models, flips_document, rescore_stored_decisions
-    from moderation.store import StoreError, store_freshness
+    from moderation.offline.rescore import CannotRescore, check_stored_models, flips_document, rescore_stored_decisions
+    from moderation.state.embeddings import StoreError, store_freshness
 
     old, new = (policy_or_fail(path)[0] for path in (old_file, new_file))
     settings = offline_settings(model, weights, device)
@@ -402,7 +402,7 @@ def policy_diff(
             **flips_document(flips),
         }
         if thumbnails is not None:
-            from moderation.thumbnails import thumbnail_path
+            from moderation.state.thumbnails import thumbnail_path
 
             document["thumbnails"] = {
                 r: str(thumbnail_path(thumbnails, r)) for r in flips.example_details if thumbnail_path(thumbnails, r).exists()

@@ -20,14 +20,14 @@ from rich.table import Table
 from moderation.cli.common import out, width_known
 
 if TYPE_CHECKING:
-    from moderation.decision import Decision
+    from moderation.core.decision import Decision
     from moderation.escalation.verdict import ExplainerVerdict
-    from moderation.offline import CaseOutcome
+    from moderation.offline.scoring import CaseOutcome
     from moderation.policy import Policy
     from moderation.policy.golden import CasesFile
-    from moderation.policy_calibration import PolicyCalibration
-    from moderation.rescore import DecisionFlips, FlipExample
-    from moderation.store import StoreFreshness
+    from moderation.offline.policy_calibration import PolicyCalibration
+    from moderation.offline.rescore import DecisionFlips, FlipExample
+    from moderation.state.embeddings import StoreFreshness
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def print_responses_summary(results: list[tuple[Path, object]]) -> None:
 
 
 def print_case_outcomes(policy_path: Path, policy: Policy, cases_file: CasesFile, outcomes: list[CaseOutcome], check_only: bool) -> None:
-    from moderation.decision import Band
+    from moderation.core.decision import Band
 
     title = escape(f"{policy_path}: {policy.id}@{policy.version}, cases from {cases_file.path}")
     rows = []
@@ -214,7 +214,7 @@ def _scores(example: FlipExample) -> str:
 def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumbnails: Path | None = None) -> None:
     from datetime import datetime, timezone
 
-    from moderation.thumbnails import thumbnail_path
+    from moderation.state.thumbnails import thumbnail_path
 
     share = flips.changed / flips.decisions if flips.decisions else 0.0
     out.print(
@@ -270,26 +270,10 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumb
         )
 
 
-def print_bench(results: dict, model: str, device: str) -> None:
-    table = Table(title=f"{model} ({results.get('backend', 'torch')}) on {device}: server over gRPC", title_justify="left")
-    for column in ("clients", "images/s", "p50 ms", "p95 ms", "p99 ms", "errors"):
-        table.add_column(column, justify="right")
-    for row in results["load"]:
-        table.add_row(
-            str(row["concurrency"]), f"{row['throughput_per_s']:.2f}", f"{row['p50_ms']:.0f}", f"{row['p95_ms']:.0f}",
-            f"{row['p99_ms']:.0f}", str(sum(row["errors"].values())),
-        )  # fmt: skip
-    out.print(table)
-    for key in results["targets"]:
-        value = results.get(key)
-        value = value if value is not None else "not measured"
-        out.print(f"{key}: {value}  (target {results['targets'][key]})", highlight=False)
-
-
 def print_comparison(
     image: Path, clip_model: str, explainer_id: str, decision: Decision, verdicts: dict[str, ExplainerVerdict], random_weights: bool
 ) -> None:
-    from moderation.decision import clip_leans_violating
+    from moderation.core.decision import clip_leans_violating
 
     title = f"{escape(str(image))}: CLIP {escape(clip_model)} -> {decision.action.value}; explainer {escape(explainer_id)}"
     rows = []

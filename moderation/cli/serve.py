@@ -22,7 +22,7 @@ from moderation.cli.common import (
     WeightsOption,
     settings_or_fail,
 )
-from moderation.config import ExplainerMode, unknown_environment_settings
+from moderation.ops.config import ExplainerMode, unknown_environment_settings
 
 
 @app.command()
@@ -48,7 +48,7 @@ def serve(
     explainer_target: Annotated[Optional[str], typer.Option(help="host:port of explain-serve (remote mode)")] = None,
 ) -> None:
     """Run the gRPC moderation server until SIGTERM."""
-    from moderation.server.app import serve as run_server
+    from moderation.serving.app import serve as run_server
 
     settings = settings_or_fail(
         config,
@@ -80,7 +80,7 @@ def explain_serve(
     log_format: LogFormatOption = None,
 ) -> None:
     """Run the SmolVLM2 explainer as its own gRPC service (ExplainerService) until SIGTERM."""
-    from moderation.server.explainer_app import serve_explainer
+    from moderation.serving.explainer_app import serve_explainer
 
     settings = settings_or_fail(
         config,
@@ -99,16 +99,16 @@ def run_logged(settings, run) -> None:  # noqa: ANN001 - Settings, async server 
     """Run a server; configuration errors end it with one log line and exit code 2."""
     import asyncio
 
-    from moderation.clip import UnknownBackend, WeightsUnavailable
+    from moderation.signals.clip import UnknownBackend, WeightsUnavailable
     from moderation.escalation.loading import ExplainerWeightsUnavailable
-    from moderation.logs import configure_logging
+    from moderation.ops.logs import configure_logging
     from moderation.policy import PolicyFileError
     from moderation.runtime import ConfigurationError
-    from moderation.server.auth import TokenFileError
+    from moderation.serving.auth import TokenFileError
 
     configure_logging(settings.log_level, settings.log_format.value, native_stderr=True)
     for name in unknown_environment_settings():
-        logging.getLogger("moderation").warning("%s is not a setting and is ignored; check its spelling in moderation/config.py", name)
+        logging.getLogger("moderation").warning("%s is not a setting and is ignored; check its spelling in moderation/ops/config.py", name)
     try:
         asyncio.run(run(settings))
     except (WeightsUnavailable, UnknownBackend, ExplainerWeightsUnavailable, ConfigurationError, TokenFileError) as error:

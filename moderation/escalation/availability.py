@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from moderation.config import RANDOM_WEIGHTS
+from moderation.ops.config import RANDOM_WEIGHTS
 
 DEFAULT_EXPLAINER_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 TINY_TEST_MODEL = "tiny-smolvlm"

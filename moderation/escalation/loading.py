@@ -28,7 +28,7 @@ from transformers import (
     SmolVLMConfig,
 )
 
-from moderation.config import RANDOM_WEIGHTS
+from moderation.ops.config import RANDOM_WEIGHTS
 from moderation.escalation.availability import DEFAULT_EXPLAINER_MODEL, SHIPPED_ARCHITECTURES, TINY_TEST_MODEL  # noqa: F401 - re-exported
 from moderation.escalation.local_processor import IMAGE, build_local_processor
 

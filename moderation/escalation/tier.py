@@ -26,7 +26,7 @@ from typing import Protocol
 from PIL import Image
 
 from moderation.escalation.verdict import ExplainerVerdict
-from moderation.metrics import ModerationMetrics
+from moderation.ops.metrics import ModerationMetrics
 from moderation.policy.schema import Policy
 
 log = logging.getLogger(__name__)

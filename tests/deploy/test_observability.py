@@ -16,7 +16,7 @@ pytestmark = pytest.mark.deploy
 
 # Metrics the explainer tier adds (escalation outcomes, micro-batcher, queue,
 # tier agreement). The rules and the dashboard use them already; until
-# moderation/metrics.py defines them they are accepted from this list.
+# moderation/ops/metrics.py defines them they are accepted from this list.
 EXPLAINER_TIER_METRICS = {
     "moderation_escalations_total",
     "moderation_queue_depth",
@@ -40,7 +40,7 @@ def alert_names() -> set[str]:
 
 
 def server_metric_names() -> set[str]:
-    """Names moderation/metrics.py registers."""
+    """Names moderation/ops/metrics.py registers."""
     return set(re.findall(r'"(moderation_[a-z_]+)"', (ROOT / "moderation" / "metrics.py").read_text()))
 
 
@@ -99,7 +99,7 @@ def test_queries_read_only_metrics_the_service_exports(source: str) -> None:
     exprs = [rule["expr"] for rule in rules()] if source == "rules" else dashboard_exprs()
     read = set().union(*(metric_names_in(expr) for expr in exprs))
     unknown = read - server_metric_names() - EXPLAINER_TIER_METRICS
-    assert not unknown, f"{source} read metrics that neither moderation/metrics.py nor the explainer tier define"
+    assert not unknown, f"{source} read metrics that neither moderation/ops/metrics.py nor the explainer tier define"
 
 
 def test_dashboard_covers_what_operators_watch() -> None:

@@ -13,7 +13,7 @@ import atheris
 with atheris.instrument_imports():
     from google.protobuf.message import DecodeError
 
-    from moderation.imaging import DecodeLimits, ImageRejected, decode_frames
+    from moderation.core.decode import DecodeLimits, ImageRejected, decode_frames
     from moderation.v1 import moderation_pb2 as pb
 
 # Small limits keep each input cheap, so the fuzzer explores more of them.

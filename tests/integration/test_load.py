@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moderation.bench.clip import _rss_mb, drive, realistic_jpegs
+from bench.clip import _rss_mb, drive, realistic_jpegs
 from tests.conftest import POLICIES, TINY_CLIP
 from tests.integration.server import running_server
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from moderation.cli import app
-from moderation.thumbnails import thumbnail_path
+from moderation.state.thumbnails import thumbnail_path
 
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc

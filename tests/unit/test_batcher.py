@@ -9,8 +9,8 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from moderation.clip.batcher import DeadlinePassed, MicroBatcher, Overloaded
-from moderation.metrics import ModerationMetrics
+from moderation.signals.clip.batcher import DeadlinePassed, MicroBatcher, Overloaded
+from moderation.ops.metrics import ModerationMetrics
 
 
 class RecordingForward:

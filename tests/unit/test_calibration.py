@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moderation.calibration import (
+from moderation.offline.calibration import (
     CalibrationTargets,
     calibrate_category,
     operating_point,

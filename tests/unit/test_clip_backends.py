@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from moderation.clip import ClipModelSpec, ClipScorer, ImageTextEncoder, UnknownBackend, load_encoder
-from moderation.clip.backends import BACKENDS, onnx_export, onnx_runtime
-from moderation.clip.backends.onnx_runtime import SCORE_TOLERANCE, CpuOnlyBackend
-from moderation.imaging import DecodeLimits, decode_frames
+from moderation.signals.clip import ClipModelSpec, ClipScorer, ImageTextEncoder, UnknownBackend, load_encoder
+from moderation.signals.clip.backends import BACKENDS, onnx_export, onnx_runtime
+from moderation.signals.clip.backends.onnx_runtime import SCORE_TOLERANCE, CpuOnlyBackend
+from moderation.core.decode import DecodeLimits, decode_frames
 from moderation.policy import load_policy_file
 from tests import images
 from tests.conftest import POLICIES, TINY_CLIP
@@ -162,7 +162,7 @@ def test_a_damaged_cache_file_is_exported_again(tmp_path: Path) -> None:
 
 
 def test_fingerprint_covers_architecture_settings_not_only_weights(cache: Path) -> None:
-    from moderation.clip.loading import build_open_clip
+    from moderation.signals.clip.loading import build_open_clip
 
     torch.manual_seed(0)
     clip = build_open_clip(tiny_spec(cache))
@@ -173,7 +173,7 @@ def test_fingerprint_covers_architecture_settings_not_only_weights(cache: Path) 
 
 def test_the_torch_image_tower_is_freed(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runtime holds its own copy; no torch parameter of the image tower may survive the load."""
-    from moderation.clip import loading
+    from moderation.signals.clip import loading
 
     alive: list[weakref.ref] = []
 

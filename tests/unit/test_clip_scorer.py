@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moderation.clip import ClipModelSpec, ClipScorer, WeightsUnavailable
-from moderation.imaging import DecodeLimits, decode_frames
+from moderation.signals.clip import ClipModelSpec, ClipScorer, WeightsUnavailable
+from moderation.core.decode import DecodeLimits, decode_frames
 from moderation.policy import load_policy_file
 from moderation.runtime import load_scorer
 from tests import images

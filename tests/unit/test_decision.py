@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from moderation.decision import Band, decide, decide_category
+from moderation.core.decision import Band, decide, decide_category
 from moderation.policy import Action
 from tests.policies import TWO_CATEGORIES
 
@@ -74,7 +74,7 @@ DECISIVE = type(POLICY).model_validate(
 
 
 def test_decisive_verdict_settles_a_borderline_case_both_ways() -> None:
-    from moderation.decision import apply_verdict
+    from moderation.core.decision import apply_verdict
 
     borderline = decide({"violence": 0.45, "weapons": 0.1}, DECISIVE)
     assert borderline.action is Action.REVIEW
@@ -85,7 +85,7 @@ def test_decisive_verdict_settles_a_borderline_case_both_ways() -> None:
 
 
 def test_advisory_and_non_borderline_categories_keep_their_action() -> None:
-    from moderation.decision import apply_verdict
+    from moderation.core.decision import apply_verdict
 
     advisory = decide({"violence": 0.45, "weapons": 0.5}, DECISIVE)
     same, changed = apply_verdict(advisory, DECISIVE, "weapons", violates=False, clause_id="W-1")
@@ -96,7 +96,7 @@ def test_advisory_and_non_borderline_categories_keep_their_action() -> None:
 
 
 def test_failed_escalation_raises_allow_to_review_only() -> None:
-    from moderation.decision import review_at_least
+    from moderation.core.decision import review_at_least
 
     allowed = decide({"violence": 0.1, "weapons": 0.1}, POLICY)
     assert review_at_least(allowed, "Escalation TIMED_OUT.").action is Action.REVIEW

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from moderation.config import Settings
+from moderation.ops.config import Settings
 from moderation.runtime import ConfigurationError, decode_workers, explainer_spec, host_cpus, max_batch
 
 

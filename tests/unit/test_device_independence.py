@@ -9,11 +9,11 @@ moderation/ that names the CPU, float32, or crosses to numpy must be on the list
 with the reason it is right on every device. A new one fails here until it is moved
 explicitly (`.to("cpu", torch.float32)`, `.cpu()`) or justified on the list.
 
-moderation/clip/backends/ is exempt: device, dtype and runtime live there by design
-(moderation/clip/encoder.py), and its contract, float32 CPU tensors out, is tested
+moderation/signals/clip/backends/ is exempt: device, dtype and runtime live there by design
+(moderation/signals/clip/encoder.py), and its contract, float32 CPU tensors out, is tested
 on every backend's outputs (test_clip_scorer.py, test_half_precision.py). So is the
-benchmark harness, moderation/bench/, which picks devices and per-device defaults by
-name and measures through the same seam.
+benchmark harness, bench/ (outside the package), which picks devices and per-device
+defaults by name and measures through the same seam.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "moderation"
-EXEMPT = (PACKAGE / "v1", PACKAGE / "clip" / "backends", PACKAGE / "bench")
+EXEMPT = (PACKAGE / "v1", PACKAGE / "signals" / "clip" / "backends")
 
 # Anything that assumes where a tensor lives or what it holds, or guesses it from one
 # parameter (open_clip's fp16 keeps some parameters, the first among them, in float32).
@@ -31,21 +31,21 @@ SUSPECT = re.compile(r"""\.numpy\(|torch\.float32|["']cpu["']|\.cuda\(|\.half\(\
 
 # (file relative to moderation/, text on the line) -> why it is right on every device.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("config.py", 'CPU = "cpu"'): "the device setting's values",
-    ("config.py", 'CUDA = "cuda"'): "the device setting's values",
+    ("ops/config.py", 'CPU = "cpu"'): "the device setting's values",
+    ("ops/config.py", 'CUDA = "cuda"'): "the device setting's values",
     ("runtime.py", 'return "cuda" if torch.cuda.is_available() else "cpu"'): "device auto resolves here, once",
     ("runtime.py", "device is 'cuda' but torch sees no CUDA device"): "an error message",
     ("runtime.py", 'DEFAULT_MAX_BATCH = {"cpu": 16, "cuda": 256}'): "per-device defaults, keyed by device type",
     ("runtime.py", 'DEFAULT_MAX_BATCH["cpu"]'): "unknown device types get the conservative default",
-    ("runtime.py", 'elif not spec.device.startswith("cpu"):'): "torch threads: 1 when the model is off the CPU",
+    ("serving/app.py", 'elif not spec.device.startswith("cpu"):'): "torch threads: 1 when the model is off the CPU",
     ("runtime.py", 'cpu_fp32 = device == "cpu" and'): "clip_backend auto picks the CPU-only ONNX backend only on the CPU",
-    ("clip/encoder.py", "dtype: torch.dtype = torch.float32) -> torch.Tensor:"): "the seam's pixels are float32 by contract",
-    ("clip/encoder.py", 'pin_memory=encoder.device.type == "cuda"'): "pinned staging buffers for CUDA encoders only",
-    ("clip/scorer.py", "dtype: torch.dtype = torch.float32) -> torch.Tensor:"): "the seam's pixels are float32 by contract",
-    ("clip/loading.py", 'PRECISIONS = {"fp32": torch.float32'): "the precision setting's names",
-    ("clip/loading.py", 'device: str = "cpu"'): "library default; the server resolves it in runtime.clip_spec",
-    ("clip/loading.py", 'return torch.float16 if self.device.startswith("cuda") else torch.float32'): "precision auto",
-    ("clip/loading.py", "return {torch.float32: \"fp32\""): "open_clip's precision names",
+    ("signals/clip/encoder.py", "dtype: torch.dtype = torch.float32) -> torch.Tensor:"): "the seam's pixels are float32 by contract",
+    ("signals/clip/encoder.py", 'pin_memory=encoder.device.type == "cuda"'): "pinned staging buffers for CUDA encoders only",
+    ("signals/clip/scorer.py", "dtype: torch.dtype = torch.float32) -> torch.Tensor:"): "the seam's pixels are float32 by contract",
+    ("signals/clip/loading.py", 'PRECISIONS = {"fp32": torch.float32'): "the precision setting's names",
+    ("signals/clip/loading.py", 'device: str = "cpu"'): "library default; the server resolves it in runtime.clip_spec",
+    ("signals/clip/loading.py", 'return torch.float16 if self.device.startswith("cuda") else torch.float32'): "precision auto",
+    ("signals/clip/loading.py", "return {torch.float32: \"fp32\""): "open_clip's precision names",
     ("escalation/loading.py", 'PRECISIONS = {"fp32": torch.float32'): "the precision setting's names",
     ("escalation/loading.py", 'device: str = "cpu"'): "library default; the server resolves it in runtime.explainer_spec",
     ("escalation/loading.py", 'if self.quantize and (not self.device.startswith("cpu")'): "int8 is CPU-only: refused elsewhere",
@@ -55,8 +55,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("escalation/grammar.py", '`.to("cpu", torch.float32)` (decoding.py does)'): "docstring",
     ("escalation/grammar.py", 'if logits.device.type != "cpu" or logits.dtype != torch.float32:'): "the grammar's input check",
     ("escalation/grammar.py", "move them with .to('cpu', torch.float32) first"): "an error message",
-    ("pipeline.py", "vector = embeddings[row].numpy().copy()"): "embeddings cross the encoder seam as float32 CPU tensors",
-    ("cli/bench.py", 'help="cpu or cuda")] = "cpu"'): "a command-line default",
+    ("serving/pipeline.py", "vector = embeddings[row].numpy().copy()"): "embeddings cross the encoder seam as float32 CPU tensors",
 }
 
 
@@ -78,7 +77,7 @@ def test_every_cpu_or_float32_assumption_is_explicit_and_justified() -> None:
         if not any(path == file and text in line for file, text in ALLOWED)
     ]
     assert not unexplained, (
-        "code that assumes the CPU or float32 outside moderation/clip/backends/; move tensors explicitly "
+        "code that assumes the CPU or float32 outside moderation/signals/clip/backends/; move tensors explicitly "
         "(.to('cpu', torch.float32)) or add the line to ALLOWED with the reason it is right on CUDA too:\n"
         + "\n".join(unexplained)
     )

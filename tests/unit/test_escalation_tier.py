@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from moderation.escalation.tier import EscalationRequest, EscalationStatus, EscalationTier, ExplainerUnavailable, Explanation
 from moderation.escalation.verdict import ExplainerVerdict
-from moderation.metrics import ModerationMetrics
+from moderation.ops.metrics import ModerationMetrics
 from tests.policies import TWO_CATEGORIES as POLICY
 
 

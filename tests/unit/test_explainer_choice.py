@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moderation.config import ExplainerMode, load_settings
+from moderation.ops.config import ExplainerMode, load_settings
 from moderation.escalation.availability import explainer_available
 from moderation.runtime import choose_explainer, explainer_setting_warnings
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from moderation.decision import decide
-from moderation.imaging import DecodeLimits, decode_image
+from moderation.core.decision import decide
+from moderation.core.decode import DecodeLimits, decode_image
 from moderation.policy import PolicyFileError, load_policy_file
-from moderation.offline import mismatches
+from moderation.offline.scoring import mismatches
 from moderation.policy.golden import cases_path_for, load_cases_file, problems_against_policy
 from tests.conftest import POLICIES
 from tests.policies import TWO_CATEGORIES

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moderation.clip import ClipModelSpec, ClipScorer
+from moderation.signals.clip import ClipModelSpec, ClipScorer
 from moderation.escalation import TINY_TEST_MODEL, Explainer, ExplainerSpec
 from moderation.escalation.grammar import VerdictGrammars
 from moderation.escalation.loading import load_explainer
 from moderation.escalation.local_processor import build_local_tokenizer
-from moderation.imaging import DecodeLimits, decode_frames
+from moderation.core.decode import DecodeLimits, decode_frames
 from moderation.policy import load_policy_file
 from moderation.runtime import load_scorer
 from tests import images

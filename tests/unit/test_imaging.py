@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moderation.imaging import DecodeLimits, ImageRejected, decode_image
+from moderation.core.decode import DecodeLimits, ImageRejected, decode_image
 from tests import images
 
 LIMITS = DecodeLimits(max_bytes=5 * 1024 * 1024, max_pixels=4_000_000)
@@ -104,7 +104,7 @@ def animated_gif(count: int, size: tuple[int, int] = (16, 16)) -> bytes:
 
 
 def test_animation_frames_are_sampled_from_first_to_last() -> None:
-    from moderation.imaging import decode_frames
+    from moderation.core.decode import decode_frames
 
     decoded = decode_frames(animated_gif(30), LIMITS)
     assert decoded.total_frames == 30
@@ -114,13 +114,13 @@ def test_animation_frames_are_sampled_from_first_to_last() -> None:
 
 
 def test_short_animation_scores_every_frame() -> None:
-    from moderation.imaging import decode_frames
+    from moderation.core.decode import decode_frames
 
     assert decode_frames(animated_gif(3), LIMITS).frame_indices == (0, 1, 2)
 
 
 def test_animation_bounds() -> None:
-    from moderation.imaging import decode_frames
+    from moderation.core.decode import decode_frames
 
     with pytest.raises(ImageRejected, match=r"has 30 frames; the limit is 10 \(setting max_frames\)"):
         decode_frames(animated_gif(30), DecodeLimits(max_frames=10))
@@ -130,7 +130,7 @@ def test_animation_bounds() -> None:
 
 def test_regression_animation_frame_declaring_gigapixels_is_refused_before_allocation() -> None:
     """Found by the fuzzer: frame 1 of a 32x24 GIF declares 6 billion pixels (an OOM before the fix)."""
-    from moderation.imaging import decode_frames
+    from moderation.core.decode import decode_frames
     from tests.conftest import ROOT
 
     data = (ROOT / "tests/fixtures/fuzz/gif-later-frame-6-gigapixels.gif").read_bytes()

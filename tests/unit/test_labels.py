@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from moderation.labels import LabelsError, read_labels
+from moderation.offline.labels import LabelsError, read_labels
 
 CATEGORIES = ("weapons", "drugs")
 

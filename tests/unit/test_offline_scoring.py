@@ -9,7 +9,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from moderation.offline import score_image_files
+from moderation.offline.scoring import score_image_files
 from moderation.policy import load_policy_file
 from tests.conftest import POLICIES
 

@@ -9,10 +9,10 @@ from datetime import date
 import numpy as np
 import pytest
 
-from moderation.calibration import CalibrationTargets
-from moderation.calibration_report import render_report
+from moderation.offline.calibration import CalibrationTargets
+from moderation.offline.report import render_report
 from moderation.policy import Action, load_policy_text
-from moderation.policy_calibration import calibrate_policy
+from moderation.offline.policy_calibration import calibrate_policy
 from tests.conftest import POLICIES
 
 TEXT = (POLICIES / "default.yaml").read_text()

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from moderation.clip import ClipScorer
-from moderation.metrics import ModerationMetrics
+from moderation.signals.clip import ClipScorer
+from moderation.ops.metrics import ModerationMetrics
 from moderation.policy import Policy, load_policy_text
 from moderation.policy.compile import CompileCancelled, CompileControl
 from moderation.policy.registry import PolicyRegistry
-from moderation.reload import PolicyReloader
+from moderation.serving.policy_reload import PolicyReloader
 from tests.conftest import ROOT
 from tests.policies import one_category_yaml
 
@@ -151,9 +151,9 @@ def test_a_stuck_reload_thread_never_holds_the_process_at_exit(tmp_path: Path) -
         import asyncio, time
         from pathlib import Path
         from prometheus_client import CollectorRegistry
-        from moderation.metrics import ModerationMetrics
+        from moderation.ops.metrics import ModerationMetrics
         from moderation.policy.registry import PolicyRegistry
-        from moderation.reload import PolicyReloader
+        from moderation.serving.policy_reload import PolicyReloader
 
         directory = Path({str(tmp_path)!r})
         def compile_policy(policy, should_stop):

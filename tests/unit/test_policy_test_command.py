@@ -7,8 +7,8 @@ import yaml
 from typer.testing import CliRunner
 
 from moderation.cli import app
-from moderation.clip import ClipScorer
-from moderation.offline import check_golden_cases
+from moderation.signals.clip import ClipScorer
+from moderation.offline.scoring import check_golden_cases
 from moderation.policy import Policy
 from moderation.policy.golden import load_cases_file
 from tests.conftest import POLICIES, TINY_CLIP

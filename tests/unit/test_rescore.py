@@ -13,11 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from moderation.cli import app
-from moderation.clip import ClipScorer
-from moderation.decision import decide
+from moderation.signals.clip import ClipScorer
+from moderation.core.decision import decide
 from moderation.policy import Action, Policy
-from moderation.rescore import CannotRescore, rescore_stored_decisions
-from moderation.store import EmbeddingStore
+from moderation.offline.rescore import CannotRescore, rescore_stored_decisions
+from moderation.state.embeddings import EmbeddingStore
 from tests.conftest import POLICIES, TINY_CLIP
 
 NOW = datetime.now(timezone.utc)
@@ -158,7 +158,7 @@ def test_diff_names_whole_ids_with_scores_freshness_and_thumbnails(tiny_scorer: 
 
     from PIL import Image
 
-    from moderation.thumbnails import ThumbnailStore, make_thumbnail
+    from moderation.state.thumbnails import ThumbnailStore, make_thumbnail
 
     vectors = embeddings(tiny_scorer.encoder.encode_texts(["dimension"]).shape[1])
     ids = [f"upload-2026-11-24-{i:04d}-0123456789abcdef0123" for i in range(3)]

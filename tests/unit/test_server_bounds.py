@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from moderation.logs import RateLimitedLog, TextFormatter, escape_control
-from moderation.server.auth import TokenAuth
-from moderation.server.interceptors import ServingState
-from moderation.server.limits import cut, echo
+from moderation.ops.logs import RateLimitedLog, TextFormatter, escape_control
+from moderation.serving.auth import TokenAuth
+from moderation.serving.interceptors import ServingState
+from moderation.serving.limits import cut, echo
 
 TOKEN = b"0123456789abcdef-token"
 
@@ -83,7 +83,7 @@ async def test_request_slots_refuse_unary_calls_and_queue_stream_items_in_order(
 
 
 def test_embedding_store_is_created_owner_only(tmp_path: Path) -> None:
-    from moderation.store import EmbeddingStore
+    from moderation.state.embeddings import EmbeddingStore
 
     with EmbeddingStore(tmp_path / "store.db"):
         pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from moderation.metrics import ModerationMetrics
+from moderation.ops.metrics import ModerationMetrics
 
 
 def series(metrics: ModerationMetrics) -> list[str]:

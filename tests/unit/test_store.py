@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moderation.policy import Action
-from moderation.store import EmbeddingStore, StoreError, find_decisions, read_decisions, store_freshness, stored_model_ids
+from moderation.state.embeddings import EmbeddingStore, StoreError, find_decisions, read_decisions, store_freshness, stored_model_ids
 
 NOW = datetime.now(timezone.utc)
 DIM = 8

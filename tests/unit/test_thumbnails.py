@@ -11,7 +11,7 @@ from pathlib import Path
 import skimage.data
 from PIL import Image
 
-from moderation.thumbnails import ThumbnailStore, make_thumbnail, thumbnail_path
+from moderation.state.thumbnails import ThumbnailStore, make_thumbnail, thumbnail_path
 
 
 def test_thumbnails_are_small_private_jpegs_named_by_a_hash_of_the_request_id(tmp_path: Path) -> None:

@@ -1,1 +1,0 @@
-"""Benchmark harnesses behind `moderation bench`; results go to bench/results/."""

@@ -1,0 +1,1 @@
+"""The judging core: decode -> signals -> decide -> escalate. Transport-free: no grpc here."""

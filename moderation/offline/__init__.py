@@ -1,0 +1,1 @@
+"""Offline tools: scoring files, calibration, its report, labels, rescoring for `policy diff`."""

@@ -1,0 +1,205 @@
+"""Re-score stored decision embeddings under two policy versions and count what flips.
+
+A category's score depends only on the image embedding and the policy's text
+embeddings (see `moderation.signals.clip.scorer`), so replaying traffic under a new policy
+needs the text tower for the two policies and never the image tower: thousands of
+stored decisions re-score in seconds on a CPU. The embeddings must come from the
+model that scores the text, or the cosine similarities mean nothing; that is checked
+before anything is scored.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from moderation.signals.clip.scorer import ClipScorer
+from moderation.core.decision import Decision, decide
+from moderation.policy.schema import Action, Policy, normalise_model_id
+from moderation.state.embeddings import Timestamp, read_decisions, stored_model_ids
+
+Change = tuple[Action, Action]  # (under the old policy, under the new one)
+
+
+@dataclass(frozen=True)
+class FlipExample:
+    """One example decision: enough to find the case (request id, time, version) and see why it flipped."""
+
+    request_id: str
+    timestamp: float  # unix seconds, when the server decided it
+    stored_version: str
+    old_action: Action
+    new_action: Action
+    # Category id -> (score under OLD, score under NEW) for the categories whose action changed;
+    # None on the side of a version that does not have the category.
+    scores: dict[str, tuple[float | None, float | None]]
+    actions: dict[str, tuple[Action, Action]]
+
+
+class CannotRescore(ValueError):
+    """The stored decisions cannot be re-scored with this model; the message says why and what to change."""
+
+
+@dataclass
+class DecisionFlips:
+    """How the decisions of one stored window change from the old policy to the new one."""
+
+    examples_per_change: int = 3
+    decisions: int = 0
+    action_changes: Counter[Change] = field(default_factory=Counter)
+    category_changes: dict[str, Counter[Change]] = field(default_factory=lambda: defaultdict(Counter))
+    action_examples: dict[Change, list[str]] = field(default_factory=lambda: defaultdict(list))
+    category_examples: dict[tuple[str, Change], list[str]] = field(default_factory=lambda: defaultdict(list))
+    stored_versions: Counter[str] = field(default_factory=Counter)
+    # Decisions made under the old policy's version whose stored action the old policy no
+    # longer reproduces: the stored embeddings or the model are not what served them.
+    not_reproduced: int = 0
+    not_reproduced_examples: list[str] = field(default_factory=list)
+    # Every request id named in an example list above, with its scores and versions.
+    example_details: dict[str, FlipExample] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        return sum(self.action_changes.values())
+
+    def add(
+        self, request_id: str, stored_version: str, stored_action: Action, old: Decision, new: Decision, timestamp: float = 0.0
+    ) -> None:
+        self.decisions += 1
+        self.stored_versions[stored_version] += 1
+        kept = False
+        if stored_version == old.policy_version and stored_action is not old.action:
+            self.not_reproduced += 1
+            kept |= _keep(self.not_reproduced_examples, request_id, self.examples_per_change)
+        if old.action is not new.action:
+            change = (old.action, new.action)
+            self.action_changes[change] += 1
+            kept |= _keep(self.action_examples[change], request_id, self.examples_per_change)
+        old_actions = {c.category_id: c.action for c in old.categories}
+        new_actions = {c.category_id: c.action for c in new.categories}
+        changed: list[str] = []
+        # A category only one version has counts as ALLOW in the other: adding or
+        # removing a category shows up as the decisions it starts or stops flagging.
+        for category_id in dict.fromkeys([*old_actions, *new_actions]):
+            before, after = old_actions.get(category_id, Action.ALLOW), new_actions.get(category_id, Action.ALLOW)
+            if before is not after:
+                changed.append(category_id)
+                self.category_changes[category_id][(before, after)] += 1
+                kept |= _keep(self.category_examples[(category_id, (before, after))], request_id, self.examples_per_change)
+        if kept and request_id not in self.example_details:
+            old_scores = {c.category_id: c.score for c in old.categories}
+            new_scores = {c.category_id: c.score for c in new.categories}
+            self.example_details[request_id] = FlipExample(
+                request_id,
+                timestamp,
+                stored_version,
+                old.action,
+                new.action,
+                {cid: (old_scores.get(cid), new_scores.get(cid)) for cid in changed},
+                {cid: (old_actions.get(cid, Action.ALLOW), new_actions.get(cid, Action.ALLOW)) for cid in changed},
+            )
+
+
+def check_stored_models(store: Path, model_id: str, since: Timestamp, until: Timestamp | None, policy_id: str | None) -> int:
+    """How many stored decisions the window holds; CannotRescore when there are none or another model embedded them."""
+    models = stored_model_ids(store, since, until, policy_id)
+    window = f"{_describe(since)} to {_describe(until) if until is not None else 'now'}" + (f" for policy {policy_id!r}" if policy_id else "")
+    if not models:
+        raise CannotRescore(f"{store} holds no decisions from {window}; widen --since or check --stored-policy")
+    others = {m: n for m, n in models.items() if normalise_model_id(m) != normalise_model_id(model_id)}
+    if others:
+        listed = ", ".join(f"{m!r} ({n} decisions)" for m, n in others.items())
+        raise CannotRescore(
+            f"stored embeddings from {window} come from {listed}, not from {model_id!r}; "
+            "re-run with --model/--weights for that model, or narrow the window to decisions it embedded"
+        )
+    return sum(models.values())
+
+
+def rescore_stored_decisions(
+    store: Path,
+    scorer: ClipScorer,
+    old: Policy,
+    new: Policy,
+    since: Timestamp,
+    until: Timestamp | None = None,
+    policy_id: str | None = None,
+    examples_per_change: int = 3,
+    on_batch: Callable[[int], None] | None = None,
+) -> DecisionFlips:
+    """Decide every stored decision in the window under `old` and under `new`, from its embedding alone."""
+    check_stored_models(store, scorer.model_id, since, until, policy_id)
+    old_index, new_index = scorer.index_policy(old), scorer.index_policy(new)
+    flips = DecisionFlips(examples_per_change)
+    for batch in read_decisions(store, since, until, policy_id):
+        if batch.embeddings.shape[1] != old_index.embeddings.shape[1]:
+            raise CannotRescore(
+                f"stored embeddings have {batch.embeddings.shape[1]} dimensions but {scorer.model_id} has "
+                f"{old_index.embeddings.shape[1]}: they cannot come from this model"
+            )
+        embeddings = torch.from_numpy(batch.embeddings)
+        old_scores, new_scores = scorer.score(embeddings, old_index), scorer.score(embeddings, new_index)
+        for i, request_id in enumerate(batch.request_ids):
+            flips.add(
+                request_id, batch.policy_versions[i], batch.actions[i], decide(old_scores[i], old), decide(new_scores[i], new),
+                float(batch.timestamps[i]),
+            )  # fmt: skip
+        if on_batch is not None:
+            on_batch(len(batch))
+    return flips
+
+
+def _keep(examples: list[str], request_id: str, limit: int) -> bool:
+    if len(examples) < limit:
+        examples.append(request_id)
+        return True
+    return False
+
+
+def flips_document(flips: DecisionFlips) -> dict:
+    """The flips as plain data (`policy diff --json`)."""
+
+    def example(request_id: str) -> dict:
+        detail = flips.example_details[request_id]
+        return {
+            "request_id": detail.request_id,
+            "decided_at": datetime.fromtimestamp(detail.timestamp, timezone.utc).isoformat(),
+            "stored_version": detail.stored_version,
+            "action": [detail.old_action.value, detail.new_action.value],
+            "categories": {
+                cid: {"scores": list(detail.scores[cid]), "actions": [a.value for a in detail.actions[cid]]} for cid in detail.scores
+            },
+        }
+
+    return {
+        "decisions": flips.decisions,
+        "changed": flips.changed,
+        "action_changes": [
+            {"from": before.value, "to": after.value, "decisions": count, "examples": [example(r) for r in flips.action_examples[(before, after)]]}
+            for (before, after), count in flips.action_changes.most_common()
+        ],
+        "category_changes": [
+            {
+                "category": category_id,
+                "from": before.value,
+                "to": after.value,
+                "decisions": count,
+                "examples": [example(r) for r in flips.category_examples[(category_id, (before, after))]],
+            }
+            for category_id, changes in flips.category_changes.items()
+            for (before, after), count in changes.most_common()
+        ],
+        "stored_versions": dict(flips.stored_versions),
+        "not_reproduced": flips.not_reproduced,
+        "not_reproduced_examples": [example(r) for r in flips.not_reproduced_examples],
+    }
+
+
+def _describe(timestamp: Timestamp) -> str:
+    moment = timestamp if isinstance(timestamp, datetime) else datetime.fromtimestamp(float(timestamp), timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M %Z").strip()

@@ -1,0 +1,279 @@
+"""Server settings: command-line flags > MODERATION_* environment > config file > defaults.
+
+The environment is read here and nowhere else. The settings object is frozen so
+nothing downstream can change it behind the server's back.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+RANDOM_WEIGHTS = "random"
+CONFIG_FILE_ENV = "MODERATION_CONFIG"
+# Room in a gRPC message beyond the image for the request's other fields (ids, metadata).
+MESSAGE_MARGIN_BYTES = 64 * 1024
+# A --config file given to load_settings: context-local, so no process-wide state changes.
+_config_file: ContextVar[Path | None] = ContextVar("moderation_config_file", default=None)
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Precision(str, enum.Enum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+ClipPrecision = Precision  # the name clip_precision was declared with
+
+
+class ExplainerMode(str, enum.Enum):
+    AUTO = "auto"  # remote when explainer_target is set, else in-process when the weights are available, else off
+    OFF = "off"
+    IN_PROCESS = "in-process"
+    REMOTE = "remote"
+
+
+class LogFormat(str, enum.Enum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODERATION_", frozen=True, extra="forbid")
+
+    host: str = Field("0.0.0.0", description="address the gRPC server binds")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    metrics_host: str | None = Field(None, description="address /metrics binds; default: the gRPC host")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it")
+    policies: Path = Field(Path("policies"), description="directory of policy YAML files")
+
+    watch_policies: bool = Field(True, description="reload the policy directory when it changes")
+    policy_watch_polling: bool = Field(False, description="poll instead of inotify (network filesystems)")
+
+    clip_model: str = Field(
+        "ViT-B-32",
+        description="open_clip model name, 'hf-hub:org/repo', or a path to an open_clip model config JSON",
+    )
+    clip_weights: str = Field(
+        "laion2b_s34b_b79k",
+        description="open_clip pretrained tag, a local checkpoint path, or 'random' (smoke tests only)",
+    )
+    weights_cache: Path | None = Field(None, description="where downloaded weights are cached")
+    allow_downloads: bool = Field(
+        True, description="fetch missing weights from the hub; false fails at once when they are not cached"
+    )
+    device: Device = Device.AUTO
+    clip_backend: str = Field(
+        "auto",
+        description="CLIP runtime: auto (onnxruntime-int8 on CPU, torch on CUDA), torch (eager PyTorch, CPU or CUDA), "
+        "onnxruntime (CPU fp32), onnxruntime-int8 (CPU, dynamic int8); the names in moderation/signals/clip/backends",
+    )
+    clip_export_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moderation" / "clip-export",
+        description="where CPU backends keep the image tower they export (once per model and weights); must be writable",
+    )
+    clip_precision: ClipPrecision = Field(
+        ClipPrecision.AUTO, description="CLIP weights and inputs: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16"
+    )
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch; default: torch's own")
+
+    explainer_mode: ExplainerMode = Field(
+        ExplainerMode.AUTO,
+        description="SmolVLM2 escalation: auto (remote when explainer_target is set, else in-process when the explainer's "
+        "weights are available, else off, saying why), off, in-process (fails to start without weights), or remote",
+    )
+    explainer_model: str = Field(
+        "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", description="Hugging Face id or local directory of a SmolVLM2 model"
+    )
+    explainer_weights: str = Field("pretrained", description="'pretrained' or 'random' (smoke tests and benchmarks only)")
+    explainer_target: str | None = Field(None, description="host:port of `moderation explain-serve` when explainer_mode is remote")
+    explainer_precision: Precision = Field(
+        Precision.AUTO, description="explainer weights and inputs: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16"
+    )
+    explainer_quantize: bool = Field(
+        False, description="int8 dynamic quantization of the explainer's Linear layers (CPU, fp32 only)"
+    )
+    explainer_timeout_s: float = Field(20.0, gt=0, description="longest an escalation may take before TIMED_OUT")
+    explainer_max_concurrent: int = Field(1, ge=1, description="explanations running at once")
+    explainer_max_waiting: int = Field(4, ge=0, description="escalations waiting for a slot before SHED")
+    explainer_budget_per_minute: float = Field(60.0, gt=0, description="escalations started per minute at most; beyond: SHED")
+    explainer_failure_threshold: int = Field(3, ge=1, description="consecutive failures that open the circuit breaker")
+    explainer_cooldown_s: float = Field(30.0, ge=0, description="how long an open circuit breaker waits before a trial call")
+    explainer_max_new_tokens: int = Field(96, ge=16, le=512, description="token budget of one verdict")
+    explainer_tls_ca: Path | None = Field(
+        None, description="CA bundle (PEM) that signed explain-serve's certificate; set: the scorer calls the explainer over TLS"
+    )
+    explainer_tls_client_cert: Path | None = Field(None, description="client certificate (PEM) the scorer presents to explain-serve (mutual TLS)")
+    explainer_tls_client_key: Path | None = Field(None, description="private key (PEM) of explainer_tls_client_cert")
+    explainer_tls_server_name: str | None = Field(
+        None, description="name expected in explain-serve's certificate when it differs from the host in explainer_target"
+    )
+    explainer_token_file: Path | None = Field(
+        None, description="file holding the bearer token the scorer sends to explain-serve (one of its auth_tokens_file tokens)"
+    )
+
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest encoded image accepted")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="largest width x height accepted")
+    sample_frames: int = Field(8, ge=1, le=64, description="frames of an animation scored, spread from first to last")
+    max_frames: int = Field(1000, ge=1, description="animations with more frames are rejected")
+    max_animation_pixels: int = Field(
+        400_000_000, ge=1024, description="pixels decoded in total to reach the sampled frames of an animation"
+    )
+    max_message_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="largest gRPC message accepted; default max_image_bytes + 64 KiB (room for the request's other fields); "
+        "larger messages are refused by gRPC with RESOURCE_EXHAUSTED before they are buffered in full",
+    )
+    jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced scale (PIL draft mode)")
+    decode_workers: int | None = Field(
+        None, ge=1, le=256, description="threads that decode and preprocess images off the event loop; default: the host's cores"
+    )
+    max_batch: int | None = Field(
+        None, ge=1, le=1024, description="most images in one CLIP forward pass; default: 16 on CPU, 256 on CUDA"
+    )
+    max_batch_wait_ms: float = Field(
+        0.0, ge=0, le=1000, description="how long a batch waits for more requests; 0 takes what is queued when the model is free"
+    )
+    max_queue: int = Field(64, ge=1, description="requests waiting for the model before RESOURCE_EXHAUSTED")
+    max_concurrent_requests: int = Field(64, ge=1, description="requests in flight before RESOURCE_EXHAUSTED")
+    default_deadline_s: float = Field(10.0, gt=0, description="deadline applied when a caller sets none")
+    grace_period_s: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+    max_concurrent_rpcs: int | None = Field(
+        None,
+        ge=1,
+        description="RPCs of any service handled at once, enforced by gRPC before a request message is read; beyond: "
+        "RESOURCE_EXHAUSTED; default max_concurrent_requests + 16 (room for health checks and refusals)",
+    )
+    max_concurrent_streams: int = Field(32, ge=1, description="HTTP/2 streams (calls) open at once on one connection; more wait in the client")
+    max_connections: int = Field(512, ge=1, description="client connections held at once; more are closed at once (UNAVAILABLE)")
+    max_connection_idle_s: float = Field(300.0, gt=0, description="a connection without calls for this long is closed (GOAWAY)")
+    stream_window: int = Field(
+        16, ge=1, le=1024, description="requests of one ModerateStream in flight or answered but not yet sent; beyond, reading stops"
+    )
+    health_port: int | None = Field(
+        None, ge=1, le=65535, description="extra plaintext port serving only grpc.health.v1 (for kubelet probes when TLS is on)"
+    )
+    reflection: bool = Field(True, description="gRPC server reflection (grpcurl list/describe)")
+    tls_cert: Path | None = Field(None, description="server certificate (PEM); with tls_key turns TLS on")
+    tls_key: Path | None = Field(None, description="server private key (PEM)")
+    tls_client_ca: Path | None = Field(None, description="CA bundle (PEM) for client certificates; set: mutual TLS required")
+    auth_tokens_file: Path | None = Field(None, description="file of 'name:token' lines; set: bearer token required")
+    audit_metadata_keys: list[str] = Field(
+        default_factory=list, description="request metadata keys whose values may appear in the audit log"
+    )
+    audit_metadata_max_chars: int = Field(
+        256, ge=8, le=65536, description="longest metadata value written to the audit log; longer ones are cut and marked"
+    )
+    auth_failure_logs_per_minute: int = Field(
+        10, ge=0, description="log lines about refused credentials per minute at most (the counter counts every one)"
+    )
+    embedding_store: Path | None = Field(
+        None,
+        description="SQLite file keeping each decision's image embedding (never the image) for `moderation policy diff`; "
+        "unset keeps none",
+    )
+    embedding_retention_days: float = Field(30.0, gt=0, description="how long stored embeddings are kept")
+    embedding_flush_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="buffered decisions reach the embedding store file at most this many seconds late"
+    )
+    thumbnail_store: Path | None = Field(
+        None,
+        description="directory keeping a small JPEG of each flagged decision's image (not ALLOWed by the active or a shadow "
+        "policy) for reviewers, by request id (`moderation case show`); mode 0700/0600; unset keeps none",
+    )
+    thumbnail_retention_days: float = Field(7.0, gt=0, description="how long thumbnails are kept")
+    thumbnail_max_px: int = Field(256, ge=32, le=512, description="longer side of a thumbnail, pixels")
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.JSON
+
+    @field_validator("clip_weights")
+    @classmethod
+    def _weights_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("clip_weights must be a pretrained tag, a checkpoint path or 'random'")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _explainer_target_for_remote(self) -> Settings:
+        if self.explainer_mode is ExplainerMode.REMOTE and not self.explainer_target:
+            raise ValueError("explainer_mode is remote: set explainer_target (MODERATION_EXPLAINER_TARGET) to host:port")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
+
+    @property
+    def random_weights(self) -> bool:
+        return self.clip_weights == RANDOM_WEIGHTS
+
+    @model_validator(mode="after")
+    def _explainer_tls(self) -> Settings:
+        if (self.explainer_tls_client_cert is None) != (self.explainer_tls_client_key is None):
+            raise ValueError("explainer_tls_client_cert and explainer_tls_client_key must be set together")
+        if self.explainer_tls_client_cert is not None and self.explainer_tls_ca is None:
+            raise ValueError("explainer_tls_client_cert (mutual TLS to the explainer) needs explainer_tls_ca")
+        return self
+
+    @property
+    def grpc_max_message_bytes(self) -> int:
+        return self.max_message_bytes or self.max_image_bytes + MESSAGE_MARGIN_BYTES
+
+    @property
+    def grpc_max_concurrent_rpcs(self) -> int:
+        return self.max_concurrent_rpcs or self.max_concurrent_requests + 16
+
+    @property
+    def metrics_bind_host(self) -> str:
+        return self.metrics_host or self.host
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get() or os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Settings from flags that were given (None means 'not given'), env and file."""
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    finally:
+        _config_file.reset(token)
+
+
+def unknown_environment_settings(environ: dict[str, str] | None = None) -> list[str]:
+    """MODERATION_* variables that name no setting: typos in a manifest, reported at start."""
+    environ = dict(os.environ) if environ is None else environ
+    known = {f"MODERATION_{name.upper()}" for name in Settings.model_fields} | {CONFIG_FILE_ENV}
+    return sorted(key for key in environ if key.startswith("MODERATION_") and key not in known)

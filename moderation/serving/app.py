@@ -1,0 +1,147 @@
+"""`moderation serve`: the ModerationService server, built from settings through runtime.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from moderation.ops.config import Settings
+from moderation.serving.pipeline import ModerationPipeline
+from moderation.serving.policy_reload import PolicyReloader
+from moderation.ops.metrics import ModerationMetrics
+from moderation.runtime import (
+    StartupCancellation,
+    build_escalation_tier,
+    build_store,
+    build_thumbnails,
+    clip_spec,
+    decode_limits,
+    decode_workers,
+    load_scorer,
+    max_batch,
+)
+from moderation.serving.auth import load_tokens, TokenAuth
+from moderation.serving.interceptors import AdmissionInterceptor, RpcMetricsInterceptor, ServingState, TokenAuthInterceptor
+from moderation.serving.lifecycle import GrpcServerLifecycle, new_metrics
+from moderation.serving.recorder import RequestRecorder
+from moderation.serving.servicer import ModerationServicer
+from moderation.v1 import moderation_pb2, moderation_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = moderation_pb2.DESCRIPTOR.services_by_name["ModerationService"].full_name
+
+
+def build_pipeline(
+    settings: Settings, metrics: ModerationMetrics, cancellation: StartupCancellation | None = None
+) -> tuple[ModerationPipeline, PolicyReloader]:
+    """Load the CLIP model, every policy and the escalation tier; slow, runs in a worker thread.
+
+    With `cancellation`, raises CompileCancelled soon after it is cancelled (between steps,
+    or within one chunk of a policy compile).
+    """
+    import torch
+
+    from moderation.policy.registry import PolicyRegistry
+
+    cancellation = cancellation or StartupCancellation()
+    spec = clip_spec(settings)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    elif not spec.device.startswith("cpu"):
+        # The model runs on the GPU; the CPU's torch work is preprocessing in the decode
+        # threads, which are the parallelism: intra-op threads in each of them would
+        # only oversubscribe the cores (measured no faster on 2 cores, see README).
+        torch.set_num_threads(1)
+    scorer = load_scorer(spec)
+    cancellation.check()
+    registry = PolicyRegistry(scorer.index_policy, scorer.model_id, random_weights=scorer.random_weights)
+    reloader = PolicyReloader(registry, settings.policies, metrics, scorer.model_id)
+    cancellation.attach(reloader)
+    summary = reloader.load_now()
+    cancellation.check()
+    batch, workers = max_batch(settings, spec.device), decode_workers(settings)
+    metrics.model_info.labels(scorer.model_id, str(scorer.random_weights).lower()).set(1)
+    log.info(
+        "serving policies %s with model %s (%s backend, %s, %s; batches up to %d, %d decode threads) (default: %s)",
+        ", ".join(summary.served), scorer.model_id, scorer.encoder.backend, spec.device,
+        str(scorer.encoder.dtype).removeprefix("torch."), batch, workers,
+        registry.default_id,
+    )  # fmt: skip
+    pipeline = ModerationPipeline(
+        scorer,
+        registry,
+        decode_limits(settings, scorer.image_size),
+        metrics,
+        decode_workers=workers,
+        max_batch=batch,
+        max_wait_ms=settings.max_batch_wait_ms,
+        max_queue=settings.max_queue,
+        store=build_store(settings),
+        thumbnails=build_thumbnails(settings),
+        escalation=build_escalation_tier(settings, metrics, spec.device),
+    )
+    return pipeline, reloader
+
+
+@dataclass
+class _Loaded:
+    pipeline: ModerationPipeline
+    reloader: PolicyReloader
+    watcher: asyncio.Task[None] | None = None
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT. Raises ConfigurationError (and loading errors) when it cannot serve."""
+    metrics = new_metrics()
+    state = ServingState()
+    metrics.in_flight.set_function(lambda: state.in_flight)
+    interceptors = [RpcMetricsInterceptor(metrics)]
+    if settings.auth_tokens_file:
+        interceptors.append(
+            TokenAuthInterceptor(TokenAuth(load_tokens(settings.auth_tokens_file)), metrics, settings.auth_failure_logs_per_minute)
+        )
+    interceptors.append(
+        AdmissionInterceptor(
+            state, settings.max_concurrent_requests, (SERVICE_NAME,), "the server is still loading models and policies; retry shortly"
+        )
+    )
+    lifecycle = GrpcServerLifecycle(
+        settings,
+        metrics,
+        (SERVICE_NAME,),
+        interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+        ],
+    )
+    servicer = ModerationServicer(
+        RequestRecorder(metrics, tuple(settings.audit_metadata_keys), settings.audit_metadata_max_chars),
+        settings.max_image_bytes,
+        settings.default_deadline_s,
+        state,
+        stream_window=settings.stream_window,
+    )
+    moderation_pb2_grpc.add_ModerationServiceServicer_to_server(servicer, lifecycle.server)
+
+    cancellation = StartupCancellation()
+
+    def load() -> _Loaded:
+        return _Loaded(*build_pipeline(settings, metrics, cancellation))
+
+    async def on_loaded(loaded: _Loaded, stop: asyncio.Event) -> None:
+        loaded.pipeline.start()
+        servicer.pipeline = loaded.pipeline
+        state.loaded = True
+        if settings.watch_policies:
+            loaded.watcher = asyncio.create_task(loaded.reloader.watch(stop, force_polling=settings.policy_watch_polling))
+
+    async def close(loaded: _Loaded) -> None:
+        await loaded.pipeline.close()
+        if loaded.watcher is not None:
+            await loaded.watcher
+        loaded.reloader.close()
+
+    await lifecycle.run("moderation", load, on_loaded, state.drain, close, cancel_load=cancellation.cancel)

@@ -1,0 +1,89 @@
+"""Optional bearer-token authentication (the interceptor is in interceptors.py) and caller identity.
+
+Tokens live in a file of `name:token` lines (mounted from a Secret), so a
+caller's identity in the audit log is the token's name, never the token.
+Comparison is constant-time over every configured token. Health checks and
+reflection stay open so probes and tooling work without credentials.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+from pathlib import Path
+
+import grpc
+
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+# The authenticated caller of the current RPC ('token:NAME'), set by the auth interceptor
+# (moderation/serving/interceptors.py) around the handler, so the token is checked once per RPC.
+authenticated_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("authenticated_caller", default=None)
+
+
+class TokenFileError(ValueError):
+    pass
+
+
+def load_tokens(path: Path) -> dict[str, bytes]:
+    """{name: token} from lines `name:token`; blank lines and # comments ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise TokenFileError(f"cannot read auth token file {path}: {err.strerror}; check MODERATION_AUTH_TOKENS_FILE") from err
+    tokens: dict[str, bytes] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, token = line.partition(":")
+        if not sep or not name.strip() or len(token.strip()) < 16:
+            raise TokenFileError(f"{path}:{number}: expected 'name:token' with a token of at least 16 characters")
+        tokens[name.strip()] = token.strip().encode()
+    if not tokens:
+        raise TokenFileError(f"{path} holds no tokens; remove MODERATION_AUTH_TOKENS_FILE to turn auth off")
+    return tokens
+
+
+class TokenAuth:
+    def __init__(self, tokens: dict[str, bytes]):
+        self._tokens = tokens
+
+    def check(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> tuple[str | None, str]:
+        """(the token's name, '') for one valid `authorization: Bearer <token>` header, else (None, reason).
+
+        Reasons (bounded, they label a counter): missing, malformed, duplicate, invalid.
+        More than one authorization header is refused: which one a proxy or the
+        server would read is ambiguous, so neither is trusted.
+        """
+        values = [value for key, value in metadata or () if key == "authorization"]
+        if not values:
+            return None, "missing"
+        if len(values) > 1:
+            return None, "duplicate"
+        text = values[0].decode(errors="replace") if isinstance(values[0], bytes) else values[0]
+        if text[:7].lower() != "bearer ":
+            return None, "malformed"
+        presented = text[7:].strip().encode()
+        found = None
+        for name, token in self._tokens.items():
+            # Compare against every token so timing does not reveal which one nearly matched.
+            if hmac.compare_digest(presented, token):
+                found = name
+        return (found, "") if found is not None else (None, "invalid")
+
+    def caller(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+        """The token's name for a valid header, else None."""
+        return self.check(metadata)[0]
+
+
+def caller_identity(context: grpc.aio.ServicerContext) -> str:
+    """Who called, for the audit log: token name, else mTLS subject, else 'anonymous'."""
+    token_caller = authenticated_caller.get()
+    if token_caller:
+        return token_caller
+    auth_context = context.auth_context()
+    common_names = auth_context.get("x509_common_name") or []
+    if common_names:
+        return f"mtls:{common_names[0].decode(errors='replace')}"
+    return "anonymous"

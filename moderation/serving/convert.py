@@ -1,0 +1,105 @@
+"""Conversions between pipeline results and protobuf messages, kept at the edge."""
+
+from __future__ import annotations
+
+from moderation.core.decision import Band
+from moderation.escalation.tier import EscalationOutcome, EscalationStatus
+from moderation.serving.pipeline import ModerationResult
+from moderation.policy.registry import ServedPolicy
+from moderation.policy.schema import Action
+from moderation.v1 import moderation_pb2 as pb
+
+ACTION_TO_PB = {Action.ALLOW: pb.ACTION_ALLOW, Action.REVIEW: pb.ACTION_REVIEW, Action.BLOCK: pb.ACTION_BLOCK}
+BAND_TO_PB = {Band.BELOW: pb.BAND_BELOW, Band.BORDERLINE: pb.BAND_BORDERLINE, Band.ABOVE: pb.BAND_ABOVE}
+ESCALATION_TO_PB = {s: getattr(pb, f"ESCALATION_STATUS_{s.value}") for s in EscalationStatus}
+
+
+def result_to_pb(result: ModerationResult) -> pb.ModerateResponse:
+    decision = result.decision
+    return pb.ModerateResponse(
+        request_id=result.request_id,
+        action=ACTION_TO_PB[decision.action],
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+        model=result.model_id,
+        categories=[
+            pb.CategoryResult(
+                id=c.category_id,
+                score=c.score,
+                review_threshold=c.review_threshold,
+                block_threshold=c.block_threshold,
+                band=BAND_TO_PB[c.band],
+                clause_id=c.clause_id,
+                action=ACTION_TO_PB[c.action],
+                frame_index=result.frames.deciding.get(c.category_id, 0),
+            )
+            for c in decision.categories
+        ],
+        frames_scored=len(result.frames.indices),
+        frames_total=result.frames.total,
+        escalation=escalation_to_pb(result.escalation),
+        timings=pb.StageTimings(
+            decode_ms=result.timings.decode_ms,
+            embed_ms=result.timings.embed_ms,
+            decide_ms=result.timings.decide_ms,
+            escalation_ms=result.timings.escalation_ms,
+            total_ms=result.timings.total_ms,
+        ),
+        reasons=list(decision.reasons),
+    )
+
+
+def policy_summary_to_pb(served: ServedPolicy, is_default: bool) -> pb.PolicySummary:
+    p = served.policy
+    return pb.PolicySummary(
+        id=p.id,
+        version=p.version,
+        description=p.description.strip(),
+        is_default=is_default,
+        category_ids=[c.id for c in p.categories],
+        mode=p.mode.value,
+        shadow_of=p.shadow_of or "",
+        content_sha256=served.content_sha256,
+    )
+
+
+def policy_to_pb(served: ServedPolicy, is_default: bool) -> pb.GetPolicyResponse:
+    p = served.policy
+    return pb.GetPolicyResponse(
+        id=p.id,
+        version=p.version,
+        description=p.description.strip(),
+        is_default=is_default,
+        templates=list(p.templates),
+        benign_prompts=list(p.benign),
+        categories=[
+            pb.PolicyCategory(
+                id=c.id,
+                clause=pb.Clause(id=c.clause.id, text=c.clause.text.strip()),
+                review_threshold=c.thresholds.review,
+                block_threshold=c.thresholds.block,
+                action_on_block=ACTION_TO_PB[c.on_block],
+                positive_prompts=list(c.positive),
+                contrast_prompts=list(c.contrast),
+            )
+            for c in p.categories
+        ],
+        source_yaml=served.source_text,
+        content_sha256=served.content_sha256,
+    )
+
+
+def escalation_to_pb(outcome: EscalationOutcome) -> pb.Escalation:
+    message = pb.Escalation(status=ESCALATION_TO_PB[outcome.status], reason=outcome.reason, latency_ms=outcome.latency_ms)
+    verdict = outcome.verdict
+    if verdict is not None:
+        message.violates = verdict.violates
+        message.category_id = verdict.category_id
+        message.clause_id = verdict.clause_id
+        message.rationale = verdict.rationale
+        message.confidence = verdict.confidence
+        message.model = outcome.model_id
+        message.generated_tokens = outcome.generated_tokens
+        message.agrees_with_clip = outcome.agrees_with_clip
+        message.changed_action = outcome.changed_action
+    return message

@@ -1,0 +1,135 @@
+"""`moderation explain-serve`: the SmolVLM2 explainer as its own gRPC service (ExplainerService).
+
+The scorer calls it with a deadline when `explainer_mode` is remote; in
+Kubernetes it runs as a separate Deployment that only the scorer may reach.
+It serves the same policy directory as the scorer, and refuses a request for a
+policy version it does not hold, so a rationale never cites another version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from moderation.ops.config import Settings
+from moderation.core.decode import DecodeLimits, ImageRejected, decode_frames
+from moderation.policy.registry import PolicyNotFound, PolicyRegistry
+from moderation.serving.policy_reload import PolicyReloader
+from moderation.runtime import load_explainer, resolve_device
+from moderation.serving.auth import TokenAuth, load_tokens
+from moderation.serving.interceptors import AdmissionInterceptor, RpcMetricsInterceptor, ServingState, TokenAuthInterceptor
+from moderation.serving.lifecycle import GrpcServerLifecycle, new_metrics
+from moderation.serving.limits import MAX_POLICY_ID_CHARS, echo, status_message
+from moderation.v1 import moderation_pb2 as pb
+from moderation.v1 import moderation_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExplainerService"].full_name
+
+
+class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
+    """Loading, draining and the bound on waiting calls are the admission interceptor's (interceptors.py)."""
+
+    def __init__(self, registry: PolicyRegistry, limits: DecodeLimits, max_new_tokens: int):
+        self.explainer = None  # set once the model has loaded
+        self._registry = registry
+        self._limits = limits
+        self._max_new_tokens = max_new_tokens
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="explainer")
+
+    def _explain(self, request: pb.ExplainRequest, policy):  # noqa: ANN001, ANN202
+        frame = decode_frames(request.image, self._limits, sample_frames=1).frames[0]
+        return self.explainer.explain(frame, policy, list(request.category_ids), policy.escalation.instruction, self._max_new_tokens)
+
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        from moderation.escalation.explainer import ExplanationFailed
+
+        if len(request.policy_id) > MAX_POLICY_ID_CHARS:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no policy {echo(request.policy_id)!r} is served")
+        try:
+            policy = self._registry.get(request.policy_id).policy
+        except PolicyNotFound as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, status_message(str(err)))
+        if policy.version != request.policy_version:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the explainer serves {policy.id}@{policy.version}, not version {echo(request.policy_version)!r}; "
+                "retry after the policy rollout",
+            )
+        unknown = [c for c in request.category_ids if c not in {k.id for k in policy.categories}]
+        if not request.category_ids or unknown:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                status_message(f"category_ids must name categories of {policy.id}; unknown: {[echo(c) for c in unknown[:8]]}"),
+            )
+        started = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, self._explain, request, policy)
+        except ImageRejected as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {err}")
+        except ExplanationFailed as err:
+            await context.abort(grpc.StatusCode.INTERNAL, f"no valid verdict: {err}")
+        v = result.verdict
+        return pb.ExplainResponse(
+            violates=v.violates,
+            category_id=v.category_id,
+            clause_id=v.clause_id,
+            rationale=v.rationale,
+            confidence=v.confidence,
+            model=self.explainer.info.model_id,
+            generated_tokens=result.generated_tokens,
+            latency_ms=(time.perf_counter() - started) * 1e3,
+        )
+
+
+async def serve_explainer(settings: Settings) -> None:
+    """Run the ExplainerService until SIGTERM or SIGINT."""
+    metrics = new_metrics()
+    registry: PolicyRegistry = PolicyRegistry(lambda policy, should_stop: None, model_id=None)
+    reloader = PolicyReloader(registry, settings.policies, metrics, model_id=settings.explainer_model)
+    limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    servicer = ExplainerServicer(registry, limits, settings.explainer_max_new_tokens)
+    state = ServingState()
+    interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor(metrics)]
+    if settings.auth_tokens_file:
+        interceptors.append(
+            TokenAuthInterceptor(TokenAuth(load_tokens(settings.auth_tokens_file)), metrics, settings.auth_failure_logs_per_minute)
+        )
+    # Calls beyond the running and waiting bounds get RESOURCE_EXHAUSTED at once; the scorer records FAILED.
+    max_in_flight = settings.explainer_max_concurrent + settings.explainer_max_waiting
+    interceptors.append(
+        AdmissionInterceptor(state, max_in_flight, (SERVICE_NAME,), "the explainer is still loading its model; retry shortly")
+    )
+    lifecycle = GrpcServerLifecycle(
+        settings,
+        metrics,
+        (SERVICE_NAME,),
+        interceptors,
+        options=[("grpc.max_receive_message_length", settings.grpc_max_message_bytes)],
+        # Only the scorer calls: its admitted calls, plus room for health checks and refusals.
+        max_concurrent_rpcs=settings.max_concurrent_rpcs or max_in_flight + 16,
+    )
+    pb_grpc.add_ExplainerServiceServicer_to_server(servicer, lifecycle.server)
+    watcher: asyncio.Task[None] | None = None
+
+    def load():  # noqa: ANN202 - Explainer, imported lazily
+        reloader.load_now()
+        return load_explainer(settings, resolve_device(settings.device))
+
+    async def on_loaded(explainer, stop: asyncio.Event) -> None:  # noqa: ANN001
+        nonlocal watcher
+        servicer.explainer = explainer
+        state.loaded = True
+        if settings.watch_policies:
+            watcher = asyncio.create_task(reloader.watch(stop, force_polling=settings.policy_watch_polling))
+
+    async def close(explainer) -> None:  # noqa: ANN001
+        if watcher is not None:
+            await watcher
+        reloader.close()
+
+    await lifecycle.run("explainer", load, on_loaded, state.drain, close)

@@ -1,0 +1,302 @@
+"""Cross-cutting concerns of every RPC, as grpc.aio server interceptors.
+
+Order (outermost first): RPC metrics, bearer-token auth, admission. Each wraps
+the method handler's behaviour rather than acting in `intercept_service`, so
+what it sets (the caller's identity in a contextvar) is visible to the handler
+and what it counts is released in `finally`, whatever the handler does.
+
+Per-request concerns of ModerateStream (one RPC, many requests) cannot live at
+the RPC level: the per-request audit line and counters are written by
+`moderation/serving/recorder.py`, called once per request by the servicer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from moderation.ops.logs import RateLimitedLog
+from moderation.ops.metrics import ModerationMetrics
+from moderation.serving.auth import OPEN_SERVICES, TokenAuth, authenticated_caller
+
+UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler | None,
+    unary: Callable[[UnaryBehaviour], UnaryBehaviour],
+    stream: Callable[[StreamBehaviour], StreamBehaviour],
+) -> grpc.RpcMethodHandler | None:
+    """The same handler with its behaviour wrapped (unary-unary and stream-stream, the kinds served here)."""
+    if handler is None:
+        return None
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+        )
+    return handler
+
+
+def _short_method(full_method: str) -> str:
+    # '/moderation.v1.ModerationService/Moderate' -> 'ModerationService/Moderate': bounded label values.
+    return full_method.rsplit(".", 1)[-1] if full_method.startswith("/") else full_method
+
+
+class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Every RPC's status code and duration, by method (health and reflection included)."""
+
+    def __init__(self, metrics: ModerationMetrics):
+        self._metrics = metrics
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = _short_method(details.method)
+        metrics = self._metrics
+
+        def observe(started: float, context: grpc.aio.ServicerContext, failed: BaseException | None) -> None:
+            code = context.code()
+            if code is None:
+                code = grpc.StatusCode.OK if failed is None else (grpc.StatusCode.CANCELLED if isinstance(failed, asyncio.CancelledError) else grpc.StatusCode.UNKNOWN)
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            metrics.rpc_seconds.labels(method, name).observe(time.perf_counter() - started)
+
+        def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
+            async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, failed = time.perf_counter(), None
+                try:
+                    return await behaviour(request, context)
+                except BaseException as err:
+                    failed = err
+                    raise
+                finally:
+                    observe(started, context, failed)
+
+            return timed
+
+        def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
+            async def timed(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started, failed = time.perf_counter(), None
+                try:
+                    async for response in behaviour(requests, context):
+                        yield response
+                except BaseException as err:
+                    failed = err
+                    raise
+                finally:
+                    observe(started, context, failed)
+
+            return timed
+
+        return wrap_handler(handler, unary, stream)
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Bearer tokens, checked once per RPC; the caller's token name goes into `authenticated_caller`.
+
+    Every refusal is counted in `moderation_auth_failures_total{reason}` and logged
+    with the peer's address, at most `logs_per_minute` lines a minute (a
+    credential-stuffing caller must not flood the log).
+    """
+
+    MESSAGE = "missing or invalid bearer token; send metadata 'authorization: Bearer <token>'"
+    MESSAGES = {"duplicate": "more than one authorization header; send exactly one 'authorization: Bearer <token>'"}
+
+    def __init__(self, auth: TokenAuth, metrics: ModerationMetrics | None = None, logs_per_minute: int = 10):
+        self._auth = auth
+        self._metrics = metrics
+        self._log = RateLimitedLog(logging.getLogger(__name__), logs_per_minute)
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, method: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.auth_failures.labels(reason).inc()
+        self._log.log(
+            logging.WARNING,
+            "refused a call without valid credentials",
+            fields={"peer": context.peer(), "method": _short_method(method), "reason": reason},
+        )
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, self.MESSAGES.get(reason, self.MESSAGE))
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if details.method.startswith(OPEN_SERVICES):
+            return handler
+        caller, reason = self._auth.check(details.invocation_metadata)
+
+        def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
+            async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if caller is None:
+                    await self._refuse(context, details.method, reason)
+                authenticated_caller.set(f"token:{caller}")
+                return await behaviour(request, context)
+
+            return checked
+
+        def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
+            async def checked(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if caller is None:
+                    await self._refuse(context, details.method, reason)
+                authenticated_caller.set(f"token:{caller}")
+                async for response in behaviour(requests, context):
+                    yield response
+
+            return checked
+
+        return wrap_handler(handler, unary, stream)
+
+
+@dataclass
+class ServingState:
+    """The one count of RPCs in flight, whether the server takes new ones, and the request slots.
+
+    `in_flight` counts RPCs (a stream once) for admission and the drain.
+    `requests` counts requests being processed, unary calls and the items of
+    streams alike, at most `max_requests`: a unary call that finds none free is
+    refused at once; a stream's next item waits for one (the stream stops being
+    read), and a freed slot goes to the longest-waiting item first.
+    """
+
+    loaded: bool = False
+    draining: bool = False
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    max_requests: int = 64
+    requests: int = 0
+    _waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    def try_start_request(self) -> bool:
+        if self.requests >= self.max_requests or self._waiting:
+            return False
+        self.requests += 1
+        return True
+
+    async def start_request(self) -> None:
+        """Take a request slot, waiting for one if need be."""
+        if self.try_start_request():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter  # a finishing request hands its slot over: `requests` stays as it is
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.finish_request()  # handed over just as we were cancelled: pass it on
+            elif waiter in self._waiting:
+                self._waiting.remove(waiter)
+            raise
+
+    def finish_request(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.requests -= 1
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new calls, then wait for in-flight ones; False if some are still running."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """UNAVAILABLE while loading or draining; RESOURCE_EXHAUSTED beyond `max_in_flight`.
+
+    Applies to `services` (the moderation API); health and reflection always answer.
+    A unary call needs one of the state's `max_in_flight` request slots; a stream's
+    items take theirs in the servicer (`ServingState.start_request`). A new stream
+    is refused once `max_in_flight` RPCs are in flight, so idle streams can hold
+    RPCs but never request slots: unary calls still get through.
+    """
+
+    def __init__(self, state: ServingState, max_in_flight: int, services: tuple[str, ...], loading_message: str):
+        self._state = state
+        state.max_requests = max_in_flight
+        self._max_in_flight = max_in_flight
+        self._prefixes = tuple(f"/{name}/" for name in services)
+        self._loading_message = loading_message
+
+    def _refusal(self, stream: bool) -> tuple[grpc.StatusCode, str] | None:
+        state = self._state
+        if state.draining:
+            return grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another instance"
+        if not state.loaded:
+            return grpc.StatusCode.UNAVAILABLE, self._loading_message
+        if (state.in_flight >= self._max_in_flight) if stream else not state.try_start_request():
+            return self._exhausted()
+        return None
+
+    def _exhausted(self) -> tuple[grpc.StatusCode, str]:
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the server is at its limit of {self._max_in_flight} requests in flight; retry with backoff",
+        )
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if not details.method.startswith(self._prefixes):
+            return handler
+        state = self._state
+
+        def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
+            async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                refusal = self._refusal(stream=False)  # admitted: holds a request slot
+                if refusal is not None:
+                    await context.abort(*refusal)
+                state.started()
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    state.finished()
+                    state.finish_request()
+
+            return admitted
+
+        def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
+            async def admitted(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                refusal = self._refusal(stream=True)
+                if refusal is not None:
+                    await context.abort(*refusal)
+                state.started()
+                try:
+                    async for response in behaviour(requests, context):
+                        yield response
+                finally:
+                    state.finished()
+
+            return admitted
+
+        return wrap_handler(handler, unary, stream)

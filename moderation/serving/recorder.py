@@ -1,0 +1,56 @@
+"""Per-request record: the request counter and one JSON audit line (ids, versions, outcome; never image bytes).
+
+Called once per Moderate request, unary or inside a ModerateStream, by the servicer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from moderation.ops.metrics import ModerationMetrics
+from moderation.serving.pipeline import ModerationResult
+from moderation.serving.limits import cut
+
+audit = logging.getLogger("moderation.audit")
+
+
+class RequestRecorder:
+    def __init__(self, metrics: ModerationMetrics, audit_metadata_keys: tuple[str, ...] = (), max_value_chars: int = 256):
+        self._metrics = metrics
+        self._audit_metadata_keys = frozenset(audit_metadata_keys)
+        self._max_value_chars = max_value_chars
+
+    def record(
+        self, policy_label: str, code: grpc.StatusCode, result: ModerationResult | None, caller: str, metadata: dict[str, str]
+    ) -> None:
+        """`policy_label` must be a served policy id or 'unknown': a caller's typo must not mint a series."""
+        action = result.decision.action.value if result is not None else "none"
+        self._metrics.requests.labels(policy_label, action, code.name).inc()
+        if result is not None:
+            # Allow-listed keys only, each value cut to max_value_chars with a mark: an audit line stays small.
+            allowed = {k: cut(v, self._max_value_chars) for k, v in metadata.items() if k in self._audit_metadata_keys}
+            self._audit(result, caller, allowed)
+
+    @staticmethod
+    def _audit(result: ModerationResult, caller: str, metadata: dict[str, str]) -> None:
+        decision = result.decision
+        audit.info(
+            "decision",
+            extra={
+                "fields": {
+                    "request_id": result.request_id,
+                    "caller": caller,
+                    "metadata": metadata,
+                    "policy_id": decision.policy_id,
+                    "policy_version": decision.policy_version,
+                    "model": result.model_id,
+                    "action": decision.action.value,
+                    "bands": {c.category_id: c.band.value for c in decision.categories},
+                    "clauses": list(decision.cited_clauses),
+                    "escalation": result.escalation.status.value,
+                    "total_ms": round(result.timings.total_ms, 1),
+                }
+            },
+        )

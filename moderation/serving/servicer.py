@@ -1,0 +1,238 @@
+"""ModerationService: decode the request, call the pipeline, encode the reply.
+
+Every failure leaves as a gRPC status with a sentence the caller can act on.
+Unexpected errors are logged with a traceback and reach the caller as INTERNAL
+with the request id only, never the exception text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from moderation.signals.clip.batcher import Overloaded
+from moderation.core.decode import ImageRejected
+from moderation.serving.pipeline import ModerationPipeline
+from moderation.policy.registry import PolicyNotFound
+from moderation.serving import convert
+from moderation.serving.auth import caller_identity
+from moderation.serving.interceptors import ServingState
+from moderation.serving.limits import MAX_POLICY_ID_CHARS, MAX_REQUEST_ID_CHARS, echo, status_message
+from moderation.serving.recorder import RequestRecorder
+from moderation.v1 import moderation_pb2 as pb
+from moderation.v1 import moderation_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID_LENGTH = MAX_REQUEST_ID_CHARS
+# Requests one ModerateStream may have in flight or answered but not yet sent;
+# beyond it the server stops reading the stream, which pushes back on the client
+# through flow control (settings.stream_window).
+STREAM_WINDOW = 16
+
+
+class ServiceError(Exception):
+    """An expected failure with its gRPC code and caller-facing sentence."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        message = status_message(message)
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_policy_id(policy_id: str) -> None:
+    """An id longer than any policy id can name no served policy: NOT_FOUND, echoing it cut."""
+    if len(policy_id) > MAX_POLICY_ID_CHARS:
+        raise ServiceError(
+            grpc.StatusCode.NOT_FOUND, f"no policy {echo(policy_id)!r} is served; policy ids are at most {MAX_POLICY_ID_CHARS} characters"
+        )
+
+
+def status_for(err: BaseException, request_id: str, deadline_s: float) -> ServiceError:
+    if isinstance(err, ServiceError):
+        return err
+    if isinstance(err, ImageRejected):
+        return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {err}")
+    if isinstance(err, PolicyNotFound):
+        return ServiceError(grpc.StatusCode.NOT_FOUND, str(err))
+    if isinstance(err, Overloaded):
+        return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+    if isinstance(err, TimeoutError):
+        return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"the request did not finish within its deadline of {deadline_s:.2f} s")
+    log.exception("unexpected error in request %s", request_id, exc_info=err)
+    return ServiceError(grpc.StatusCode.INTERNAL, f"internal error while moderating request {request_id}; the server logged the details")
+
+
+def _quietly(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio does not log it as "never retrieved"
+
+
+class ModerationServicer(pb_grpc.ModerationServiceServicer):
+    """Transport only: check the request, call the pipeline, convert the reply.
+
+    Admission (loading, draining, in-flight bound) and auth are interceptors
+    (interceptors.py); the per-request counter and audit line are the recorder's.
+    """
+
+    def __init__(
+        self,
+        recorder: RequestRecorder,
+        max_image_bytes: int,
+        default_deadline_s: float,
+        state: ServingState,
+        stream_window: int = STREAM_WINDOW,
+    ):
+        self.pipeline: ModerationPipeline | None = None  # set once models and policies are loaded
+        self._recorder = recorder
+        self._max_image_bytes = max_image_bytes
+        self._default_deadline_s = default_deadline_s
+        self._stream_window = stream_window
+        # Request slots shared with unary calls: a stream's next item waits (the stream stops being read) for one.
+        self._state = state
+
+    def _loaded(self) -> ModerationPipeline:
+        if self.pipeline is None:  # the admission interceptor refuses calls before this is set
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is still loading models and policies; retry shortly")
+        return self.pipeline
+
+    def _check(self, request: pb.ModerateRequest, image: bytes) -> None:
+        if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
+        check_policy_id(request.policy_id)
+        if not image:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "the image field is empty; send the encoded image bytes")
+        if len(image) > self._max_image_bytes:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the image is {len(image):,} bytes; the limit is {self._max_image_bytes:,} bytes (setting max_image_bytes)",
+            )
+
+    async def _moderate_recorded(self, request: pb.ModerateRequest, deadline_s: float, caller: str) -> pb.ModerateResponse:
+        """Moderate one request and record it; raise ServiceError on failure."""
+        request_id = request.request_id or uuid.uuid4().hex
+        code, result = grpc.StatusCode.OK, None
+        try:
+            pipeline = self._loaded()
+            image = request.image  # protobuf copies a bytes field on every access: once only
+            self._check(request, image)
+            result = await asyncio.wait_for(
+                pipeline.moderate(image, request.policy_id, request_id, request.force_escalation, deadline_s),
+                timeout=deadline_s,
+            )
+            return convert.result_to_pb(result)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as err:  # noqa: BLE001 - every failure becomes a status
+            failure = status_for(err, request_id, deadline_s)
+            code = failure.code
+            raise failure from err
+        finally:
+            self._recorder.record(self._policy_label(request.policy_id), code, result, caller, dict(request.metadata))
+
+    def _policy_label(self, policy_id: str) -> str:
+        # Only served ids become label values: a caller's typo must not mint a series.
+        if self.pipeline is None or len(policy_id) > MAX_POLICY_ID_CHARS:
+            return "unknown"
+        try:
+            return self.pipeline.registry.get(policy_id).policy.id
+        except PolicyNotFound:
+            return "unknown"
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return remaining if remaining is not None else self._default_deadline_s
+
+    async def Moderate(self, request: pb.ModerateRequest, context: grpc.aio.ServicerContext) -> pb.ModerateResponse:
+        try:
+            return await self._moderate_recorded(request, self._deadline(context), caller_identity(context))
+        except ServiceError as err:
+            await context.abort(err.code, err.message)
+            raise  # unreachable: abort raises
+
+    async def ModerateStream(
+        self, request_iterator: AsyncIterator[pb.ModerateStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModerateStreamResponse]:
+        # A window slot is taken before a request is read and given back only when its
+        # response has been sent, so a client that writes and never reads holds at most
+        # `stream_window` requests and answers here; beyond that the server stops reading.
+        window = asyncio.Semaphore(self._stream_window)
+        state = self._state
+        results: asyncio.Queue[pb.ModerateStreamResponse | None] = asyncio.Queue()  # <= window entries
+        tasks: set[asyncio.Task] = set()
+        caller = caller_identity(context)
+
+        async def handle(item: pb.ModerateStreamRequest) -> None:
+            request = item.request
+            if not request.request_id:
+                request.request_id = uuid.uuid4().hex
+            try:
+                response = await self._moderate_recorded(request, self._deadline(context), caller)
+                await results.put(pb.ModerateStreamResponse(request_id=request.request_id, response=response))
+            except ServiceError as err:
+                error = pb.ModerateStreamError(code=err.code.value[0], message=err.message)
+                await results.put(pb.ModerateStreamResponse(request_id=echo(request.request_id), error=error))
+
+        async def read_all() -> None:
+            requests = aiter(request_iterator)
+            try:
+                while True:
+                    await window.acquire()
+                    try:
+                        item = await anext(requests)
+                    except StopAsyncIteration:
+                        break
+                    # A slot is taken only once a request has come: an idle stream holds none.
+                    await state.start_request()
+                    task = asyncio.create_task(handle(item))
+                    task.add_done_callback(lambda _: state.finish_request())  # runs even if the task never started
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                await results.put(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (response := await results.get()) is not None:
+                yield response
+                window.release()  # sent: the transport took it
+            await reader  # surfaces a broken request stream
+        finally:
+            # The call is over (done, failed or cancelled by the client): what is left of it
+            # ends quietly; an error of the request stream then has no one to report to.
+            reader.cancel()
+            reader.add_done_callback(_quietly)
+            for task in list(tasks):
+                task.cancel()
+
+    async def ListPolicies(self, request: pb.ListPoliciesRequest, context: grpc.aio.ServicerContext) -> pb.ListPoliciesResponse:
+        try:
+            registry = self._loaded().registry
+        except ServiceError as err:
+            await context.abort(err.code, err.message)
+        default_id = registry.default_id
+        return pb.ListPoliciesResponse(
+            policies=[convert.policy_summary_to_pb(s, s.policy.id == default_id) for s in registry.all()],
+            model=registry.model_id or "",
+            random_weights=registry.random_weights,
+        )
+
+    async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.GetPolicyResponse:
+        try:
+            registry = self._loaded().registry
+            check_policy_id(request.policy_id)
+            served = registry.get(request.policy_id)
+        except ServiceError as err:
+            await context.abort(err.code, err.message)
+        except PolicyNotFound as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, status_message(str(err)))
+        return convert.policy_to_pb(served, served.policy.id == registry.default_id)
+

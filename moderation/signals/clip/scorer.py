@@ -1,0 +1,156 @@
+"""Zero-shot scoring of images against a policy's label sets.
+
+The score of category c for image x is
+
+    score_c(x) = sum_{p in P_c} softmax_{t in P_c ∪ C_c ∪ B}( s · cos(x, t) )_p
+
+where P_c are c's positive prompts, C_c its contrast prompts, B the policy's
+benign prompts, and s CLIP's learned logit scale. Each prompt's text embedding
+is the normalised mean over the policy's templates (open_clip's zero-shot
+recipe). The score is a probability in [0, 1] and every category competes
+against the same benign set, so thresholds are comparable across categories.
+
+Text embeddings are computed once per policy version (`PolicyTextIndex`), never
+per request. Every caller (server, offline commands, compare, bench) goes
+decode -> `prepare` -> embed -> `score_frames`; only the embed step differs
+(the server shares forward passes through the micro-batcher).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from moderation.signals.clip.encoder import ImageTextEncoder, host_batch_buffer
+from moderation.core.decode import DecodedImage
+from moderation.policy.compile import CompileCancelled
+from moderation.policy.schema import Policy
+
+# Texts per encoder call while compiling a policy; between chunks a compile can be cancelled.
+TEXT_CHUNK = 64
+# Images per forward pass when scoring many files in-process.
+OFFLINE_BATCH = 16
+
+
+@dataclass(frozen=True)
+class PolicyTextIndex:
+    """A policy version's prompt embeddings and, per category, which rows compete."""
+
+    policy_id: str
+    policy_version: str
+    embeddings: torch.Tensor  # [prompts, dim], float32 CPU, L2-normalised
+    # Per category: (row indices of positive + contrast + benign prompts, number of positives first).
+    competitions: tuple[tuple[str, torch.Tensor, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameScores:
+    """An image's category scores: per category the most severe sampled frame, and which frame that was."""
+
+    scores: dict[str, float]
+    deciding: dict[str, int]  # category id -> frame index in the animation (0 for still images)
+
+
+class ClipScorer:
+    def __init__(self, encoder: ImageTextEncoder):
+        self.encoder = encoder
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.name
+
+    @property
+    def random_weights(self) -> bool:
+        return self.encoder.random_weights
+
+    @property
+    def image_size(self) -> int:
+        return self.encoder.image_size
+
+    @property
+    def logit_scale(self) -> float:
+        return self.encoder.logit_scale
+
+    def prepare(self, decoded: DecodedImage) -> torch.Tensor:
+        """[frames, 3, S, S] model inputs for a decoded image's sampled frames (host work, any thread)."""
+        return torch.stack([self.encoder.preprocess(frame) for frame in decoded.frames])
+
+    def encode_prompts(
+        self, prompts: Sequence[str], templates: Sequence[str], should_stop: Callable[[], bool] | None = None
+    ) -> torch.Tensor:
+        """[len(prompts), dim]: each prompt averaged over templates, normalised.
+
+        `should_stop` is asked between chunks; when it answers True, CompileCancelled is raised
+        (a newer edit, shutdown, or the compile budget: moderation/policy/compile.py).
+        """
+        texts = [template.format(prompt) for prompt in prompts for template in templates]
+        chunks = []
+        for start in range(0, len(texts), TEXT_CHUNK):
+            if should_stop is not None and should_stop():
+                raise CompileCancelled(f"stopped after {start} of {len(texts)} texts")
+            chunks.append(self.encoder.encode_texts(texts[start : start + TEXT_CHUNK]))
+        per_text = torch.cat(chunks).reshape(len(prompts), len(templates), -1)
+        return F.normalize(per_text.mean(dim=1), dim=-1)
+
+    def index_policy(self, policy: Policy, should_stop: Callable[[], bool] | None = None) -> PolicyTextIndex:
+        prompts: list[str] = list(policy.benign)
+        benign_rows = list(range(len(prompts)))
+        competitions = []
+        for category in policy.categories:
+            positive_rows = list(range(len(prompts), len(prompts) + len(category.positive)))
+            prompts.extend(category.positive)
+            contrast_rows = list(range(len(prompts), len(prompts) + len(category.contrast)))
+            prompts.extend(category.contrast)
+            rows = torch.tensor(positive_rows + contrast_rows + benign_rows)
+            competitions.append((category.id, rows, len(positive_rows)))
+        embeddings = self.encode_prompts(prompts, policy.templates, should_stop)
+        return PolicyTextIndex(policy.id, policy.version, embeddings, tuple(competitions))
+
+    def batch_buffer(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Where the micro-batcher stacks a batch: page-locked when the encoder runs on CUDA."""
+        return host_batch_buffer(self.encoder, shape, dtype)
+
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[batch, 3, S, S] prepared pixels -> [batch, dim] float32 CPU normalised embeddings."""
+        return self.encoder.encode_images(pixels)
+
+    @torch.inference_mode()
+    def score(self, image_embeddings: torch.Tensor, index: PolicyTextIndex) -> list[dict[str, float]]:
+        """Per embedding row, {category id: score in [0, 1]}."""
+        logits = self.logit_scale * image_embeddings.float().cpu() @ index.embeddings.T  # [batch, prompts]
+        per_category = {}
+        for category_id, rows, positives in index.competitions:
+            probabilities = logits[:, rows].softmax(dim=-1)
+            per_category[category_id] = probabilities[:, :positives].sum(dim=-1).clamp(0.0, 1.0).tolist()
+        return [{cid: values[i] for cid, values in per_category.items()} for i in range(image_embeddings.shape[0])]
+
+    def score_frames(self, embeddings: torch.Tensor, frame_indices: Sequence[int], index: PolicyTextIndex) -> FrameScores:
+        """One image's scores from the embeddings of its sampled frames (rows in frame order)."""
+        return most_severe_frame(self.score(embeddings, index), tuple(frame_indices))
+
+    def score_decoded(self, images: Sequence[DecodedImage], index: PolicyTextIndex) -> list[FrameScores]:
+        """Score decoded images in-process, sharing forward passes: what the server does, without the batcher."""
+        pixels = [self.prepare(image) for image in images]
+        if not pixels:
+            return []
+        stacked = torch.cat(pixels)
+        embeddings = torch.cat([self.embed_images(stacked[i : i + OFFLINE_BATCH]) for i in range(0, stacked.shape[0], OFFLINE_BATCH)])
+        results, offset = [], 0
+        for image, frames in zip(images, pixels, strict=True):
+            count = frames.shape[0]
+            results.append(self.score_frames(embeddings[offset : offset + count], image.frame_indices, index))
+            offset += count
+        return results
+
+
+def most_severe_frame(per_frame: list[dict[str, float]], indices: tuple[int, ...]) -> FrameScores:
+    """Per category, the highest score over the frames and the frame it came from."""
+    scores, deciding = {}, {}
+    for category_id in per_frame[0]:
+        best = max(range(len(per_frame)), key=lambda i: per_frame[i][category_id])
+        scores[category_id] = per_frame[best][category_id]
+        deciding[category_id] = indices[best]
+    return FrameScores(scores, deciding)

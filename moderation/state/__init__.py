@@ -1,0 +1,1 @@
+"""State that outlives a request: embedding store and thumbnails."""
