@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from moderation.cli.app import app
-from moderation.cli.common import err
+from moderation.cli.common import err, escape
 from moderation.cli.render import print_response, print_responses_summary
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from moderation.cli.app import policy_app
 from moderation.cli.common import (
+    escape,
     DeviceOption,
     JsonOption,
     ModelOption,
