@@ -118,7 +118,7 @@ async def serve(settings: Settings) -> None:
         ],
     )
     servicer = ModerationServicer(
-        RequestRecorder(metrics, tuple(settings.audit_metadata_keys), settings.audit_metadata_max_chars),
+        RequestRecorder(metrics, tuple(settings.audit_metadata_keys), settings.audit_metadata_max_bytes),
         settings.max_image_bytes,
         settings.default_deadline_s,
         state,
