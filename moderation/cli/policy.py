@@ -9,6 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from moderation.cli.app import policy_app
+from moderation.cli.connect import (
+    ClientSecurity,
+    TlsCaOption,
+    TlsClientCertOption,
+    TlsClientKeyOption,
+    TlsServerNameOption,
+    TokenFileOption,
+)
 from moderation.cli.common import (
     escape,
     DeviceOption,
@@ -46,6 +54,11 @@ def policy_validate(
     model_id: Annotated[
         Optional[str], typer.Option("--model-id", help="model the server runs, e.g. ViT-B-32/laion2b_s34b_b79k (default with --served: asked)")
     ] = None,
+    tls_ca: TlsCaOption = None,
+    tls_client_cert: TlsClientCertOption = None,
+    tls_client_key: TlsClientKeyOption = None,
+    tls_server_name: TlsServerNameOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Check policy directories exactly as the server loads them; print every problem with file, line and field."""
     from moderation.policy import PolicyFileError
@@ -59,7 +72,8 @@ def policy_validate(
             err.print(f"[yellow]![/] not compared, the previous copy does not validate: {escape(str(problem))}", highlight=False)
         baselines.append(Baseline(versions, f"as in {previous}"))
     if served is not None:
-        versions, served_model = _served_policies(served)
+        security = ClientSecurity(tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file)
+        versions, served_model = _served_policies(served, security)
         baselines.append(Baseline(versions, f"as served at {served}"))
         model = model or served_model
     directories, problems = directories_to_check(paths)
@@ -83,7 +97,7 @@ def policy_validate(
         raise typer.Exit(1)
 
 
-def _served_policies(target: str):  # noqa: ANN202 - (versions by id, ModelRule), imported lazily
+def _served_policies(target: str, security: ClientSecurity):  # noqa: ANN202 - (versions by id, ModelRule), imported lazily
     """What the server at `target` serves: each policy's version and content hash, and its model."""
     import grpc
 
@@ -94,15 +108,16 @@ def _served_policies(target: str):  # noqa: ANN202 - (versions by id, ModelRule)
     from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
     versions = {}
-    with grpc.insecure_channel(target) as channel:
+    metadata = security.metadata()
+    with security.channel(target) as channel:
         stub = pb_grpc.ModerationServiceStub(channel)
         try:
-            listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)
+            listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10, metadata=metadata)
             for summary in listed.policies:
                 sha = summary.content_sha256
                 if not sha and summary.mode != "shadow":  # a server from before content_sha256: hash its source
                     try:
-                        sha = content_sha256(load_policy_text(stub.GetPolicy(pb.GetPolicyRequest(policy_id=summary.id), timeout=10).source_yaml))
+                        sha = content_sha256(load_policy_text(stub.GetPolicy(pb.GetPolicyRequest(policy_id=summary.id), timeout=10, metadata=metadata).source_yaml))
                     except PolicyFileError:
                         sha = ""
                 if sha:
