@@ -62,7 +62,8 @@ def policy_validate(
 ) -> None:
     """Check policy directories exactly as the server loads them; print every problem with file, line and field."""
     from moderation.policy import PolicyFileError
-    from moderation.policy.directory import Baseline, ModelRule, check_policy_dir, directories_to_check, previous_versions
+    from moderation.policy.directory import Baseline, ModelRule, check_policy_dir, directories_to_check, policy_files, previous_versions
+    from moderation.policy.kustomization import configmap_problems
 
     model = ModelRule(model_id, random_weights=model_id.endswith("/random")) if model_id else None
     baselines = []
@@ -78,6 +79,10 @@ def policy_validate(
         model = model or served_model
     directories, problems = directories_to_check(paths)
     for directory in directories:
+        try:
+            problems += configmap_problems(directory, [path.name for path in policy_files(directory)])
+        except PolicyFileError:
+            pass  # the directory's own problems are reported by check_policy_dir below
         try:
             checked = check_policy_dir(directory, model=model, baselines=baselines)
         except PolicyFileError as error:
