@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="server private key (PEM)")
     tls_client_ca: Path | None = Field(None, description="CA bundle (PEM) for client certificates; set: mutual TLS required")
     auth_tokens_file: Path | None = Field(None, description="file of 'name:token' lines; set: bearer token required")
+    explainer_insecure: bool = Field(
+        False,
+        description="explain-serve only: serve plaintext without tokens on `host` as given; unset, such a server binds loopback only",
+    )
     audit_metadata_keys: list[str] = Field(
         default_factory=list, description="request metadata keys whose values may appear in the audit log"
     )

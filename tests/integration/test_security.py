@@ -266,3 +266,54 @@ def test_the_cli_speaks_mutual_tls_and_tokens(tmp_path: Path) -> None:
 
         validated = runner.invoke(app, ["policy", "validate", str(POLICIES), "--served", server.target, *tls, "--token-file", str(tmp_path / "token")])
         assert validated.exit_code == 0, validated.output
+
+
+def test_explain_serve_without_tls_or_tokens_binds_loopback_and_says_so(tmp_path: Path) -> None:
+    """Issue 18: explain-serve served plaintext, unauthenticated, on every interface, without a warning."""
+    import socket
+    import sys
+    import time
+
+    from tests.integration.server import free_port
+
+    def start(*extra: str) -> tuple[subprocess.Popen, int, Path]:
+        port, log_path = free_port(), tmp_path / f"explain-{len(extra)}.log"
+        with log_path.open("w") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moderation", "explain-serve", "--host", "0.0.0.0", "--port", str(port), "--metrics-port", "0",
+                 "--policies", str(POLICIES), "--explainer-weights", "random", *extra],
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        return process, port, log_path
+
+    def listening_on(port: int) -> str:
+        """'loopback' or 'any', from the kernel's socket tables (grpc binds IPv4 as ::ffff:a.b.c.d in tcp6)."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    address, _, hex_port = line.split()[1].rpartition(":")
+                    if int(hex_port, 16) == port and line.split()[3] == "0A":  # 0A: LISTEN
+                        return "loopback" if address.endswith("0100007F") else "any" if set(address) == {"0"} else address
+            time.sleep(0.2)
+        raise AssertionError(f"nothing listens on {port}")
+
+    process, port, log_path = start()
+    try:
+        assert listening_on(port) == "loopback", "bound beyond loopback"
+        other_address = socket.gethostbyname(socket.gethostname())
+        if other_address != "127.0.0.1":  # a machine with another address: nothing answers there
+            with pytest.raises(OSError):
+                socket.create_connection((other_address, port), timeout=2).close()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert "explain-serve has neither TLS nor tokens, so it binds 127.0.0.1 instead of 0.0.0.0" in log_path.read_text()
+
+    process, port, log_path = start("--insecure")
+    try:
+        assert listening_on(port) == "any"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert "WITHOUT AUTHENTICATION on 0.0.0.0" in log_path.read_text()
