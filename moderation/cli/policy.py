@@ -335,7 +335,11 @@ def _write_scores_csv(path: Path, images: list[Path], result: PolicyCalibration)
 def policy_diff(
     old_file: Annotated[Path, typer.Argument(help="the policy version that served the stored decisions")],
     new_file: Annotated[Path, typer.Argument(help="the proposed policy version")],
-    store: Annotated[Optional[Path], typer.Option(help="embedding store (SQLite) the server writes; default MODERATION_EMBEDDING_STORE")] = None,
+    store: Annotated[
+        Optional[str],
+        typer.Option(help="state store the servers write: postgresql://..., sqlite:///path or a SQLite file; "
+                     "default MODERATION_DATABASE_URL, else MODERATION_EMBEDDING_STORE"),
+    ] = None,
     since: Annotated[str, typer.Option(help="re-score decisions newer than this age: 90m, 12h, 7d, 2w")] = "7d",
     until: Annotated[Optional[str], typer.Option(help="and older than this age (default: up to now)")] = None,
     stored_policy: Annotated[Optional[str], typer.Option(help="re-score decisions made under this policy id (default: OLD's id)")] = None,
@@ -353,12 +357,14 @@ def policy_diff(
 
     from moderation.offline.rescore import CannotRescore, check_stored_models, flips_document, rescore_stored_decisions
     from moderation.state.embeddings import StoreError, store_freshness
+    from moderation.state.store import is_database_url, redact_url
 
     old, new = (policy_or_fail(path)[0] for path in (old_file, new_file))
     settings = offline_settings(model, weights, device)
-    store = store or settings.embedding_store
+    store = store or settings.database_url or settings.embedding_store
     if store is None:
-        raise fail("no embedding store: pass --store PATH or set MODERATION_EMBEDDING_STORE")
+        raise fail("no state store: pass --store URL|PATH or set MODERATION_DATABASE_URL (or MODERATION_EMBEDDING_STORE)")
+    shown_store = redact_url(str(store))
     now = datetime.now(timezone.utc)
     window_start = now - _parse_age(since, "--since")
     window_end = now - _parse_age(until, "--until") if until else None
@@ -384,12 +390,13 @@ def policy_diff(
     except (CannotRescore, StoreError) as error:
         raise fail(str(error)) from None
     window = f"the last {since}" + (f" up to {until} ago" if until else "")
-    thumbnails = thumbnails or settings.thumbnail_store
+    # Thumbnails kept as rows of a database store are shown by `case show REQUEST_ID`; a directory is pointed at here.
+    thumbnails = thumbnails or (None if is_database_url(store) else settings.thumbnail_store)
     if as_json:
         document = {
             "old": {"policy_id": old.id, "version": old.version},
             "new": {"policy_id": new.id, "version": new.version},
-            "store": str(store),
+            "store": shown_store,
             "stored_policy": policy_id,
             "window": {"since": window_start.isoformat(), "until": (window_end or now).isoformat()},
             "freshness": {
@@ -409,7 +416,7 @@ def policy_diff(
             }
         print_json(document)
         return
-    print_flips(flips, old, new, f"{policy_id!r} decisions of {window} in {store}", thumbnails)
+    print_flips(flips, old, new, f"{policy_id!r} decisions of {window} in {shown_store}", thumbnails)
 
 
 

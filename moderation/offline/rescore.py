@@ -22,6 +22,7 @@ from moderation.signals.clip.scorer import ClipScorer
 from moderation.core.decision import Decision, decide
 from moderation.policy.schema import Action, Policy, normalise_model_id
 from moderation.state.embeddings import Timestamp, read_decisions, stored_model_ids
+from moderation.state.store import redact_url
 
 Change = tuple[Action, Action]  # (under the old policy, under the new one)
 
@@ -105,12 +106,12 @@ class DecisionFlips:
             )
 
 
-def check_stored_models(store: Path, model_id: str, since: Timestamp, until: Timestamp | None, policy_id: str | None) -> int:
+def check_stored_models(store: str | Path, model_id: str, since: Timestamp, until: Timestamp | None, policy_id: str | None) -> int:
     """How many stored decisions the window holds; CannotRescore when there are none or another model embedded them."""
     models = stored_model_ids(store, since, until, policy_id)
     window = f"{_describe(since)} to {_describe(until) if until is not None else 'now'}" + (f" for policy {policy_id!r}" if policy_id else "")
     if not models:
-        raise CannotRescore(f"{store} holds no decisions from {window}; widen --since or check --stored-policy")
+        raise CannotRescore(f"{redact_url(str(store))} holds no decisions from {window}; widen --since or check --stored-policy")
     others = {m: n for m, n in models.items() if normalise_model_id(m) != normalise_model_id(model_id)}
     if others:
         listed = ", ".join(f"{m!r} ({n} decisions)" for m, n in others.items())
@@ -122,7 +123,7 @@ def check_stored_models(store: Path, model_id: str, since: Timestamp, until: Tim
 
 
 def rescore_stored_decisions(
-    store: Path,
+    store: str | Path,
     scorer: ClipScorer,
     old: Policy,
     new: Policy,
