@@ -110,6 +110,8 @@ class StateStore(ABC):
         self._last_prune_at = -math.inf
         self._last_warning_at = -math.inf
         self._failures_since_warning = 0
+        self._failing_since: float | None = None  # monotonic time of the first failed write of an outage
+        self._dropped_before_failure = (0, 0)
         self._buffer_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = threading.Event()
@@ -192,10 +194,13 @@ class StateStore(ABC):
                             self._thumbnails[request_id] = row
                         self._oldest_buffered_at = time.monotonic()
                         self._retry_at = time.monotonic() + self.max_delay_s
+                        if self._failing_since is None:
+                            self._failing_since = time.monotonic()
+                            self._dropped_before_failure = (self.dropped, self.dropped_thumbnails)
                         self._drop_overflow()
                     raise
-                if self._retry_at:
-                    log.info("state store %s is writable again", self.where)
+                if self._failing_since is not None:
+                    self._log_recovery()
                 self._retry_at = 0.0
             if time.monotonic() - self._last_prune_at >= self.prune_every_s and (self.retention or self.thumbnail_retention):
                 self._prune_locked()
@@ -286,6 +291,14 @@ class StateStore(ABC):
         if count and self._on_dropped is not None:
             self._on_dropped(kind, count)
 
+    def _log_recovery(self) -> None:
+        """The end of an outage, with what it cost: the one line that says how much was lost."""
+        lost = (self.dropped - self._dropped_before_failure[0], self.dropped_thumbnails - self._dropped_before_failure[1])
+        took = time.monotonic() - self._failing_since  # type: ignore[operator]
+        level = logging.WARNING if any(lost) else logging.INFO
+        log.log(level, "state store %s is writable again after %.1f s; %d decisions and %d thumbnails were dropped meanwhile", self.where, took, *lost)
+        self._failing_since = None
+
     def _warn(self, error: StoreError) -> None:
         """One warning per `warn_every_s` at most: a database away for an hour is a few lines, not thousands."""
         self._failures_since_warning += 1
@@ -297,7 +310,7 @@ class StateStore(ABC):
             buffered_decisions, buffered_thumbnails = len(self._decisions), len(self._thumbnails)
         log.warning(
             "%s; %d decisions and %d thumbnails stay buffered (at most %d and %d), %d decisions and %d thumbnails dropped "
-            "so far; %d failed writes since the last warning; next attempt in %.0f s",
+            "so far; %d failed writes since the last warning; next attempt in %.1f s",
             error, buffered_decisions, buffered_thumbnails, self.max_buffered, self.max_buffered_thumbnails,
             self.dropped, self.dropped_thumbnails, self._failures_since_warning, self.max_delay_s,
         )  # fmt: skip
