@@ -193,3 +193,32 @@ def test_diff_names_whole_ids_with_scores_freshness_and_thumbnails(tiny_scorer: 
     old_score, new_score = example["categories"]["weapons"]["scores"]
     assert old_score == pytest.approx(new_score)  # same prompts, other thresholds
     assert document["thumbnails"] == {ids[0]: str(kept)}
+
+
+def test_counting_a_batch_at_once_equals_adding_every_decision(tiny_scorer: ClipScorer, tmp_path: Path) -> None:
+    """The numpy counting in rescore gives exactly the counts and examples of `DecisionFlips.add` row by row."""
+    from moderation.offline.rescore import DecisionFlips, flips_document
+
+    rng = np.random.default_rng(5)
+    count = 3000
+    vectors = rng.standard_normal((count, tiny_scorer.encoder.encode_texts(["d"]).shape[1])).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    old = Policy.model_validate(policy_with("1", {"weapons": (0.2, 0.5), "drugs": (0.3, 0.9)}))
+    new_data = policy_with("2", {"weapons": (0.1, 0.3), "violence": (0.2, 0.25)})
+    new_data["categories"] = [c for c in new_data["categories"] if c["id"] != "drugs"]  # a category removed
+    new = Policy.model_validate(new_data)
+    path = tmp_path / "store.db"
+    with open_store(path, batch_size=1000, max_buffered=10_000) as store:
+        for i in range(count):
+            store.record(f"r{i}", NOW - timedelta(seconds=count - i), "default", ["1", "0.9"][i % 7 == 0], Action.ALLOW, vectors[i], tiny_scorer.model_id)
+    fast = rescore_stored_decisions(path, tiny_scorer, old, new, NOW - timedelta(days=1), examples_per_change=2)
+
+    reference = DecisionFlips(examples_per_change=2)
+    old_scores = tiny_scorer.score(torch.from_numpy(vectors), tiny_scorer.index_policy(old))
+    new_scores = tiny_scorer.score(torch.from_numpy(vectors), tiny_scorer.index_policy(new))
+    for i in range(count):
+        version = ["1", "0.9"][i % 7 == 0]
+        reference.add(f"r{i}", version, Action.ALLOW, decide(old_scores[i], old), decide(new_scores[i], new), (NOW - timedelta(seconds=count - i)).timestamp())
+    assert reference.changed > 100 and reference.not_reproduced > 0, "the scenario must exercise the counting"
+    assert flips_document(fast) == flips_document(reference)
+    assert fast.decisions == reference.decisions and fast.stored_versions == reference.stored_versions
