@@ -78,6 +78,24 @@ def measure_writes(location: str, count: int) -> dict:
     return {"decisions": count, "seconds": round(seconds, 2), "decisions_per_s": round(count / seconds), "batch_size": 256, "threads": WRITER_THREADS}
 
 
+def measure_batch_inserts(location: str, count: int, batch_size: int = 256) -> dict:
+    """The database side alone: prebuilt rows written in transactions of `batch_size` (PostgreSQL: one COPY each).
+
+    What the backend can absorb, without the per-row checks and the GIL of record(): the
+    ceiling a server's writer thread could reach.
+    """
+    pool = unit_vectors(1024, 512, seed=3)
+    now = time.time()
+    rows = [(f"b{i}", now, "default", "1", "ALLOW", "ViT-B-32/bench", pool[i % len(pool)].tobytes()) for i in range(count)]
+    store = open_store(location, batch_size=batch_size, max_buffered=max(batch_size, 10_000))
+    started = time.perf_counter()
+    for start in range(0, count, batch_size):
+        store._write(rows[start : start + batch_size], [])  # the backend's one-transaction batch write
+    seconds = time.perf_counter() - started
+    store.close()
+    return {"decisions": count, "seconds": round(seconds, 2), "decisions_per_s": round(count / seconds), "batch_size": batch_size}
+
+
 def fill(location: str, count: int, model_id: str, dim: int) -> float:
     """Store `count` decisions over the last 12 hours through the same writer, in big batches."""
     pool = unit_vectors(4096, dim, seed=2)
@@ -152,6 +170,11 @@ def main(
         for backend, location in targets.items():
             results["writes"][backend] = measure_writes(location, writes)
             print(f"writes {backend}: {results['writes'][backend]}", flush=True)
+        inserts = {"postgresql": postgres.create_database("bench_inserts"), "sqlite": str(Path(directory) / "inserts.db")}
+        results["batch_inserts"] = {}
+        for backend, location in inserts.items():
+            results["batch_inserts"][backend] = measure_batch_inserts(location, writes)
+            print(f"batch inserts {backend}: {results['batch_inserts'][backend]}", flush=True)
         diff_targets = {"postgresql": postgres.create_database("bench_diff"), "sqlite": str(Path(directory) / "diff.db")}
         if skip_sqlite_diff:
             del diff_targets["sqlite"]

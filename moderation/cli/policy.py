@@ -353,6 +353,7 @@ def policy_diff(
     as_json: JsonOption = False,
 ) -> None:
     """Re-score stored traffic under OLD and NEW (text embeddings only) and report which decisions flip."""
+    import dataclasses
     from datetime import datetime, timezone
 
     from moderation.offline.rescore import CannotRescore, check_stored_models, flips_document, rescore_stored_decisions
@@ -369,7 +370,9 @@ def policy_diff(
     window_start = now - _parse_age(since, "--since")
     window_end = now - _parse_age(until, "--until") if until else None
     policy_id = stored_policy or old.id
-    spec = model_spec(settings)
+    # Re-scoring needs the text tower only, and every backend runs it on torch: the torch backend
+    # gives the same text embeddings without exporting or loading an ONNX image tower (time, memory).
+    spec = dataclasses.replace(model_spec(settings), backend="torch")
     try:
         freshness = store_freshness(store, window_start, window_end, policy_id)
         if not as_json:
