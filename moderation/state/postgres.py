@@ -26,7 +26,7 @@ from moderation.state.migrations import (
     pending,
 )
 from moderation.state.records import StoreError
-from moderation.state.store import DecisionRow, StateStore, ThumbnailRow, redact_url
+from moderation.state.store import DecisionRow, RejectedRows, StateStore, ThumbnailRow, redact_url
 
 _COPY_DECISIONS = "COPY decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding) FROM STDIN"
 _UPSERT_THUMBNAIL = (
@@ -120,6 +120,8 @@ class PostgresStore(StateStore):
                             copy.write_row(row)
                 if thumbnails:
                     cursor.executemany(_UPSERT_THUMBNAIL, thumbnails)
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
+            raise RejectedRows(f"state store {self.where} refused {len(decisions)} decisions and {len(thumbnails)} thumbnails: {_one_line(error)}") from None
         except psycopg.Error as error:
             self._reset_if_broken()
             raise StoreError(f"cannot write to state store {self.where}: {_one_line(error)}") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from moderation.state.migrations import SCHEMA_VERSION, SCHEMA_VERSION_TABLE, newer_than_code_message, pending
 from moderation.state.records import StoreError
-from moderation.state.store import DecisionRow, StateStore, ThumbnailRow
+from moderation.state.store import DecisionRow, RejectedRows, StateStore, ThumbnailRow
 
 _INSERT_DECISION = "INSERT INTO decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_THUMBNAIL = (
@@ -126,6 +126,8 @@ class SQLiteStore(StateStore):
             except BaseException:
                 self._rollback()
                 raise
+        except (sqlite3.IntegrityError, sqlite3.DataError) as error:
+            raise RejectedRows(f"state store {self.path} refused {len(decisions)} decisions and {len(thumbnails)} thumbnails: {error}") from error
         except sqlite3.Error as error:
             raise StoreError(f"cannot write to state store {self.path}: {error}") from error
 

@@ -64,6 +64,11 @@ DropCallback = Callable[[str, int], None]
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
+class RejectedRows(StoreError):
+    """The database refused the rows themselves (a constraint, a value it cannot hold), not the connection:
+    retrying them cannot succeed, so the batch is dropped and counted."""
+
+
 class StateStore(ABC):
     """One store: buffered, bounded, batched writes; windowed reads; thumbnails; retention."""
 
@@ -137,13 +142,17 @@ class StateStore(ABC):
         model_id: str,
     ) -> None:
         """Buffer one decision; write a batch when one is due. Never raises for storage trouble."""
-        row = (request_id, unix_seconds(timestamp), policy_id, policy_version, Action(action).value, model_id, embedding_bytes(image_embedding))
+        row = (
+            _text(request_id), unix_seconds(timestamp), _text(policy_id), _text(policy_version), Action(action).value, _text(model_id),
+            embedding_bytes(image_embedding),
+        )  # fmt: skip
         self._buffer(lambda: self._decisions.append(row))
 
     def save_thumbnail(self, request_id: str, jpeg: bytes, saved_at: Timestamp | None = None) -> None:
         """Buffer one thumbnail (replacing an older one of the same request id when written)."""
         if not isinstance(jpeg, bytes | bytearray) or not jpeg:
             raise ValueError("a thumbnail is non-empty JPEG bytes")
+        request_id = _text(request_id)
         row = (request_id, time.time() if saved_at is None else unix_seconds(saved_at), bytes(jpeg))
 
         def add() -> None:
@@ -185,6 +194,14 @@ class StateStore(ABC):
             if decisions or thumbnails:
                 try:
                     self._write(decisions, list(thumbnails.values()))
+                except RejectedRows:
+                    # Retrying rows the database refuses for what they are would block every later row:
+                    # they are dropped and counted like an overflow.
+                    self.dropped += len(decisions)
+                    self.dropped_thumbnails += len(thumbnails)
+                    self._count_dropped("decision", len(decisions))
+                    self._count_dropped("thumbnail", len(thumbnails))
+                    raise
                 except StoreError:
                     with self._buffer_lock:
                         self._decisions[:0] = decisions  # oldest first, as they came
@@ -440,6 +457,11 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _text(value: str) -> str:
+    """A caller's id as the store keeps it: PostgreSQL text cannot hold NUL, so neither backend stores one."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _cutoff(older_than: timedelta | datetime) -> float:

@@ -258,3 +258,24 @@ def _insert_schema_row(location: str, version: int) -> None:
 
         with sqlite3.connect(location) as connection:
             connection.execute("INSERT INTO schema_version VALUES (?, 'from the future', 0)", (version,))
+
+
+def test_ids_with_nul_are_stored_and_rows_the_database_refuses_are_dropped_not_retried(store_location: str) -> None:
+    """PostgreSQL text cannot hold NUL: both backends store U+FFFD instead, so a caller's id never blocks the writer."""
+    from moderation.state.store import RejectedRows
+
+    dropped: list[tuple[str, int]] = []
+    with open_store(store_location, batch_size=100, max_delay_s=3600, on_dropped=lambda k, n: dropped.append((k, n))) as store:
+        store.record("evil\x00id", NOW, "p", "1", "ALLOW", vector(0), "m")
+        store.save_thumbnail("evil\x00id", b"\xff\xd8jpeg")
+        store.flush()
+        assert store.find_decisions("evil\ufffdid") is not None and store.load_thumbnail("evil\ufffdid") == b"\xff\xd8jpeg"
+        # A batch with a row no schema accepts (a thumbnail without bytes): the whole batch is refused and
+        # counted, and the writer goes on with the next rows instead of retrying it forever.
+        store._decisions.append(("bad", NOW.timestamp(), "p", "1", "ALLOW", "m", vector(1).tobytes()))
+        store._thumbnails["bad"] = ("bad", NOW.timestamp(), None)  # type: ignore[assignment] - NOT NULL violated
+        with pytest.raises(RejectedRows, match="refused 1 decisions and 1 thumbnails"):
+            store.flush()
+        assert store.buffered == 0 and dropped == [("decision", 1), ("thumbnail", 1)]
+        store.record("after", NOW, "p", "1", "ALLOW", vector(2), "m")
+    assert ids(store_location) == ["evil\ufffdid", "after"]
