@@ -161,6 +161,8 @@ def main(
     results: dict = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        # This machine is shared: the 1-minute load average beside each figure says how contended it was.
+        "load_average_at_start": round(os.getloadavg()[0], 1),
         "writes": {},
         "diff": {},
     }
@@ -168,12 +170,12 @@ def main(
         results["postgresql_version"] = postgres.bin_dir.parent.name
         targets = {"postgresql": postgres.create_database("bench_writes"), "sqlite": str(Path(directory) / "writes.db")}
         for backend, location in targets.items():
-            results["writes"][backend] = measure_writes(location, writes)
+            results["writes"][backend] = {**measure_writes(location, writes), "load_average": round(os.getloadavg()[0], 1)}
             print(f"writes {backend}: {results['writes'][backend]}", flush=True)
         inserts = {"postgresql": postgres.create_database("bench_inserts"), "sqlite": str(Path(directory) / "inserts.db")}
         results["batch_inserts"] = {}
         for backend, location in inserts.items():
-            results["batch_inserts"][backend] = measure_batch_inserts(location, writes)
+            results["batch_inserts"][backend] = {**measure_batch_inserts(location, writes), "load_average": round(os.getloadavg()[0], 1)}
             print(f"batch inserts {backend}: {results['batch_inserts'][backend]}", flush=True)
         diff_targets = {"postgresql": postgres.create_database("bench_diff"), "sqlite": str(Path(directory) / "diff.db")}
         if skip_sqlite_diff:
@@ -187,7 +189,7 @@ def main(
         for backend, location in diff_targets.items():
             fill_s = fill(location, decisions, model_id, dim)
             measured = measure_diff(location, policies, tiny)
-            results["diff"][backend] = {**measured, "embedding_dim": dim, "fill_seconds": round(fill_s, 1)}
+            results["diff"][backend] = {**measured, "embedding_dim": dim, "fill_seconds": round(fill_s, 1), "load_average": round(os.getloadavg()[0], 1)}
             print(f"diff {backend}: {results['diff'][backend]}", flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")

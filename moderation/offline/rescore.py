@@ -229,9 +229,10 @@ def _add_batch(
 
 
 def _pairs(before: np.ndarray, after: np.ndarray) -> list[tuple[int, int]]:
-    """The distinct (before, after) severities where they differ."""
-    changed = before != after
-    return sorted({(int(b), int(a)) for b, a in np.unique(np.stack([before[changed], after[changed]], axis=1), axis=0)}) if changed.any() else []
+    """The distinct (before, after) severities where they differ (a bincount of before*3+after: no sort)."""
+    levels = len(_ACTION_BY_SEVERITY)
+    present = np.flatnonzero(np.bincount((before * levels + after)[before != after], minlength=levels * levels))
+    return [(int(code) // levels, int(code) % levels) for code in present]
 
 
 def _keep(examples: list[str], request_id: str, limit: int) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 from moderation.policy.schema import Action
 
 Timestamp = datetime | float  # an aware datetime, or unix seconds
+_ACTIONS = {action.value: action for action in Action}
 
 
 class StoreError(RuntimeError):
@@ -79,7 +80,7 @@ def decisions_batch(rows: list[tuple[object, ...]], where: str) -> StoredDecisio
         timestamps=np.array([row[0] for row in rows], dtype=np.float64),
         policy_ids=tuple(str(row[3]) for row in rows),
         policy_versions=tuple(str(row[4]) for row in rows),
-        actions=tuple(Action(row[5]) for row in rows),
+        actions=tuple(_ACTIONS[row[5]] for row in rows),  # a dict lookup: Action(value) costs a microsecond a row
         model_ids=tuple(str(row[6]) for row in rows),
         # One frombuffer over the joined bytes: a 4096-row page is one copy, not 4096 small arrays.
         embeddings=np.frombuffer(b"".join(bytes(row[7]) for row in rows), dtype="<f4").reshape(len(rows), -1).astype(np.float32),  # type: ignore[arg-type]
