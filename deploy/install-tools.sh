@@ -3,14 +3,16 @@
 #   prometheus   promtool (check/test rules) and the server the rules are evaluated on
 #   podman, buildah, runc, containernetworking-plugins   build and run the image
 #   debootstrap  builds a Debian base image when python:3.11-slim cannot be pulled
+#   postgresql   the server binaries (initdb, pg_ctl under /usr/lib/postgresql/*/bin) the state
+#                store tests and bench start their own throwaway PostgreSQL with (tests/postgres.py)
 # kubectl (kustomize) is not packaged in Debian bookworm; it must already be on PATH.
 #
 # Idempotent: packages already installed are left alone and apt is not touched.
-# Non-interactive. Daemons in these packages (prometheus) are not started: the
+# Non-interactive. Daemons in these packages (prometheus, postgresql) are not started: the
 # checks start their own, on loopback ports, with temporary storage.
 set -euo pipefail
 
-PACKAGES=(prometheus podman buildah runc containernetworking-plugins debootstrap debian-archive-keyring)
+PACKAGES=(prometheus podman buildah runc containernetworking-plugins debootstrap debian-archive-keyring postgresql)
 
 missing=()
 for package in "${PACKAGES[@]}"; do
@@ -24,8 +26,8 @@ fi
 SUDO=()
 [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
 
-# policy-rc.d 101 = "do not start services": the prometheus package would
-# otherwise start a system-wide daemon on :9090 where an init system exists.
+# policy-rc.d 101 = "do not start services": the prometheus and postgresql packages would
+# otherwise start system-wide daemons (:9090, :5432) where an init system exists.
 created_policy=""
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null

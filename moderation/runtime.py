@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
     from moderation.escalation.explainer import Explainer
     from moderation.escalation.loading import ExplainerSpec
     from moderation.escalation.tier import EscalationTier
-    from moderation.state.embeddings import EmbeddingStore
-    from moderation.state.thumbnails import ThumbnailStore
+    from moderation.state.store import DropCallback, StateStore
+    from moderation.state.thumbnails import Thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -321,30 +321,67 @@ def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device
     )
 
 
-def build_store(settings: Settings) -> EmbeddingStore | None:
-    from moderation.state.embeddings import EmbeddingStore
+def build_store(settings: Settings, on_dropped: DropCallback | None = None) -> StateStore | None:
+    """The state store: database_url if set (PostgreSQL or SQLite), else the embedding_store file, else none.
 
-    if settings.embedding_store is None:
+    Opened (and migrated) now, so a wrong URL, a refused password or a schema newer than
+    this release fails the start, not the first write.
+    """
+    from moderation.state.records import StoreError
+    from moderation.state.store import open_store, redact_url
+
+    if settings.database_url is not None:
+        location: str | Path = settings.database_url
+        ignored = [name for name in ("embedding_store", "thumbnail_store") if getattr(settings, name) is not None]
+        if ignored:
+            log.warning("database_url is set: %s ignored, the database keeps that state", " and ".join(ignored))
+    elif settings.embedding_store is not None:
+        location = settings.embedding_store
+    else:
         return None
-    return EmbeddingStore(
-        settings.embedding_store,
-        retention=timedelta(days=settings.embedding_retention_days),
-        max_delay_s=settings.embedding_flush_interval_s,
-        flush_interval_s=settings.embedding_flush_interval_s,
-    )
-
-
-def build_thumbnails(settings: Settings) -> ThumbnailStore | None:
-    from moderation.state.thumbnails import ThumbnailError, ThumbnailStore
-
-    if settings.thumbnail_store is None:
-        return None
+    thumbnails_in_store = settings.database_url is not None and settings.thumbnails_on
     try:
-        store = ThumbnailStore(settings.thumbnail_store, timedelta(days=settings.thumbnail_retention_days), settings.thumbnail_max_px)
+        store = open_store(
+            location,
+            retention=timedelta(days=settings.embedding_retention_days),
+            thumbnail_retention=timedelta(days=settings.thumbnail_retention_days) if thumbnails_in_store else None,
+            max_delay_s=settings.embedding_flush_interval_s,
+            flush_interval_s=settings.embedding_flush_interval_s,
+            max_buffered=settings.store_max_buffered,
+            batch_size=min(256, settings.store_max_buffered),
+            on_dropped=on_dropped,
+        )
+    except StoreError as error:
+        variable = "MODERATION_DATABASE_URL" if settings.database_url is not None else "MODERATION_EMBEDDING_STORE"
+        raise ConfigurationError(f"{error}; fix or unset {variable}") from error
+    where = redact_url(str(location))
+    log.info(
+        "state store %s at schema %d: decisions%s, flushed at least every %g s",
+        where, store.schema_version, " and thumbnails" if thumbnails_in_store else "", settings.embedding_flush_interval_s,
+    )  # fmt: skip
+    return store
+
+
+def build_thumbnails(settings: Settings, store: StateStore | None = None) -> Thumbnails | None:
+    """Thumbnails (opt-in): rows of the database_url store when one is set, else files in thumbnail_store."""
+    from moderation.state.thumbnails import DatabaseThumbnails, ThumbnailError, ThumbnailStore
+
+    if not settings.thumbnails_on:
+        return None
+    if settings.database_url is not None:
+        if store is None:
+            raise ConfigurationError("thumbnails go to the database_url store: build the store first and pass it")
+        log.info(
+            "thumbnails on: flagged cases keep a %d px JPEG in the state store for %g days",
+            settings.thumbnail_max_px, settings.thumbnail_retention_days,
+        )  # fmt: skip
+        return DatabaseThumbnails(store, settings.thumbnail_max_px)
+    try:
+        thumbnails = ThumbnailStore(settings.thumbnail_store, timedelta(days=settings.thumbnail_retention_days), settings.thumbnail_max_px)
     except ThumbnailError as error:
         raise ConfigurationError(f"{error}; fix or unset MODERATION_THUMBNAIL_STORE") from error
     log.info(
         "thumbnail store on: flagged cases keep a %d px JPEG in %s (mode 0700) for %g days",
         settings.thumbnail_max_px, settings.thumbnail_store, settings.thumbnail_retention_days,
     )  # fmt: skip
-    return store
+    return thumbnails

@@ -16,7 +16,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev]'
 
-# Debian packages for the deployment checks: prometheus/promtool, podman, buildah, debootstrap.
+# Debian packages for the deployment checks and the state store tests: prometheus/promtool, podman,
+# buildah, debootstrap, postgresql (server binaries only; the tests start their own).
 bash deploy/install-tools.sh
 
 if command -v npm >/dev/null 2>&1; then

@@ -34,3 +34,36 @@ def one_torch_thread():  # noqa: ANN201
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # noqa: ANN201
+    """One real PostgreSQL for the session (tests/postgres.py); every test gets its own database from `postgres_url`.
+
+    Missing binaries fail the run under CI=true (the store must be tested against a real
+    PostgreSQL there) and skip elsewhere.
+    """
+    import os
+
+    from tests.postgres import PostgresUnavailable, running_postgres
+
+    try:
+        context = running_postgres()
+        server = context.__enter__()
+    except PostgresUnavailable as error:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {error}", pytrace=False)
+        pytest.skip(str(error))
+    try:
+        yield server
+    finally:
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request: pytest.FixtureRequest) -> str:  # noqa: ANN001
+    """The URL of a new, empty database on the session's PostgreSQL."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + f"_{id(request) % 100000}"
+    return postgres_server.create_database(name)

@@ -1,14 +1,14 @@
 """`moderation case show`: from a request id in a diff, a shadow log line or the audit log back to the case.
 
-Reads the embedding store (what was decided, when, under which version, by which
-model) and, when the opt-in thumbnail store is on, the small JPEG kept of a flagged
-case. Thumbnails are mode 0600 in a 0700 directory: run this as the server's user.
+Reads the state store (what was decided, when, under which version, by which
+model: a PostgreSQL database every replica shares, or a SQLite file) and, when
+thumbnails are on, the small JPEG kept of a flagged case: a row of the same database,
+or a file (mode 0600 in a 0700 directory: run this as the server's user).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -31,8 +31,14 @@ from moderation.cli.render import age, print_rows
 @case_app.command("show")
 def case_show(
     request_id: Annotated[str, typer.Argument(help="the request id, as in the audit log, a shadow line or `policy diff`")],
-    store: Annotated[Optional[Path], typer.Option(help="embedding store; default MODERATION_EMBEDDING_STORE")] = None,
-    thumbnails: Annotated[Optional[Path], typer.Option(help="thumbnail store; default MODERATION_THUMBNAIL_STORE")] = None,
+    store: Annotated[
+        Optional[str],
+        typer.Option(help="state store: postgresql://..., sqlite:///path or a SQLite file; "
+                     "default MODERATION_DATABASE_URL, else MODERATION_EMBEDDING_STORE"),
+    ] = None,
+    thumbnails: Annotated[
+        Optional[Path], typer.Option(help="thumbnail directory (stores without database_url); default MODERATION_THUMBNAIL_STORE")
+    ] = None,
     copy_to: Annotated[Optional[Path], typer.Option("--out", help="copy the thumbnail to this file (mode 0600)", dir_okay=False)] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -40,29 +46,42 @@ def case_show(
     """Print what the server stored about one request: its decisions and, if kept, its thumbnail."""
     from datetime import datetime, timezone
 
-    from moderation.state.embeddings import StoreError, find_decisions
+    from moderation.state.records import StoreError
+    from moderation.state.store import is_database_url, open_store, redact_url
     from moderation.state.thumbnails import thumbnail_path
 
     settings = settings_or_fail(config)
-    store = store or settings.embedding_store
-    thumbnails = thumbnails or settings.thumbnail_store
+    store = store or settings.database_url or (str(settings.embedding_store) if settings.embedding_store else None)
+    # A database store keeps thumbnails as rows; a directory is only for stores without database_url.
+    in_database = is_database_url(store)
+    thumbnails = thumbnails or (None if in_database else settings.thumbnail_store)
     if store is None and thumbnails is None:
-        raise fail("nothing to look in: pass --store and/or --thumbnails, or set MODERATION_EMBEDDING_STORE / MODERATION_THUMBNAIL_STORE")
+        raise fail(
+            "nothing to look in: pass --store and/or --thumbnails, or set MODERATION_DATABASE_URL "
+            "(or MODERATION_EMBEDDING_STORE / MODERATION_THUMBNAIL_STORE)"
+        )
 
     decisions = None
+    jpeg: bytes | None = None
+    thumbnail_note = "thumbnail store not given"
     if store is not None:
         try:
-            decisions = find_decisions(store, request_id)
+            with open_store(store, read_only=True) as opened:
+                decisions = opened.find_decisions(request_id)
+                if in_database:
+                    jpeg = opened.load_thumbnail(request_id)
+                    thumbnail_note = f"{len(jpeg)} bytes in {redact_url(store)}" if jpeg else ""
         except StoreError as error:
             raise fail(str(error)) from None
-    thumbnail = thumbnail_path(thumbnails, request_id) if thumbnails is not None else None
+    thumbnail = thumbnail_path(thumbnails, request_id) if thumbnails is not None and jpeg is None else None
     try:
-        has_thumbnail = thumbnail is not None and thumbnail.is_file()
-        if has_thumbnail:
-            with thumbnail.open("rb"):  # readable by this user? A permission error becomes one line
-                pass
+        if thumbnail is not None and thumbnail.is_file():
+            jpeg = thumbnail.read_bytes()
+            thumbnail_note = str(thumbnail)
     except PermissionError:
         raise fail(f"{thumbnail} is readable only by the server's user (mode 0600); run this as that user") from None
+    if jpeg is None and (thumbnails is not None or in_database):
+        thumbnail_note = "none (only flagged cases get one, and only while thumbnails are on and within their retention)"
 
     now = time.time()
     rows = []
@@ -80,22 +99,17 @@ def case_show(
                     "model": decisions.model_ids[i],
                 }
             )
-    if has_thumbnail and copy_to is not None:
+    if jpeg is not None and copy_to is not None:
         descriptor = os.open(copy_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as target, thumbnail.open("rb") as source:
-            shutil.copyfileobj(source, target)
-    if thumbnails is None:
-        thumbnail_note = "thumbnail store not given"
-    elif has_thumbnail:
-        thumbnail_note = str(thumbnail)
-    else:
-        thumbnail_note = "none (only flagged cases get one, and only while the thumbnail store is on and within its retention)"
+        with os.fdopen(descriptor, "wb") as target:
+            target.write(jpeg)
 
     if as_json:
-        print_json({"request_id": request_id, "decisions": rows, "thumbnail": str(thumbnail) if has_thumbnail else None})
+        # "thumbnail": the file's path, or where in the database; null when none is kept.
+        print_json({"request_id": request_id, "decisions": rows, "thumbnail": thumbnail_note if jpeg is not None else None})
     else:
         if store is not None and not rows:
-            out.print(escape(f"{request_id}: no stored decision in {store} (not stored, or older than its retention)"), highlight=False)
+            out.print(escape(f"{request_id}: no stored decision in {redact_url(store)} (not stored, or older than its retention)"), highlight=False)
         if rows:
             print_rows(
                 escape(f"{request_id}: {len(rows)} stored decision{'s' if len(rows) > 1 else ''}"),
@@ -106,7 +120,7 @@ def case_show(
                 ],
             )
         out.print(f"thumbnail: {escape(thumbnail_note)}", highlight=False)
-        if has_thumbnail and copy_to is not None:
+        if jpeg is not None and copy_to is not None:
             out.print(f"copied to {escape(str(copy_to))}", highlight=False)
-    if not rows and not has_thumbnail:
+    if not rows and jpeg is None:
         raise typer.Exit(1)

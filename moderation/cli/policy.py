@@ -355,7 +355,11 @@ def _write_scores_csv(path: Path, images: list[Path], result: PolicyCalibration)
 def policy_diff(
     old_file: Annotated[Path, typer.Argument(help="the policy version that served the stored decisions")],
     new_file: Annotated[Path, typer.Argument(help="the proposed policy version")],
-    store: Annotated[Optional[Path], typer.Option(help="embedding store (SQLite) the server writes; default MODERATION_EMBEDDING_STORE")] = None,
+    store: Annotated[
+        Optional[str],
+        typer.Option(help="state store the servers write: postgresql://..., sqlite:///path or a SQLite file; "
+                     "default MODERATION_DATABASE_URL, else MODERATION_EMBEDDING_STORE"),
+    ] = None,
     since: Annotated[str, typer.Option(help="re-score decisions newer than this age: 90m, 12h, 7d, 2w")] = "7d",
     until: Annotated[Optional[str], typer.Option(help="and older than this age (default: up to now)")] = None,
     stored_policy: Annotated[Optional[str], typer.Option(help="re-score decisions made under this policy id (default: OLD's id)")] = None,
@@ -369,21 +373,26 @@ def policy_diff(
     as_json: JsonOption = False,
 ) -> None:
     """Re-score stored traffic under OLD and NEW (text embeddings only) and report which decisions flip."""
+    import dataclasses
     from datetime import datetime, timezone
 
     from moderation.offline.rescore import CannotRescore, check_stored_models, flips_document, rescore_stored_decisions
     from moderation.state.embeddings import StoreError, store_freshness
+    from moderation.state.store import is_database_url, redact_url
 
     old, new = (policy_or_fail(path)[0] for path in (old_file, new_file))
     settings = offline_settings(model, weights, device)
-    store = store or settings.embedding_store
+    store = store or settings.database_url or settings.embedding_store
     if store is None:
-        raise fail("no embedding store: pass --store PATH or set MODERATION_EMBEDDING_STORE")
+        raise fail("no state store: pass --store URL|PATH or set MODERATION_DATABASE_URL (or MODERATION_EMBEDDING_STORE)")
+    shown_store = redact_url(str(store))
     now = datetime.now(timezone.utc)
     window_start = now - _parse_age(since, "--since")
     window_end = now - _parse_age(until, "--until") if until else None
     policy_id = stored_policy or old.id
-    spec = model_spec(settings)
+    # Re-scoring needs the text tower only, and every backend runs it on torch: the torch backend
+    # gives the same text embeddings without exporting or loading an ONNX image tower (time, memory).
+    spec = dataclasses.replace(model_spec(settings), backend="torch")
     try:
         freshness = store_freshness(store, window_start, window_end, policy_id)
         if not as_json:
@@ -404,12 +413,13 @@ def policy_diff(
     except (CannotRescore, StoreError) as error:
         raise fail(str(error)) from None
     window = f"the last {since}" + (f" up to {until} ago" if until else "")
-    thumbnails = thumbnails or settings.thumbnail_store
+    # Thumbnails kept as rows of a database store are shown by `case show REQUEST_ID`; a directory is pointed at here.
+    thumbnails = thumbnails or (None if is_database_url(store) else settings.thumbnail_store)
     if as_json:
         document = {
             "old": {"policy_id": old.id, "version": old.version},
             "new": {"policy_id": new.id, "version": new.version},
-            "store": str(store),
+            "store": shown_store,
             "stored_policy": policy_id,
             "window": {"since": window_start.isoformat(), "until": (window_end or now).isoformat()},
             "freshness": {
@@ -429,7 +439,7 @@ def policy_diff(
             }
         print_json(document)
         return
-    print_flips(flips, old, new, f"{policy_id!r} decisions of {window} in {store}", thumbnails)
+    print_flips(flips, old, new, f"{policy_id!r} decisions of {window} in {shown_store}", thumbnails)
 
 
 

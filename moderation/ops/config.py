@@ -185,19 +185,36 @@ class Settings(BaseSettings):
     auth_failure_logs_per_minute: int = Field(
         10, ge=0, description="log lines about refused credentials per minute at most (the counter counts every one)"
     )
+    database_url: str | None = Field(
+        None,
+        description="the state store every replica shares: postgresql://user:password@host:port/db (or sqlite:///path, one "
+        "machine); decisions' embeddings and, with keep_thumbnails, thumbnails go there; set, it takes precedence over "
+        "embedding_store and thumbnail_store; unset: those two (a SQLite file, a directory) or nothing",
+    )
+    keep_thumbnails: bool = Field(
+        False,
+        description="keep thumbnails of flagged cases as rows of the database_url store (thumbnail_store set also turns them on)",
+    )
+    store_max_buffered: int = Field(
+        10_000, ge=1, le=1_000_000,
+        description="decisions buffered while the store cannot be written; beyond, the oldest are dropped and counted "
+        "(moderation_store_dropped_total)",
+    )  # fmt: skip
     embedding_store: Path | None = Field(
         None,
         description="SQLite file keeping each decision's image embedding (never the image) for `moderation policy diff`; "
-        "unset keeps none",
+        "ignored when database_url is set; unset keeps none",
     )
     embedding_retention_days: float = Field(30.0, gt=0, description="how long stored embeddings are kept")
     embedding_flush_interval_s: float = Field(
-        5.0, gt=0, le=3600, description="buffered decisions reach the embedding store file at most this many seconds late"
+        5.0, gt=0, le=3600,
+        description="buffered decisions reach the store at most this many seconds late: the most a killed server loses",
     )
     thumbnail_store: Path | None = Field(
         None,
         description="directory keeping a small JPEG of each flagged decision's image (not ALLOWed by the active or a shadow "
-        "policy) for reviewers, by request id (`moderation case show`); mode 0700/0600; unset keeps none",
+        "policy) for reviewers, by request id (`moderation case show`); mode 0700/0600; with database_url set, thumbnails go "
+        "to the database instead; unset keeps none",
     )
     thumbnail_retention_days: float = Field(7.0, gt=0, description="how long thumbnails are kept")
     thumbnail_max_px: int = Field(256, ge=32, le=512, description="longer side of a thumbnail, pixels")
@@ -216,6 +233,16 @@ class Settings(BaseSettings):
         if self.explainer_mode is ExplainerMode.REMOTE and not self.explainer_target:
             raise ValueError("explainer_mode is remote: set explainer_target (MODERATION_EXPLAINER_TARGET) to host:port")
         return self
+
+    @model_validator(mode="after")
+    def _thumbnails_need_a_home(self) -> Settings:
+        if self.keep_thumbnails and self.database_url is None and self.thumbnail_store is None:
+            raise ValueError("keep_thumbnails needs database_url (rows of the shared store) or thumbnail_store (a directory)")
+        return self
+
+    @property
+    def thumbnails_on(self) -> bool:
+        return self.keep_thumbnails or self.thumbnail_store is not None
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:

@@ -149,6 +149,13 @@ class ModerationMetrics:
             ["reason"],
             registry=registry,
         )
+        self.store_dropped = Counter(
+            "moderation_store_dropped_total",
+            "Rows the state store dropped because writes kept failing and its bounded buffer was full, by kind "
+            "(decision, thumbnail). Requests never fail for it.",
+            ["kind"],
+            registry=registry,
+        )
 
         self._shadow_lock = threading.Lock()
         self._shadow_series: set[tuple[str, ...]] = set()  # label values of decisions and disagreements series

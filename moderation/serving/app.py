@@ -69,6 +69,8 @@ def build_pipeline(
         str(scorer.encoder.dtype).removeprefix("torch."), batch, workers,
         registry.default_id,
     )  # fmt: skip
+    # Drops (the database away longer than the buffer lasts) are counted, never a failed request.
+    store = build_store(settings, on_dropped=lambda kind, count: metrics.store_dropped.labels(kind).inc(count))
     pipeline = ModerationPipeline(
         scorer,
         registry,
@@ -78,8 +80,8 @@ def build_pipeline(
         max_batch=batch,
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
-        store=build_store(settings),
-        thumbnails=build_thumbnails(settings),
+        store=store,
+        thumbnails=build_thumbnails(settings, store),
         escalation=build_escalation_tier(settings, metrics, spec.device),
     )
     return pipeline, reloader

@@ -1,7 +1,10 @@
 """Opt-in thumbnails of flagged cases, so a reviewer can see the image behind a request id.
 
 The one place this service keeps anything of an image besides its embedding, and
-only when `thumbnail_store` names a directory (off by default). What is kept: a
+only when turned on (off by default). Two homes, one interface (`Thumbnails`):
+rows of the state store (`DatabaseThumbnails`: the `thumbnails` table of the SQLite
+or PostgreSQL store named by `database_url`, shared by every replica), or files in
+the directory `thumbnail_store` names (`ThumbnailStore`, one machine). What is kept: a
 JPEG no larger than `thumbnail_max_px` on its longer side (256 by default) of the
 frame that decided the case, for decisions that the active policy or a shadow
 policy did not ALLOW. Never the uploaded bytes, never anything in a log line.
@@ -24,8 +27,12 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from moderation.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,40 @@ def make_thumbnail(frame: Image.Image, max_px: int, quality: int = 80) -> bytes:
     return buffer.getvalue()
 
 
+class Thumbnails(Protocol):
+    """Where the server keeps thumbnails: save (off the request path), load by request id, prune past the retention."""
+
+    max_px: int
+
+    def save(self, request_id: str, jpeg: bytes) -> object: ...
+
+    def load(self, request_id: str) -> bytes | None: ...
+
+    def prune(self) -> int: ...
+
+
+class DatabaseThumbnails:
+    """Thumbnails as rows of the state store: buffered and batched with the decisions, pruned by the store's retention."""
+
+    def __init__(self, store: StateStore, max_px: int = 256):
+        if store.thumbnail_retention is None:
+            raise ValueError("a store keeping thumbnails needs a thumbnail retention")
+        self.store = store
+        self.max_px = max_px
+
+    def save(self, request_id: str, jpeg: bytes) -> None:
+        self.store.save_thumbnail(request_id, jpeg)  # buffered: never waits for the database
+
+    def load(self, request_id: str) -> bytes | None:
+        return self.store.load_thumbnail(request_id)
+
+    def prune(self) -> int:
+        return self.store.prune_thumbnails()
+
+
 class ThumbnailStore:
+    """Thumbnails as files in one directory (one machine): the default when no database_url is set."""
+
     def __init__(self, directory: str | Path, retention: timedelta, max_px: int = 256, prune_every_s: float = 3600.0):
         self.directory = Path(directory)
         self.retention = retention
@@ -85,6 +125,13 @@ class ThumbnailStore:
         if time.monotonic() - self._last_prune >= self.prune_every_s:
             self.prune()
         return path
+
+    def load(self, request_id: str) -> bytes | None:
+        path = thumbnail_path(self.directory, request_id)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
 
     def prune(self) -> int:
         """Delete thumbnails older than the retention; return how many."""

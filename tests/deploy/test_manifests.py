@@ -345,3 +345,15 @@ def test_prod_autoscales_the_scorer_and_is_scraped(rendered: dict[str, list[dict
     endpoint_ports = {e["port"] for e in monitor["spec"]["endpoints"]}
     for service in scraped:
         assert endpoint_ports <= {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_prod_replicas_share_one_state_store_named_by_a_secret(rendered: dict[str, list[dict]]) -> None:
+    """Every scorer replica writes the same PostgreSQL; its URL (with a password) comes from a Secret, never a literal."""
+    scorer = by_kind(rendered["prod"], "Deployment")["moderation-scorer"]
+    (variable,) = [e for e in container(scorer)["env"] if e["name"] == "MODERATION_DATABASE_URL"]
+    assert "value" not in variable
+    assert variable["valueFrom"] == {"secretKeyRef": {"name": "moderation-database", "key": "url"}}
+    # One pod's file would be lost with the pod and seen by no other replica.
+    assert "MODERATION_EMBEDDING_STORE" not in env(scorer) and "MODERATION_THUMBNAIL_STORE" not in env(scorer)
+    dev_scorer = by_kind(rendered["dev"], "Deployment")["moderation-scorer"]
+    assert "MODERATION_DATABASE_URL" not in env(dev_scorer)

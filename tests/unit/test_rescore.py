@@ -17,7 +17,7 @@ from moderation.signals.clip import ClipScorer
 from moderation.core.decision import decide
 from moderation.policy import Action, Policy
 from moderation.offline.rescore import CannotRescore, rescore_stored_decisions
-from moderation.state.embeddings import EmbeddingStore
+from moderation.state.store import open_store
 from tests.conftest import POLICIES, TINY_CLIP
 
 NOW = datetime.now(timezone.utc)
@@ -60,7 +60,7 @@ def scenario(tiny_scorer: ClipScorer, tmp_path_factory: pytest.TempPathFactory) 
     new = Policy.model_validate(new_data)
 
     path = tmp_path_factory.mktemp("rescore") / "store.db"
-    with EmbeddingStore(path) as store:
+    with open_store(path) as store:
         for i, vector in enumerate(vectors):
             stored_action = decide(scores[i], old).action if i != 7 else Action.BLOCK  # r7 was not decided by OLD
             version = "1" if i != 8 else "0.9"  # r8 was decided by an earlier version
@@ -145,7 +145,7 @@ def test_diff_command_refuses_another_model_before_loading_one(scenario: dict, t
     assert "error:" in result.output and "not from 'ViT-B-32/none.bin'" in result.output
     assert "cannot load CLIP model" not in result.output  # refused before trying to load it
     missing = CliRunner().invoke(app, ["policy", "diff", str(POLICIES / "default.yaml"), str(POLICIES / "default.yaml"), "--store", str(tmp_path / "nope.db")])
-    assert missing.exit_code == 2 and "no embedding store at" in missing.output
+    assert missing.exit_code == 2 and "no state store at" in missing.output
     bad_age = CliRunner().invoke(app, ["policy", "diff", str(POLICIES / "default.yaml"), str(POLICIES / "default.yaml"), "--store", str(tmp_path / "nope.db"), "--since", "week"])
     assert bad_age.exit_code == 2 and "--since 'week' is not an age" in bad_age.output
     for age in ("infd", "0d", "1.5d", "999999w"):
@@ -164,7 +164,7 @@ def test_diff_names_whole_ids_with_scores_freshness_and_thumbnails(tiny_scorer: 
     ids = [f"upload-2026-11-24-{i:04d}-0123456789abcdef0123" for i in range(3)]
     store_path = tmp_path / "store.db"
     now = datetime.now(timezone.utc)  # not the module's NOW: ages are checked to the minute
-    with EmbeddingStore(store_path) as store:
+    with open_store(store_path) as store:
         for i, request_id in enumerate(ids):
             store.record(request_id, now - timedelta(minutes=10 * (i + 1)), "default", "1", "ALLOW", vectors[i], tiny_scorer.model_id)
     thumbnails = ThumbnailStore(tmp_path / "thumbs", timedelta(days=1))
@@ -211,3 +211,32 @@ def test_diff_shows_control_characters_in_stored_ids_instead_of_sending_them(tin
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
     assert r"upload-1\x1b[2J\x1b[Hall clear\x1b[8m\u202e" in result.stdout
+
+
+def test_counting_a_batch_at_once_equals_adding_every_decision(tiny_scorer: ClipScorer, tmp_path: Path) -> None:
+    """The numpy counting in rescore gives exactly the counts and examples of `DecisionFlips.add` row by row."""
+    from moderation.offline.rescore import DecisionFlips, flips_document
+
+    rng = np.random.default_rng(5)
+    count = 3000
+    vectors = rng.standard_normal((count, tiny_scorer.encoder.encode_texts(["d"]).shape[1])).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    old = Policy.model_validate(policy_with("1", {"weapons": (0.2, 0.5), "drugs": (0.3, 0.9)}))
+    new_data = policy_with("2", {"weapons": (0.1, 0.3), "violence": (0.2, 0.25)})
+    new_data["categories"] = [c for c in new_data["categories"] if c["id"] != "drugs"]  # a category removed
+    new = Policy.model_validate(new_data)
+    path = tmp_path / "store.db"
+    with open_store(path, batch_size=1000, max_buffered=10_000) as store:
+        for i in range(count):
+            store.record(f"r{i}", NOW - timedelta(seconds=count - i), "default", ["1", "0.9"][i % 7 == 0], Action.ALLOW, vectors[i], tiny_scorer.model_id)
+    fast = rescore_stored_decisions(path, tiny_scorer, old, new, NOW - timedelta(days=1), examples_per_change=2)
+
+    reference = DecisionFlips(examples_per_change=2)
+    old_scores = tiny_scorer.score(torch.from_numpy(vectors), tiny_scorer.index_policy(old))
+    new_scores = tiny_scorer.score(torch.from_numpy(vectors), tiny_scorer.index_policy(new))
+    for i in range(count):
+        version = ["1", "0.9"][i % 7 == 0]
+        reference.add(f"r{i}", version, Action.ALLOW, decide(old_scores[i], old), decide(new_scores[i], new), (NOW - timedelta(seconds=count - i)).timestamp())
+    assert reference.changed > 100 and reference.not_reproduced > 0, "the scenario must exercise the counting"
+    assert flips_document(fast) == flips_document(reference)
+    assert fast.decisions == reference.decisions and fast.stored_versions == reference.stored_versions

@@ -102,8 +102,8 @@ async def test_request_slots_refuse_unary_calls_and_queue_stream_items_in_order(
 
 
 def test_embedding_store_is_created_owner_only(tmp_path: Path) -> None:
-    from moderation.state.embeddings import EmbeddingStore
+    from moderation.state.store import open_store
 
-    with EmbeddingStore(tmp_path / "store.db"):
+    with open_store(tmp_path / "store.db"):
         pass
     assert (tmp_path / "store.db").stat().st_mode & 0o777 == 0o600

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -120,12 +121,17 @@ class ClipScorer:
     @torch.inference_mode()
     def score(self, image_embeddings: torch.Tensor, index: PolicyTextIndex) -> list[dict[str, float]]:
         """Per embedding row, {category id: score in [0, 1]}."""
+        per_category = {cid: values.tolist() for cid, values in self.score_columns(image_embeddings, index).items()}
+        return [{cid: values[i] for cid, values in per_category.items()} for i in range(image_embeddings.shape[0])]
+
+    def score_columns(self, image_embeddings: torch.Tensor, index: PolicyTextIndex) -> dict[str, np.ndarray]:
+        """Per category id, every row's score (float32, in [0, 1]): `score` without a dict per row, for bulk re-scoring."""
         logits = self.logit_scale * image_embeddings.float().cpu() @ index.embeddings.T  # [batch, prompts]
-        per_category = {}
+        columns = {}
         for category_id, rows, positives in index.competitions:
             probabilities = logits[:, rows].softmax(dim=-1)
-            per_category[category_id] = probabilities[:, :positives].sum(dim=-1).clamp(0.0, 1.0).tolist()
-        return [{cid: values[i] for cid, values in per_category.items()} for i in range(image_embeddings.shape[0])]
+            columns[category_id] = probabilities[:, :positives].sum(dim=-1).clamp(0.0, 1.0).numpy()
+        return columns
 
     def score_frames(self, embeddings: torch.Tensor, frame_indices: Sequence[int], index: PolicyTextIndex) -> FrameScores:
         """One image's scores from the embeddings of its sampled frames (rows in frame order)."""

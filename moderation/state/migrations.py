@@ -1,0 +1,125 @@
+"""Versioned schema migrations, one ordered list for both backends.
+
+Every change to what the store keeps is a new `Migration` appended here (never an
+edit of one already released): the decisions table, the thumbnails table, and later
+the hash banks and the review queue. A store records what it has applied in
+`schema_version` (one row per migration); opening a writable store applies the
+missing ones in order, in one transaction:
+
+- SQLite: under `BEGIN IMMEDIATE`, so two processes opening one file take turns.
+- PostgreSQL: under a transaction-scoped advisory lock (`pg_advisory_xact_lock`), so
+  replicas starting at once do not race; PostgreSQL's DDL is transactional, so a
+  migration that fails leaves the schema as it was.
+
+A store whose schema is newer than this code (a newer release migrated it) is
+refused with a message saying so: an old server must not write rows a newer schema
+does not expect. Readers (`policy diff`, `case show`) never migrate.
+
+Files written before this module existed (schema 1) carry their version in
+`store_info` and have no `schema_version` table; they are adopted at version 1 and
+migrated forward. SQLite files keep `store_info.schema_version` current too, so a
+release from before migrations refuses a newer file instead of writing to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Any constant both sides agree on: the advisory lock every replica takes to migrate.
+POSTGRES_MIGRATION_LOCK = 0x6D6F64_7374_6F72  # "mod" "stor"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "decisions: each decision's image embedding (never the image) for `policy diff` and `case show`",
+        sqlite=(
+            # IF NOT EXISTS: files from before migrations already have these.
+            """CREATE TABLE IF NOT EXISTS decisions (
+                request_id     TEXT NOT NULL,
+                ts             REAL NOT NULL,  -- unix seconds, UTC
+                policy_id      TEXT NOT NULL,
+                policy_version TEXT NOT NULL,
+                action         TEXT NOT NULL,  -- ALLOW, REVIEW or BLOCK
+                model_id       TEXT NOT NULL,
+                embedding      BLOB NOT NULL   -- float32, little-endian, L2-normalised as the model returned it
+            )""",
+            "CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (ts)",
+            "CREATE INDEX IF NOT EXISTS decisions_by_policy_time ON decisions (policy_id, ts)",
+            "CREATE INDEX IF NOT EXISTS decisions_by_request ON decisions (request_id)",
+        ),
+        postgres=(
+            # id: the paging key readers use after ts (SQLite's is the rowid).
+            """CREATE TABLE decisions (
+                id             BIGSERIAL PRIMARY KEY,
+                request_id     TEXT NOT NULL,
+                ts             DOUBLE PRECISION NOT NULL,
+                policy_id      TEXT NOT NULL,
+                policy_version TEXT NOT NULL,
+                action         TEXT NOT NULL CHECK (action IN ('ALLOW', 'REVIEW', 'BLOCK')),
+                model_id       TEXT NOT NULL,
+                embedding      BYTEA NOT NULL
+            )""",
+            "CREATE INDEX decisions_by_time ON decisions (ts, id)",
+            "CREATE INDEX decisions_by_policy_time ON decisions (policy_id, ts, id)",
+            "CREATE INDEX decisions_by_request ON decisions (request_id)",
+        ),
+    ),
+    Migration(
+        2,
+        "thumbnails: opt-in JPEGs of flagged cases, one row per request id",
+        sqlite=(
+            """CREATE TABLE thumbnails (
+                request_id TEXT PRIMARY KEY,
+                saved_at   REAL NOT NULL,  -- unix seconds, UTC; retention counts from here
+                jpeg       BLOB NOT NULL
+            )""",
+            "CREATE INDEX thumbnails_by_time ON thumbnails (saved_at)",
+        ),
+        postgres=(
+            """CREATE TABLE thumbnails (
+                request_id TEXT PRIMARY KEY,
+                saved_at   DOUBLE PRECISION NOT NULL,
+                jpeg       BYTEA NOT NULL
+            )""",
+            "CREATE INDEX thumbnails_by_time ON thumbnails (saved_at)",
+        ),
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version     INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at  DOUBLE PRECISION NOT NULL  -- unix seconds
+)"""
+
+
+def pending(current: int) -> tuple[Migration, ...]:
+    """The migrations a store at `current` still needs, in order."""
+    return tuple(m for m in MIGRATIONS if m.version > current)
+
+
+def newer_than_code_message(where: str, found: int) -> str:
+    return (
+        f"{where} has store schema {found}, newer than this release of moderation knows (up to {SCHEMA_VERSION}); "
+        "a newer release migrated it: upgrade moderation, or point it at another store"
+    )
+
+
+def _check_order() -> None:
+    versions = [m.version for m in MIGRATIONS]
+    if versions != list(range(1, len(versions) + 1)):
+        raise AssertionError(f"migrations must be numbered 1, 2, 3... in order, got {versions}")
+
+
+_check_order()

@@ -1,0 +1,87 @@
+"""What the store keeps, as plain values: stored decisions, freshness, and the checks on a row.
+
+Shared by every backend (moderation/state/sqlite.py, moderation/state/postgres.py) and
+by the readers (`policy diff`, `case show`), so a decision reads back the same from
+either database.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from moderation.policy.schema import Action
+
+Timestamp = datetime | float  # an aware datetime, or unix seconds
+_ACTIONS = {action.value: action for action in Action}
+
+
+class StoreError(RuntimeError):
+    """The store cannot be read or written; the message says which store (password redacted) and why."""
+
+
+@dataclass(frozen=True)
+class StoredDecisions:
+    """A batch of stored decisions, oldest first."""
+
+    request_ids: tuple[str, ...]
+    timestamps: np.ndarray  # unix seconds, float64
+    policy_ids: tuple[str, ...]
+    policy_versions: tuple[str, ...]
+    actions: tuple[Action, ...]
+    model_ids: tuple[str, ...]
+    embeddings: np.ndarray  # [n, dim] float32
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+
+@dataclass(frozen=True)
+class StoreFreshness:
+    """How current a store is: what `policy diff` re-scores, and how old the newest decision is."""
+
+    in_window: int  # decisions in the window (and policy)
+    oldest_in_window: float | None  # unix seconds
+    newest_in_window: float | None
+    newest: float | None  # the newest decision of any policy, any time
+
+
+def unix_seconds(timestamp: Timestamp) -> float:
+    if isinstance(timestamp, datetime):
+        if timestamp.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware datetimes (or unix seconds)")
+        return timestamp.timestamp()
+    seconds = float(timestamp)
+    if not math.isfinite(seconds):
+        raise ValueError(f"timestamp must be finite, got {timestamp!r}")
+    return seconds
+
+
+def embedding_bytes(embedding: np.ndarray) -> bytes:
+    """float32 little-endian bytes of one finite vector: the stored form, the same in every backend."""
+    vector = np.asarray(embedding, dtype="<f4")
+    if vector.ndim != 1 or vector.size == 0:
+        raise ValueError(f"an image embedding is one non-empty vector, got shape {vector.shape}")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("an image embedding must be finite")
+    return vector.tobytes()
+
+
+def decisions_batch(rows: list[tuple[object, ...]], where: str) -> StoredDecisions:
+    """Rows of (ts, key, request_id, policy_id, policy_version, action, model_id, embedding) as one batch."""
+    sizes = {len(row[7]) for row in rows}  # type: ignore[arg-type]
+    if len(sizes) != 1:
+        raise StoreError(f"{where}: stored embeddings of different sizes in one window; filter by model")
+    return StoredDecisions(
+        request_ids=tuple(str(row[2]) for row in rows),
+        timestamps=np.array([row[0] for row in rows], dtype=np.float64),
+        policy_ids=tuple(str(row[3]) for row in rows),
+        policy_versions=tuple(str(row[4]) for row in rows),
+        actions=tuple(_ACTIONS[row[5]] for row in rows),  # a dict lookup: Action(value) costs a microsecond a row
+        model_ids=tuple(str(row[6]) for row in rows),
+        # One frombuffer over the joined bytes: a 4096-row page is one copy, not 4096 small arrays.
+        embeddings=np.frombuffer(b"".join(bytes(row[7]) for row in rows), dtype="<f4").reshape(len(rows), -1).astype(np.float32),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,281 @@
+"""One store test suite, run against both backends of the seam: SQLite and a real PostgreSQL.
+
+`store_location` is a SQLite file path or the URL of a fresh PostgreSQL database
+(tests/conftest.py starts the server); every test below must hold for both.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moderation.policy import Action
+from moderation.state.embeddings import find_decisions, read_decisions, store_freshness, stored_model_ids
+from moderation.state.migrations import MIGRATIONS, SCHEMA_VERSION
+from moderation.state.records import StoreError
+from moderation.state.store import StateStore, open_store
+
+NOW = datetime.now(timezone.utc)
+DIM = 8
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    return request.getfixturevalue("postgres_url")
+
+
+def vector(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def read_all(location: str, **window: object) -> list:
+    batches = list(read_decisions(location, since=window.pop("since", NOW - timedelta(days=365)), **window))
+    return [(b.request_ids[i], b.policy_ids[i], b.actions[i], b.embeddings[i]) for b in batches for i in range(len(b))]
+
+
+def ids(location: str) -> list[str]:
+    return [r[0] for r in read_all(location)]
+
+
+def test_round_trip_in_time_order_with_exact_embeddings(store_location: str) -> None:
+    with open_store(store_location) as store:
+        for i, hours_ago in enumerate([5, 1, 3, 2, 4]):
+            store.record(f"r{i}", NOW - timedelta(hours=hours_ago), "default", "v1", ["ALLOW", Action.REVIEW, "BLOCK"][i % 3], vector(i), "ViT-B-32/x")
+    batches = list(read_decisions(store_location, since=NOW - timedelta(days=1), batch_size=2))
+    assert [len(b) for b in batches] == [2, 2, 1]  # paged, no batch larger than asked
+    rows = [(rid, b.embeddings[i], b.actions[i], b.timestamps[i]) for b in batches for i, rid in enumerate(b.request_ids)]
+    assert [r[0] for r in rows] == ["r0", "r4", "r2", "r3", "r1"]  # oldest first
+    for request_id, embedding, action, ts in rows:
+        i = int(request_id[1:])
+        assert embedding.dtype == np.float32 and np.array_equal(embedding, vector(i))
+        assert action is [Action.ALLOW, Action.REVIEW, Action.BLOCK][i % 3]
+        assert ts == pytest.approx((NOW - timedelta(hours=[5, 1, 3, 2, 4][i])).timestamp())
+
+
+def test_paging_keeps_rows_with_the_same_time_apart(store_location: str) -> None:
+    with open_store(store_location) as store:
+        for i in range(7):
+            store.record(f"same{i}", NOW, "p", "1", "ALLOW", vector(i), "m")
+    batches = list(read_decisions(store_location, since=NOW - timedelta(minutes=1), batch_size=3))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert [r for b in batches for r in b.request_ids] == [f"same{i}" for i in range(7)]  # in insertion order, none twice
+
+
+def test_window_and_policy_filters(store_location: str) -> None:
+    with open_store(store_location) as store:
+        store.record("old", NOW - timedelta(days=10), "default", "v1", "ALLOW", vector(0), "m1")
+        store.record("a", NOW - timedelta(days=2), "default", "v1", "ALLOW", vector(1), "m1")
+        store.record("b", NOW - timedelta(hours=1), "marketplace", "v3", "BLOCK", vector(2), "m2")
+        store.record("future", (NOW + timedelta(hours=1)).timestamp(), "default", "v2", "REVIEW", vector(3), "m2")
+    assert [r[0] for r in read_all(store_location, since=NOW - timedelta(days=7), until=NOW)] == ["a", "b"]
+    assert [r[0] for r in read_all(store_location, since=NOW - timedelta(days=7), policy_id="default")] == ["a", "future"]
+    assert stored_model_ids(store_location, NOW - timedelta(days=7)) == {"m2": 2, "m1": 1}
+    assert stored_model_ids(store_location, NOW - timedelta(days=7), policy_id="marketplace") == {"m2": 1}
+
+
+def test_rows_are_batched_until_a_batch_fills_or_the_delay_passes(store_location: str) -> None:
+    store = open_store(store_location, batch_size=3, max_delay_s=3600)
+    store.record("a", NOW, "p", "1", "ALLOW", vector(0), "m")
+    store.record("b", NOW, "p", "1", "ALLOW", vector(1), "m")
+    assert ids(store_location) == []  # buffered, not written
+    store.record("c", NOW, "p", "1", "ALLOW", vector(2), "m")
+    assert ids(store_location) == ["a", "b", "c"]  # the third filled the batch
+    store.close()
+
+    eager = open_store(store_location, batch_size=100, max_delay_s=0.0)
+    eager.record("d", NOW, "p", "1", "ALLOW", vector(3), "m")
+    assert ids(store_location)[-1] == "d"  # the delay had passed: written at once
+    eager.close()
+
+
+def test_a_quiet_store_writes_its_buffer_on_an_interval_and_on_close(store_location: str) -> None:
+    # A batch that never fills and a record-time delay that never passes: only the interval writes.
+    store = open_store(store_location, batch_size=1000, max_delay_s=3600, flush_interval_s=0.1)
+    store.record("a", NOW, "p", "1", "ALLOW", vector(0), "m")
+    deadline = time.monotonic() + 10
+    while not ids(store_location) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ids(store_location) == ["a"], "no request came after it, and it was written anyway"
+    store.close()
+
+    slow = open_store(store_location, batch_size=1000, max_delay_s=3600)
+    slow.record("b", NOW, "p", "1", "ALLOW", vector(1), "m")
+    assert ids(store_location) == ["a"]
+    slow.close()
+    assert ids(store_location) == ["a", "b"]
+
+
+def test_prune_by_age_and_automatic_retention(store_location: str) -> None:
+    with open_store(store_location) as store:
+        for days in (1, 5, 9, 20):
+            store.record(f"{days}d", NOW - timedelta(days=days), "p", "1", "ALLOW", vector(days), "m")
+        store.flush()
+        assert store.prune(timedelta(days=7)) == 2
+        assert store.prune(NOW - timedelta(days=3)) == 1  # an absolute cut-off works too
+        with pytest.raises(ValueError, match="needs an age or a time"):
+            store.prune()
+    assert ids(store_location) == ["1d"]
+
+    with open_store(store_location, retention=timedelta(days=2), batch_size=1) as store:
+        store.record("stale", NOW - timedelta(days=3), "p", "1", "ALLOW", vector(0), "m")
+        store.record("fresh", NOW, "p", "1", "ALLOW", vector(1), "m")
+    # The first write pruned what the two-day retention no longer keeps; "1d" stays.
+    assert ids(store_location) == ["1d", "fresh"]
+
+
+def test_concurrent_writers_lose_nothing(store_location: str) -> None:
+    store = open_store(store_location, batch_size=16)
+
+    def write(thread: int) -> None:
+        for i in range(150):
+            store.record(f"t{thread}-{i}", NOW, "p", "1", "ALLOW", vector(i), "m")
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    written = ids(store_location)
+    assert len(written) == 8 * 150 and set(written) == {f"t{t}-{i}" for t in range(8) for i in range(150)}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image_embedding": np.zeros((2, DIM), np.float32)}, "one non-empty vector"),
+        ({"image_embedding": np.full(DIM, np.nan, np.float32)}, "must be finite"),
+        ({"timestamp": datetime(2026, 11, 23, 12, 0)}, "timezone-aware"),
+        ({"action": "DENY"}, "'DENY' is not a valid Action"),
+    ],
+)
+def test_bad_records_are_refused(store_location: str, change: dict, message: str) -> None:
+    arguments = {"request_id": "r", "timestamp": NOW, "policy_id": "p", "policy_version": "1", "action": "ALLOW", "image_embedding": vector(0), "model_id": "m"}
+    with open_store(store_location) as store, pytest.raises(ValueError, match=message):
+        store.record(**{**arguments, **change})
+
+
+def test_freshness_and_lookup_by_request_id(store_location: str) -> None:
+    with open_store(store_location) as store:
+        store.record("old", NOW - timedelta(days=3), "default", "1", "ALLOW", vector(0), "m")
+        store.record("a", NOW - timedelta(hours=2), "default", "1", "REVIEW", vector(1), "m")
+        store.record("b", NOW - timedelta(minutes=5), "default", "2", "BLOCK", vector(2), "m")
+        store.record("c", NOW - timedelta(minutes=1), "marketplace", "4", "ALLOW", vector(3), "m")
+    fresh = store_freshness(store_location, NOW - timedelta(days=1), policy_id="default")
+    assert fresh.in_window == 2
+    assert fresh.oldest_in_window == pytest.approx((NOW - timedelta(hours=2)).timestamp())
+    assert fresh.newest_in_window == pytest.approx((NOW - timedelta(minutes=5)).timestamp())
+    assert fresh.newest == pytest.approx((NOW - timedelta(minutes=1)).timestamp())
+    empty = store_freshness(store_location, NOW - timedelta(days=1), policy_id="nsfw")
+    assert (empty.in_window, empty.newest_in_window) == (0, None) and empty.newest is not None
+    found = find_decisions(store_location, "b")
+    assert found is not None and found.policy_versions == ("2",) and found.actions == (Action.BLOCK,)
+    assert np.array_equal(found.embeddings[0], vector(2))
+    assert find_decisions(store_location, "nope") is None
+
+
+def test_thumbnails_are_rows_saved_replaced_loaded_and_pruned(store_location: str) -> None:
+    with open_store(store_location, thumbnail_retention=timedelta(days=7), batch_size=2) as store:
+        store.save_thumbnail("../../etc/passwd", b"\xff\xd8first")
+        store.save_thumbnail("../../etc/passwd", b"\xff\xd8second")  # the newer replaces the older, even in the buffer
+        store.save_thumbnail("old", b"\xff\xd8old", saved_at=NOW - timedelta(days=10))
+        store.flush()
+        assert store.load_thumbnail("../../etc/passwd") == b"\xff\xd8second"
+        store.save_thumbnail("../../etc/passwd", b"\xff\xd8third")
+        store.flush()
+        assert store.load_thumbnail("../../etc/passwd") == b"\xff\xd8third"  # an upsert, not a second row
+        assert store.load_thumbnail("old") is None, "the first write pruned what the retention no longer keeps"
+        store.save_thumbnail("older", b"\xff\xd8older", saved_at=NOW - timedelta(days=8))
+        store.flush()  # within prune_every_s of the last prune: kept until asked
+        assert store.load_thumbnail("older") == b"\xff\xd8older"
+        assert store.prune_thumbnails() == 1
+        assert store.load_thumbnail("older") is None and store.load_thumbnail("never") is None
+        with pytest.raises(ValueError, match="non-empty JPEG bytes"):
+            store.save_thumbnail("empty", b"")
+    with open_store(store_location, read_only=True) as reader:
+        assert reader.load_thumbnail("../../etc/passwd") == b"\xff\xd8third"
+
+
+def test_migrations_run_once_and_a_newer_schema_is_refused(store_location: str) -> None:
+    with open_store(store_location) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        applied = store._fetchall("SELECT version, description FROM schema_version ORDER BY version", ())
+    assert [(v, d) for v, d in applied] == [(m.version, m.description) for m in MIGRATIONS]
+    with open_store(store_location) as again:  # reopening applies nothing twice
+        assert again._fetchall("SELECT COUNT(*) FROM schema_version", ()) == [(len(MIGRATIONS),)]
+        again._write([], [])  # (a no-op write: the store stays usable)
+    _insert_schema_row(store_location, SCHEMA_VERSION + 1)
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match=f"has store schema {SCHEMA_VERSION + 1}, newer than this release"):
+            open_store(store_location, read_only=read_only)
+
+
+def test_stores_opened_at_once_migrate_once(store_location: str) -> None:
+    """Replicas starting together: one migrates, the others wait for it and find the schema current."""
+    opened: list[StateStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            opened.append(open_store(store_location))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert {s.schema_version for s in opened} == {SCHEMA_VERSION}
+    versions = opened[0]._fetchall("SELECT version FROM schema_version ORDER BY version", ())
+    assert [v for (v,) in versions] == [m.version for m in MIGRATIONS]
+    for store in opened:
+        store.close()
+
+
+def test_a_store_never_written_cannot_be_read(store_location: str) -> None:
+    with pytest.raises(StoreError, match="no state store at|not a moderation state store yet"):
+        list(read_decisions(store_location, since=NOW))
+
+
+def _insert_schema_row(location: str, version: int) -> None:
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as connection:
+            connection.execute("INSERT INTO schema_version VALUES (%s, 'from the future', 0)", (version,))
+    else:
+        import sqlite3
+
+        with sqlite3.connect(location) as connection:
+            connection.execute("INSERT INTO schema_version VALUES (?, 'from the future', 0)", (version,))
+
+
+def test_ids_with_nul_are_stored_and_rows_the_database_refuses_are_dropped_not_retried(store_location: str) -> None:
+    """PostgreSQL text cannot hold NUL: both backends store U+FFFD instead, so a caller's id never blocks the writer."""
+    from moderation.state.store import RejectedRows
+
+    dropped: list[tuple[str, int]] = []
+    with open_store(store_location, batch_size=100, max_delay_s=3600, on_dropped=lambda k, n: dropped.append((k, n))) as store:
+        store.record("evil\x00id", NOW, "p", "1", "ALLOW", vector(0), "m")
+        store.save_thumbnail("evil\x00id", b"\xff\xd8jpeg")
+        store.flush()
+        assert store.find_decisions("evil\ufffdid") is not None and store.load_thumbnail("evil\ufffdid") == b"\xff\xd8jpeg"
+        # A batch with a row no schema accepts (a thumbnail without bytes): the whole batch is refused and
+        # counted, and the writer goes on with the next rows instead of retrying it forever.
+        store._decisions.append(("bad", NOW.timestamp(), "p", "1", "ALLOW", "m", vector(1).tobytes()))
+        store._thumbnails["bad"] = ("bad", NOW.timestamp(), None)  # type: ignore[assignment] - NOT NULL violated
+        with pytest.raises(RejectedRows, match="refused 1 decisions and 1 thumbnails"):
+            store.flush()
+        assert store.buffered == 0 and dropped == [("decision", 1), ("thumbnail", 1)]
+        store.record("after", NOW, "p", "1", "ALLOW", vector(2), "m")
+    assert ids(store_location) == ["evil\ufffdid", "after"]
