@@ -200,7 +200,7 @@ def test_diff_shows_control_characters_in_stored_ids_instead_of_sending_them(tin
     vectors = embeddings(tiny_scorer.encoder.encode_texts(["dimension"]).shape[1])
     hostile = "upload-1\x1b[2J\x1b[Hall clear\x1b[8m\u202e"
     store_path = tmp_path / "store.db"
-    with EmbeddingStore(store_path) as store:
+    with open_store(store_path) as store:
         store.record(hostile, datetime.now(timezone.utc) - timedelta(minutes=5), "default", "1", "ALLOW", vectors[0], tiny_scorer.model_id)
     old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
     old_file.write_text(yaml.safe_dump(policy_with("1", {})))
