@@ -25,7 +25,7 @@ from moderation.ops.metrics import ModerationMetrics
 if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
     from moderation.escalation.explainer import Explainer
     from moderation.escalation.loading import ExplainerSpec
-    from moderation.escalation.tier import EscalationTier
+    from moderation.escalation.tier import EscalationMetrics, EscalationTier
     from moderation.state.embeddings import EmbeddingStore
     from moderation.state.thumbnails import ThumbnailStore
 
@@ -140,12 +140,15 @@ def clip_spec(settings: Settings, device: str | None = None) -> ClipModelSpec:
 
 def load_scorer(spec: ClipModelSpec) -> ClipScorer:
     """Load the encoder behind `spec`. Raises WeightsUnavailable with one actionable line."""
-    if spec.random:
-        import torch
+    if not spec.random:
+        return ClipScorer(load_encoder(spec))
+    import torch
 
-        # Meaningless weights, but the same ones on every run: offline output and CI are reproducible.
+    # Meaningless weights, but the same ones on every run: offline output and CI are reproducible.
+    # Seeded inside fork_rng so loading leaves the caller's random state as it was.
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-    return ClipScorer(load_encoder(spec))
+        return ClipScorer(load_encoder(spec))
 
 
 def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
@@ -311,7 +314,7 @@ def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device
         )
     return EscalationTier(
         backend,
-        metrics,
+        escalation_metrics(metrics),
         max_concurrent=settings.explainer_max_concurrent,
         max_waiting=settings.explainer_max_waiting,
         timeout_s=settings.explainer_timeout_s,
@@ -319,6 +322,19 @@ def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device
         failure_threshold=settings.explainer_failure_threshold,
         cooldown_s=settings.explainer_cooldown_s,
     )
+
+
+def escalation_metrics(metrics: ModerationMetrics) -> EscalationMetrics:
+    """The escalation tier's narrow view of the server's metrics."""
+    from moderation.escalation.tier import EscalationMetrics, EscalationOutcome
+
+    def outcome(policy_id: str, outcome: EscalationOutcome) -> None:
+        metrics.escalations.labels(policy_id, outcome.status.value).inc()
+        metrics.escalation_seconds.labels(outcome.status.value).observe(outcome.latency_ms / 1e3)
+        if outcome.verdict is not None:
+            metrics.escalation_tokens.observe(outcome.generated_tokens)
+
+    return EscalationMetrics(outcome, metrics.escalation_queue_depth.set)
 
 
 def build_store(settings: Settings) -> EmbeddingStore | None:
