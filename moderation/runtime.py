@@ -1,4 +1,4 @@
-"""Settings -> what runs: model specs, device, scorer, explainer, escalation tier, pipeline.
+"""Settings -> what runs: model specs, device, scorer, judging core, explainer, escalation tier, stores.
 
 The one place that turns configuration into objects. `moderation serve`,
 `explain-serve` and the offline commands (policy test, calibrate, diff, compare,
@@ -23,6 +23,7 @@ from moderation.core.decode import DecodeLimits
 from moderation.ops.metrics import ModerationMetrics
 
 if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
+    from moderation.core.judge import CoreMetrics, JudgingCore
     from moderation.escalation.explainer import Explainer
     from moderation.escalation.loading import ExplainerSpec
     from moderation.escalation.tier import EscalationMetrics, EscalationTier
@@ -152,7 +153,11 @@ def load_scorer(spec: ClipModelSpec) -> ClipScorer:
 
 
 def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
-    """The server's decode limits; `image_size` sets the JPEG draft scale (None: full decode)."""
+    """The decode limits of every caller (server, offline commands, bench); `image_size` sets the JPEG draft scale.
+
+    The one place DecodeLimits are built from settings: with `jpeg_draft` off, or
+    `image_size` None, JPEGs decode at full size.
+    """
     return DecodeLimits(
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
@@ -161,6 +166,21 @@ def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
         max_frames=settings.max_frames,
         max_animation_pixels=settings.max_animation_pixels,
     )
+
+
+def build_core(
+    settings: Settings,
+    scorer: ClipScorer,
+    escalation: EscalationTier | None = None,
+    metrics: CoreMetrics | None = None,
+) -> JudgingCore:
+    """The judging core every caller uses: these settings' decode limits and every registered signal."""
+    from moderation.core.judge import CoreMetrics, JudgingCore
+    from moderation.core.signal import SignalResources
+    from moderation.signals.registry import build_signals
+
+    signals = build_signals(SignalResources(encoder=scorer, settings=settings))
+    return JudgingCore(decode_limits(settings, scorer.image_size), scorer, signals, escalation, metrics or CoreMetrics())
 
 
 def explainer_spec(settings: Settings, device: str) -> ExplainerSpec:
