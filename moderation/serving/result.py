@@ -1,0 +1,49 @@
+"""What the serving shell answers for one request: the final decision, how it was reached, and timings.
+
+The servicer converts it to protobuf (convert.py) and records it (recorder.py); the
+listeners (listeners/) get the same object after the response is on its way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from moderation.core.decision import Decision
+from moderation.core.judge import Judgement
+from moderation.escalation.tier import EscalationOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimings:
+    decode_ms: float = 0.0
+    embed_ms: float = 0.0
+    decide_ms: float = 0.0
+    escalation_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSample:
+    """Which frames were scored, and per category the frame that set its score."""
+
+    indices: tuple[int, ...] = (0,)
+    total: int = 1
+    deciding: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationResult:
+    request_id: str
+    decision: Decision  # final: after escalation
+    model_id: str
+    timings: StageTimings
+    escalation: EscalationOutcome
+    judgement: Judgement  # under the active policy, before escalation: evidence, frames, embeddings
+    shadows: tuple[Judgement, ...] = ()  # the same frames judged under each shadow policy
+    decided_at: float = field(default_factory=time.time)  # wall clock, for stored records
+
+    @property
+    def frames(self) -> FrameSample:
+        decoded = self.judgement.frames.decoded
+        return FrameSample(decoded.frame_indices, decoded.total_frames, self.judgement.deciding)
