@@ -81,6 +81,12 @@ class Judgement:
     deciding: dict[str, int]  # category id -> frame index (0 for still images)
     frames: SampledFrames
 
+    def representative_row(self) -> int:
+        """Which sampled frame stands for the image (stored embedding, thumbnail): the one behind the highest-scoring category."""
+        indices = self.frames.decoded.frame_indices
+        top = max(self.decision.categories, key=lambda c: c.score)
+        return indices.index(self.deciding.get(top.category_id, indices[0]))
+
 
 class JudgingCore:
     def __init__(

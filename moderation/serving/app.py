@@ -33,6 +33,7 @@ from moderation.serving.listeners import (
 from moderation.serving.policy_reload import PolicyReloader
 from moderation.serving.shell import ServingShell
 from moderation.signals.clip.batcher import BatcherMetrics
+from moderation.state.thumbnails import ThumbnailStore
 from moderation.serving.auth import load_tokens, TokenAuth
 from moderation.serving.interceptors import AdmissionInterceptor, RpcMetricsInterceptor, ServingState, TokenAuthInterceptor
 from moderation.serving.lifecycle import GrpcServerLifecycle, new_metrics
@@ -58,10 +59,10 @@ def configure_torch_threads(settings: Settings, device: str) -> None:
         torch.set_num_threads(1)
 
 
-def build_listeners(settings: Settings, metrics: ModerationMetrics) -> Listeners:
+def build_listeners(settings: Settings, metrics: ModerationMetrics, thumbnails: ThumbnailStore | None) -> Listeners:
     """A bounded queue and a thread per listener: category metrics and shadows always, stores when configured."""
     listeners: list[Listener] = [CategoryMetricsListener(metrics), ShadowListener(metrics)]
-    store, thumbnails = build_store(settings), build_thumbnails(settings)
+    store = build_store(settings)
     if store is not None:
         listeners.append(EmbeddingStoreListener(store))
     if thumbnails is not None:
@@ -101,11 +102,12 @@ def build_shell(
         tier_agreement=lambda policy, category, agrees: metrics.tier_agreement.labels(policy, category, "agree" if agrees else "disagree").inc(),
     )
     core = build_core(settings, scorer, build_escalation_tier(settings, metrics, spec.device), core_metrics)
+    thumbnails = build_thumbnails(settings)
     shell = ServingShell(
         core,
         scorer,
         registry,
-        build_listeners(settings, metrics),
+        build_listeners(settings, metrics, thumbnails),
         BatcherMetrics(
             queue_depth=metrics.queue_depth.set,
             queue_capacity=metrics.queue_capacity.set,
@@ -116,6 +118,7 @@ def build_shell(
         max_batch=batch,
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
+        thumbnail_px=thumbnails.max_px if thumbnails is not None else None,
     )
     return shell, reloader
 

@@ -7,7 +7,7 @@ listeners (listeners/) get the same object after the response is on its way.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from moderation.core.decision import Decision
 from moderation.core.judge import Judgement
@@ -41,7 +41,18 @@ class ModerationResult:
     escalation: EscalationOutcome
     judgement: Judgement  # under the active policy, before escalation: evidence, frames, embeddings
     shadows: tuple[Judgement, ...] = ()  # the same frames judged under each shadow policy
+    thumbnail: bytes | None = None  # a small JPEG of the representative frame, for flagged cases when thumbnails are on
     decided_at: float = field(default_factory=time.time)  # wall clock, for stored records
+
+    def without_pixels(self) -> ModerationResult:
+        """This result without its decoded frames: what listeners get, so a full listener queue holds
+        embeddings and decisions (kilobytes per result), never images of up to max_image_pixels."""
+
+        def stripped(judgement: Judgement) -> Judgement:
+            frames = judgement.frames
+            return replace(judgement, frames=replace(frames, decoded=replace(frames.decoded, frames=())))
+
+        return replace(self, judgement=stripped(self.judgement), shadows=tuple(stripped(s) for s in self.shadows))
 
     @property
     def frames(self) -> FrameSample:

@@ -3,9 +3,10 @@
     registry snapshot (active policy + its shadows; the request finishes on it)
     -> core.decode            host pool (decode_workers threads), never on the event loop
     -> batcher.embed          the model thread, in a batch shared with concurrent requests
-    -> core.judge             host pool: under the active policy and each shadow
+    -> core.judge             host pool: under the active policy and each shadow (+ the thumbnail of a flagged case)
     -> core.escalate          the escalation tier's own bounds
-    -> listeners              each result offered to every listener's bounded queue; none can slow a request
+    -> listeners              the result without its pixels, offered to every listener's bounded queue;
+                              none can slow a request
 
 Knows nothing of gRPC: the servicer maps its exceptions to status codes (ImageRejected,
 PolicyNotFound, Overloaded, DeadlinePassed).
@@ -14,16 +15,21 @@ PolicyNotFound, Overloaded, DeadlinePassed).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from moderation.core.judge import Judgement, JudgingCore, Sample
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
+from moderation.policy.schema import Action
 from moderation.serving.listeners import Listeners
 from moderation.serving.result import ModerationResult, StageTimings
 from moderation.signals.clip.batcher import BatcherMetrics, MicroBatcher
 from moderation.signals.clip.scorer import ClipScorer, PolicyTextIndex
+from moderation.state.thumbnails import make_thumbnail
+
+log = logging.getLogger(__name__)
 
 
 class ServingShell:
@@ -38,8 +44,10 @@ class ServingShell:
         max_batch: int = 16,
         max_wait_ms: float = 0.0,
         max_queue: int = 128,
+        thumbnail_px: int | None = None,
     ):
         self.core = core
+        self._thumbnail_px = thumbnail_px  # None: thumbnails are off
         self.registry = registry
         self.listeners = listeners
         # Host work (decode, preprocess, signals, deciding) runs here, never on the event loop.
@@ -76,7 +84,9 @@ class ServingShell:
         # All sampled frames of an animation go through the model in one batch.
         embeddings = await self.batcher.embed(sample.pixels, deadline)
         embedded = time.perf_counter()
-        judgement, shadow_judgements = await loop.run_in_executor(self._host_pool, self._judge, sample, embeddings, served, shadows)
+        judgement, shadow_judgements, thumbnail = await loop.run_in_executor(
+            self._host_pool, self._judge, sample, embeddings, served, shadows, request_id
+        )
         judged = time.perf_counter()
         decision, escalation = await self.core.escalate(
             judgement, served.policy, request_id, image, force_escalation, deadline - time.monotonic()
@@ -89,15 +99,33 @@ class ServingShell:
             escalation_ms=(finished - judged) * 1e3,
             total_ms=(finished - started) * 1e3,
         )
-        result = ModerationResult(request_id, decision, self.core.model_id, timings, escalation, judgement, shadow_judgements)
-        self.listeners.offer(result)
+        result = ModerationResult(request_id, decision, self.core.model_id, timings, escalation, judgement, shadow_judgements, thumbnail)
+        self.listeners.offer(result.without_pixels())
         return result
 
     def _judge(
-        self, sample: Sample, embeddings: Any, served: ServedPolicy[PolicyTextIndex], shadows: tuple[ServedPolicy[PolicyTextIndex], ...]
-    ) -> tuple[Judgement, tuple[Judgement, ...]]:
-        """The same frames under the active policy and each shadow: shadows cost a scoring, never a forward pass."""
-        return self.core.judge(sample, embeddings, served), tuple(self.core.judge(sample, embeddings, s) for s in shadows)
+        self,
+        sample: Sample,
+        embeddings: Any,
+        served: ServedPolicy[PolicyTextIndex],
+        shadows: tuple[ServedPolicy[PolicyTextIndex], ...],
+        request_id: str,
+    ) -> tuple[Judgement, tuple[Judgement, ...], bytes | None]:
+        """The same frames under the active policy and each shadow (a scoring each, never a forward pass),
+        and the thumbnail of a case any of them flags, made while the frame is at hand."""
+        judgement = self.core.judge(sample, embeddings, served)
+        shadow_judgements = tuple(self.core.judge(sample, embeddings, s) for s in shadows)
+        flagged = any(j.decision.action is not Action.ALLOW for j in (judgement, *shadow_judgements))
+        thumbnail = self._thumbnail(judgement, request_id) if flagged and self._thumbnail_px else None
+        return judgement, shadow_judgements, thumbnail
+
+    def _thumbnail(self, judgement: Judgement, request_id: str) -> bytes | None:
+        frame = judgement.frames.decoded.frames[judgement.representative_row()]
+        try:
+            return make_thumbnail(frame, self._thumbnail_px)
+        except (OSError, ValueError) as error:  # a thumbnail never fails the request
+            log.warning("could not make a thumbnail for request %s: %s", request_id, error)
+            return None
 
     async def close(self) -> None:
         await self.batcher.stop()

@@ -55,7 +55,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("escalation/grammar.py", '`.to("cpu", torch.float32)` (decoding.py does)'): "docstring",
     ("escalation/grammar.py", 'if logits.device.type != "cpu" or logits.dtype != torch.float32:'): "the grammar's input check",
     ("escalation/grammar.py", "move them with .to('cpu', torch.float32) first"): "an error message",
-    ("serving/listeners/embedding_store.py", "vector = result.judgement.frames.embeddings[representative_row(result)].numpy().copy()"): "embeddings cross the encoder seam as float32 CPU tensors",
+    ("serving/listeners/embedding_store.py", "vector = result.judgement.frames.embeddings[result.judgement.representative_row()].numpy().copy()"): "embeddings cross the encoder seam as float32 CPU tensors",
 }
 
 

@@ -48,6 +48,12 @@ def result(request_id: str, shadows: tuple[Judgement, ...] = ()) -> ModerationRe
     return ModerationResult(request_id, active.decision, "m", StageTimings(), EscalationOutcome(), active, shadows)
 
 
+def test_listeners_get_results_without_pixels() -> None:
+    kept = result("r", (judged(SHADOW, {"violence": 0.1, "weapons": 0.1, "gambling": 0.5}),)).without_pixels()
+    assert kept.judgement.frames.decoded.frames == () and kept.shadows[0].frames.decoded.frames == ()
+    assert kept.judgement.frames.decoded.frame_indices == (0,) and kept.judgement.representative_row() == 0
+
+
 def dropped(metrics: ModerationMetrics, listener: str) -> float:
     return metrics.registry.get_sample_value("moderation_listener_dropped_total", {"listener": listener}) or 0.0
 

@@ -6,14 +6,6 @@ from moderation.serving.result import ModerationResult
 from moderation.state.embeddings import EmbeddingStore
 
 
-def representative_row(result: ModerationResult) -> int:
-    """For animations, the frame behind the highest-scoring category stands for the image."""
-    judgement = result.judgement
-    indices = judgement.frames.decoded.frame_indices
-    top = max(judgement.decision.categories, key=lambda c: c.score)
-    return indices.index(judgement.deciding.get(top.category_id, indices[0]))
-
-
 class EmbeddingStoreListener:
     name = "embedding_store"
 
@@ -22,7 +14,8 @@ class EmbeddingStoreListener:
 
     def handle(self, result: ModerationResult) -> None:
         decision = result.judgement.decision  # what the policy decided on the embedding, as `policy diff` re-decides it
-        vector = result.judgement.frames.embeddings[representative_row(result)].numpy().copy()  # the encoder contract: float32 on the CPU
+        # For animations, the frame behind the highest-scoring category stands for the image.
+        vector = result.judgement.frames.embeddings[result.judgement.representative_row()].numpy().copy()  # encoder contract: float32 CPU
         self._store.record(
             result.request_id, result.decided_at, decision.policy_id, decision.policy_version, decision.action.value, vector, result.model_id
         )

@@ -1,17 +1,13 @@
-"""Thumbnails of flagged cases (opt-in): a small JPEG of the deciding frame, for reviewers and `case show`.
+"""Thumbnails of flagged cases (opt-in), for reviewers and `case show`.
 
-A case is flagged when the active policy or any shadow does not ALLOW it.
+The serving shell makes the small JPEG in its host pool while it still holds the frame
+(ServingShell, `thumbnail_px`); this listener writes it, off the request path.
 """
 
 from __future__ import annotations
 
-import logging
-
-from moderation.policy.schema import Action
 from moderation.serving.result import ModerationResult
-from moderation.state.thumbnails import ThumbnailStore, make_thumbnail
-
-log = logging.getLogger(__name__)
+from moderation.state.thumbnails import ThumbnailStore
 
 
 class ThumbnailListener:
@@ -21,19 +17,8 @@ class ThumbnailListener:
         self._store = store
 
     def handle(self, result: ModerationResult) -> None:
-        decisions = (result.decision, result.judgement.decision, *(s.decision for s in result.shadows))
-        if all(d.action is Action.ALLOW for d in decisions):
-            return
-        judgement = result.judgement
-        decoded = judgement.frames.decoded
-        top = max(judgement.decision.categories, key=lambda c: c.score)
-        frame = decoded.frames[decoded.frame_indices.index(judgement.deciding.get(top.category_id, decoded.frame_indices[0]))]
-        try:
-            jpeg = make_thumbnail(frame, self._store.max_px)
-        except (OSError, ValueError) as error:  # a thumbnail is never worth more than a log line
-            log.warning("could not make a thumbnail for request %s: %s", result.request_id, error)
-            return
-        self._store.save(result.request_id, jpeg)
+        if result.thumbnail is not None:
+            self._store.save(result.request_id, result.thumbnail)
 
     def close(self) -> None:
         pass
