@@ -291,13 +291,13 @@ def eager_fp32_forward(model: str, jpegs: list[bytes], batch: int, repeats: int)
     """Images/s of eager PyTorch fp32 on the CPU at `batch`: the reference a faster CPU backend is measured against."""
     import torch
 
+    from moderation.ops.config import Settings
+    from moderation.runtime import build_core, load_scorer
     from moderation.signals.clip import ClipModelSpec
-    from moderation.core.decode import DecodeLimits, decode_frames
-    from moderation.runtime import load_scorer
 
     scorer = load_scorer(ClipModelSpec(model=model, weights="random", device="cpu", backend="torch", precision="fp32"))
-    limits = DecodeLimits(draft_size=scorer.image_size)
-    pixels = torch.cat([scorer.prepare(decode_frames(jpegs[i % len(jpegs)], limits)) for i in range(batch)])
+    core = build_core(Settings(), scorer)
+    pixels = torch.cat([core.decode(jpegs[i % len(jpegs)]).pixels for i in range(batch)])
     scorer.embed_images(pixels)  # warm-up
     return batch / _median_time(lambda: scorer.embed_images(pixels), repeats)
 
@@ -309,17 +309,21 @@ def measure_in_process(
     import torch
 
     from bench.host import decode_rate
-    from moderation.signals.clip import ClipModelSpec
-    from moderation.core.decode import DecodeLimits, decode_frames
+    from moderation.offline.scoring import offline_policy
+    from moderation.ops.config import Settings
     from moderation.policy.registry import load_policy_dir
-    from moderation.runtime import host_cpus, load_scorer
+    from moderation.runtime import build_core, host_cpus, load_scorer
+    from moderation.signals.clip import ClipModelSpec
 
     scorer = load_scorer(ClipModelSpec(model=model, weights="random", device=device, backend=backend))
     policy = next(p for p, _, _ in load_policy_dir(policies) if p.default)
-    limits = DecodeLimits(draft_size=scorer.image_size)
+    # The server's core (its decode limits, JPEG draft mode, signals), and the same without draft mode for the naive baseline.
+    settings = Settings()
+    core = build_core(settings, scorer)
+    full_decode_core = build_core(settings.model_copy(update={"jpeg_draft": False}), scorer)
 
-    def decode_one(jpeg: bytes, draft: bool = True) -> torch.Tensor:
-        return scorer.prepare(decode_frames(jpeg, limits if draft else DecodeLimits()))
+    def decode_one(jpeg: bytes) -> torch.Tensor:
+        return core.decode(jpeg).pixels
 
     # (a) As the server runs it: a batch stacked in the buffer the batcher uses (pinned
     # on CUDA), through the encoder, embeddings back on the host.
@@ -345,16 +349,11 @@ def measure_in_process(
     # (h) The host's ceiling: decode + preprocess on every core, as the server's decode pool does.
     workers = host_cpus()
     stats: dict = {}
-    numbers["host_decode_images_per_s"] = decode_rate(
-        jpegs, encoder.preprocess, scorer.image_size, workers, "thread", host_seconds, torch_threads=1, stats=stats
-    )
+    numbers["host_decode_images_per_s"] = decode_rate(jpegs, core, workers, "thread", host_seconds, torch_threads=1, stats=stats)
     numbers["host_decode_cpu_ms_per_image"] = stats["cpu_ms_per_image"]
     # The same work in a process pool, for comparison (the server runs threads): on many
     # cores the GIL may favour processes even though they pay for pickling.
-    transform = getattr(encoder, "_preprocess", encoder.preprocess)  # the picklable transform, not the encoder
-    numbers["host_decode_process_pool_images_per_s"] = decode_rate(
-        jpegs, transform, scorer.image_size, workers, "process", host_seconds, torch_threads=1
-    )
+    numbers["host_decode_process_pool_images_per_s"] = decode_rate(jpegs, core, workers, "process", host_seconds, torch_threads=1)
     numbers["host_decode_workers"] = workers
 
     # A generic zero-shot pipeline (e.g. transformers' zero-shot-image-classification)
@@ -362,9 +361,8 @@ def measure_in_process(
     naive_policy = policy.model_copy(update={"templates": ["This is a photo of {}."]})
 
     def naive_one(jpeg: bytes) -> None:
-        decoded = decode_frames(jpeg, DecodeLimits())
-        index = scorer.index_policy(naive_policy)  # every label re-encoded for every call
-        scorer.score_decoded([decoded], index)
+        served = offline_policy(scorer, naive_policy)  # every label re-encoded for every call
+        full_decode_core.judge_images([jpeg], served)
 
     naive_s = _median_time(lambda: naive_one(jpegs[0]), max(3, repeats // 2))
 

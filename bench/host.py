@@ -1,8 +1,8 @@
 """The host's side of the CLIP tier: how fast all cores decode and preprocess images.
 
 `decode_rate` measures what the server's host pool does per request before the
-model sees it, decode (`imaging.decode_frames`, JPEG draft mode) + preprocess (the
-model's own transform, `ClipScorer.prepare`), over a set of encoded images, with
+model sees it, `JudgingCore.decode`: bounded decode with the server's limits (JPEG
+draft mode) + preprocess (the model's own transform), over a set of encoded images, with
 `workers` threads (what the server runs: PIL decodes and resizes, and torch converts,
 without holding the GIL) or `workers` processes (the alternative it was measured
 against). Each image is one task submitted from this process and its result comes
@@ -22,31 +22,44 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from moderation.core.decode import DecodeLimits
+    from moderation.core.judge import JudgingCore
 
 # Per process of a process pool: set by _init_process.
-_process_prepare: Callable[[bytes], Any] | None = None
+_process_core: Any = None
 
 
-def _init_process(transform: Callable, draft_size: int, torch_threads: int) -> None:
+class _TransformEncoder:
+    """The encoder's preprocessing without the model: all JudgingCore.decode needs, in a worker process (which never embeds)."""
+
+    model_id = "preprocess-only"
+
+    def __init__(self, transform: Callable):
+        self._transform = transform
+
+    def prepare(self, decoded):  # noqa: ANN001, ANN201 - DecodedImage -> torch.Tensor
+        import torch
+
+        return torch.stack([self._transform(frame) for frame in decoded.frames])
+
+
+def _init_process(transform: Callable, limits: DecodeLimits, torch_threads: int) -> None:
     import torch
 
-    from moderation.core.decode import DecodeLimits, decode_frames
+    from moderation.core.judge import JudgingCore
 
-    global _process_prepare
+    global _process_core
     torch.set_num_threads(torch_threads)
-    limits = DecodeLimits(draft_size=draft_size)
-
-    def prepare(data: bytes):  # noqa: ANN202
-        decoded = decode_frames(data, limits)
-        return torch.stack([transform(frame) for frame in decoded.frames]), decoded
-
-    _process_prepare = prepare
+    # The server's decode step, with its limits, around the picklable transform (the whole model would not travel).
+    _process_core = JudgingCore(limits, _TransformEncoder(transform), signals=())
 
 
 def _prepare_in_process(data: bytes):  # noqa: ANN202 - (pixels, DecodedImage), pickled back
-    assert _process_prepare is not None
-    return _process_prepare(data)
+    sample = _process_core.decode(data)
+    return sample.pixels, sample.decoded
 
 
 def _drive(executor: Executor, call: Callable, jpegs: list[bytes], window: int, seconds: float, stats: dict | None) -> float:
@@ -79,43 +92,38 @@ def _drive(executor: Executor, call: Callable, jpegs: list[bytes], window: int, 
 
 def decode_rate(
     jpegs: list[bytes],
-    transform: Callable,
-    draft_size: int,
+    core: JudgingCore,
     workers: int,
     kind: str = "thread",
     seconds: float = 5.0,
     torch_threads: int = 1,
     stats: dict | None = None,
 ) -> float:
-    """Images/s decoded and preprocessed by `workers` threads or processes (see the module docstring).
+    """Images/s through `core.decode` in `workers` threads or processes (see the module docstring).
 
     `stats`, if given, gets `cpu_ms_per_image` (see `_drive`).
     """
     import torch
 
-    from moderation.core.decode import DecodeLimits, decode_frames
-
     window = 2 * workers
     if kind == "thread":
-        limits = DecodeLimits(draft_size=draft_size)
-
-        def prepare(data: bytes):  # noqa: ANN202
-            decoded = decode_frames(data, limits)
-            return torch.stack([transform(frame) for frame in decoded.frames]), decoded
-
         threads_before = torch.get_num_threads()
         torch.set_num_threads(torch_threads)
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="host-bench") as pool:
-                return _drive(pool, prepare, jpegs, window, seconds, stats)
+                return _drive(pool, core.decode, jpegs, window, seconds, stats)
         finally:
             torch.set_num_threads(threads_before)
     if kind == "process":
         import multiprocessing
 
+        # The transform object itself (picklable), not the encoder's bound method, which
+        # would carry the whole model into every worker process.
+        encoder = core.encoder.encoder
+        transform = getattr(encoder, "_preprocess", encoder.preprocess)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
         with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_process, initargs=(transform, draft_size, torch_threads)
+            workers, mp_context=context, initializer=_init_process, initargs=(transform, core.limits, torch_threads)
         ) as pool:
             return _drive(pool, _prepare_in_process, jpegs, window, seconds, stats)
     raise ValueError(f"kind must be 'thread' or 'process', not {kind!r}")
@@ -123,8 +131,9 @@ def decode_rate(
 
 def main() -> None:
     from bench.clip import realistic_jpegs
+    from moderation.ops.config import Settings
+    from moderation.runtime import build_core, host_cpus, load_scorer
     from moderation.signals.clip import ClipModelSpec
-    from moderation.runtime import host_cpus, load_scorer
 
     parser = argparse.ArgumentParser(description="decode + preprocess rate: a thread pool against a process pool")
     parser.add_argument("--model", default="ViT-B-32")
@@ -132,10 +141,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
-    scorer = load_scorer(ClipModelSpec(model=args.model, weights="random"))
-    # The transform object itself (picklable), not the encoder's bound method, which
-    # would carry the whole model into every worker process.
-    transform = getattr(scorer.encoder, "_preprocess", scorer.encoder.preprocess)
+    core = build_core(Settings(), load_scorer(ClipModelSpec(model=args.model, weights="random")))
     jpegs = realistic_jpegs()
     configurations = {
         "thread_1": ("thread", 1, 1),
@@ -147,7 +153,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (kind, workers, torch_threads) in configurations.items():
             rates[name].append(
-                decode_rate(jpegs, transform, scorer.image_size, workers, kind, args.seconds, torch_threads)
+                decode_rate(jpegs, core, workers, kind, args.seconds, torch_threads)
             )
     medians = {name: round(sorted(values)[len(values) // 2], 1) for name, values in rates.items()}
     print(json.dumps({"images_per_s": medians, "all_rounds": rates, "cpus": os.cpu_count(), "load_average": os.getloadavg()}, indent=2))

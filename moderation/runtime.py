@@ -1,4 +1,4 @@
-"""Settings -> what runs: model specs, device, scorer, explainer, escalation tier, pipeline.
+"""Settings -> what runs: model specs, device, scorer, judging core, explainer, escalation tier, stores.
 
 The one place that turns configuration into objects. `moderation serve`,
 `explain-serve` and the offline commands (policy test, calibrate, diff, compare,
@@ -23,9 +23,10 @@ from moderation.core.decode import DecodeLimits
 from moderation.ops.metrics import ModerationMetrics
 
 if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
+    from moderation.core.judge import CoreMetrics, JudgingCore
     from moderation.escalation.explainer import Explainer
     from moderation.escalation.loading import ExplainerSpec
-    from moderation.escalation.tier import EscalationTier
+    from moderation.escalation.tier import EscalationMetrics, EscalationTier
     from moderation.state.store import DropCallback, StateStore
     from moderation.state.thumbnails import Thumbnails
 
@@ -140,16 +141,23 @@ def clip_spec(settings: Settings, device: str | None = None) -> ClipModelSpec:
 
 def load_scorer(spec: ClipModelSpec) -> ClipScorer:
     """Load the encoder behind `spec`. Raises WeightsUnavailable with one actionable line."""
-    if spec.random:
-        import torch
+    if not spec.random:
+        return ClipScorer(load_encoder(spec))
+    import torch
 
-        # Meaningless weights, but the same ones on every run: offline output and CI are reproducible.
+    # Meaningless weights, but the same ones on every run: offline output and CI are reproducible.
+    # Seeded inside fork_rng so loading leaves the caller's random state as it was.
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-    return ClipScorer(load_encoder(spec))
+        return ClipScorer(load_encoder(spec))
 
 
 def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
-    """The server's decode limits; `image_size` sets the JPEG draft scale (None: full decode)."""
+    """The decode limits of every caller (server, offline commands, bench); `image_size` sets the JPEG draft scale.
+
+    The one place DecodeLimits are built from settings: with `jpeg_draft` off, or
+    `image_size` None, JPEGs decode at full size.
+    """
     return DecodeLimits(
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
@@ -158,6 +166,21 @@ def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
         max_frames=settings.max_frames,
         max_animation_pixels=settings.max_animation_pixels,
     )
+
+
+def build_core(
+    settings: Settings,
+    scorer: ClipScorer,
+    escalation: EscalationTier | None = None,
+    metrics: CoreMetrics | None = None,
+) -> JudgingCore:
+    """The judging core every caller uses: these settings' decode limits and every registered signal."""
+    from moderation.core.judge import CoreMetrics, JudgingCore
+    from moderation.core.signal import SignalResources
+    from moderation.signals.registry import build_signals
+
+    signals = build_signals(SignalResources(encoder=scorer, settings=settings))
+    return JudgingCore(decode_limits(settings, scorer.image_size), scorer, signals, escalation, metrics or CoreMetrics())
 
 
 def explainer_spec(settings: Settings, device: str) -> ExplainerSpec:
@@ -311,7 +334,7 @@ def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device
         )
     return EscalationTier(
         backend,
-        metrics,
+        escalation_metrics(metrics),
         max_concurrent=settings.explainer_max_concurrent,
         max_waiting=settings.explainer_max_waiting,
         timeout_s=settings.explainer_timeout_s,
@@ -319,6 +342,19 @@ def build_escalation_tier(settings: Settings, metrics: ModerationMetrics, device
         failure_threshold=settings.explainer_failure_threshold,
         cooldown_s=settings.explainer_cooldown_s,
     )
+
+
+def escalation_metrics(metrics: ModerationMetrics) -> EscalationMetrics:
+    """The escalation tier's narrow view of the server's metrics."""
+    from moderation.escalation.tier import EscalationMetrics, EscalationOutcome
+
+    def outcome(policy_id: str, outcome: EscalationOutcome) -> None:
+        metrics.escalations.labels(policy_id, outcome.status.value).inc()
+        metrics.escalation_seconds.labels(outcome.status.value).observe(outcome.latency_ms / 1e3)
+        if outcome.verdict is not None:
+            metrics.escalation_tokens.observe(outcome.generated_tokens)
+
+    return EscalationMetrics(outcome, metrics.escalation_queue_depth.set)
 
 
 def build_store(settings: Settings, on_dropped: DropCallback | None = None) -> StateStore | None:

@@ -20,6 +20,7 @@ from rich.markup import escape as escape_markup
 from moderation.ops.config import Device, LogFormat, Settings, load_settings
 
 if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not load torch
+    from moderation.core.judge import JudgingCore
     from moderation.signals.clip import ClipModelSpec, ClipScorer
     from moderation.policy import Policy
 
@@ -120,8 +121,9 @@ def settings_or_fail(config: Path | None = None, **flags: object) -> Settings:
         raise fail(f"invalid settings: {error}") from None
 
 
-def offline_settings(model: str | None, weights: str | None, device: Device | None) -> Settings:
-    return settings_or_fail(clip_model=model, clip_weights=weights, device=device)
+def offline_settings(model: str | None, weights: str | None, device: Device | None, config: Path | None = None) -> Settings:
+    """The settings `serve` would run with (flags > MODERATION_* env > --config file > defaults)."""
+    return settings_or_fail(config, clip_model=model, clip_weights=weights, device=device)
 
 
 def model_spec(settings: Settings) -> ClipModelSpec:
@@ -144,7 +146,10 @@ def load_scorer_or_fail(spec: ClipModelSpec) -> ClipScorer:
         raise fail(str(error)) from None
 
 
-def load_offline_scorer(model: str | None, weights: str | None, device: Device | None) -> ClipScorer:
-    """The CLIP scorer the server would build from these flags and the environment, in-process."""
-    return load_scorer_or_fail(model_spec(offline_settings(model, weights, device)))
+def load_offline_core(settings: Settings) -> tuple[JudgingCore, ClipScorer]:
+    """The judging core the server would build from these settings (decode limits, sampling, signals), in-process."""
+    from moderation.runtime import build_core
+
+    scorer = load_scorer_or_fail(model_spec(settings))
+    return build_core(settings, scorer), scorer
 

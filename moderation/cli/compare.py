@@ -9,6 +9,7 @@ import typer
 
 from moderation.cli.app import app
 from moderation.cli.common import (
+    ConfigOption,
     escape,
     DeviceOption,
     ExplainerModelOption,
@@ -17,8 +18,7 @@ from moderation.cli.common import (
     ModelOption,
     WeightsOption,
     err,
-    load_scorer_or_fail,
-    model_spec,
+    load_offline_core,
     offline_settings,
     out,
     policy_or_fail,
@@ -35,6 +35,7 @@ def compare(
     model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = None,
+    config: ConfigOption = None,
     explainer_model: ExplainerModelOption = None,
     explainer_weights: ExplainerWeightsOption = None,
     no_explainer: Annotated[bool, typer.Option("--no-explainer", help="CLIP tier only")] = False,
@@ -42,45 +43,44 @@ def compare(
 ) -> None:
     """Run every model tier on images, in-process, and print their outputs side by side per category.
 
-    The CLIP tier scores each image as the server does (every sampled frame of an
-    animation, the most severe kept); the explainer sees the frame that decided each
-    category. Ends with how many category verdicts the two tiers agree on.
+    The CLIP tier judges each image through the server's judging core with the same
+    settings (every sampled frame of an animation, the most severe kept); the explainer
+    sees the frame that decided each category. Ends with how many category verdicts the
+    two tiers agree on.
     """
-    from moderation.core.decision import clip_leans_violating, decide
-    from moderation.core.decode import ImageRejected, decode_frames
-    from moderation.runtime import decode_limits, load_explainer
+    from moderation.core.decision import clip_leans_violating
+    from moderation.core.decode import ImageRejected
+    from moderation.offline.scoring import offline_policy
+    from moderation.runtime import load_explainer, resolve_device
 
     loaded_policy, _ = policy_or_fail(policy)
-    settings = offline_settings(model, weights, device)
-    spec = model_spec(settings)
-    scorer = load_scorer_or_fail(spec)
-    index = scorer.index_policy(loaded_policy)
+    settings = offline_settings(model, weights, device, config)
+    core, scorer = load_offline_core(settings)
+    served = offline_policy(scorer, loaded_policy, policy)
     explainer = None
     explainer_id = "off"
     if not no_explainer:
         explainer_settings = settings_or_fail(
             explainer_model=explainer_model, explainer_weights=explainer_weights, device=settings.device
         )
-        explainer = load_explainer(explainer_settings, spec.device)
+        explainer = load_explainer(explainer_settings, resolve_device(settings.device))
         explainer_id = explainer.info.model_id
 
     documents = []
     agree = compared = 0
     failures = 0
     for image in images:
-        try:
-            decoded = decode_frames(image.read_bytes(), decode_limits(settings, scorer.image_size))
-        except ImageRejected as error:
+        (judged,) = core.judge_images([image.read_bytes()], served)
+        if isinstance(judged, ImageRejected):
             failures += 1
-            err.print(escape(f"{image}: {error}"), highlight=False)
+            err.print(escape(f"{image}: {judged}"), highlight=False)
             continue
-        (frame_scores,) = scorer.score_decoded([decoded], index)
-        decision = decide(frame_scores.scores, loaded_policy)
+        decision, decoded = judged.decision, judged.frames.decoded
         verdicts = {}
         if explainer is not None:
             # One verdict per category, so every row has the explainer's view of it.
             for category in loaded_policy.categories:
-                frame = decoded.frames[decoded.frame_indices.index(frame_scores.deciding[category.id])]
+                frame = decoded.frames[decoded.frame_indices.index(judged.deciding[category.id])]
                 result = explainer.explain(frame, loaded_policy, [category.id], loaded_policy.escalation.instruction)
                 verdicts[category.id] = result.verdict
         for c in decision.categories:

@@ -18,6 +18,7 @@ from moderation.cli.connect import (
     TokenFileOption,
 )
 from moderation.cli.common import (
+    ConfigOption,
     escape,
     DeviceOption,
     JsonOption,
@@ -25,7 +26,7 @@ from moderation.cli.common import (
     WeightsOption,
     err,
     fail,
-    load_offline_scorer,
+    load_offline_core,
     load_scorer_or_fail,
     model_spec,
     offline_settings,
@@ -141,6 +142,7 @@ def policy_test(
     model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = None,
+    config: ConfigOption = None,
     check_only: Annotated[
         bool,
         typer.Option(
@@ -150,8 +152,11 @@ def policy_test(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Score each policy's golden cases in-process and compare expected with actual decisions."""
-    from moderation.offline.scoring import check_golden_cases
+    """Score each policy's golden cases in-process and compare expected with actual decisions.
+
+    Images are judged as `serve` would judge them with the same settings (--config, MODERATION_* env).
+    """
+    from moderation.offline.scoring import check_golden_cases, offline_policy
     from moderation.policy import PolicyFileError, load_policy_file
     from moderation.policy.golden import cases_path_for, load_cases_file, problems_against_policy
     from moderation.policy.schema import normalise_model_id
@@ -175,7 +180,7 @@ def policy_test(
             continue
         suites.append((path, policy, cases_file))
     if suites:
-        scorer = load_offline_scorer(model, weights, device)
+        core, scorer = load_offline_core(offline_settings(model, weights, device, config))
         if scorer.random_weights:
             check_only = True
         if check_only and not as_json:
@@ -194,7 +199,7 @@ def policy_test(
                 highlight=False,
             )
             continue
-        outcomes = check_golden_cases(scorer, policy, cases_file, compare=not check_only)
+        outcomes = check_golden_cases(core, offline_policy(scorer, policy, path), cases_file, compare=not check_only)
         if as_json:
             documents.append(_cases_document(path, policy, cases_file, outcomes))
         else:
@@ -246,6 +251,7 @@ def policy_calibrate(
     model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = None,
+    config: ConfigOption = None,
     open_report: Annotated[bool, typer.Option("--open", help="open the report in a web browser")] = False,
     allow_collapse: Annotated[
         bool,
@@ -266,7 +272,7 @@ def policy_calibrate(
     from moderation.offline.calibration import CalibrationTargets
     from moderation.offline.report import render_report
     from moderation.offline.labels import LabelsError, read_labels
-    from moderation.offline.scoring import score_image_files
+    from moderation.offline.scoring import offline_policy, score_image_files
     from moderation.policy import PolicyFileError
     from moderation.policy.rewrite import RewriteError
     from moderation.offline.policy_calibration import calibrate_policy, calibration_document
@@ -279,15 +285,15 @@ def policy_calibrate(
         images = read_labels(labels, [c.id for c in policy.categories])
     except (ValueError, LabelsError) as error:
         raise fail(str(error)) from None
-    scorer = load_offline_scorer(model, weights, device)
+    core, scorer = load_offline_core(offline_settings(model, weights, device, config))
     if scorer.random_weights:
         err.print(f"[bold yellow]warning:[/] model {escape(scorer.model_id)} has random weights: the proposed thresholds mean nothing", highlight=False)
 
-    index = scorer.index_policy(policy)
+    served = offline_policy(scorer, policy, policy_file)
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err.current()) as progress:
         task = progress.add_task("scoring", total=len(images))
-        scored = score_image_files(scorer, index, [image.path for image in images], on_scored=lambda n: progress.advance(task, n))
+        scored = score_image_files(core, served, [image.path for image in images], on_scored=lambda n: progress.advance(task, n))
     unreadable = [f"{result.path}: {result.error}" for result in scored if result.scores is None]
     for line in unreadable:
         err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)

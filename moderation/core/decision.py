@@ -1,18 +1,22 @@
-"""Decisions as a pure function of category scores and a policy. No torch, no I/O.
+"""Decisions as a pure function of the signals' evidence and a policy. No torch, no I/O.
 
-A category's band says where its score fell:
+A category's score is the highest any signal's CategoryScores gives it; its band says
+where that score fell:
     BELOW       score <  review threshold            -> ALLOW
     BORDERLINE  review <= score < block threshold     -> REVIEW
     ABOVE       score >= block threshold              -> the category's on_block action
+A ForcedAction (a bank match) raises the category's action to what it forces, citing its
+clause, and is never weaker than the score's action; nothing later lowers it.
 The image's action is the most severe of its categories' actions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from moderation.core.evidence import CategoryScores, Evidence, ForcedAction
 from moderation.policy.schema import Action, Band, Category, ExplainerRole, Policy
 
 
@@ -25,6 +29,7 @@ class CategoryDecision:
     band: Band
     clause_id: str
     action: Action
+    forced_by: str = ""  # the signal whose ForcedAction set this action ("" when the score did)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,25 +74,64 @@ def decide_category(score: float, category: Category) -> CategoryDecision:
     )
 
 
-def decide(scores: Mapping[str, float], policy: Policy) -> Decision:
-    """One decision per image: every policy category must have a score."""
+def combined_scores(evidence: Iterable[Evidence]) -> dict[str, float]:
+    """Per category, the highest score any signal gave it."""
+    scores: dict[str, float] = {}
+    for item in evidence:
+        if isinstance(item, CategoryScores):
+            for category_id, score in item.scores.items():
+                scores[category_id] = max(scores.get(category_id, score), score)
+    return scores
+
+
+def decide(evidence: Mapping[str, float] | Iterable[Evidence], policy: Policy) -> Decision:
+    """One decision per image from its evidence; every policy category must have a score.
+
+    A plain mapping of scores is read as one signal's CategoryScores (re-scoring and
+    calibration, which only have scores).
+    """
+    items: tuple[Evidence, ...] = (CategoryScores("scores", evidence),) if isinstance(evidence, Mapping) else tuple(evidence)
+    scores = combined_scores(items)
     missing = [c.id for c in policy.categories if c.id not in scores]
     if missing:
         raise ValueError(f"no score for categories {missing} of policy {policy.id!r}")
-    categories = tuple(decide_category(float(scores[c.id]), c) for c in policy.categories)
+    forced = _most_severe_forced(items, policy)
+    categories = tuple(_apply_forced(decide_category(float(scores[c.id]), c), forced.get(c.id)) for c in policy.categories)
     action = max((c.action for c in categories), key=lambda a: a.severity, default=Action.ALLOW)
     return Decision(
         action=action,
         policy_id=policy.id,
         policy_version=policy.version,
         categories=categories,
-        reasons=_reasons(categories, action),
+        reasons=tuple(forced[c.category_id].reason for c in categories if c.forced_by) + _reasons(categories, action),
     )
+
+
+def _most_severe_forced(evidence: Iterable[Evidence], policy: Policy) -> dict[str, ForcedAction]:
+    known = {c.id for c in policy.categories}
+    forced: dict[str, ForcedAction] = {}
+    for item in evidence:
+        if isinstance(item, ForcedAction):
+            if item.category_id not in known:
+                raise ValueError(f"signal {item.signal!r} forced category {item.category_id!r}, which policy {policy.id!r} does not have")
+            current = forced.get(item.category_id)
+            if current is None or item.action.severity > current.action.severity:
+                forced[item.category_id] = item
+    return forced
+
+
+def _apply_forced(category: CategoryDecision, forced: ForcedAction | None) -> CategoryDecision:
+    """The forced action where it is at least as severe as the score's: a tie pins it, so no verdict lowers it."""
+    if forced is None or forced.action.severity < category.action.severity:
+        return category
+    return replace(category, action=forced.action, clause_id=forced.clause_id, forced_by=forced.signal)
 
 
 def _reasons(categories: tuple[CategoryDecision, ...], action: Action) -> tuple[str, ...]:
     reasons = []
     for c in sorted(categories, key=lambda c: (-c.action.severity, -c.score)):
+        if c.forced_by:
+            continue  # the forcing signal's own sentence says why
         if c.band is Band.ABOVE:
             reasons.append(
                 f"{c.category_id} scored {c.score:.3f}, at or above its block threshold {c.block_threshold:.2f}: "
@@ -124,6 +168,8 @@ def apply_verdict(decision: Decision, policy: Policy, category_id: str, violates
     new_action = policy.category(category_id).on_block if violates else Action.ALLOW
     if new_action is target.action:
         return decision, False
+    if target.forced_by and new_action.severity < target.action.severity:
+        return decision, False  # a bank match outranks the explainer's reading
     categories = tuple(replace(c, action=new_action) if c.category_id == category_id else c for c in decision.categories)
     action = max((c.action for c in categories), key=lambda a: a.severity, default=Action.ALLOW)
     verdict = "violates" if violates else "does not violate"

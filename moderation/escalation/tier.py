@@ -19,14 +19,13 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
 
 from moderation.escalation.verdict import ExplainerVerdict
-from moderation.ops.metrics import ModerationMetrics
 from moderation.policy.schema import Policy
 
 log = logging.getLogger(__name__)
@@ -85,6 +84,22 @@ class ExplainerBackend(Protocol):
     async def close(self) -> None: ...
 
 
+def _ignore_outcome(policy_id: str, outcome: EscalationOutcome) -> None:
+    pass
+
+
+def _ignore_depth(waiting: int) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationMetrics:
+    """What the tier reports, as callables: whoever builds it (runtime.py) wires them to Prometheus."""
+
+    outcome: Callable[[str, EscalationOutcome], None] = _ignore_outcome  # policy id, every escalation's outcome
+    queue_depth: Callable[[int], None] = _ignore_depth  # escalations waiting for a slot, after every change
+
+
 class TokenBucket:
     def __init__(self, per_minute: float):
         self.capacity = max(per_minute, 1.0)
@@ -136,7 +151,7 @@ class EscalationTier:
     def __init__(
         self,
         backend: ExplainerBackend,
-        metrics: ModerationMetrics,
+        metrics: EscalationMetrics = EscalationMetrics(),
         max_concurrent: int = 1,
         max_waiting: int = 4,
         timeout_s: float = 20.0,
@@ -159,10 +174,7 @@ class EscalationTier:
 
     async def escalate(self, request: EscalationRequest, time_left_s: float) -> EscalationOutcome:
         outcome = await self._escalate(request, time_left_s)
-        self.metrics.escalations.labels(request.policy.id, outcome.status.value).inc()
-        self.metrics.escalation_seconds.labels(outcome.status.value).observe(outcome.latency_ms / 1e3)
-        if outcome.verdict is not None:
-            self.metrics.escalation_tokens.observe(outcome.generated_tokens)
+        self.metrics.outcome(request.policy.id, outcome)
         return outcome
 
     async def _escalate(self, request: EscalationRequest, time_left_s: float) -> EscalationOutcome:
@@ -182,7 +194,7 @@ class EscalationTier:
                     EscalationStatus.SHED, f"{self._waiting} escalations already wait for the explainer (setting explainer_max_waiting)"
                 )
             self._waiting += 1
-            self.metrics.escalation_queue_depth.set(self._waiting)
+            self.metrics.queue_depth(self._waiting)
             try:
                 await asyncio.wait_for(self._slots.acquire(), timeout)
             except TimeoutError:
@@ -190,7 +202,7 @@ class EscalationTier:
                 return EscalationOutcome(EscalationStatus.TIMED_OUT, "no explainer slot became free within the time left", latency_ms=_ms(started))
             finally:
                 self._waiting -= 1
-                self.metrics.escalation_queue_depth.set(self._waiting)
+                self.metrics.queue_depth(self._waiting)
         try:
             remaining = timeout - (time.monotonic() - started)
             explanation = await self.backend.explain(request, max(remaining, 0.001))

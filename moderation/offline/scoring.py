@@ -1,8 +1,10 @@
-"""Score image files in-process with a ClipScorer, without a server.
+"""Judge image files in-process through the judging core, without a server.
 
-`moderation policy test` (golden cases) and `moderation policy calibrate` use it.
-Decoding and preprocessing are the server's (same limits, same JPEG draft scale),
-so a file scores here as it does when sent over gRPC.
+`moderation policy test` (golden cases) and `moderation policy calibrate` use it. The
+core is the server's (runtime.build_core from the same settings: decode limits, frame
+sampling, JPEG draft scale, signals), so a file is judged here as it is when sent over
+gRPC; only the forward passes are shared differently (in-process batches of files
+instead of the micro-batcher).
 """
 
 from __future__ import annotations
@@ -11,48 +13,58 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moderation.signals.clip.scorer import OFFLINE_BATCH, ClipScorer, PolicyTextIndex
-from moderation.core.decision import Band, Decision, decide
-from moderation.core.decode import DecodedImage, DecodeLimits, ImageRejected, decode_frames
+from moderation.core.decision import Band, Decision
+from moderation.core.decode import ImageRejected
+from moderation.core.judge import JudgingCore
 from moderation.policy.golden import CasesFile, GoldenCase
+from moderation.policy.registry import ServedPolicy
 from moderation.policy.schema import Policy
+from moderation.signals.clip.scorer import OFFLINE_BATCH, ClipScorer, PolicyTextIndex
 
 
 @dataclass(frozen=True, slots=True)
 class FileScores:
     path: Path
-    scores: dict[str, float] | None  # None when the file could not be read or decoded
+    decision: Decision | None  # None when the file could not be read or decoded
     error: str = ""
+
+    @property
+    def scores(self) -> dict[str, float] | None:
+        """Per category, the score the decision was made on."""
+        return None if self.decision is None else {c.category_id: c.score for c in self.decision.categories}
+
+
+def offline_policy(scorer: ClipScorer, policy: Policy, source: Path = Path("")) -> ServedPolicy[PolicyTextIndex]:
+    """`policy` compiled for the loaded model, as the server's registry serves it."""
+    return ServedPolicy(policy, source, "", scorer.index_policy(policy))
 
 
 def score_image_files(
-    scorer: ClipScorer,
-    index: PolicyTextIndex,
+    core: JudgingCore,
+    served: ServedPolicy[PolicyTextIndex],
     paths: Sequence[Path],
     on_scored: Callable[[int], None] | None = None,
 ) -> list[FileScores]:
-    """One result per path, in order; unreadable files get an error instead of scores.
+    """One result per path, in order; unreadable files get an error instead of a decision.
 
     `on_scored(n)` is called after each batch with the number of files it finished,
     for progress bars.
     """
-    limits = DecodeLimits(draft_size=scorer.image_size)  # the server's defaults
     results: list[FileScores] = []
     for start in range(0, len(paths), OFFLINE_BATCH):
         batch = paths[start : start + OFFLINE_BATCH]
-        decoded: dict[Path, DecodedImage] = {}
-        failed: dict[Path, str] = {}
+        outcomes: dict[Path, Decision | str] = {}  # a decision, or why there is none
+        read: dict[Path, bytes] = {}
         for path in batch:
             try:
-                decoded[path] = decode_frames(path.read_bytes(), limits)
-            except ImageRejected as error:
-                failed[path] = str(error)
+                read[path] = path.read_bytes()
             except OSError as error:
-                failed[path] = f"cannot read file: {error.strerror or error}"
-        # Animations are judged by their most severe sampled frame, as the server does.
-        scored = dict(zip(decoded, (s.scores for s in scorer.score_decoded(list(decoded.values()), index)), strict=True))
+                outcomes[path] = f"cannot read file: {error.strerror or error}"
+        for path, judged in zip(read, core.judge_images(list(read.values()), served), strict=True):
+            outcomes[path] = str(judged) if isinstance(judged, ImageRejected) else judged.decision
         for path in batch:
-            results.append(FileScores(path, scored.get(path), failed.get(path, "")))
+            outcome = outcomes[path]
+            results.append(FileScores(path, outcome) if isinstance(outcome, Decision) else FileScores(path, None, outcome))
         if on_scored is not None:
             on_scored(len(batch))
     return results
@@ -69,21 +81,20 @@ class CaseOutcome:
         return not self.problems
 
 
-def check_golden_cases(scorer: ClipScorer, policy: Policy, cases_file: CasesFile, compare: bool) -> list[CaseOutcome]:
-    """Score every case's image under `policy`; with `compare`, check the expectations too.
+def check_golden_cases(core: JudgingCore, served: ServedPolicy[PolicyTextIndex], cases_file: CasesFile, compare: bool) -> list[CaseOutcome]:
+    """Judge every case's image under the served policy; with `compare`, check the expectations too.
 
     Without `compare` (random weights) a case still fails when its image cannot be
     read or decoded, and every image still goes through the model and `decide`.
     """
     cases = cases_file.cases.cases
-    scored = score_image_files(scorer, scorer.index_policy(policy), [cases_file.image_path(case) for case in cases])
+    scored = score_image_files(core, served, [cases_file.image_path(case) for case in cases])
     outcomes = []
     for case, result in zip(cases, scored, strict=True):
-        if result.scores is None:
+        if result.decision is None:
             outcomes.append(CaseOutcome(case, None, (result.error,)))
-            continue
-        decision = decide(result.scores, policy)
-        outcomes.append(CaseOutcome(case, decision, tuple(mismatches(case, decision)) if compare else ()))
+        else:
+            outcomes.append(CaseOutcome(case, result.decision, tuple(mismatches(case, result.decision)) if compare else ()))
     return outcomes
 
 

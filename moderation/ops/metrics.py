@@ -42,7 +42,7 @@ class ModerationMetrics:
         )
         self.stage_seconds = Histogram(
             "moderation_stage_seconds",
-            "Latency of each pipeline stage (decode, embed, decide, total).",
+            "Latency of each stage of a request (decode, embed, decide, total).",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -132,6 +132,19 @@ class ModerationMetrics:
             "moderation_tier_agreement_total",
             "Completed escalations by whether the explainer agreed with CLIP's leaning on the cited category.",
             ["policy", "category", "agreement"],
+            registry=registry,
+        )
+        self.signal_seconds = Histogram(
+            "moderation_signal_seconds",
+            "Time one signal took to turn a request's frames into evidence, per policy judged (shadows included).",
+            ["signal"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=registry,
+        )
+        self.listener_dropped = Counter(
+            "moderation_listener_dropped_total",
+            "Results a listener never saw because its queue was full (metrics, shadow, embedding_store, thumbnails).",
+            ["listener"],
             registry=registry,
         )
         self.in_flight = Gauge(

@@ -6,21 +6,35 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from moderation.core.judge import CoreMetrics
 from moderation.ops.config import Settings
-from moderation.serving.pipeline import ModerationPipeline
-from moderation.serving.policy_reload import PolicyReloader
 from moderation.ops.metrics import ModerationMetrics
 from moderation.runtime import (
     StartupCancellation,
+    build_core,
     build_escalation_tier,
     build_store,
     build_thumbnails,
     clip_spec,
-    decode_limits,
     decode_workers,
     load_scorer,
     max_batch,
+    resolve_device,
 )
+from moderation.serving.listeners import (
+    CategoryMetricsListener,
+    EmbeddingStoreListener,
+    Listener,
+    ListenerQueue,
+    Listeners,
+    ShadowListener,
+    ThumbnailListener,
+)
+from moderation.serving.policy_reload import PolicyReloader
+from moderation.serving.shell import ServingShell
+from moderation.signals.clip.batcher import BatcherMetrics
+from moderation.state.store import StateStore
+from moderation.state.thumbnails import Thumbnails
 from moderation.serving.auth import load_tokens, TokenAuth
 from moderation.serving.interceptors import AdmissionInterceptor, RpcMetricsInterceptor, ServingState, TokenAuthInterceptor
 from moderation.serving.lifecycle import GrpcServerLifecycle, new_metrics
@@ -33,27 +47,41 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = moderation_pb2.DESCRIPTOR.services_by_name["ModerationService"].full_name
 
 
-def build_pipeline(
+def configure_torch_threads(settings: Settings, device: str) -> None:
+    """Serving startup: torch's process-wide intra-op thread count, set once, before any model loads."""
+    import torch
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    elif not device.startswith("cpu"):
+        # The model runs on the GPU; the CPU's torch work is preprocessing in the decode
+        # threads, which are the parallelism: intra-op threads in each of them would
+        # only oversubscribe the cores (measured no faster on 2 cores, see README).
+        torch.set_num_threads(1)
+
+
+def build_listeners(metrics: ModerationMetrics, store: StateStore | None, thumbnails: Thumbnails | None) -> Listeners:
+    """A bounded queue and a thread per listener: category metrics and shadows always, stores when configured."""
+    listeners: list[Listener] = [CategoryMetricsListener(metrics), ShadowListener(metrics)]
+    if store is not None:
+        listeners.append(EmbeddingStoreListener(store))
+    if thumbnails is not None:
+        listeners.append(ThumbnailListener(thumbnails))
+    return Listeners([ListenerQueue(listener, metrics.listener_dropped.labels(listener.name).inc) for listener in listeners])
+
+
+def build_shell(
     settings: Settings, metrics: ModerationMetrics, cancellation: StartupCancellation | None = None
-) -> tuple[ModerationPipeline, PolicyReloader]:
+) -> tuple[ServingShell, PolicyReloader]:
     """Load the CLIP model, every policy and the escalation tier; slow, runs in a worker thread.
 
     With `cancellation`, raises CompileCancelled soon after it is cancelled (between steps,
     or within one chunk of a policy compile).
     """
-    import torch
-
     from moderation.policy.registry import PolicyRegistry
 
     cancellation = cancellation or StartupCancellation()
     spec = clip_spec(settings)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    elif not spec.device.startswith("cpu"):
-        # The model runs on the GPU; the CPU's torch work is preprocessing in the decode
-        # threads, which are the parallelism: intra-op threads in each of them would
-        # only oversubscribe the cores (measured no faster on 2 cores, see README).
-        torch.set_num_threads(1)
     scorer = load_scorer(spec)
     cancellation.check()
     registry = PolicyRegistry(scorer.index_policy, scorer.model_id, random_weights=scorer.random_weights)
@@ -69,27 +97,37 @@ def build_pipeline(
         str(scorer.encoder.dtype).removeprefix("torch."), batch, workers,
         registry.default_id,
     )  # fmt: skip
+    core_metrics = CoreMetrics(
+        signal_seconds=lambda signal, seconds: metrics.signal_seconds.labels(signal).observe(seconds),
+        tier_agreement=lambda policy, category, agrees: metrics.tier_agreement.labels(policy, category, "agree" if agrees else "disagree").inc(),
+    )
+    core = build_core(settings, scorer, build_escalation_tier(settings, metrics, spec.device), core_metrics)
     # Drops (the database away longer than the buffer lasts) are counted, never a failed request.
     store = build_store(settings, on_dropped=lambda kind, count: metrics.store_dropped.labels(kind).inc(count))
-    pipeline = ModerationPipeline(
+    thumbnails = build_thumbnails(settings, store)
+    shell = ServingShell(
+        core,
         scorer,
         registry,
-        decode_limits(settings, scorer.image_size),
-        metrics,
+        build_listeners(metrics, store, thumbnails),
+        BatcherMetrics(
+            queue_depth=metrics.queue_depth.set,
+            queue_capacity=metrics.queue_capacity.set,
+            batch_wait_s=metrics.batch_wait_seconds.observe,
+            batch_size=metrics.batch_size.observe,
+        ),
         decode_workers=workers,
         max_batch=batch,
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
-        store=store,
-        thumbnails=build_thumbnails(settings, store),
-        escalation=build_escalation_tier(settings, metrics, spec.device),
+        thumbnail_px=thumbnails.max_px if thumbnails is not None else None,
     )
-    return pipeline, reloader
+    return shell, reloader
 
 
 @dataclass
 class _Loaded:
-    pipeline: ModerationPipeline
+    shell: ServingShell
     reloader: PolicyReloader
     watcher: asyncio.Task[None] | None = None
 
@@ -131,17 +169,18 @@ async def serve(settings: Settings) -> None:
     cancellation = StartupCancellation()
 
     def load() -> _Loaded:
-        return _Loaded(*build_pipeline(settings, metrics, cancellation))
+        configure_torch_threads(settings, resolve_device(settings.device))
+        return _Loaded(*build_shell(settings, metrics, cancellation))
 
     async def on_loaded(loaded: _Loaded, stop: asyncio.Event) -> None:
-        loaded.pipeline.start()
-        servicer.pipeline = loaded.pipeline
+        loaded.shell.start()
+        servicer.shell = loaded.shell
         state.loaded = True
         if settings.watch_policies:
             loaded.watcher = asyncio.create_task(loaded.reloader.watch(stop, force_polling=settings.policy_watch_polling))
 
     async def close(loaded: _Loaded) -> None:
-        await loaded.pipeline.close()
+        await loaded.shell.close()
         if loaded.watcher is not None:
             await loaded.watcher
         loaded.reloader.close()

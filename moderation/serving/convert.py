@@ -1,10 +1,10 @@
-"""Conversions between pipeline results and protobuf messages, kept at the edge."""
+"""Conversions between serving results and protobuf messages, kept at the edge."""
 
 from __future__ import annotations
 
 from moderation.core.decision import Band
 from moderation.escalation.tier import EscalationOutcome, EscalationStatus
-from moderation.serving.pipeline import ModerationResult
+from moderation.serving.result import ModerationResult
 from moderation.policy.registry import ServedPolicy
 from moderation.policy.schema import Action
 from moderation.v1 import moderation_pb2 as pb

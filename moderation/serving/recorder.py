@@ -10,7 +10,7 @@ import logging
 import grpc
 
 from moderation.ops.metrics import ModerationMetrics
-from moderation.serving.pipeline import ModerationResult
+from moderation.serving.result import ModerationResult
 from moderation.serving.limits import cut_utf8
 
 audit = logging.getLogger("moderation.audit")

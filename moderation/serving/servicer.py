@@ -1,4 +1,4 @@
-"""ModerationService: decode the request, call the pipeline, encode the reply.
+"""ModerationService: check the request, call the serving shell, encode the reply.
 
 Every failure leaves as a gRPC status with a sentence the caller can act on.
 Unexpected errors are logged with a traceback and reach the caller as INTERNAL
@@ -16,7 +16,7 @@ import grpc
 
 from moderation.signals.clip.batcher import Overloaded
 from moderation.core.decode import ImageRejected
-from moderation.serving.pipeline import ModerationPipeline
+from moderation.serving.shell import ServingShell
 from moderation.policy.registry import PolicyNotFound
 from moderation.serving import convert
 from moderation.serving.auth import caller_identity
@@ -74,7 +74,7 @@ def _quietly(task: asyncio.Task) -> None:
 
 
 class ModerationServicer(pb_grpc.ModerationServiceServicer):
-    """Transport only: check the request, call the pipeline, convert the reply.
+    """Transport only: check the request, call the serving shell, convert the reply.
 
     Admission (loading, draining, in-flight bound) and auth are interceptors
     (interceptors.py); the per-request counter and audit line are the recorder's.
@@ -88,7 +88,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         state: ServingState,
         stream_window: int = STREAM_WINDOW,
     ):
-        self.pipeline: ModerationPipeline | None = None  # set once models and policies are loaded
+        self.shell: ServingShell | None = None  # set once models and policies are loaded
         self._recorder = recorder
         self._max_image_bytes = max_image_bytes
         self._default_deadline_s = default_deadline_s
@@ -96,10 +96,10 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         # Request slots shared with unary calls: a stream's next item waits (the stream stops being read) for one.
         self._state = state
 
-    def _loaded(self) -> ModerationPipeline:
-        if self.pipeline is None:  # the admission interceptor refuses calls before this is set
+    def _loaded(self) -> ServingShell:
+        if self.shell is None:  # the admission interceptor refuses calls before this is set
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is still loading models and policies; retry shortly")
-        return self.pipeline
+        return self.shell
 
     def _check(self, request: pb.ModerateRequest, image: bytes) -> None:
         if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
@@ -118,11 +118,11 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         request_id = request.request_id or uuid.uuid4().hex
         code, result = grpc.StatusCode.OK, None
         try:
-            pipeline = self._loaded()
+            shell = self._loaded()
             image = request.image  # protobuf copies a bytes field on every access: once only
             self._check(request, image)
             result = await asyncio.wait_for(
-                pipeline.moderate(image, request.policy_id, request_id, request.force_escalation, deadline_s),
+                shell.moderate(image, request.policy_id, request_id, request.force_escalation, deadline_s),
                 timeout=deadline_s,
             )
             return convert.result_to_pb(result)
@@ -138,10 +138,10 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
 
     def _policy_label(self, policy_id: str) -> str:
         # Only served ids become label values: a caller's typo must not mint a series.
-        if self.pipeline is None or len(policy_id) > MAX_POLICY_ID_CHARS:
+        if self.shell is None or len(policy_id) > MAX_POLICY_ID_CHARS:
             return "unknown"
         try:
-            return self.pipeline.registry.get(policy_id).policy.id
+            return self.shell.registry.get(policy_id).policy.id
         except PolicyNotFound:
             return "unknown"
 

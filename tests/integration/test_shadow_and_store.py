@@ -64,7 +64,14 @@ def test_shadow_decisions_go_to_metrics_and_audit_and_store_feeds_diff(tmp_path:
         responses = [stub.Moderate(pb.ModerateRequest(request_id=f"r{i}", image=data()), timeout=30)
                      for i, data in enumerate([images.astronaut_jpeg, images.coffee_png, images.camera_grayscale_png] * 2)]  # fmt: skip
         assert all(r.policy_id == "default" for r in responses), "the shadow never answers"
-        metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        # Shadow comparisons run in their listener's thread after each response: wait for the last one.
+        deadline = time.monotonic() + 20
+        while True:
+            metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+            counted = sum(s.value for f in text_string_to_metric_families(metrics) if f.name == "moderation_shadow_decisions" for s in f.samples)
+            if counted >= len(responses) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         # No more requests come, yet the store catches up within the flush interval (not at shutdown only).
         deadline = time.monotonic() + 20
         while stored_count(store) < len(responses) and time.monotonic() < deadline:

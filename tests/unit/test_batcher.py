@@ -7,10 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from prometheus_client import CollectorRegistry
 
-from moderation.signals.clip.batcher import DeadlinePassed, MicroBatcher, Overloaded
-from moderation.ops.metrics import ModerationMetrics
+from moderation.signals.clip.batcher import BatcherMetrics, DeadlinePassed, MicroBatcher, Overloaded
 
 
 class RecordingForward:
@@ -49,7 +47,9 @@ def far() -> float:
 
 async def test_concurrent_requests_share_batches_and_get_their_own_results(executor) -> None:  # noqa: ANN001
     forward = RecordingForward(delay_s=0.05)
-    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=4, max_queue=64)
+    sizes: list[int] = []
+    capacity: list[int] = []
+    batcher = MicroBatcher(forward, executor, BatcherMetrics(batch_size=sizes.append, queue_capacity=capacity.append), max_batch=4, max_queue=64)
     batcher.start()
     try:
         results = await asyncio.gather(*(batcher.embed(frame(float(i)), far()) for i in range(10)))
@@ -57,11 +57,12 @@ async def test_concurrent_requests_share_batches_and_get_their_own_results(execu
         await batcher.stop()
     assert [float(r[0, 0]) for r in results] == [float(i) for i in range(10)]
     assert sum(forward.batches) == 10
+    assert sizes == forward.batches and capacity == [64], "the batcher reports through the callables it was given"
     assert max(forward.batches) == 4 and len(forward.batches) < 10
 
 
 async def test_multi_frame_items_are_sliced_back(executor) -> None:  # noqa: ANN001
-    batcher = MicroBatcher(RecordingForward(), executor, ModerationMetrics(CollectorRegistry()), max_batch=8)
+    batcher = MicroBatcher(RecordingForward(), executor, max_batch=8)
     batcher.start()
     try:
         a, b = await asyncio.gather(batcher.embed(frame(1.0, frames=3), far()), batcher.embed(frame(2.0, frames=2), far()))
@@ -74,7 +75,7 @@ async def test_multi_frame_items_are_sliced_back(executor) -> None:  # noqa: ANN
 async def test_full_queue_is_rejected_at_once(executor) -> None:  # noqa: ANN001
     forward = RecordingForward()
     forward.release.clear()  # hold the model busy
-    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=1, max_queue=2)
+    batcher = MicroBatcher(forward, executor, max_batch=1, max_queue=2)
     batcher.start()
     try:
         first = asyncio.ensure_future(batcher.embed(frame(0), far()))
@@ -93,7 +94,7 @@ async def test_full_queue_is_rejected_at_once(executor) -> None:  # noqa: ANN001
 
 
 async def test_forward_failure_reaches_every_caller_in_the_batch(executor) -> None:  # noqa: ANN001
-    batcher = MicroBatcher(RecordingForward(fail=True), executor, ModerationMetrics(CollectorRegistry()), max_batch=8)
+    batcher = MicroBatcher(RecordingForward(fail=True), executor, max_batch=8)
     batcher.start()
     try:
         outcomes = await asyncio.wait_for(
@@ -107,7 +108,7 @@ async def test_forward_failure_reaches_every_caller_in_the_batch(executor) -> No
 async def test_expired_and_cancelled_requests_are_dropped_before_compute(executor) -> None:  # noqa: ANN001
     forward = RecordingForward()
     forward.release.clear()
-    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=8)
+    batcher = MicroBatcher(forward, executor, max_batch=8)
     batcher.start()
     try:
         busy = asyncio.ensure_future(batcher.embed(frame(0), far()))
@@ -137,7 +138,7 @@ async def test_next_batch_is_stacked_while_the_model_runs_the_current_one(execut
         allocated.append((torch.empty(shape, dtype=dtype), threading.current_thread().name))
         return allocated[-1][0]
 
-    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=8, allocate=allocate)
+    batcher = MicroBatcher(forward, executor, max_batch=8, allocate=allocate)
     batcher.start()
     try:
         busy = asyncio.ensure_future(batcher.embed(frame(0), far()))
@@ -176,7 +177,7 @@ async def test_forward_gets_the_allocated_buffer_and_a_batch_may_overshoot_max_b
 
     forward = StorageForward()
     forward.release.clear()
-    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=4, allocate=allocate)
+    batcher = MicroBatcher(forward, executor, max_batch=4, allocate=allocate)
     batcher.start()
     try:
         busy = asyncio.ensure_future(batcher.embed(frame(9), far()))
@@ -209,7 +210,7 @@ async def test_a_lone_request_goes_as_it_is_and_batch_buffers_are_reused(executo
         time.sleep(0.01)
         return pixels.mean(dim=(1, 2, 3)).unsqueeze(1)
 
-    batcher = MicroBatcher(forward, executor, ModerationMetrics(CollectorRegistry()), max_batch=4, allocate=allocate)
+    batcher = MicroBatcher(forward, executor, max_batch=4, allocate=allocate)
     batcher.start()
     try:
         alone = frame(5.0)

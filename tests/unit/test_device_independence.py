@@ -37,7 +37,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("runtime.py", "device is 'cuda' but torch sees no CUDA device"): "an error message",
     ("runtime.py", 'DEFAULT_MAX_BATCH = {"cpu": 16, "cuda": 256}'): "per-device defaults, keyed by device type",
     ("runtime.py", 'DEFAULT_MAX_BATCH["cpu"]'): "unknown device types get the conservative default",
-    ("serving/app.py", 'elif not spec.device.startswith("cpu"):'): "torch threads: 1 when the model is off the CPU",
+    ("serving/app.py", 'elif not device.startswith("cpu"):'): "torch threads: 1 when the model is off the CPU",
     ("runtime.py", 'cpu_fp32 = device == "cpu" and'): "clip_backend auto picks the CPU-only ONNX backend only on the CPU",
     ("signals/clip/encoder.py", "dtype: torch.dtype = torch.float32) -> torch.Tensor:"): "the seam's pixels are float32 by contract",
     ("signals/clip/encoder.py", 'pin_memory=encoder.device.type == "cuda"'): "pinned staging buffers for CUDA encoders only",
@@ -55,7 +55,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("escalation/grammar.py", '`.to("cpu", torch.float32)` (decoding.py does)'): "docstring",
     ("escalation/grammar.py", 'if logits.device.type != "cpu" or logits.dtype != torch.float32:'): "the grammar's input check",
     ("escalation/grammar.py", "move them with .to('cpu', torch.float32) first"): "an error message",
-    ("serving/pipeline.py", "vector = embeddings[row].numpy().copy()"): "embeddings cross the encoder seam as float32 CPU tensors",
+    ("signals/clip/scorer.py", "columns[category_id] = probabilities[:, :positives].sum(dim=-1).clamp(0.0, 1.0).numpy()"): "logits are computed from .float().cpu() embeddings two lines above",
+    ("serving/listeners/embedding_store.py", "vector = result.judgement.frames.embeddings[result.judgement.representative_row()].numpy().copy()"): "embeddings cross the encoder seam as float32 CPU tensors",
 }
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from PIL import Image
-from prometheus_client import CollectorRegistry
 
-from moderation.escalation.tier import EscalationRequest, EscalationStatus, EscalationTier, ExplainerUnavailable, Explanation
+from moderation.escalation.tier import EscalationMetrics, EscalationOutcome, EscalationRequest, EscalationStatus, EscalationTier, ExplainerUnavailable, Explanation
 from moderation.escalation.verdict import ExplainerVerdict
-from moderation.ops.metrics import ModerationMetrics
 from tests.policies import TWO_CATEGORIES as POLICY
 
 
@@ -38,7 +36,7 @@ def request() -> EscalationRequest:
 
 
 def tier(backend: SlowExplainer, **kwargs: object) -> EscalationTier:
-    return EscalationTier(backend, ModerationMetrics(CollectorRegistry()), **kwargs)
+    return EscalationTier(backend, **kwargs)
 
 
 async def test_completed_and_timed_out() -> None:
@@ -48,10 +46,16 @@ async def test_completed_and_timed_out() -> None:
 
 
 async def test_queue_bound_sheds_at_once() -> None:
-    slow = tier(SlowExplainer(delay_s=0.3), max_concurrent=1, max_waiting=1)
+    reported: list[tuple[str, EscalationOutcome]] = []
+    depths: list[int] = []
+    slow = tier(
+        SlowExplainer(delay_s=0.3), metrics=EscalationMetrics(lambda p, o: reported.append((p, o)), depths.append), max_concurrent=1, max_waiting=1
+    )
     outcomes = await asyncio.gather(*(slow.escalate(request(), 5) for _ in range(4)))
     statuses = sorted(o.status.value for o in outcomes)
     assert statuses.count("COMPLETED") == 2 and statuses.count("SHED") == 2
+    assert sorted(o.status.value for _, o in reported) == statuses and {p for p, _ in reported} == {POLICY.id}
+    assert depths == [1, 0], "one request waited for the slot, then none"
 
 
 async def test_budget_sheds_beyond_the_rate() -> None:

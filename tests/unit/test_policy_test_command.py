@@ -8,9 +8,11 @@ from typer.testing import CliRunner
 
 from moderation.cli import app
 from moderation.signals.clip import ClipScorer
-from moderation.offline.scoring import check_golden_cases
+from moderation.offline.scoring import check_golden_cases, offline_policy
+from moderation.ops.config import Settings
 from moderation.policy import Policy
 from moderation.policy.golden import load_cases_file
+from moderation.runtime import build_core
 from tests.conftest import POLICIES, TINY_CLIP
 
 TINY = ["--model", f"local-dir:{TINY_CLIP}", "--weights", "random"]
@@ -72,13 +74,14 @@ def test_compared_cases_pass_and_fail_on_real_decisions(tiny_scorer: ClipScorer,
         "policy: default\ncases:\n"
         "  - {image: chelsea.jpg, expect: BLOCK, flagged: [drugs, sexual_content], bands: {drugs: ABOVE}}\n"
     )
-    (outcome,) = check_golden_cases(tiny_scorer, policy, load_cases_file(tmp_path / "cases.yaml"), compare=True)
+    core, served = build_core(Settings(), tiny_scorer), offline_policy(tiny_scorer, policy)
+    (outcome,) = check_golden_cases(core, served, load_cases_file(tmp_path / "cases.yaml"), compare=True)
     assert outcome.decision is not None and outcome.decision.action.value == "BLOCK"
     assert outcome.problems == ()
-    (unchecked,) = check_golden_cases(tiny_scorer, policy, load_cases_file(tmp_path / "cases.yaml"), compare=False)
+    (unchecked,) = check_golden_cases(core, served, load_cases_file(tmp_path / "cases.yaml"), compare=False)
     assert unchecked.passed and unchecked.decision == outcome.decision
 
     (tmp_path / "cases.yaml").write_text("policy: default\ncases:\n  - {image: chelsea.jpg, expect: ALLOW, flagged: []}\n")
-    (failing,) = check_golden_cases(tiny_scorer, policy, load_cases_file(tmp_path / "cases.yaml"), compare=True)
+    (failing,) = check_golden_cases(core, served, load_cases_file(tmp_path / "cases.yaml"), compare=True)
     assert failing.problems[0] == "action BLOCK, expected ALLOW"
     assert failing.problems[1] == "flagged ['drugs', 'sexual_content'], expected none"

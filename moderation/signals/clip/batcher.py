@@ -35,9 +35,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from moderation.ops.metrics import ModerationMetrics
-
 log = logging.getLogger(__name__)
+
+
+def _ignore(value: float) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherMetrics:
+    """What the batcher reports, as callables: the serving shell wires them to its Prometheus metrics."""
+
+    queue_depth: Callable[[int], None] = _ignore  # requests waiting for the model, after every change
+    queue_capacity: Callable[[int], None] = _ignore  # max_queue, once
+    batch_wait_s: Callable[[float], None] = _ignore  # per request: enqueued -> its batch closed
+    batch_size: Callable[[int], None] = _ignore  # frames per forward pass
 
 
 class Overloaded(RuntimeError):
@@ -78,7 +90,7 @@ class MicroBatcher:
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
         executor: Executor,
-        metrics: ModerationMetrics,
+        metrics: BatcherMetrics = BatcherMetrics(),
         max_batch: int = 16,
         max_wait_ms: float = 0.0,
         max_queue: int = 128,
@@ -98,7 +110,7 @@ class MicroBatcher:
         self._stager: ThreadPoolExecutor | None = None
         self._spare_buffers: list[torch.Tensor] = []  # at most two: the running batch's and the open one's
         self._worker: asyncio.Task[None] | None = None
-        metrics.queue_capacity.set(max_queue)
+        metrics.queue_capacity(max_queue)
 
     def start(self) -> None:
         if self._worker is None:
@@ -135,7 +147,7 @@ class MicroBatcher:
             raise Overloaded(f"the inference queue is full ({self.max_queue} requests waiting); retry with backoff")
         future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Pending(pixels, future, deadline, time.monotonic()))
-        self._metrics.queue_depth.set(self.depth)
+        self._metrics.queue_depth(self.depth)
         self._wakeup.set()
         return await future
 
@@ -167,7 +179,7 @@ class MicroBatcher:
             batch.offsets.append(batch.frames)
             batch.frames += item.pixels.shape[0]
         if len(batch.items) > admitted:
-            self._metrics.queue_depth.set(self.depth)
+            self._metrics.queue_depth(self.depth)
         # Staging starts with the second request (a batch of one goes as it is).
         if len(batch.items) > 1 and batch.staged < len(batch.items):
             copies = [(batch.offsets[i], batch.items[i].pixels) for i in range(batch.staged, len(batch.items))]
@@ -226,7 +238,7 @@ class MicroBatcher:
                 pending.future.set_exception(DeadlinePassed("the deadline passed while the request waited for the model"))
                 continue
             live.append((pending, offset))
-            self._metrics.batch_wait_seconds.observe(now - pending.enqueued)
+            self._metrics.batch_wait_s(now - pending.enqueued)
         return live
 
     async def _close(self, batch: _Batch) -> tuple[list[_Pending], torch.Tensor, torch.Tensor | None] | None:
@@ -252,7 +264,7 @@ class MicroBatcher:
         return [p for p, _ in live], pixels, None
 
     def _dispatch(self, live: list[_Pending], pixels: torch.Tensor, buffer: torch.Tensor | None) -> None:
-        self._metrics.batch_size.observe(pixels.shape[0])
+        self._metrics.batch_size(pixels.shape[0])
         running = asyncio.get_running_loop().run_in_executor(self._executor, self._forward, pixels)
         self._running = (running, live)
         running.add_done_callback(lambda done: self._deliver(done, live, buffer))
@@ -288,6 +300,6 @@ class MicroBatcher:
             batch = await self._assemble()
             closed = await self._close(batch)
             self._open = None
-            self._metrics.queue_depth.set(self.depth)
+            self._metrics.queue_depth(self.depth)
             if closed is not None:
                 self._dispatch(*closed)

@@ -137,19 +137,22 @@ class ClipScorer:
         """One image's scores from the embeddings of its sampled frames (rows in frame order)."""
         return most_severe_frame(self.score(embeddings, index), tuple(frame_indices))
 
-    def score_decoded(self, images: Sequence[DecodedImage], index: PolicyTextIndex) -> list[FrameScores]:
-        """Score decoded images in-process, sharing forward passes: what the server does, without the batcher."""
-        pixels = [self.prepare(image) for image in images]
+    def embed_prepared(self, pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Embeddings of several images' prepared frames, in-process, OFFLINE_BATCH frames per forward pass.
+
+        What the micro-batcher does for the server, without the batcher: one embedding
+        tensor per input, rows in frame order.
+        """
         if not pixels:
             return []
-        stacked = torch.cat(pixels)
+        stacked = torch.cat(list(pixels))
         embeddings = torch.cat([self.embed_images(stacked[i : i + OFFLINE_BATCH]) for i in range(0, stacked.shape[0], OFFLINE_BATCH)])
-        results, offset = [], 0
-        for image, frames in zip(images, pixels, strict=True):
-            count = frames.shape[0]
-            results.append(self.score_frames(embeddings[offset : offset + count], image.frame_indices, index))
-            offset += count
-        return results
+        return list(embeddings.split([frames.shape[0] for frames in pixels]))
+
+    def score_decoded(self, images: Sequence[DecodedImage], index: PolicyTextIndex) -> list[FrameScores]:
+        """Score decoded images in-process, sharing forward passes (tests and benchmarks of the scorer alone)."""
+        embeddings = self.embed_prepared([self.prepare(image) for image in images])
+        return [self.score_frames(rows, image.frame_indices, index) for image, rows in zip(images, embeddings, strict=True)]
 
 
 def most_severe_frame(per_frame: list[dict[str, float]], indices: tuple[int, ...]) -> FrameScores:

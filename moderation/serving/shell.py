@@ -1,0 +1,137 @@
+"""The serving shell: the server's pools and micro-batcher around the judging core, and the listeners after it.
+
+    registry snapshot (active policy + its shadows; the request finishes on it)
+    -> core.decode            host pool (decode_workers threads), never on the event loop
+    -> batcher.embed          the model thread, in a batch shared with concurrent requests
+    -> core.judge             host pool: under the active policy and each shadow (+ the thumbnail of a flagged case)
+    -> core.escalate          the escalation tier's own bounds
+    -> listeners              the result without its pixels, offered to every listener's bounded queue;
+                              none can slow a request
+
+Knows nothing of gRPC: the servicer maps its exceptions to status codes (ImageRejected,
+PolicyNotFound, Overloaded, DeadlinePassed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from moderation.core.judge import Judgement, JudgingCore, Sample
+from moderation.policy.registry import PolicyRegistry, ServedPolicy
+from moderation.policy.schema import Action
+from moderation.serving.listeners import Listeners
+from moderation.serving.result import ModerationResult, StageTimings
+from moderation.signals.clip.batcher import BatcherMetrics, MicroBatcher
+from moderation.signals.clip.scorer import ClipScorer, PolicyTextIndex
+from moderation.state.thumbnails import make_thumbnail
+
+log = logging.getLogger(__name__)
+
+
+class ServingShell:
+    def __init__(
+        self,
+        core: JudgingCore,
+        scorer: ClipScorer,
+        registry: PolicyRegistry[PolicyTextIndex],
+        listeners: Listeners,
+        batcher_metrics: BatcherMetrics = BatcherMetrics(),
+        decode_workers: int = 2,
+        max_batch: int = 16,
+        max_wait_ms: float = 0.0,
+        max_queue: int = 128,
+        thumbnail_px: int | None = None,
+    ):
+        self.core = core
+        self._thumbnail_px = thumbnail_px  # None: thumbnails are off
+        self.registry = registry
+        self.listeners = listeners
+        # Host work (decode, preprocess, signals, deciding) runs here, never on the event loop.
+        self._host_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="host")
+        # One model thread: torch parallelises inside an op; two callers would
+        # only fight over the same cores. The batcher feeds it.
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.batcher = MicroBatcher(
+            scorer.embed_images,
+            self._model_pool,
+            batcher_metrics,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            allocate=scorer.batch_buffer,  # pinned on CUDA: the copy to the device does not block
+        )
+
+    def start(self) -> None:
+        """Start the batch worker; call on the serving event loop."""
+        self.batcher.start()
+
+    async def moderate(
+        self, image: bytes, policy_id: str = "", request_id: str = "", force_escalation: bool = False, deadline_s: float = 30.0
+    ) -> ModerationResult:
+        """Raises PolicyNotFound, ImageRejected, Overloaded and DeadlinePassed."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        deadline = time.monotonic() + deadline_s
+        # Look the policy up once: the request finishes on the version it started with.
+        served, shadows = self.registry.with_shadows(policy_id)
+
+        sample = await loop.run_in_executor(self._host_pool, self.core.decode, image)
+        decoded = time.perf_counter()
+        # All sampled frames of an animation go through the model in one batch.
+        embeddings = await self.batcher.embed(sample.pixels, deadline)
+        embedded = time.perf_counter()
+        judgement, shadow_judgements, thumbnail = await loop.run_in_executor(
+            self._host_pool, self._judge, sample, embeddings, served, shadows, request_id
+        )
+        judged = time.perf_counter()
+        decision, escalation = await self.core.escalate(
+            judgement, served.policy, request_id, image, force_escalation, deadline - time.monotonic()
+        )
+        finished = time.perf_counter()
+        timings = StageTimings(
+            decode_ms=(decoded - started) * 1e3,
+            embed_ms=(embedded - decoded) * 1e3,
+            decide_ms=(judged - embedded) * 1e3,
+            escalation_ms=(finished - judged) * 1e3,
+            total_ms=(finished - started) * 1e3,
+        )
+        result = ModerationResult(request_id, decision, self.core.model_id, timings, escalation, judgement, shadow_judgements, thumbnail)
+        self.listeners.offer(result.without_pixels())
+        return result
+
+    def _judge(
+        self,
+        sample: Sample,
+        embeddings: Any,
+        served: ServedPolicy[PolicyTextIndex],
+        shadows: tuple[ServedPolicy[PolicyTextIndex], ...],
+        request_id: str,
+    ) -> tuple[Judgement, tuple[Judgement, ...], bytes | None]:
+        """The same frames under the active policy and each shadow (a scoring each, never a forward pass),
+        and the thumbnail of a case any of them flags, made while the frame is at hand."""
+        judgement = self.core.judge(sample, embeddings, served)
+        shadow_judgements = tuple(self.core.judge(sample, embeddings, s) for s in shadows)
+        flagged = any(j.decision.action is not Action.ALLOW for j in (judgement, *shadow_judgements))
+        thumbnail = self._thumbnail(judgement, request_id) if flagged and self._thumbnail_px else None
+        return judgement, shadow_judgements, thumbnail
+
+    def _thumbnail(self, judgement: Judgement, request_id: str) -> bytes | None:
+        frame = judgement.frames.decoded.frames[judgement.representative_row()]
+        try:
+            return make_thumbnail(frame, self._thumbnail_px)
+        except (OSError, ValueError) as error:  # a thumbnail never fails the request
+            log.warning("could not make a thumbnail for request %s: %s", request_id, error)
+            return None
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        if self.core.escalation is not None:
+            await self.core.escalation.close()
+        self._host_pool.shutdown(wait=False, cancel_futures=True)
+        self._model_pool.shutdown(wait=False, cancel_futures=True)
+        # Listeners drain in a thread: an embedding store's last flush must not hold the event loop.
+        await asyncio.to_thread(self.listeners.close)

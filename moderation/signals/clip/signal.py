@@ -1,0 +1,31 @@
+"""CLIP zero-shot as a signal: the image's frame embeddings scored against the policy's prompts.
+
+Per category the most severe sampled frame counts (an animation is judged by its worst
+frame), and the evidence names that frame. The text side is the served policy's compiled
+PolicyTextIndex, computed once per policy version. Its bounds are the micro-batcher's
+(max_batch, max_queue), which the serving shell owns, and decode's sample_frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from moderation.core.evidence import CategoryScores, Evidence
+from moderation.core.signal import SampledFrames, SignalResources
+from moderation.policy.registry import ServedPolicy
+from moderation.signals.clip.scorer import ClipScorer, PolicyTextIndex
+
+
+class ClipZeroShotSignal:
+    name = "clip"
+
+    def __init__(self, scorer: ClipScorer):
+        self._scorer = scorer
+
+    def evidence(self, frames: SampledFrames, served: ServedPolicy[PolicyTextIndex]) -> Sequence[Evidence]:
+        scored = self._scorer.score_frames(frames.embeddings, frames.decoded.frame_indices, served.compiled)
+        return (CategoryScores(self.name, scored.scores, scored.deciding),)
+
+
+def build(resources: SignalResources) -> ClipZeroShotSignal:
+    return ClipZeroShotSignal(resources.encoder)
