@@ -9,13 +9,16 @@ policy version it does not hold, so a rationale never cites another version.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from PIL import Image, ImageOps
 
 from moderation.ops.config import Settings
+from moderation.core import decode
 from moderation.core.decode import DecodeLimits, ImageRejected, decode_frames
 from moderation.policy.registry import PolicyNotFound, PolicyRegistry
 from moderation.serving.policy_reload import PolicyReloader
@@ -31,6 +34,36 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExplainerService"].full_name
 
 
+def decode_frame(data: bytes, limits: DecodeLimits, index: int) -> Image.Image:
+    """Frame `index` of an animation (the still image for 0), decoded within `limits`.
+
+    The scorer judged one frame of the animation; the explainer must see that
+    frame, not the first. The bytes are checked as the scorer checks them
+    (decode_frames on frame 0), then the decoder seeks to `index`, with the
+    animation's pixel budget counted up to it and the frame's own size checked.
+    """
+    first = decode_frames(data, limits, sample_frames=1)
+    if not 0 <= index < first.total_frames:
+        frames = "a still image (frame 0 only)" if first.total_frames == 1 else f"an animation of {first.total_frames} frames (0 to {first.total_frames - 1})"
+        raise ImageRejected(f"frame_index {index} is not a frame of this image: it is {frames}")
+    if index == 0:
+        return first.frames[0]
+    # decode_frames accepted these bytes: what is left is reaching one later frame of them.
+    try:
+        image = Image.open(io.BytesIO(data), formats=decode.ACCEPTED_FORMATS)
+        decode._check_animation(image, first.total_frames, index, limits)
+        image.seek(index)
+        decode._check_pixels(image, limits)  # a frame may declare a larger size than the first
+        image.load()
+        return decode._to_rgb(ImageOps.exif_transpose(image))
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageRejected(f"frame {index} declares more than twice the limit of {limits.max_pixels:,} pixels (setting max_image_pixels)") from err
+    except Exception as err:  # noqa: BLE001 - PIL's many exception types for corrupt data, as in decode_frames
+        raise ImageRejected(f"frame {index} of the animation is truncated or corrupt ({type(err).__name__})") from err
+
+
 class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
     """Loading, draining and the bound on waiting calls are the admission interceptor's (interceptors.py)."""
 
@@ -42,7 +75,8 @@ class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="explainer")
 
     def _explain(self, request: pb.ExplainRequest, policy):  # noqa: ANN001, ANN202
-        frame = decode_frames(request.image, self._limits, sample_frames=1).frames[0]
+        frame = decode_frame(request.image, self._limits, request.frame_index)
+        log.info("explaining request %s: frame %d", echo(request.request_id), request.frame_index)
         return self.explainer.explain(frame, policy, list(request.category_ids), policy.escalation.instruction, self._max_new_tokens)
 
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
@@ -83,6 +117,7 @@ class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
             model=self.explainer.info.model_id,
             generated_tokens=result.generated_tokens,
             latency_ms=(time.perf_counter() - started) * 1e3,
+            frame_index=request.frame_index,
         )
 
 

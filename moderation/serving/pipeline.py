@@ -241,7 +241,7 @@ class ModerationPipeline:
             return decision, EscalationOutcome(EscalationStatus.DISABLED, "no explainer is configured; the CLIP decision stands")
         # The explainer sees the frame that made the first escalated category borderline.
         frame = decoded.frames[decoded.frame_indices.index(deciding.get(category_ids[0], decoded.frame_indices[0]))]
-        request = EscalationRequest(request_id, image, frame, policy, category_ids)
+        request = EscalationRequest(request_id, image, frame, policy, category_ids, frame_index=deciding.get(category_ids[0], decoded.frame_indices[0]))
         outcome = await self.escalation.escalate(request, deadline - time.monotonic())
         if outcome.verdict is None:
             # No second opinion: a human looks at it. Never ALLOW by default.
