@@ -108,7 +108,8 @@ class GrpcServerLifecycle(Generic[Loaded]):
 
     `load` runs in a worker thread (models, policies); `on_loaded` runs on the event
     loop with its result and the stop event (start batchers, watchers) before
-    SERVING; `drain(grace_s)` waits for in-flight calls; `close` frees what `load` built.
+    SERVING; `drain(grace_s)` refuses new calls and waits for the request slots in use
+    (serving/admission.py); `close` frees what `load` built.
     `max_concurrent_rpcs` bounds RPCs of every service at once; gRPC refuses the
     ones beyond it with RESOURCE_EXHAUSTED before reading their request message.
     """
@@ -243,7 +244,10 @@ class GrpcServerLifecycle(Generic[Loaded]):
             # Linger while refusing: a caller that sends just now gets UNAVAILABLE (retry
             # elsewhere) rather than CANCELLED by the transport stopping under its call.
             await asyncio.sleep(min(DRAIN_LINGER_S, max(0.0, settings.grace_period_s - (time.monotonic() - drain_started))))
-        await self._stop_transport(1.0)
+        # Open streams hold no request slot between items: the transport's own stop gives
+        # them what is left of the grace period to end (their items are still served),
+        # then cancels them.
+        await self._stop_transport(max(1.0, settings.grace_period_s - (time.monotonic() - drain_started)))
         if loaded is not None:
             await close(loaded)
         log.info("stopped")
