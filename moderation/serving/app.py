@@ -92,8 +92,8 @@ async def serve(settings: Settings) -> None:
     builder: ServerBuilder[_Loaded] = ServerBuilder(
         settings,
         SERVICE_NAME,
-        settings.max_concurrent_requests,
-        "the server is still loading models and policies; retry shortly",
+        limit=settings.max_concurrent_requests,
+        loading_message="the server is still loading models and policies; retry shortly",
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),

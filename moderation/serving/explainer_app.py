@@ -138,8 +138,8 @@ async def serve_explainer(settings: Settings) -> None:
     builder: ServerBuilder[_Loaded] = ServerBuilder(
         settings,
         SERVICE_NAME,
-        settings.explainer_max_concurrent + settings.explainer_max_waiting,
-        "the explainer is still loading its model; retry shortly",
+        limit=settings.explainer_max_concurrent + settings.explainer_max_waiting,
+        loading_message="the explainer is still loading its model; retry shortly",
         options=[("grpc.max_receive_message_length", settings.grpc_max_message_bytes)],
     )
     servicer = ExplainerServicer(

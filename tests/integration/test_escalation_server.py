@@ -17,7 +17,7 @@ from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
 from tests import images
 from tests.conftest import POLICIES, TINY_CLIP
-from tests.integration.server import free_port, running_server, wait_until_serving
+from tests.integration.server import running_server
 from tests.policies import one_category_yaml
 
 pytestmark = pytest.mark.integration
@@ -63,25 +63,16 @@ def test_in_process_forced_escalation_and_timeout(tmp_path: Path) -> None:
 
 
 def test_remote_explainer_over_loopback_and_circuit_breaker(tmp_path: Path) -> None:
-    port, metrics_port = free_port(), free_port()
-    log_path = tmp_path / "explainer.log"
-    with log_path.open("wb") as log_file:
-        explainer = subprocess.Popen(
-            [sys.executable, "-m", "moderation", "explain-serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port",
-             str(metrics_port), "--policies", str(POLICIES), *EXPLAINER],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_until_serving(f"127.0.0.1:{port}", explainer, log_path)
-        args = (*TINY, "--explainer", "remote", "--explainer-target", f"127.0.0.1:{port}")
+    with running_server(tmp_path, "--policies", str(POLICIES), *EXPLAINER, command="explain-serve") as explainer:
+        args = (*TINY, "--explainer", "remote", "--explainer-target", explainer.target)
         env = {"MODERATION_EXPLAINER_FAILURE_THRESHOLD": "2", "MODERATION_EXPLAINER_COOLDOWN_S": "300"}
         with running_server(tmp_path, *args, env=env) as server, server.channel() as channel:
             stub = pb_grpc.ModerationServiceStub(channel)
             response = stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=120)
             check_completed(response)
 
-            explainer.terminate()  # the explainer goes away: FAILED twice, then the breaker opens
-            explainer.wait(timeout=60)
+            explainer.process.terminate()  # the explainer goes away: FAILED twice, then the breaker opens
+            explainer.process.wait(timeout=60)
             statuses = []
             for _ in range(4):
                 reply = stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=60)
@@ -90,23 +81,11 @@ def test_remote_explainer_over_loopback_and_circuit_breaker(tmp_path: Path) -> N
             assert statuses[:2] == [pb.ESCALATION_STATUS_FAILED] * 2
             assert statuses[2:] == [pb.ESCALATION_STATUS_SHED] * 2
             assert "not calling it for now" in reply.escalation.reason
-    finally:
-        if explainer.poll() is None:
-            explainer.kill()
 
 
 def test_explain_request_for_a_stale_policy_version_is_refused(tmp_path: Path) -> None:
-    port = free_port()
-    log_path = tmp_path / "explainer.log"
-    with log_path.open("wb") as log_file:
-        explainer = subprocess.Popen(
-            [sys.executable, "-m", "moderation", "explain-serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-             "--policies", str(POLICIES), *EXPLAINER],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_until_serving(f"127.0.0.1:{port}", explainer, log_path)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with running_server(tmp_path, "--policies", str(POLICIES), *EXPLAINER, command="explain-serve") as explainer:
+        with explainer.channel() as channel:
             stub = pb_grpc.ExplainerServiceStub(channel)
             request = pb.ExplainRequest(image=images.astronaut_jpeg(), policy_id="default", policy_version="old", category_ids=["weapons"])
             with pytest.raises(grpc.RpcError) as caught:
@@ -116,9 +95,6 @@ def test_explain_request_for_a_stale_policy_version_is_refused(tmp_path: Path) -
             reply = stub.Explain(request, timeout=120)
             assert (reply.category_id, reply.clause_id) == ("weapons", "W-1")
             json.dumps({"rationale": reply.rationale})
-    finally:
-        explainer.terminate()
-        explainer.wait(timeout=60)
 
 
 def test_compare_prints_both_tiers_per_category(tmp_path: Path) -> None:
@@ -218,43 +194,27 @@ def test_in_process_explainer_judges_the_deciding_frame_of_an_animation(tmp_path
 
 def test_remote_explainer_judges_the_deciding_frame_of_an_animation(tmp_path: Path) -> None:
     policies = one_category_policies(tmp_path)
-    port = free_port()
-    log_path = tmp_path / "explainer.log"
-    with log_path.open("wb") as log_file:
-        explainer = subprocess.Popen(
-            [sys.executable, "-m", "moderation", "explain-serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-             "--policies", str(policies), *EXPLAINER],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_until_serving(f"127.0.0.1:{port}", explainer, log_path)
+    with running_server(tmp_path, "--policies", str(policies), *EXPLAINER, command="explain-serve") as explainer:
         args = ("--policies", str(policies), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random")
-        args += ("--explainer", "remote", "--explainer-target", f"127.0.0.1:{port}")
+        args += ("--explainer", "remote", "--explainer-target", explainer.target)
         with running_server(tmp_path, *args) as server, server.channel() as channel:
             response = check_the_deciding_frame_was_judged(pb_grpc.ModerationServiceStub(channel))
-        assert f"explaining request {response.request_id}: frame 1" in log_path.read_text(), "explain-serve decoded frame 1 itself"
+        assert f"explaining request {response.request_id}: frame 1" in explainer.log_text(), "explain-serve decoded frame 1 itself"
 
         # Frames the image does not have are refused with a sentence; the explainer stays up.
         gifs = two_frame_gifs()
         stills = frames_as_stills(gifs[0])
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with explainer.channel() as channel:
             stub = pb_grpc.ExplainerServiceStub(channel)
-            request = pb.ExplainRequest(policy_id="p", policy_version="1", category_ids=["weapons"])
+            fields = {"policy_id": "p", "policy_version": "1", "category_ids": ["weapons"]}
             for image, index, says in [
                 (gifs[0], 2, "frame_index 2 is not a frame of this image: it is an animation of 2 frames (0 to 1)"),
                 (gifs[0], -1, "frame_index -1 is not a frame of this image"),
                 (stills[0], 1, "frame_index 1 is not a frame of this image: it is a still image (frame 0 only)"),
             ]:
                 with pytest.raises(grpc.RpcError) as caught:
-                    stub.Explain(pb.ExplainRequest(image=image, frame_index=index, **request_fields(request)), timeout=60)
+                    stub.Explain(pb.ExplainRequest(image=image, frame_index=index, **fields), timeout=60)
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert says in caught.value.details()
-            reply = stub.Explain(pb.ExplainRequest(image=gifs[0], frame_index=1, **request_fields(request)), timeout=120)
+            reply = stub.Explain(pb.ExplainRequest(image=gifs[0], frame_index=1, **fields), timeout=120)
             assert reply.frame_index == 1 and reply.category_id == "weapons"
-    finally:
-        explainer.terminate()
-        explainer.wait(timeout=60)
-
-
-def request_fields(request: pb.ExplainRequest) -> dict:
-    return {"policy_id": request.policy_id, "policy_version": request.policy_version, "category_ids": list(request.category_ids)}
