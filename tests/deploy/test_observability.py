@@ -41,7 +41,7 @@ def alert_names() -> set[str]:
 
 def server_metric_names() -> set[str]:
     """Names moderation/ops/metrics.py registers."""
-    return set(re.findall(r'"(moderation_[a-z_]+)"', (ROOT / "moderation" / "metrics.py").read_text()))
+    return set(re.findall(r'"(moderation_[a-z_]+)"', (ROOT / "moderation" / "ops" / "metrics.py").read_text()))
 
 
 def metric_names_in(expr: str) -> set[str]:
