@@ -91,6 +91,7 @@ class ServerBuilder(Generic[L]):
             (service_name,),
             interceptors,
             options=options,
+            # Room beyond the admitted calls for health checks, ListPolicies and refusals.
             max_concurrent_rpcs=settings.max_concurrent_rpcs or limit + 16,
         )
 

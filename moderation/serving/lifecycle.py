@@ -121,7 +121,8 @@ class GrpcServerLifecycle(Generic[Loaded]):
         services: Sequence[str],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         options: Sequence[tuple[str, object]] = (),
-        max_concurrent_rpcs: int | None = None,
+        *,
+        max_concurrent_rpcs: int,
     ):
         self.settings = settings
         self.metrics = metrics
@@ -129,7 +130,7 @@ class GrpcServerLifecycle(Generic[Loaded]):
         self.server = grpc.aio.server(
             interceptors=list(interceptors) or None,
             options=[*transport_options(settings), *options],
-            maximum_concurrent_rpcs=max_concurrent_rpcs or settings.grpc_max_concurrent_rpcs,
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
