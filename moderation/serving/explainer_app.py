@@ -23,7 +23,7 @@ from moderation.ops.config import Settings
 from moderation.core import decode
 from moderation.core.decode import DecodeLimits, ImageRejected, decode_frames
 from moderation.policy.registry import PolicyNotFound, PolicyRegistry
-from moderation.runtime import StartupCancellation, load_explainer, resolve_device
+from moderation.runtime import StartupCancellation, decode_limits, load_explainer, resolve_device
 from moderation.serving.builder import ServerBuilder
 from moderation.serving.policy_reload import PolicyReloader
 from moderation.serving.limits import MAX_POLICY_ID_CHARS, echo, status_message
@@ -48,7 +48,9 @@ def decode_frame(data: bytes, limits: DecodeLimits, index: int) -> Image.Image:
         raise ImageRejected(f"frame_index {index} is not a frame of this image: it is {frames}")
     if index == 0:
         return first.frames[0]
-    # decode_frames accepted these bytes: what is left is reaching one later frame of them.
+    # decode_frames accepted these bytes: what is left is reaching one later frame of them,
+    # with core/decode.py's own checks (reused, not copied). core/ is being reworked on
+    # another branch; this belongs there, as a frame index for decode_frames, once it lands.
     try:
         image = Image.open(io.BytesIO(data), formats=decode.ACCEPTED_FORMATS)
         decode._check_animation(image, first.total_frames, index, limits)
@@ -142,9 +144,9 @@ async def serve_explainer(settings: Settings) -> None:
         loading_message="the explainer is still loading its model; retry shortly",
         options=[("grpc.max_receive_message_length", settings.grpc_max_message_bytes)],
     )
-    servicer = ExplainerServicer(
-        DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels), settings.explainer_max_new_tokens
-    )
+    # The scorer's limits (bytes, pixels, frames, the animation's pixel budget), so any frame
+    # the scorer judged can be reached here; decoded in full (no JPEG draft), as the explainer reads it.
+    servicer = ExplainerServicer(decode_limits(settings, image_size=None), settings.explainer_max_new_tokens)
     pb_grpc.add_ExplainerServiceServicer_to_server(servicer, builder.server)
 
     def load(cancellation: StartupCancellation) -> _Loaded:
