@@ -188,6 +188,8 @@ check() {
   done
   grep -q '"SERVING"' <<<"$status" || fail "not SERVING after $SERVING_TIMEOUT_S s (last answer: ${status:-none})"
   log "SERVING after $((SECONDS - started)) s"
+  # Golden images and reviewers' cases (policies/tests/) are no part of the image (.dockerignore).
+  podman exec "$name" test ! -e /etc/moderation/policies/tests || fail "the image holds /etc/moderation/policies/tests"
 
   "$PYTHON" -c 'import sys; from tests.images import astronaut_jpeg; sys.stdout.buffer.write(astronaut_jpeg())' >"$workdir/astronaut.jpg"
   printf '{"request_id": "image-check-1", "image": "%s"}' "$(base64 -w0 "$workdir/astronaut.jpg")" >"$workdir/request.json"

@@ -22,7 +22,6 @@ Exit status 0 when every resource of every overlay is valid, 1 otherwise.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from moderation.policy import kustomization
+
 K8S_DIR = Path(__file__).resolve().parent
 OVERLAYS_DIR = K8S_DIR / "overlays"
 CUSTOM_RESOURCE_SCHEMAS_DIR = K8S_DIR / "schemas"
@@ -39,7 +40,7 @@ CUSTOM_RESOURCE_SCHEMAS_DIR = K8S_DIR / "schemas"
 KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.utils.latest_version())
 KUSTOMIZE = ("kubectl", "kustomize")
 POLICIES_DIR = K8S_DIR.parent.parent / "policies"
-POLICY_CONFIGMAP = "moderation-policies"
+POLICY_CONFIGMAP = kustomization.POLICY_CONFIGMAP
 # What the server loads from its policy directory (moderation/policy/registry.py,
 # policy_files): top-level *.yaml and *.yml files, not hidden ones.
 POLICY_SUFFIXES = (".yaml", ".yml")
@@ -114,16 +115,7 @@ def shown(path: Path) -> str:
 
 def line_to_add(policies_dir: Path, name: str) -> str:
     """What to add to policies/Kustomization's `files:` list, and where, for the policy file `name`."""
-    kustomization = policies_dir / "Kustomization"
-    lines = kustomization.read_text().splitlines()
-    # The entries of `files:` are "- NAME.yaml" lines: the new one goes after the last, indented alike.
-    entries = [
-        (number, match.group(1)) for number, line in enumerate(lines, 1) if (match := re.match(r"^(\s*)- \S+\.ya?ml\s*$", line))
-    ]
-    if not entries:
-        return f'add the line "      - {name}" under `files:` in {shown(kustomization)}'
-    after, indent = entries[-1]
-    return f'add the line "{indent}- {name}" after line {after} of {shown(kustomization)}'
+    return kustomization.line_to_add(Path(shown(policies_dir / "Kustomization")), name)
 
 
 def check_policy_configmap(resources: list[dict], policies_dir: Path) -> list[str]:

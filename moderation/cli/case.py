@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from moderation.cli.app import case_app
 from moderation.cli.common import (
+    escape,
     ConfigOption,
     JsonOption,
     fail,

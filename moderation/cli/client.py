@@ -7,10 +7,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from moderation.cli.app import app
-from moderation.cli.common import err
+from moderation.cli.common import err, escape
+from moderation.cli.connect import (
+    ClientSecurity,
+    TlsCaOption,
+    TlsClientCertOption,
+    TlsClientKeyOption,
+    TlsServerNameOption,
+    TokenFileOption,
+)
 from moderation.cli.render import print_response, print_responses_summary
 
 
@@ -21,6 +28,11 @@ def moderate(
     target: Annotated[str, typer.Option(help="server address HOST:PORT")] = "localhost:50051",
     as_json: Annotated[bool, typer.Option("--json", help="print the responses as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="deadline per call, seconds")] = 30.0,
+    tls_ca: TlsCaOption = None,
+    tls_client_cert: TlsClientCertOption = None,
+    tls_client_key: TlsClientKeyOption = None,
+    tls_server_name: TlsServerNameOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Send images to a running server and print its decisions."""
     import grpc
@@ -29,14 +41,16 @@ def moderate(
     from moderation.v1 import moderation_pb2 as pb
     from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
+    security = ClientSecurity(tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file)
+    metadata = security.metadata()
     failures = 0
     documents = []
     answered = []
-    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 256 * 1024 * 1024)]) as channel:
+    with security.channel(target, options=[("grpc.max_send_message_length", 256 * 1024 * 1024)]) as channel:
         stub = pb_grpc.ModerationServiceStub(channel)
         for path in images:
             try:
-                response = stub.Moderate(pb.ModerateRequest(image=path.read_bytes(), policy_id=policy), timeout=timeout)
+                response = stub.Moderate(pb.ModerateRequest(image=path.read_bytes(), policy_id=policy), timeout=timeout, metadata=metadata)
             except grpc.RpcError as error:
                 failures += 1
                 err.print(escape(f"{path}: {error.code().name}: {error.details()}"), highlight=False)

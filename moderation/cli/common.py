@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 
 from moderation.ops.config import Device, LogFormat, Settings, load_settings
 
@@ -23,6 +23,24 @@ if TYPE_CHECKING:  # imported lazily at run time: `moderation --help` must not l
     from moderation.signals.clip import ClipModelSpec, ClipScorer
     from moderation.policy import Policy
 
+
+
+def printable(value: object) -> str:
+    """`value` as text with every control and format character shown as an escape.
+
+    Request ids, rationales, notes and policy text come from callers and the store;
+    an ESC in one could clear the analyst's screen or hide the lines after it
+    (issue 18), a bidi override could reorder what a reviewer reads.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def escape(value: object) -> str:
+    """A stored or remote string made safe to print on a terminal: control characters escaped, then rich markup."""
+    return escape_markup(printable(value))
 
 
 class _LiveConsole:

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from moderation.cli.app import app
 from moderation.cli.common import (
+    escape,
     DeviceOption,
     ExplainerModelOption,
     ExplainerWeightsOption,

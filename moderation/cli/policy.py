@@ -7,10 +7,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from moderation.cli.app import policy_app
+from moderation.cli.connect import (
+    ClientSecurity,
+    TlsCaOption,
+    TlsClientCertOption,
+    TlsClientKeyOption,
+    TlsServerNameOption,
+    TokenFileOption,
+)
 from moderation.cli.common import (
+    escape,
     DeviceOption,
     JsonOption,
     ModelOption,
@@ -46,10 +54,16 @@ def policy_validate(
     model_id: Annotated[
         Optional[str], typer.Option("--model-id", help="model the server runs, e.g. ViT-B-32/laion2b_s34b_b79k (default with --served: asked)")
     ] = None,
+    tls_ca: TlsCaOption = None,
+    tls_client_cert: TlsClientCertOption = None,
+    tls_client_key: TlsClientKeyOption = None,
+    tls_server_name: TlsServerNameOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Check policy directories exactly as the server loads them; print every problem with file, line and field."""
     from moderation.policy import PolicyFileError
-    from moderation.policy.directory import Baseline, ModelRule, check_policy_dir, directories_to_check, previous_versions
+    from moderation.policy.directory import Baseline, ModelRule, check_policy_dir, directories_to_check, policy_files, previous_versions
+    from moderation.policy.kustomization import configmap_problems
 
     model = ModelRule(model_id, random_weights=model_id.endswith("/random")) if model_id else None
     baselines = []
@@ -59,11 +73,16 @@ def policy_validate(
             err.print(f"[yellow]![/] not compared, the previous copy does not validate: {escape(str(problem))}", highlight=False)
         baselines.append(Baseline(versions, f"as in {previous}"))
     if served is not None:
-        versions, served_model = _served_policies(served)
+        security = ClientSecurity(tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file)
+        versions, served_model = _served_policies(served, security)
         baselines.append(Baseline(versions, f"as served at {served}"))
         model = model or served_model
     directories, problems = directories_to_check(paths)
     for directory in directories:
+        try:
+            problems += configmap_problems(directory, [path.name for path in policy_files(directory)])
+        except PolicyFileError:
+            pass  # the directory's own problems are reported by check_policy_dir below
         try:
             checked = check_policy_dir(directory, model=model, baselines=baselines)
         except PolicyFileError as error:
@@ -83,7 +102,7 @@ def policy_validate(
         raise typer.Exit(1)
 
 
-def _served_policies(target: str):  # noqa: ANN202 - (versions by id, ModelRule), imported lazily
+def _served_policies(target: str, security: ClientSecurity):  # noqa: ANN202 - (versions by id, ModelRule), imported lazily
     """What the server at `target` serves: each policy's version and content hash, and its model."""
     import grpc
 
@@ -94,15 +113,16 @@ def _served_policies(target: str):  # noqa: ANN202 - (versions by id, ModelRule)
     from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
     versions = {}
-    with grpc.insecure_channel(target) as channel:
+    metadata = security.metadata()
+    with security.channel(target) as channel:
         stub = pb_grpc.ModerationServiceStub(channel)
         try:
-            listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)
+            listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10, metadata=metadata)
             for summary in listed.policies:
                 sha = summary.content_sha256
                 if not sha and summary.mode != "shadow":  # a server from before content_sha256: hash its source
                     try:
-                        sha = content_sha256(load_policy_text(stub.GetPolicy(pb.GetPolicyRequest(policy_id=summary.id), timeout=10).source_yaml))
+                        sha = content_sha256(load_policy_text(stub.GetPolicy(pb.GetPolicyRequest(policy_id=summary.id), timeout=10, metadata=metadata).source_yaml))
                     except PolicyFileError:
                         sha = ""
                 if sha:

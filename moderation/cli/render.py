@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from moderation.cli.common import out, width_known
+from moderation.cli.common import escape, out, width_known
 
 if TYPE_CHECKING:
     from moderation.core.decision import Decision

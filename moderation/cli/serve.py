@@ -78,6 +78,13 @@ def explain_serve(
     explainer_model: ExplainerModelOption = None,
     explainer_weights: ExplainerWeightsOption = None,
     log_format: LogFormatOption = None,
+    insecure: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--insecure/--secure-only",
+            help="serve plaintext without tokens on --host as given (default: without TLS or tokens, bind loopback only)",
+        ),
+    ] = None,
 ) -> None:
     """Run the SmolVLM2 explainer as its own gRPC service (ExplainerService) until SIGTERM."""
     from moderation.serving.explainer_app import serve_explainer
@@ -91,11 +98,38 @@ def explain_serve(
         explainer_model=explainer_model,
         explainer_weights=explainer_weights,
         log_format=log_format,
+        explainer_insecure=insecure,
     )
-    run_logged(settings, serve_explainer)
+    settings, warning = explainer_exposure(settings)
+    run_logged(settings, serve_explainer, warnings=[warning] if warning else [])
 
 
-def run_logged(settings, run) -> None:  # noqa: ANN001 - Settings, async server entry
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def explainer_exposure(settings):  # noqa: ANN001, ANN201 - Settings in and out
+    """explain-serve answers anyone who reaches it: without TLS or tokens it binds loopback only.
+
+    Issue 18: it served plaintext, unauthenticated, on every interface, without a word.
+    `--insecure` (MODERATION_EXPLAINER_INSECURE) keeps the host as given, with a warning.
+    Returns the settings to serve with and the warning to log, if any.
+    """
+    secured = settings.tls_cert is not None or settings.auth_tokens_file is not None
+    if secured or settings.host in LOOPBACK_HOSTS:
+        return settings, ""
+    if settings.explainer_insecure:
+        return settings, (
+            f"explain-serve answers plaintext calls WITHOUT AUTHENTICATION on {settings.host}:{settings.port} (--insecure): "
+            "anyone who reaches the port gets rationales and spends its compute; set MODERATION_TLS_CERT/KEY "
+            "(mutual TLS with MODERATION_TLS_CLIENT_CA) or MODERATION_AUTH_TOKENS_FILE"
+        )
+    return settings.model_copy(update={"host": "127.0.0.1"}), (
+        f"explain-serve has neither TLS nor tokens, so it binds 127.0.0.1 instead of {settings.host}: only this machine can "
+        "call it. Set MODERATION_TLS_CERT/KEY or MODERATION_AUTH_TOKENS_FILE to serve other hosts (or --insecure to accept the risk)"
+    )
+
+
+def run_logged(settings, run, warnings: list[str] | None = None) -> None:  # noqa: ANN001 - Settings, async server entry
     """Run a server; configuration errors end it with one log line and exit code 2."""
     import asyncio
 
@@ -109,6 +143,8 @@ def run_logged(settings, run) -> None:  # noqa: ANN001 - Settings, async server 
     configure_logging(settings.log_level, settings.log_format.value, native_stderr=True)
     for name in unknown_environment_settings():
         logging.getLogger("moderation").warning("%s is not a setting and is ignored; check its spelling in moderation/ops/config.py", name)
+    for warning in warnings or ():
+        logging.getLogger("moderation").warning("%s", warning)
     try:
         asyncio.run(run(settings))
     except (WeightsUnavailable, UnknownBackend, ExplainerWeightsUnavailable, ConfigurationError, TokenFileError) as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,10 @@ _PIL_BOMB = re.compile(r"Image size \((\d+) pixels\)")
 
 class ImageRejected(ValueError):
     """The bytes are not an image this service will decode; the message says why."""
+
+
+class DecodeStopped(TimeoutError):
+    """Decoding was abandoned between frames: the request's deadline passed or its caller went away."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +58,16 @@ def decode_image(data: bytes, limits: DecodeLimits) -> Image.Image:
     return decode_frames(data, limits, sample_frames=1).frames[0]
 
 
-def decode_frames(data: bytes, limits: DecodeLimits, sample_frames: int | None = None) -> DecodedImage:
+def decode_frames(
+    data: bytes, limits: DecodeLimits, sample_frames: int | None = None, should_stop: Callable[[], bool] | None = None
+) -> DecodedImage:
     """Decode a still image, or a bounded sample of frames spread over an animation.
 
     Animations are an evasion route (a harmless first frame, a violating tenth),
     so frames are sampled evenly from first to last rather than taking frame 0.
+    `should_stop` is asked before each animation frame; when it answers True (the
+    deadline passed, the caller cancelled) DecodeStopped is raised instead of
+    decoding on for nobody.
     """
     if not data:
         raise ImageRejected("the image field is empty; send the encoded image bytes")
@@ -81,14 +91,14 @@ def decode_frames(data: bytes, limits: DecodeLimits, sample_frames: int | None =
         elif image.format == "JPEG" and limits.draft_size:
             image.draft("RGB", (limits.draft_size, limits.draft_size))
         frames = []
+        budget = _AnimationBudget(limits, total)
         for index in indices:
             if total > 1:
-                image.seek(index)
-                _check_pixels(image, limits)  # frames may declare their own, larger size
+                budget.seek(image, index, should_stop)
             image.load()
             frames.append(_to_rgb(ImageOps.exif_transpose(image)))
         return DecodedImage(tuple(frames), indices, total)
-    except ImageRejected:
+    except (ImageRejected, DecodeStopped):
         raise
     except UnidentifiedImageError as err:
         raise ImageRejected(
@@ -127,6 +137,44 @@ def _check_animation(image: Image.Image, total: int, last_index: int, limits: De
             f"sampling this {width}x{height} animation of {total:,} frames would decode {decoded_pixels:,} pixels; "
             f"the limit is {limits.max_animation_pixels:,} (setting max_animation_pixels)"
         )
+
+
+class _AnimationBudget:
+    """Counts the pixels an animation really decodes, frame by frame.
+
+    GIF and WebP frames are composited onto a canvas, and Pillow grows the canvas
+    when a frame lies outside the logical screen: a 1x1 header can decode 40 M pixels
+    per frame (issue 18). So every frame passed on the way to a sampled one is
+    charged its actual canvas size, and decoding stops at max_animation_pixels.
+    """
+
+    def __init__(self, limits: DecodeLimits, total: int):
+        self._limits = limits
+        self._total = total
+        self._decoded = 0
+        self._frame = 0
+
+    def seek(self, image: Image.Image, index: int, should_stop: Callable[[], bool] | None) -> None:
+        if index == 0:
+            self._charge(image, 0)
+            return
+        # One frame at a time: Pillow's seek(k) would otherwise decode every frame before k unchecked.
+        for frame in range(self._frame + 1, index + 1):
+            if should_stop is not None and should_stop():
+                raise DecodeStopped(f"stopped decoding the animation at frame {frame:,}: the request's deadline passed or it was cancelled")
+            image.seek(frame)
+            _check_pixels(image, self._limits)  # frames may declare their own, larger size
+            self._charge(image, frame)
+            self._frame = frame
+
+    def _charge(self, image: Image.Image, frame: int) -> None:
+        width, height = image.size
+        self._decoded += width * height
+        if self._decoded > self._limits.max_animation_pixels:
+            raise ImageRejected(
+                f"decoding this animation of {self._total:,} frames reached {self._decoded:,} pixels at frame {frame:,} "
+                f"(its frames grow to {width}x{height}); the limit is {self._limits.max_animation_pixels:,} (setting max_animation_pixels)"
+            )
 
 
 def _check_pixels(image: Image.Image, limits: DecodeLimits) -> None:

@@ -172,11 +172,15 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="server private key (PEM)")
     tls_client_ca: Path | None = Field(None, description="CA bundle (PEM) for client certificates; set: mutual TLS required")
     auth_tokens_file: Path | None = Field(None, description="file of 'name:token' lines; set: bearer token required")
+    explainer_insecure: bool = Field(
+        False,
+        description="explain-serve only: serve plaintext without tokens on `host` as given; unset, such a server binds loopback only",
+    )
     audit_metadata_keys: list[str] = Field(
         default_factory=list, description="request metadata keys whose values may appear in the audit log"
     )
-    audit_metadata_max_chars: int = Field(
-        256, ge=8, le=65536, description="longest metadata value written to the audit log; longer ones are cut and marked"
+    audit_metadata_max_bytes: int = Field(
+        256, ge=8, le=65536, description="longest metadata value (UTF-8 bytes) written to the audit log; longer ones are cut and marked"
     )
     auth_failure_logs_per_minute: int = Field(
         10, ge=0, description="log lines about refused credentials per minute at most (the counter counts every one)"

@@ -5,8 +5,9 @@ image bytes; callers pass ids, versions and outcomes only.
 
 Either format keeps one record on one line whatever a caller put in it: JSON
 escapes by construction; the text format escapes control characters (newline,
-ESC, ...) and quotes field values that hold spaces, quotes or '=', so a request
-id cannot forge a second line or a field. A server started in JSON mode also
+ESC, ...), writes every field value as a bare token or one quoted string, and
+quotes a message holding '=' or quotes, so a request id, a metadata value or an
+error message cannot forge a second line or a field. A server started in JSON mode also
 routes what native code (grpc-core) writes to stderr through logging, so the
 log stays JSON lines (`capture_native_stderr`).
 """
@@ -38,7 +39,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # Not ASCII-escaped: an emoji is 4 bytes of UTF-8 rather than 12 of \\ud83d\\ude00 (audit lines stay < 2 KB).
+        return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 # C0 and C1 control characters, DEL, and the Unicode line and paragraph separators.
@@ -53,10 +55,28 @@ def escape_control(text: str) -> str:
 
 
 def _text_value(value: object) -> str:
-    if isinstance(value, str) and _PLAIN_VALUE.fullmatch(value):
-        return escape_control(value)
-    # Quoted JSON: a value with spaces, quotes or '=' cannot pose as another field.
-    return escape_control(json.dumps(value, default=str, ensure_ascii=False))
+    """A logfmt value no parser can split: plain tokens and numbers bare, anything else one quoted string.
+
+    A mapping or list is quoted as a whole (its JSON inside the quotes): written bare, a
+    metadata value could put `caller=token:admin` after the real caller (issue 18).
+    """
+    if isinstance(value, str):
+        text = value if _PLAIN_VALUE.fullmatch(value) else json.dumps(value, ensure_ascii=False)
+    elif value is None or isinstance(value, bool | int | float):
+        text = json.dumps(value)
+    else:
+        text = json.dumps(json.dumps(value, default=str, ensure_ascii=False), ensure_ascii=False)
+    return escape_control(text)
+
+
+def _text_message(message: str) -> str:
+    """The message bare when it cannot pose as fields (no '=' or quote), else quoted like a value."""
+    if "=" in message or '"' in message:
+        return escape_control(json.dumps(message, ensure_ascii=False))
+    return escape_control(message)
+
+
+_KEY = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class TextFormatter(logging.Formatter):
@@ -64,10 +84,10 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {escape_control(record.getMessage())}"
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {_text_message(record.getMessage())}"
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            line += " " + " ".join(f"{escape_control(str(k))}={_text_value(v)}" for k, v in fields.items())
+            line += " " + " ".join(f"{_KEY.sub('_', str(k))}={_text_value(v)}" for k, v in fields.items())
         if record.exc_info:
             # Indented continuation lines: a traceback can never pass for a record of its own.
             line += "".join(f"\n    {escape_control(text)}" for text in self.formatException(record.exc_info).splitlines())

@@ -188,3 +188,24 @@ class ModerationMetrics:
             for category_id, review, block in categories:
                 self.thresholds.labels(policy_id, category_id, "review").set(review)
                 self.thresholds.labels(policy_id, category_id, "block").set(block)
+        self._retire_series(
+            {policy_id for policy_id, _, _ in policies},
+            {(policy_id, category_id) for policy_id, _, categories in policies for category_id, _, _ in categories},
+        )
+
+    def _retire_series(self, policy_ids: set[str], categories: set[tuple[str, str]]) -> None:
+        """Remove the series of policies and categories no longer served.
+
+        Each edit that renamed 40 categories left ~960 series behind, and a deleted
+        policy's stayed for ever (issue 18): series must follow what is served.
+        Requests for ids that were never served are counted under 'unknown', which stays.
+        """
+        for family in (self.category_score, self.decisions, self.tier_agreement):
+            # prometheus-client keeps a family's children by their label values, first policy then category.
+            for labels in list(family._metrics):  # noqa: SLF001 - the only way to list a family's series
+                if (labels[0], labels[1]) not in categories:
+                    family.remove(*labels)
+        for family in (self.requests, self.escalations):
+            for labels in list(family._metrics):  # noqa: SLF001
+                if labels[0] not in policy_ids and labels[0] != "unknown":
+                    family.remove(*labels)

@@ -60,10 +60,15 @@ def read_yaml_file(path: str | Path, source: str | None = None) -> str:
     path = Path(path)
     source = source or str(path)
     try:
+        # Size first, and never read past the limit: the file may grow between a stat and a read.
         size = path.stat().st_size
+        if size <= MAX_POLICY_BYTES:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_POLICY_BYTES + 1)
+            size = len(data)
         if size > MAX_POLICY_BYTES:
             raise PolicyFileError([PolicyProblem(source, None, "", f"file is {size} bytes; a policy must be under {MAX_POLICY_BYTES}")])
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except OSError as err:
         raise PolicyFileError([PolicyProblem(source, None, "", f"cannot read file: {err.strerror or err}")]) from err
     except UnicodeDecodeError as err:

@@ -101,7 +101,7 @@ async def serve(settings: Settings) -> None:
     )
     metrics = builder.metrics
     servicer = ModerationServicer(
-        RequestRecorder(metrics, tuple(settings.audit_metadata_keys), settings.audit_metadata_max_chars),
+        RequestRecorder(metrics, tuple(settings.audit_metadata_keys), settings.audit_metadata_max_bytes),
         settings.max_image_bytes,
         settings.default_deadline_s,
         builder.admission,

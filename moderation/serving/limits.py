@@ -21,6 +21,18 @@ def cut(text: str, limit: int) -> str:
     return f"{text[:limit]}…[{len(text) - limit} more characters]"
 
 
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """`text` if its UTF-8 fits in `max_bytes`, else the longest whole-character prefix that does and a mark.
+
+    Bytes, not characters: 256 emoji are 1 KB of UTF-8, and a log line's size is what is bounded.
+    """
+    encoded = text.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return text
+    kept = encoded[:max_bytes].decode("utf-8", errors="ignore")  # drops a character cut in half
+    return f"{kept}…[{len(encoded) - len(kept.encode('utf-8'))} more bytes]"
+
+
 def echo(text: str) -> str:
     """A caller's string as a reply may quote it."""
     return cut(text, MAX_ECHO_CHARS)

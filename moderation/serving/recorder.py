@@ -11,16 +11,16 @@ import grpc
 
 from moderation.ops.metrics import ModerationMetrics
 from moderation.serving.pipeline import ModerationResult
-from moderation.serving.limits import cut
+from moderation.serving.limits import cut_utf8
 
 audit = logging.getLogger("moderation.audit")
 
 
 class RequestRecorder:
-    def __init__(self, metrics: ModerationMetrics, audit_metadata_keys: tuple[str, ...] = (), max_value_chars: int = 256):
+    def __init__(self, metrics: ModerationMetrics, audit_metadata_keys: tuple[str, ...] = (), max_value_bytes: int = 256):
         self._metrics = metrics
         self._audit_metadata_keys = frozenset(audit_metadata_keys)
-        self._max_value_chars = max_value_chars
+        self._max_value_bytes = max_value_bytes
 
     def record(
         self, policy_label: str, code: grpc.StatusCode, result: ModerationResult | None, caller: str, metadata: dict[str, str]
@@ -29,8 +29,8 @@ class RequestRecorder:
         action = result.decision.action.value if result is not None else "none"
         self._metrics.requests.labels(policy_label, action, code.name).inc()
         if result is not None:
-            # Allow-listed keys only, each value cut to max_value_chars with a mark: an audit line stays small.
-            allowed = {k: cut(v, self._max_value_chars) for k, v in metadata.items() if k in self._audit_metadata_keys}
+            # Allow-listed keys only, each value cut to max_value_bytes of UTF-8 with a mark: an audit line stays small.
+            allowed = {k: cut_utf8(v, self._max_value_bytes) for k, v in metadata.items() if k in self._audit_metadata_keys}
             self._audit(result, caller, allowed)
 
     @staticmethod

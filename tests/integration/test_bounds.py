@@ -271,11 +271,17 @@ def audit_entries(log_text: str, request_id: str) -> list[dict]:
 def test_audit_metadata_values_are_cut(bounded: RunningServer) -> None:
     with bounded.channel(max_send_message_length=64 * MIB) as channel:
         valid_call(channel, request_id="big-metadata", metadata={"tenant": "t" * 5_000_000, "note": "n" * 5_000_000, "other": "o" * 100})
+        # Issue 18: cut by characters, 256 emoji made a 3.5 KB line (12 bytes each as JSON's \\ud83d\\ude00).
+        valid_call(channel, request_id="emoji-metadata", metadata={"tenant": "\U0001F600" * 5000, "note": "\U0001F600" * 5000})
     time.sleep(0.5)
-    (line,) = [line for line in bounded.log_text().splitlines() if '"logger": "moderation.audit"' in line and "big-metadata" in line]
-    assert len(line) < 2048, f"the audit line is {len(line)} characters"
+    log_text = bounded.log_text()
+    (line,) = [line for line in log_text.splitlines() if '"logger": "moderation.audit"' in line and "big-metadata" in line]
+    assert len(line.encode()) < 2048, f"the audit line is {len(line.encode())} bytes"
     metadata = json.loads(line)["metadata"]
-    assert metadata == {"tenant": "t" * 256 + "…[4999744 more characters]", "note": "n" * 256 + "…[4999744 more characters]"}
+    assert metadata == {"tenant": "t" * 256 + "…[4999744 more bytes]", "note": "n" * 256 + "…[4999744 more bytes]"}
+    (line,) = [line for line in log_text.splitlines() if '"logger": "moderation.audit"' in line and "emoji-metadata" in line]
+    assert len(line.encode()) < 2048, f"the audit line is {len(line.encode())} bytes"
+    assert json.loads(line)["metadata"]["tenant"] == "\U0001F600" * 64 + "…[19744 more bytes]"
 
 
 # 6 ---------------------------------------------------------------------------------------------

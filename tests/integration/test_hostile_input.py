@@ -68,6 +68,9 @@ CASES = {
     "animated webp, 40 frames": (animated_webp(40), OK, ""),
     "bmp": (save(Image.new("RGB", (40, 30), (1, 2, 3)), "BMP"), OK, ""),
     "tiff": (save(Image.new("RGB", (40, 30), (1, 2, 3)), "TIFF"), OK, ""),
+    # Issue 18: a 1x1 logical screen, then a pixel at (6299, 6299): Pillow grows the canvas to
+    # ~40 M pixels a frame. Charged per decoded frame, it stops at max_animation_pixels.
+    "gif canvas growing past its header": (images.canvas_growing_gif(frames=200, offset=6299), BAD, "(setting max_animation_pixels)"),
 }
 
 

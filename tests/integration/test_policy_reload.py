@@ -209,3 +209,33 @@ def test_validate_against_the_running_server(server: RunningServer, tmp_path: Pa
     # The server runs random weights: a model mismatch is reported as it would be, a warning.
     result = validate(with_version("2099-01-01.1", text.replace("model: ViT-B-32/laion2b_s34b_b79k", "model: ViT-L-14/openai")))
     assert result.exit_code == 0 and "calibrated for model 'ViT-L-14/openai'" in result.output and "ignored" in result.output
+
+
+def test_series_of_renamed_categories_and_deleted_policies_go_away(tmp_path: Path) -> None:
+    """Issue 18: each edit renaming 40 categories added ~960 series; none were removed, even after the policy was deleted."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "default.yaml").write_text(one_category_yaml("1", "default") + "default: true\n")
+    (policies / "other.yaml").write_text(one_category_yaml("1", "other"))
+    category = yaml.safe_load(one_category_yaml("1", "x"))["categories"][0]["id"]
+
+    def per_category_series(server: RunningServer) -> list[str]:
+        text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        return [line for line in text.splitlines() if line.startswith(("moderation_category_", "moderation_requests_total")) and "policy=" in line]
+
+    with running_server(tmp_path, "--model", f"local-dir:{TINY_CLIP}", "--weights", "random", "--policies", str(policies)) as server:
+        with server.channel() as channel:
+            stub = pb_grpc.ModerationServiceStub(channel)
+            for policy_id in ("default", "other"):
+                stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), policy_id=policy_id), timeout=60)
+        assert [line for line in per_category_series(server) if f'category="{category}"' in line and 'policy="other"' in line]
+
+        renamed = (one_category_yaml("2", "default") + "default: true\n").replace(f"id: {category}", "id: renamed")
+        assert "id: renamed" in renamed
+        (policies / "default.yaml").write_text(renamed)
+        (policies / "other.yaml").unlink()
+        wait_for(lambda: reload_counts(server).get("ok", 0) >= 2, timeout_s=120)
+        left = per_category_series(server)
+        assert not [line for line in left if 'policy="other"' in line], left
+        assert not [line for line in left if f'category="{category}"' in line], left
+        assert [line for line in left if 'category="renamed"' in line and "moderation_category_threshold" in line]

@@ -222,3 +222,98 @@ def test_explainer_hop_uses_mutual_tls_and_a_token(tmp_path: Path) -> None:
         process.terminate()
         process.wait(timeout=60)
     assert TOKEN not in log_path.read_text()
+
+
+def test_the_cli_speaks_mutual_tls_and_tokens(tmp_path: Path) -> None:
+    """Issue 18: `moderate` and `policy validate --served` spoke plaintext only."""
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+
+    make_pki(tmp_path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"upstream-a:{TOKEN}\n")
+    (tmp_path / "token").write_text(f"# the CLI's token\n{TOKEN}\n")
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(images.astronaut_jpeg())
+    env = {
+        "MODERATION_TLS_CERT": str(tmp_path / "server.pem"),
+        "MODERATION_TLS_KEY": str(tmp_path / "server.key"),
+        "MODERATION_TLS_CLIENT_CA": str(tmp_path / "ca.pem"),
+        "MODERATION_AUTH_TOKENS_FILE": str(tokens),
+    }
+    ca = (tmp_path / "ca.pem").read_bytes()
+    credentials = grpc.ssl_channel_credentials(ca, (tmp_path / "client-a.key").read_bytes(), (tmp_path / "client-a.pem").read_bytes())
+    tls = ["--tls-ca", str(tmp_path / "ca.pem"), "--tls-client-cert", str(tmp_path / "client-a.pem"), "--tls-client-key", str(tmp_path / "client-a.key")]
+    with running_server(tmp_path, *TINY, env=env, credentials=credentials) as server:
+        runner = CliRunner()
+        answered = runner.invoke(app, ["moderate", str(image), "--target", server.target, *tls, "--token-file", str(tmp_path / "token"), "--json"])
+        assert answered.exit_code == 0, answered.output
+        assert '"action"' in answered.stdout
+
+        no_token = runner.invoke(app, ["moderate", str(image), "--target", server.target, *tls])
+        assert no_token.exit_code == 1 and "UNAUTHENTICATED" in no_token.output
+
+        env_only = runner.invoke(
+            app, ["moderate", str(image), "--target", server.target],
+            env={"MODERATION_CLIENT_TLS_CA": str(tmp_path / "ca.pem"), "MODERATION_CLIENT_TLS_CERT": str(tmp_path / "client-a.pem"),
+                 "MODERATION_CLIENT_TLS_KEY": str(tmp_path / "client-a.key"), "MODERATION_CLIENT_TOKEN_FILE": str(tmp_path / "token")},
+        )  # fmt: skip
+        assert env_only.exit_code == 0, env_only.output
+
+        half = runner.invoke(app, ["moderate", str(image), "--target", server.target, "--tls-ca", str(tmp_path / "ca.pem"), "--tls-client-cert", str(tmp_path / "client-a.pem")])
+        assert half.exit_code == 2 and "mutual TLS needs both --tls-client-cert and --tls-client-key" in half.output
+
+        validated = runner.invoke(app, ["policy", "validate", str(POLICIES), "--served", server.target, *tls, "--token-file", str(tmp_path / "token")])
+        assert validated.exit_code == 0, validated.output
+
+
+def test_explain_serve_without_tls_or_tokens_binds_loopback_and_says_so(tmp_path: Path) -> None:
+    """Issue 18: explain-serve served plaintext, unauthenticated, on every interface, without a warning."""
+    import socket
+    import sys
+    import time
+
+    from tests.integration.server import free_port
+
+    def start(*extra: str) -> tuple[subprocess.Popen, int, Path]:
+        port, log_path = free_port(), tmp_path / f"explain-{len(extra)}.log"
+        with log_path.open("w") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moderation", "explain-serve", "--host", "0.0.0.0", "--port", str(port), "--metrics-port", "0",
+                 "--policies", str(POLICIES), "--explainer-weights", "random", *extra],
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        return process, port, log_path
+
+    def listening_on(port: int) -> str:
+        """'loopback' or 'any', from the kernel's socket tables (grpc binds IPv4 as ::ffff:a.b.c.d in tcp6)."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    address, _, hex_port = line.split()[1].rpartition(":")
+                    if int(hex_port, 16) == port and line.split()[3] == "0A":  # 0A: LISTEN
+                        return "loopback" if address.endswith("0100007F") else "any" if set(address) == {"0"} else address
+            time.sleep(0.2)
+        raise AssertionError(f"nothing listens on {port}")
+
+    process, port, log_path = start()
+    try:
+        assert listening_on(port) == "loopback", "bound beyond loopback"
+        other_address = socket.gethostbyname(socket.gethostname())
+        if other_address != "127.0.0.1":  # a machine with another address: nothing answers there
+            with pytest.raises(OSError):
+                socket.create_connection((other_address, port), timeout=2).close()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert "explain-serve has neither TLS nor tokens, so it binds 127.0.0.1 instead of 0.0.0.0" in log_path.read_text()
+
+    process, port, log_path = start("--insecure")
+    try:
+        assert listening_on(port) == "any"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert "WITHOUT AUTHENTICATION on 0.0.0.0" in log_path.read_text()

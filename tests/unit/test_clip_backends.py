@@ -161,6 +161,50 @@ def test_a_damaged_cache_file_is_exported_again(tmp_path: Path) -> None:
     assert torch.allclose(embeddings.norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
+def constant_graph(path: Path, size: int, dim: int) -> None:
+    """A valid 2 KB ONNX graph with the tower's input and output names that ignores its input (issue 18)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor("value", TensorProto.FLOAT, [1, dim], [1.0 / dim**0.5] * dim)
+    nodes = [
+        helper.make_node("Shape", [onnx_export.INPUT_NAME], ["shape"], start=0, end=1),
+        helper.make_node("Concat", ["shape", "width"], ["target"], axis=0),
+        helper.make_node("Expand", ["value", "target"], [onnx_export.OUTPUT_NAME]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "planted",
+        [helper.make_tensor_value_info(onnx_export.INPUT_NAME, TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info(onnx_export.OUTPUT_NAME, TensorProto.FLOAT, ["batch", dim])],
+        [value, helper.make_tensor("width", TensorProto.INT64, [1], [dim])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_a_graph_planted_under_the_cached_name_is_not_loaded(tmp_path: Path) -> None:
+    """Issue 18: a constant graph under the expected file name scored every image 0.331 before digests."""
+    honest = load_seeded(tmp_path, "onnxruntime", seed=0)
+    pixels = torch.rand(2, 3, honest.image_size, honest.image_size)
+    (cached,) = exports(tmp_path)
+    dim = honest.encode_images(pixels).shape[1]
+    constant_graph(cached, honest.image_size, dim)
+    encoder = load_seeded(tmp_path, "onnxruntime", seed=0)
+    embeddings = encoder.encode_images(pixels)
+    assert not torch.allclose(embeddings[0], embeddings[1]), "the planted constant graph was loaded"
+    assert torch.allclose(embeddings, honest.encode_images(pixels), atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["cache", "model folder"])
+def test_an_export_cache_other_users_can_write_is_refused(tmp_path: Path, target: str) -> None:
+    load_seeded(tmp_path, "onnxruntime", seed=0)
+    (cached,) = exports(tmp_path)
+    writable = tmp_path if target == "cache" else cached.parent
+    writable.chmod(0o777)
+    with pytest.raises(onnx_export.UnsafeExportCache, match=r"writable by other users \(mode 777\).*chmod go-w"):
+        load_seeded(tmp_path, "onnxruntime", seed=0)
+
+
 def test_fingerprint_covers_architecture_settings_not_only_weights(cache: Path) -> None:
     from moderation.signals.clip.loading import build_open_clip
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moderation.core.decode import DecodeLimits, ImageRejected, decode_image
+from moderation.core.decode import DecodeLimits, DecodeStopped, ImageRejected, decode_frames, decode_image
 from tests import images
 
 LIMITS = DecodeLimits(max_bytes=5 * 1024 * 1024, max_pixels=4_000_000)
@@ -136,3 +136,30 @@ def test_regression_animation_frame_declaring_gigapixels_is_refused_before_alloc
     data = (ROOT / "tests/fixtures/fuzz/gif-later-frame-6-gigapixels.gif").read_bytes()
     with pytest.raises(ImageRejected, match=r"declares 6,083,947,044 pixels; the limit is 4,000,000"):
         decode_frames(data, LIMITS)
+
+
+def test_an_animation_whose_canvas_grows_is_charged_its_real_pixels() -> None:
+    """Issue 18: a 1x1 header, then frames on a 6300x6300 canvas; the header-based estimate says 20 pixels."""
+    data = images.canvas_growing_gif(frames=20, offset=6299)
+    limits = DecodeLimits(max_pixels=40_000_000, max_animation_pixels=100_000_000, sample_frames=8)
+    with pytest.raises(ImageRejected, match="max_animation_pixels") as rejected:
+        decode_frames(data, limits)
+    assert "6300x6300" in str(rejected.value)
+
+
+def test_a_small_canvas_growth_within_the_budget_still_decodes() -> None:
+    data = images.canvas_growing_gif(frames=6, offset=99)
+    decoded = decode_frames(data, DecodeLimits(sample_frames=6))
+    assert decoded.frame_indices == (0, 1, 2, 3, 4, 5) and decoded.frames[-1].size == (100, 100)
+
+
+def test_decoding_stops_between_frames_once_the_caller_is_gone() -> None:
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(True)
+        return len(asked) >= 3
+
+    with pytest.raises(DecodeStopped, match="deadline passed or it was cancelled"):
+        decode_frames(images.canvas_growing_gif(frames=10, offset=9), DecodeLimits(sample_frames=10), should_stop=should_stop)
+    assert len(asked) == 3

@@ -86,6 +86,25 @@ def test_a_shadow_of_a_broken_file_is_not_blamed_twice(tmp_path: Path) -> None:
     assert "a.yaml" in problem and "thresholds.review" in problem
 
 
+def test_a_file_over_the_size_limit_is_refused_without_being_parsed(tmp_path: Path) -> None:
+    """Issue 18: a 5 MB file was parsed in full (43 s, +825 MB) to guess its id after it was refused."""
+    import tracemalloc
+
+    filler = "".join(f"  - {{name: n{i}, weight: {i}, tags: [a, b, c]}}\n" for i in range(120_000))
+    (tmp_path / "a.yaml").write_text(policy("a", extra="notes:\n" + filler))
+    assert (tmp_path / "a.yaml").stat().st_size > 5_000_000
+    (tmp_path / "b.yaml").write_text(policy("b", extra="mode: shadow\nshadow_of: a\n"))
+    tracemalloc.start()
+    try:
+        (problem,) = problems_of(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "a.yaml" in problem and "a policy must be under 1000000" in problem
+    # Parsing it builds ~120k dicts (hundreds of MB); reading 64 KB for its id does not.
+    assert peak < 20_000_000, f"peak {peak:,} bytes: the oversized file was parsed"
+
+
 def test_version_and_model_rules_are_the_servers(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(policy(extra="model: ViT-B-32/laion2b_s34b_b79k\n"))
     served = check_policy_dir(tmp_path).policies[0]

@@ -68,3 +68,19 @@ def test_shipped_policies_validate() -> None:
     result = validate(*map(str, sorted(POLICIES.glob("*.yaml"))))
     assert result.exit_code == 0, result.output
     assert f"✓ {POLICIES / 'default.yaml'}: policy default@" in result.output
+
+
+def test_validate_names_the_configmap_line_a_new_policy_file_needs(tmp_path: Path) -> None:
+    """Issue 19: a new policy file was silently left out of the ConfigMap unless policies/Kustomization gained a line."""
+    shutil.copy(POLICIES / "default.yaml", tmp_path / "default.yaml")
+    shutil.copy(POLICIES / "Kustomization", tmp_path / "Kustomization")
+    assert validate(str(tmp_path)).exit_code == 0
+    (tmp_path / "strict.yaml").write_text(policy("strict"))
+    result = validate(str(tmp_path / "strict.yaml"))
+    assert result.exit_code == 1
+    assert re.search(r'strict\.yaml: is not listed in .*Kustomization, so Kubernetes never sees it: add the line "      - strict\.yaml" after line \d+', result.output)
+    (tmp_path / "strict.yaml").unlink()
+    (tmp_path / "default.yaml").rename(tmp_path / "main.yaml")
+    result = validate(str(tmp_path))
+    assert result.exit_code == 1 and "lists default.yaml, which is not a policy file" in result.output
+    assert "main.yaml: is not listed" in result.output

@@ -193,3 +193,21 @@ def test_diff_names_whole_ids_with_scores_freshness_and_thumbnails(tiny_scorer: 
     old_score, new_score = example["categories"]["weapons"]["scores"]
     assert old_score == pytest.approx(new_score)  # same prompts, other thresholds
     assert document["thumbnails"] == {ids[0]: str(kept)}
+
+
+def test_diff_shows_control_characters_in_stored_ids_instead_of_sending_them(tiny_scorer: ClipScorer, tmp_path: Path) -> None:
+    """Issue 18: a stored request id holding ESC[2J ESC[H ... ESC[8m cleared the analyst's screen and hid what followed."""
+    vectors = embeddings(tiny_scorer.encoder.encode_texts(["dimension"]).shape[1])
+    hostile = "upload-1\x1b[2J\x1b[Hall clear\x1b[8m\u202e"
+    store_path = tmp_path / "store.db"
+    with EmbeddingStore(store_path) as store:
+        store.record(hostile, datetime.now(timezone.utc) - timedelta(minutes=5), "default", "1", "ALLOW", vectors[0], tiny_scorer.model_id)
+    old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old_file.write_text(yaml.safe_dump(policy_with("1", {})))
+    new_file.write_text(yaml.safe_dump(policy_with("2", {"weapons": (0.0, 1.0)})))
+    args = ["policy", "diff", str(old_file), str(new_file), "--store", str(store_path), "--since", "1d",
+            "--model", f"local-dir:{TINY_CLIP}", "--weights", "random"]  # fmt: skip
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert r"upload-1\x1b[2J\x1b[Hall clear\x1b[8m\u202e" in result.stdout

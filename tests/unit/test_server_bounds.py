@@ -11,7 +11,7 @@ import pytest
 from moderation.ops.logs import RateLimitedLog, TextFormatter, escape_control
 from moderation.serving.auth import TokenAuth
 from moderation.serving.admission import Admission
-from moderation.serving.limits import cut, echo
+from moderation.serving.limits import cut, cut_utf8, echo
 
 TOKEN = b"0123456789abcdef-token"
 
@@ -25,7 +25,26 @@ def test_text_formatter_quotes_values_that_could_pose_as_fields() -> None:
     record.fields = {"request_id": "a caller=token:admin", "plain": "ok-1", "meta": {"k": "v\x1b"}}
     line = TextFormatter().format(record)
     assert "\n" not in line and "\x1b" not in line
-    assert 'decision\\nforged request_id="a caller=token:admin" plain=ok-1 meta={"k": "v\\u001b"}' in line
+    assert 'decision\\nforged request_id="a caller=token:admin" plain=ok-1 meta="{\\"k\\": \\"v\\\\u001b\\"}"' in line
+
+
+def test_no_text_log_value_or_message_lets_a_logfmt_parser_read_a_forged_field() -> None:
+    """Issue 18: a metadata mapping and a thumbnail-failure message each carried `caller=token:admin` past the real caller."""
+    import shlex
+
+    record = logging.LogRecord("moderation.audit", logging.WARNING, "x", 1, "could not write a thumbnail: x caller=token:admin", (), None)
+    record.fields = {"caller": "token:alice", "metadata": {"tenant": "t caller=token:admin"}, "n": 3, "ids": ["a b", "c=d"]}
+    line = TextFormatter().format(record)
+    words = shlex.split(line.split(": ", 1)[1])  # logfmt-style: quoted strings are one word
+    pairs = [word.split("=", 1) for word in words if "=" in word]
+    assert [key for key, _ in pairs].count("caller") == 1 and dict(pairs)["caller"] == "token:alice"
+    assert dict(pairs)["n"] == "3"
+
+
+def test_audit_values_are_cut_by_bytes_at_a_character_boundary() -> None:
+    assert cut_utf8("abc", 3) == "abc"
+    assert cut_utf8("\U0001F600" * 100, 10) == "\U0001F600\U0001F600…[392 more bytes]"
+    assert cut_utf8("é" * 10, 5) == "éé…[16 more bytes]"
 
 
 def test_cut_marks_what_it_leaves_out() -> None:

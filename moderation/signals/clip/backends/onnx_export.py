@@ -38,24 +38,38 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from moderation.signals.clip.loading import ClipModelSpec, OpenClipModel
+from moderation.signals.clip.loading import ClipModelSpec, OpenClipModel, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
 # Bump when the exported graph changes for the same weights (export code, opset, quantisation).
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: int8 weights in 7 bits (reduce_range), see quantize_int8
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "embeddings"
 VARIANTS = ("fp32", "int8")
 # Dynamic int8 settings (onnxruntime.quantization.quantize_dynamic), chosen by bench/clip_backends.py.
 INT8_WEIGHT_TYPE = "QInt8"
 INT8_PER_CHANNEL = True
+# Weights in 7 bits: on x86 cores without VNNI (AVX2 only) ORT's u8 x s8 kernel adds
+# pairs of products in saturating int16, and full-range int8 weights overflowed it: the
+# tiny test model's embeddings fell to cosine 0.9965 of fp32 on such a core, against
+# 0.99996 with reduce_range (measured 2026-12-02). VNNI cores run the same kernel speed
+# either way, and an exported folder may be served on either kind of core.
+INT8_REDUCE_RANGE = True
 # A single-file ONNX model is a protobuf, capped at 2 GiB.
 MAX_SINGLE_FILE_BYTES = 2**31 - 2**26
 
 
 class ExportFailed(RuntimeError):
     """The image tower could not be exported; the torch backend still serves this model."""
+
+
+class UnsafeExportCache(WeightsUnavailable):
+    """The export cache could be changed by another user: a graph planted there would score every image.
+
+    Refused the way ssh refuses a key file others can write; the message names the path
+    and the fix. A WeightsUnavailable, so `serve` exits 2 with that one line.
+    """
 
 
 class _ImageTower(torch.nn.Module):
@@ -92,13 +106,19 @@ def image_tower_onnx(spec: ClipModelSpec, clip: OpenClipModel, variant: str = "f
     """The cached ONNX file of `clip`'s image tower, exported (and for 'int8' quantised) on a miss."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown ONNX variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
-    folder = (root or cache_root(spec)) / _slug(spec.model_id)
+    cache = root or cache_root(spec)
+    folder = cache / _slug(spec.model_id)
     fingerprint = tower_fingerprint(clip)[:24]
     target = folder / f"image-{variant}-{fingerprint}.onnx"
     if target.is_file():
-        log.info("CLIP image tower: cached ONNX export %s", target)
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
+        check_private(cache, folder, target, digest_path(target))
+        if verified(target):
+            log.info("CLIP image tower: cached ONNX export %s (sha256 verified)", target)
+            return target
+        log.warning("CLIP image tower: %s does not match the digest recorded when it was exported; exporting again", target)
+    for path in (cache, folder):
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    check_private(cache, folder)
     started = time.monotonic()
     with _temporary(folder, ".fp32.onnx") as fp32:
         export_fp32(clip, fp32)
@@ -108,8 +128,8 @@ def image_tower_onnx(spec: ClipModelSpec, clip: OpenClipModel, variant: str = "f
                 _publish(int8, target)
         else:
             _publish(fp32, target)
-    for stale in folder.glob(f"image-{variant}-*.onnx"):
-        if stale != target:
+    for stale in folder.glob(f"image-{variant}-*.onnx*"):
+        if stale not in (target, digest_path(target)):
             stale.unlink(missing_ok=True)
     log.info("CLIP image tower: exported %s in %.1f s", target, time.monotonic() - started)
     return target
@@ -186,6 +206,7 @@ def quantize_int8(source: Path, destination: Path) -> None:
         str(destination),
         weight_type=getattr(QuantType, INT8_WEIGHT_TYPE),
         per_channel=INT8_PER_CHANNEL,
+        reduce_range=INT8_REDUCE_RANGE,
         nodes_to_exclude=output_projection(model),
     )
 
@@ -213,8 +234,57 @@ def trim_heap() -> None:
         ctypes.CDLL(name).malloc_trim(0)
 
 
+def digest_path(target: Path) -> Path:
+    """Where the sha256 of an export's bytes is recorded, written when it was exported."""
+    return target.with_name(target.name + ".sha256")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified(target: Path) -> bool:
+    """The file's bytes are the ones this process's export code wrote: a name alone proves nothing."""
+    try:
+        recorded = digest_path(target).read_text(encoding="ascii").split()[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return False
+    return recorded == file_sha256(target)
+
+
+def check_private(*paths: Path) -> None:
+    """Refuse paths another user could change: owned by someone else, or writable by group or others."""
+    me = os.geteuid()
+    for path in paths:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if path.is_symlink():
+            raise UnsafeExportCache(f"CLIP export cache: {path} is a symbolic link; point MODERATION_CLIP_EXPORT_DIR at a real directory")
+        if info.st_uid not in (me, 0):
+            raise UnsafeExportCache(
+                f"CLIP export cache: {path} belongs to user {info.st_uid}, not to this server's user {me}; "
+                "use a directory this user owns (MODERATION_CLIP_EXPORT_DIR)"
+            )
+        if info.st_mode & 0o022:
+            raise UnsafeExportCache(
+                f"CLIP export cache: {path} is writable by other users (mode {info.st_mode & 0o777:o}); "
+                f"run chmod go-w {path} or set MODERATION_CLIP_EXPORT_DIR to a private directory"
+            )
+
+
 def _publish(partial: Path, target: Path) -> None:
     partial.chmod(0o644)  # mkstemp made it private; the cache is shared by whoever reads the folder
+    with _temporary(target.parent, ".sha256") as digest:
+        digest.write_text(f"{file_sha256(partial)}  {target.name}\n", encoding="ascii")
+        digest.chmod(0o644)
+        # The digest first: a crash between the two leaves a digest that no file matches, never an unverified file.
+        os.replace(digest, digest_path(target))
     os.replace(partial, target)
 
 

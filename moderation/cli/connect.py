@@ -1,0 +1,88 @@
+"""How the client commands reach a server: plaintext, TLS, mutual TLS, and a bearer token.
+
+`moderate` and `policy validate --served` (and every command that calls a server)
+take the same options, each also read from the environment, so a production
+server with TLS and tokens is as easy to call as a local one:
+
+    moderation moderate photo.jpg --target moderation.example:443 \
+        --tls-ca ca.pem [--tls-client-cert me.pem --tls-client-key me.key] --token-file token
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from moderation.cli.common import fail
+
+if TYPE_CHECKING:
+    import grpc
+
+TlsCaOption = Annotated[
+    Optional[Path],
+    typer.Option("--tls-ca", envvar="MODERATION_CLIENT_TLS_CA", help="CA bundle (PEM) the server's certificate must chain to; set: TLS"),
+]
+TlsClientCertOption = Annotated[
+    Optional[Path],
+    typer.Option("--tls-client-cert", envvar="MODERATION_CLIENT_TLS_CERT", help="client certificate (PEM) for mutual TLS; needs --tls-ca"),
+]
+TlsClientKeyOption = Annotated[
+    Optional[Path], typer.Option("--tls-client-key", envvar="MODERATION_CLIENT_TLS_KEY", help="client private key (PEM) for mutual TLS")
+]
+TlsServerNameOption = Annotated[
+    Optional[str],
+    typer.Option("--tls-server-name", envvar="MODERATION_CLIENT_TLS_SERVER_NAME", help="name to check the certificate against, if not the target's host"),
+]
+TokenFileOption = Annotated[
+    Optional[Path],
+    typer.Option("--token-file", envvar="MODERATION_CLIENT_TOKEN_FILE", help="file holding the bearer token (one line; never put a token on the command line)"),
+]
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    tls_ca: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+    tls_server_name: str | None = None
+    token_file: Path | None = None
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata carrying the bearer token, if any."""
+        if self.token_file is None:
+            return ()
+        lines = [line.strip() for line in _read(self.token_file, "--token-file").decode(errors="replace").splitlines()]
+        tokens = [line for line in lines if line and not line.startswith("#")]
+        if len(tokens) != 1:
+            raise fail(f"{self.token_file} must hold exactly one token line (found {len(tokens)}); check --token-file")
+        return (("authorization", f"Bearer {tokens[0]}"),)
+
+    def channel(self, target: str, options: list[tuple[str, object]] | None = None) -> grpc.Channel:
+        """A channel to `target` with these settings; a bad combination fails with one line naming the option."""
+        import grpc
+
+        options = list(options or [])
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise fail("mutual TLS needs both --tls-client-cert and --tls-client-key")
+        if self.tls_ca is None:
+            if self.tls_client_cert is not None or self.tls_server_name is not None:
+                raise fail("--tls-client-cert, --tls-client-key and --tls-server-name need --tls-ca (TLS)")
+            return grpc.insecure_channel(target, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            _read(self.tls_ca, "--tls-ca"),
+            _read(self.tls_client_key, "--tls-client-key") if self.tls_client_key else None,
+            _read(self.tls_client_cert, "--tls-client-cert") if self.tls_client_cert else None,
+        )
+        if self.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        return grpc.secure_channel(target, credentials, options=options)
+
+
+def _read(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise fail(f"cannot read {path} ({error.strerror}); check {option}") from None
