@@ -153,9 +153,8 @@ class JudgingCore:
         decoded = judgement.frames.decoded
         frame_index = judgement.deciding.get(category_ids[0], decoded.frame_indices[0])
         frame = decoded.frames[decoded.frame_indices.index(frame_index)]
-        # TODO(issue 17, item 1): pass frame_index=frame_index once EscalationRequest has the field, so the
-        # remote explainer judges this frame too (it re-decodes the bytes and takes frame 0 today).
-        request = EscalationRequest(request_id, image, frame, policy, category_ids)
+        # The frame's index travels too: a remote explainer re-decodes the bytes and must judge this frame.
+        request = EscalationRequest(request_id, image, frame, policy, category_ids, frame_index=frame_index)
         outcome = await self.escalation.escalate(request, time_left_s)
         if outcome.verdict is None:
             # No second opinion: a human looks at it. Never ALLOW by default.

@@ -31,7 +31,8 @@ class InProcessExplainer:
             result = self._explainer.explain(request.frame, request.policy, request.category_ids, instruction, self._max_new_tokens)
         except ExplanationFailed as err:
             raise ExplainerUnavailable(str(err)) from err
-        return Explanation(result.verdict, self.model_id, result.generated_tokens)
+        # The pipeline decoded the frame already: the one it hands over is the one judged.
+        return Explanation(result.verdict, self.model_id, result.generated_tokens, request.frame_index)
 
     async def explain(self, request: EscalationRequest, timeout_s: float) -> Explanation:
         # A timed-out explanation cannot be interrupted inside torch; until it ends
@@ -108,6 +109,7 @@ class RemoteExplainer:
             policy_id=request.policy.id,
             policy_version=request.policy.version,
             category_ids=list(request.category_ids),
+            frame_index=request.frame_index,
         )
         try:
             reply = await self._connect().Explain(message, timeout=timeout_s, metadata=self._metadata)
@@ -117,8 +119,13 @@ class RemoteExplainer:
             raise ExplainerUnavailable(f"remote explainer: {err.code().name}: {err.details()}") from err
         if reply.category_id not in request.category_ids or reply.clause_id != request.policy.category(reply.category_id).clause.id:
             raise ExplainerUnavailable(f"remote explainer cited {reply.category_id!r}/{reply.clause_id!r}, which is not an escalated clause")
+        if reply.frame_index != request.frame_index:
+            # An explainer from before frame_index existed judges frame 0 whatever it is sent.
+            raise ExplainerUnavailable(
+                f"remote explainer judged frame {reply.frame_index}, not the deciding frame {request.frame_index}; upgrade explain-serve"
+            )
         verdict = ExplainerVerdict(reply.violates, reply.category_id, reply.clause_id, reply.rationale, reply.confidence)
-        return Explanation(verdict, reply.model, reply.generated_tokens)
+        return Explanation(verdict, reply.model, reply.generated_tokens, reply.frame_index)
 
     async def close(self) -> None:
         if self._channel is not None:

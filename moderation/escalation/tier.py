@@ -47,6 +47,7 @@ class Explanation:
     verdict: ExplainerVerdict
     model_id: str
     generated_tokens: int
+    frame_index: int = 0  # the frame the backend judged, as it reports it
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,9 @@ class EscalationRequest:
     frame: Image.Image  # the decoded frame, for the in-process explainer
     policy: Policy
     category_ids: tuple[str, ...]
+    # The animation frame `frame` is (the one that set the first category's score): the
+    # remote explainer decodes this frame itself, so a harmless first frame cannot stand in.
+    frame_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,7 @@ class EscalationOutcome:
     verdict: ExplainerVerdict | None = None
     model_id: str = ""  # the explainer that answered (COMPLETED only)
     generated_tokens: int = 0
+    frame_index: int = 0  # the frame the explainer judged (COMPLETED only)
     latency_ms: float = 0.0
     agrees_with_clip: bool = False
     changed_action: bool = False
@@ -221,6 +226,7 @@ class EscalationTier:
             verdict=explanation.verdict,
             model_id=explanation.model_id,
             generated_tokens=explanation.generated_tokens,
+            frame_index=explanation.frame_index,
             latency_ms=_ms(started),
         )
 

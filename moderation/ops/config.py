@@ -269,10 +269,6 @@ class Settings(BaseSettings):
         return self.max_message_bytes or self.max_image_bytes + MESSAGE_MARGIN_BYTES
 
     @property
-    def grpc_max_concurrent_rpcs(self) -> int:
-        return self.max_concurrent_rpcs or self.max_concurrent_requests + 16
-
-    @property
     def metrics_bind_host(self) -> str:
         return self.metrics_host or self.host
 

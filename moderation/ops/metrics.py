@@ -147,8 +147,16 @@ class ModerationMetrics:
             ["listener"],
             registry=registry,
         )
+        # One count: the request slots admission compares with its limit (serving/admission.py).
         self.in_flight = Gauge(
-            "moderation_in_flight_requests", "ModerationService RPCs being processed (a stream counts once).", registry=registry
+            "moderation_in_flight_requests",
+            "Request slots held: unary calls and stream items being processed; admission refuses beyond the limit.",
+            registry=registry,
+        )
+        self.in_flight_limit = Gauge(
+            "moderation_in_flight_limit",
+            "The limit on moderation_in_flight_requests (max_concurrent_requests; explain-serve: running + waiting).",
+            registry=registry,
         )
         self.policy_reloads = Counter(
             "moderation_policy_reload_total",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -30,14 +29,12 @@ from moderation.serving.listeners import (
     ShadowListener,
     ThumbnailListener,
 )
+from moderation.serving.builder import ServerBuilder, policy_reloader
 from moderation.serving.policy_reload import PolicyReloader
 from moderation.serving.shell import ServingShell
 from moderation.signals.clip.batcher import BatcherMetrics
 from moderation.state.store import StateStore
 from moderation.state.thumbnails import Thumbnails
-from moderation.serving.auth import load_tokens, TokenAuth
-from moderation.serving.interceptors import AdmissionInterceptor, RpcMetricsInterceptor, ServingState, TokenAuthInterceptor
-from moderation.serving.lifecycle import GrpcServerLifecycle, new_metrics
 from moderation.serving.recorder import RequestRecorder
 from moderation.serving.servicer import ModerationServicer
 from moderation.v1 import moderation_pb2, moderation_pb2_grpc
@@ -85,8 +82,7 @@ def build_shell(
     scorer = load_scorer(spec)
     cancellation.check()
     registry = PolicyRegistry(scorer.index_policy, scorer.model_id, random_weights=scorer.random_weights)
-    reloader = PolicyReloader(registry, settings.policies, metrics, scorer.model_id)
-    cancellation.attach(reloader)
+    reloader = policy_reloader(settings, registry, metrics, cancellation, scorer.model_id)
     summary = reloader.load_now()
     cancellation.check()
     batch, workers = max_batch(settings, spec.device), decode_workers(settings)
@@ -129,60 +125,39 @@ def build_shell(
 class _Loaded:
     shell: ServingShell
     reloader: PolicyReloader
-    watcher: asyncio.Task[None] | None = None
 
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT. Raises ConfigurationError (and loading errors) when it cannot serve."""
-    metrics = new_metrics()
-    state = ServingState()
-    metrics.in_flight.set_function(lambda: state.in_flight)
-    interceptors = [RpcMetricsInterceptor(metrics)]
-    if settings.auth_tokens_file:
-        interceptors.append(
-            TokenAuthInterceptor(TokenAuth(load_tokens(settings.auth_tokens_file)), metrics, settings.auth_failure_logs_per_minute)
-        )
-    interceptors.append(
-        AdmissionInterceptor(
-            state, settings.max_concurrent_requests, (SERVICE_NAME,), "the server is still loading models and policies; retry shortly"
-        )
-    )
-    lifecycle = GrpcServerLifecycle(
+    builder: ServerBuilder[_Loaded] = ServerBuilder(
         settings,
-        metrics,
-        (SERVICE_NAME,),
-        interceptors,
+        SERVICE_NAME,
+        limit=settings.max_concurrent_requests,
+        loading_message="the server is still loading models and policies; retry shortly",
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],
     )
+    metrics = builder.metrics
     servicer = ModerationServicer(
         RequestRecorder(metrics, tuple(settings.audit_metadata_keys), settings.audit_metadata_max_bytes),
         settings.max_image_bytes,
         settings.default_deadline_s,
-        state,
+        builder.admission,
         stream_window=settings.stream_window,
     )
-    moderation_pb2_grpc.add_ModerationServiceServicer_to_server(servicer, lifecycle.server)
+    moderation_pb2_grpc.add_ModerationServiceServicer_to_server(servicer, builder.server)
 
-    cancellation = StartupCancellation()
-
-    def load() -> _Loaded:
+    def load(cancellation: StartupCancellation) -> _Loaded:
         configure_torch_threads(settings, resolve_device(settings.device))
         return _Loaded(*build_shell(settings, metrics, cancellation))
 
-    async def on_loaded(loaded: _Loaded, stop: asyncio.Event) -> None:
+    async def attach(loaded: _Loaded) -> None:
         loaded.shell.start()
         servicer.shell = loaded.shell
-        state.loaded = True
-        if settings.watch_policies:
-            loaded.watcher = asyncio.create_task(loaded.reloader.watch(stop, force_polling=settings.policy_watch_polling))
 
     async def close(loaded: _Loaded) -> None:
         await loaded.shell.close()
-        if loaded.watcher is not None:
-            await loaded.watcher
-        loaded.reloader.close()
 
-    await lifecycle.run("moderation", load, on_loaded, state.drain, close, cancel_load=cancellation.cancel)
+    await builder.run("moderation", load, attach, close)

@@ -100,6 +100,7 @@ def escalation_to_pb(outcome: EscalationOutcome) -> pb.Escalation:
         message.confidence = verdict.confidence
         message.model = outcome.model_id
         message.generated_tokens = outcome.generated_tokens
+        message.frame_index = outcome.frame_index
         message.agrees_with_clip = outcome.agrees_with_clip
         message.changed_action = outcome.changed_action
     return message

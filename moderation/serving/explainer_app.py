@@ -9,20 +9,23 @@ policy version it does not hold, so a rationale never cites another version.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from PIL import Image, ImageOps
 
 from moderation.ops.config import Settings
+from moderation.core import decode
 from moderation.core.decode import DecodeLimits, ImageRejected, decode_frames
 from moderation.policy.registry import PolicyNotFound, PolicyRegistry
+from moderation.runtime import StartupCancellation, decode_limits, load_explainer, resolve_device
+from moderation.serving.builder import ServerBuilder
 from moderation.serving.policy_reload import PolicyReloader
-from moderation.runtime import load_explainer, resolve_device
-from moderation.serving.auth import TokenAuth, load_tokens
-from moderation.serving.interceptors import AdmissionInterceptor, RpcMetricsInterceptor, ServingState, TokenAuthInterceptor
-from moderation.serving.lifecycle import GrpcServerLifecycle, new_metrics
 from moderation.serving.limits import MAX_POLICY_ID_CHARS, echo, status_message
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
@@ -31,18 +34,52 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExplainerService"].full_name
 
 
+def decode_frame(data: bytes, limits: DecodeLimits, index: int) -> Image.Image:
+    """Frame `index` of an animation (the still image for 0), decoded within `limits`.
+
+    The scorer judged one frame of the animation; the explainer must see that
+    frame, not the first. The bytes are checked as the scorer checks them
+    (decode_frames on frame 0), then the decoder seeks to `index`, with the
+    animation's pixel budget counted up to it and the frame's own size checked.
+    """
+    first = decode_frames(data, limits, sample_frames=1)
+    if not 0 <= index < first.total_frames:
+        frames = "a still image (frame 0 only)" if first.total_frames == 1 else f"an animation of {first.total_frames} frames (0 to {first.total_frames - 1})"
+        raise ImageRejected(f"frame_index {index} is not a frame of this image: it is {frames}")
+    if index == 0:
+        return first.frames[0]
+    # decode_frames accepted these bytes: what is left is reaching one later frame of them,
+    # with core/decode.py's own checks (reused, not copied). core/ is being reworked on
+    # another branch; this belongs there, as a frame index for decode_frames, once it lands.
+    try:
+        image = Image.open(io.BytesIO(data), formats=decode.ACCEPTED_FORMATS)
+        decode._check_animation(image, first.total_frames, index, limits)
+        image.seek(index)
+        decode._check_pixels(image, limits)  # a frame may declare a larger size than the first
+        image.load()
+        return decode._to_rgb(ImageOps.exif_transpose(image))
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageRejected(f"frame {index} declares more than twice the limit of {limits.max_pixels:,} pixels (setting max_image_pixels)") from err
+    except Exception as err:  # noqa: BLE001 - PIL's many exception types for corrupt data, as in decode_frames
+        raise ImageRejected(f"frame {index} of the animation is truncated or corrupt ({type(err).__name__})") from err
+
+
 class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
     """Loading, draining and the bound on waiting calls are the admission interceptor's (interceptors.py)."""
 
-    def __init__(self, registry: PolicyRegistry, limits: DecodeLimits, max_new_tokens: int):
-        self.explainer = None  # set once the model has loaded
-        self._registry = registry
+    def __init__(self, limits: DecodeLimits, max_new_tokens: int):
+        # Both set once the model and the policies have loaded; the admission interceptor refuses calls before.
+        self.explainer = None
+        self.registry: PolicyRegistry | None = None
         self._limits = limits
         self._max_new_tokens = max_new_tokens
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="explainer")
 
     def _explain(self, request: pb.ExplainRequest, policy):  # noqa: ANN001, ANN202
-        frame = decode_frames(request.image, self._limits, sample_frames=1).frames[0]
+        frame = decode_frame(request.image, self._limits, request.frame_index)
+        log.info("explaining request %s: frame %d", echo(request.request_id), request.frame_index)
         return self.explainer.explain(frame, policy, list(request.category_ids), policy.escalation.instruction, self._max_new_tokens)
 
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
@@ -51,7 +88,7 @@ class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
         if len(request.policy_id) > MAX_POLICY_ID_CHARS:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no policy {echo(request.policy_id)!r} is served")
         try:
-            policy = self._registry.get(request.policy_id).policy
+            policy = self.registry.get(request.policy_id).policy
         except PolicyNotFound as err:
             await context.abort(grpc.StatusCode.NOT_FOUND, status_message(str(err)))
         if policy.version != request.policy_version:
@@ -83,53 +120,48 @@ class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
             model=self.explainer.info.model_id,
             generated_tokens=result.generated_tokens,
             latency_ms=(time.perf_counter() - started) * 1e3,
+            frame_index=request.frame_index,
         )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Loaded:
+    explainer: Any  # moderation.escalation.explainer.Explainer, imported lazily (transformers)
+    registry: PolicyRegistry
+    reloader: PolicyReloader
 
 
 async def serve_explainer(settings: Settings) -> None:
     """Run the ExplainerService until SIGTERM or SIGINT."""
-    metrics = new_metrics()
-    registry: PolicyRegistry = PolicyRegistry(lambda policy, should_stop: None, model_id=None)
-    reloader = PolicyReloader(registry, settings.policies, metrics, model_id=settings.explainer_model)
-    limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    servicer = ExplainerServicer(registry, limits, settings.explainer_max_new_tokens)
-    state = ServingState()
-    interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor(metrics)]
-    if settings.auth_tokens_file:
-        interceptors.append(
-            TokenAuthInterceptor(TokenAuth(load_tokens(settings.auth_tokens_file)), metrics, settings.auth_failure_logs_per_minute)
-        )
     # Calls beyond the running and waiting bounds get RESOURCE_EXHAUSTED at once; the scorer records FAILED.
-    max_in_flight = settings.explainer_max_concurrent + settings.explainer_max_waiting
-    interceptors.append(
-        AdmissionInterceptor(state, max_in_flight, (SERVICE_NAME,), "the explainer is still loading its model; retry shortly")
-    )
-    lifecycle = GrpcServerLifecycle(
+    builder: ServerBuilder[_Loaded] = ServerBuilder(
         settings,
-        metrics,
-        (SERVICE_NAME,),
-        interceptors,
+        SERVICE_NAME,
+        limit=settings.explainer_max_concurrent + settings.explainer_max_waiting,
+        loading_message="the explainer is still loading its model; retry shortly",
         options=[("grpc.max_receive_message_length", settings.grpc_max_message_bytes)],
-        # Only the scorer calls: its admitted calls, plus room for health checks and refusals.
-        max_concurrent_rpcs=settings.max_concurrent_rpcs or max_in_flight + 16,
     )
-    pb_grpc.add_ExplainerServiceServicer_to_server(servicer, lifecycle.server)
-    watcher: asyncio.Task[None] | None = None
+    # The scorer's limits (bytes, pixels, frames, the animation's pixel budget), so any frame
+    # the scorer judged can be reached here; decoded in full (no JPEG draft), as the explainer reads it.
+    servicer = ExplainerServicer(decode_limits(settings, image_size=None), settings.explainer_max_new_tokens)
+    pb_grpc.add_ExplainerServiceServicer_to_server(servicer, builder.server)
 
-    def load():  # noqa: ANN202 - Explainer, imported lazily
+    def load(cancellation: StartupCancellation) -> _Loaded:
+        # The same policy files as the scorer, without text embeddings: only their clauses are read.
+        registry: PolicyRegistry = PolicyRegistry(lambda policy, should_stop: None, model_id=None)
+        reloader = builder.policy_reloader(registry, settings.explainer_model)
         reloader.load_now()
-        return load_explainer(settings, resolve_device(settings.device))
+        cancellation.check()
+        return _Loaded(load_explainer(settings, resolve_device(settings.device)), registry, reloader)
 
-    async def on_loaded(explainer, stop: asyncio.Event) -> None:  # noqa: ANN001
-        nonlocal watcher
-        servicer.explainer = explainer
-        state.loaded = True
-        if settings.watch_policies:
-            watcher = asyncio.create_task(reloader.watch(stop, force_polling=settings.policy_watch_polling))
+    async def attach(loaded: _Loaded) -> None:
+        servicer.registry = loaded.registry
+        servicer.explainer = loaded.explainer
 
-    async def close(explainer) -> None:  # noqa: ANN001
-        if watcher is not None:
-            await watcher
-        reloader.close()
+    async def close(loaded: _Loaded) -> None:
+        servicer.close()
 
-    await lifecycle.run("explainer", load, on_loaded, state.drain, close)
+    await builder.run("explainer", load, attach, close)

@@ -15,15 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from moderation.ops.logs import RateLimitedLog
 from moderation.ops.metrics import ModerationMetrics
+from moderation.serving.admission import Admission
 from moderation.serving.auth import OPEN_SERVICES, TokenAuth, authenticated_caller
 
 UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -160,108 +159,28 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(handler, unary, stream)
 
 
-@dataclass
-class ServingState:
-    """The one count of RPCs in flight, whether the server takes new ones, and the request slots.
-
-    `in_flight` counts RPCs (a stream once) for admission and the drain.
-    `requests` counts requests being processed, unary calls and the items of
-    streams alike, at most `max_requests`: a unary call that finds none free is
-    refused at once; a stream's next item waits for one (the stream stops being
-    read), and a freed slot goes to the longest-waiting item first.
-    """
-
-    loaded: bool = False
-    draining: bool = False
-    in_flight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    max_requests: int = 64
-    requests: int = 0
-    _waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    def started(self) -> None:
-        self.in_flight += 1
-        self.idle.clear()
-
-    def finished(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self.idle.set()
-
-    def try_start_request(self) -> bool:
-        if self.requests >= self.max_requests or self._waiting:
-            return False
-        self.requests += 1
-        return True
-
-    async def start_request(self) -> None:
-        """Take a request slot, waiting for one if need be."""
-        if self.try_start_request():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
-        try:
-            await waiter  # a finishing request hands its slot over: `requests` stays as it is
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.finish_request()  # handed over just as we were cancelled: pass it on
-            elif waiter in self._waiting:
-                self._waiting.remove(waiter)
-            raise
-
-    def finish_request(self) -> None:
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.requests -= 1
-
-    async def drain(self, timeout_s: float) -> bool:
-        """Refuse new calls, then wait for in-flight ones; False if some are still running."""
-        self.draining = True
-        try:
-            await asyncio.wait_for(self.idle.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
-
-
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
-    """UNAVAILABLE while loading or draining; RESOURCE_EXHAUSTED beyond `max_in_flight`.
+    """UNAVAILABLE while loading or draining; a request slot per unary call, RESOURCE_EXHAUSTED when none is free.
 
     Applies to `services` (the moderation API); health and reflection always answer.
-    A unary call needs one of the state's `max_in_flight` request slots; a stream's
-    items take theirs in the servicer (`ServingState.start_request`). A new stream
-    is refused once `max_in_flight` RPCs are in flight, so idle streams can hold
-    RPCs but never request slots: unary calls still get through.
+    The slots are the server's one `Admission` count, whose limit is fixed when it is
+    built; a stream's items take theirs in the servicer, from the same `Admission`.
+    A new stream is admitted while the server serves: it holds no slot until an item
+    comes, and open RPCs are bounded by gRPC's max_concurrent_rpcs.
     """
 
-    def __init__(self, state: ServingState, max_in_flight: int, services: tuple[str, ...], loading_message: str):
-        self._state = state
-        state.max_requests = max_in_flight
-        self._max_in_flight = max_in_flight
+    def __init__(self, admission: Admission, services: tuple[str, ...], loading_message: str):
+        self._admission = admission
         self._prefixes = tuple(f"/{name}/" for name in services)
         self._loading_message = loading_message
 
-    def _refusal(self, stream: bool) -> tuple[grpc.StatusCode, str] | None:
-        state = self._state
-        if state.draining:
+    def _refusal(self) -> tuple[grpc.StatusCode, str] | None:
+        admission = self._admission
+        if admission.draining:
             return grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another instance"
-        if not state.loaded:
+        if not admission.loaded:
             return grpc.StatusCode.UNAVAILABLE, self._loading_message
-        if (state.in_flight >= self._max_in_flight) if stream else not state.try_start_request():
-            return self._exhausted()
         return None
-
-    def _exhausted(self) -> tuple[grpc.StatusCode, str]:
-        return (
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the server is at its limit of {self._max_in_flight} requests in flight; retry with backoff",
-        )
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
@@ -269,33 +188,32 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if not details.method.startswith(self._prefixes):
             return handler
-        state = self._state
+        admission = self._admission
 
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
             async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                refusal = self._refusal(stream=False)  # admitted: holds a request slot
+                refusal = self._refusal()
+                if refusal is None and not admission.try_acquire():
+                    refusal = (
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the server is at its limit of {admission.limit} requests in flight; retry with backoff",
+                    )
                 if refusal is not None:
                     await context.abort(*refusal)
-                state.started()
-                try:
+                try:  # admitted: holds a request slot until the call ends, however it ends
                     return await behaviour(request, context)
                 finally:
-                    state.finished()
-                    state.finish_request()
+                    admission.release()
 
             return admitted
 
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
             async def admitted(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                refusal = self._refusal(stream=True)
+                refusal = self._refusal()
                 if refusal is not None:
                     await context.abort(*refusal)
-                state.started()
-                try:
-                    async for response in behaviour(requests, context):
-                        yield response
-                finally:
-                    state.finished()
+                async for response in behaviour(requests, context):
+                    yield response
 
             return admitted
 

@@ -108,7 +108,8 @@ class GrpcServerLifecycle(Generic[Loaded]):
 
     `load` runs in a worker thread (models, policies); `on_loaded` runs on the event
     loop with its result and the stop event (start batchers, watchers) before
-    SERVING; `drain(grace_s)` waits for in-flight calls; `close` frees what `load` built.
+    SERVING; `drain(grace_s)` refuses new calls and waits for the request slots in use
+    (serving/admission.py); `close` frees what `load` built.
     `max_concurrent_rpcs` bounds RPCs of every service at once; gRPC refuses the
     ones beyond it with RESOURCE_EXHAUSTED before reading their request message.
     """
@@ -120,7 +121,8 @@ class GrpcServerLifecycle(Generic[Loaded]):
         services: Sequence[str],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         options: Sequence[tuple[str, object]] = (),
-        max_concurrent_rpcs: int | None = None,
+        *,
+        max_concurrent_rpcs: int,
     ):
         self.settings = settings
         self.metrics = metrics
@@ -128,7 +130,7 @@ class GrpcServerLifecycle(Generic[Loaded]):
         self.server = grpc.aio.server(
             interceptors=list(interceptors) or None,
             options=[*transport_options(settings), *options],
-            maximum_concurrent_rpcs=max_concurrent_rpcs or settings.grpc_max_concurrent_rpcs,
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -243,7 +245,10 @@ class GrpcServerLifecycle(Generic[Loaded]):
             # Linger while refusing: a caller that sends just now gets UNAVAILABLE (retry
             # elsewhere) rather than CANCELLED by the transport stopping under its call.
             await asyncio.sleep(min(DRAIN_LINGER_S, max(0.0, settings.grace_period_s - (time.monotonic() - drain_started))))
-        await self._stop_transport(1.0)
+        # Open streams hold no request slot between items: the transport's own stop gives
+        # them what is left of the grace period to end (their items are still served),
+        # then cancels them.
+        await self._stop_transport(max(1.0, settings.grace_period_s - (time.monotonic() - drain_started)))
         if loaded is not None:
             await close(loaded)
         log.info("stopped")

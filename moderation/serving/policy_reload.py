@@ -19,16 +19,15 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import watchfiles
 
-from moderation.ops.metrics import ModerationMetrics
 from moderation.policy.compile import COMPILE_BUDGET_S, CompileCancelled, CompileControl
 from moderation.policy.loader import PolicyFileError
-from moderation.policy.registry import LoadSummary, PolicyRegistry
+from moderation.policy.registry import LoadSummary, PolicyRegistry, ServedPolicy
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +41,25 @@ CLOSE_WAIT_S = 10.0
 
 
 class PolicyReloader:
+    """Loads the policy directory into `registry`, now and on every change.
+
+    It reports through two narrow callbacks rather than the metrics object:
+    `count_outcome("ok" | "error")` once per load, and `publish_served(policies)`
+    with every served policy after a load that swapped a snapshot in.
+    """
+
     def __init__(
         self,
         registry: PolicyRegistry,
         directory: Path,
-        metrics: ModerationMetrics,
-        model_id: str,
+        count_outcome: Callable[[str], None] = lambda outcome: None,
+        publish_served: Callable[[Sequence[ServedPolicy[Any]]], None] = lambda served: None,
         compile_budget_s: float | None = COMPILE_BUDGET_S,
     ):
         self.registry = registry
         self.directory = directory
-        self.metrics = metrics
-        self.model_id = model_id
+        self._count_outcome = count_outcome
+        self._publish_served = publish_served
         self.compile_budget_s = compile_budget_s
         self._lock = threading.Lock()
         self._control: CompileControl | None = None  # the load in progress, to cancel
@@ -70,24 +76,18 @@ class PolicyReloader:
         try:
             summary = self.registry.load_directory(self.directory, control)
         except PolicyFileError:
-            self.metrics.policy_reloads.labels("error").inc()
+            self._count_outcome("error")
             raise
         except CompileCancelled as err:
             if err.over_budget:
-                self.metrics.policy_reloads.labels("error").inc()
+                self._count_outcome("error")
             raise
         finally:
             with self._lock:
                 if self._control is control:
                     self._control = None
-        self.metrics.policy_reloads.labels("ok").inc()
-        self.metrics.publish_policies(
-            [
-                (s.policy.id, s.policy.version, [(c.id, c.thresholds.review, c.thresholds.block) for c in s.policy.categories])
-                for s in self.registry.all()
-            ],
-            self.model_id,
-        )
+        self._count_outcome("ok")
+        self._publish_served(self.registry.all())
         return summary
 
     def cancel(self, reason: str) -> None:
@@ -117,7 +117,7 @@ class PolicyReloader:
                 log.info("policy reload stopped, previous versions keep serving: %s", err)
             return False
         except Exception:  # noqa: BLE001 - a reload bug must not take the server down
-            self.metrics.policy_reloads.labels("error").inc()
+            self._count_outcome("error")
             log.exception("policy reload failed; previous versions keep serving")
             return False
         if summary.compiled or summary.removed:

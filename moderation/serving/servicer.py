@@ -20,7 +20,7 @@ from moderation.serving.shell import ServingShell
 from moderation.policy.registry import PolicyNotFound
 from moderation.serving import convert
 from moderation.serving.auth import caller_identity
-from moderation.serving.interceptors import ServingState
+from moderation.serving.admission import Admission
 from moderation.serving.limits import MAX_POLICY_ID_CHARS, MAX_REQUEST_ID_CHARS, echo, status_message
 from moderation.serving.recorder import RequestRecorder
 from moderation.v1 import moderation_pb2 as pb
@@ -85,7 +85,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         recorder: RequestRecorder,
         max_image_bytes: int,
         default_deadline_s: float,
-        state: ServingState,
+        admission: Admission,
         stream_window: int = STREAM_WINDOW,
     ):
         self.shell: ServingShell | None = None  # set once models and policies are loaded
@@ -93,8 +93,9 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         self._max_image_bytes = max_image_bytes
         self._default_deadline_s = default_deadline_s
         self._stream_window = stream_window
-        # Request slots shared with unary calls: a stream's next item waits (the stream stops being read) for one.
-        self._state = state
+        # The server's one count of request slots, shared with unary calls (the admission
+        # interceptor): a stream's next item waits for one, and the stream stops being read.
+        self._admission = admission
 
     def _loaded(self) -> ServingShell:
         if self.shell is None:  # the admission interceptor refuses calls before this is set
@@ -163,7 +164,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         # response has been sent, so a client that writes and never reads holds at most
         # `stream_window` requests and answers here; beyond that the server stops reading.
         window = asyncio.Semaphore(self._stream_window)
-        state = self._state
+        admission = self._admission
         results: asyncio.Queue[pb.ModerateStreamResponse | None] = asyncio.Queue()  # <= window entries
         tasks: set[asyncio.Task] = set()
         caller = caller_identity(context)
@@ -189,9 +190,9 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
                     except StopAsyncIteration:
                         break
                     # A slot is taken only once a request has come: an idle stream holds none.
-                    await state.start_request()
+                    await admission.acquire()
                     task = asyncio.create_task(handle(item))
-                    task.add_done_callback(lambda _: state.finish_request())  # runs even if the task never started
+                    task.add_done_callback(lambda _: admission.release())  # runs even if the task never started
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if tasks:

@@ -47,21 +47,23 @@ ESCALATION_STATUS_FAILED: EscalationStatus
 ESCALATION_STATUS_DISABLED: EscalationStatus
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("request_id", "image", "policy_id", "policy_version", "category_ids")
+    __slots__ = ("request_id", "image", "policy_id", "policy_version", "category_ids", "frame_index")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     POLICY_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_IDS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     image: bytes
     policy_id: str
     policy_version: str
     category_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., category_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    frame_index: int
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., category_ids: _Optional[_Iterable[str]] = ..., frame_index: _Optional[int] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("violates", "category_id", "clause_id", "rationale", "confidence", "model", "generated_tokens", "latency_ms")
+    __slots__ = ("violates", "category_id", "clause_id", "rationale", "confidence", "model", "generated_tokens", "latency_ms", "frame_index")
     VIOLATES_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
     CLAUSE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +72,7 @@ class ExplainResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     violates: bool
     category_id: str
     clause_id: str
@@ -78,7 +81,8 @@ class ExplainResponse(_message.Message):
     model: str
     generated_tokens: int
     latency_ms: float
-    def __init__(self, violates: _Optional[bool] = ..., category_id: _Optional[str] = ..., clause_id: _Optional[str] = ..., rationale: _Optional[str] = ..., confidence: _Optional[float] = ..., model: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    frame_index: int
+    def __init__(self, violates: _Optional[bool] = ..., category_id: _Optional[str] = ..., clause_id: _Optional[str] = ..., rationale: _Optional[str] = ..., confidence: _Optional[float] = ..., model: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., frame_index: _Optional[int] = ...) -> None: ...
 
 class ModerateRequest(_message.Message):
     __slots__ = ("request_id", "image", "policy_id", "force_escalation", "metadata")
@@ -122,7 +126,7 @@ class CategoryResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., band: _Optional[_Union[Band, str]] = ..., clause_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., frame_index: _Optional[int] = ...) -> None: ...
 
 class Escalation(_message.Message):
-    __slots__ = ("status", "violates", "category_id", "clause_id", "rationale", "confidence", "model", "latency_ms", "reason", "agrees_with_clip", "changed_action", "generated_tokens")
+    __slots__ = ("status", "violates", "category_id", "clause_id", "rationale", "confidence", "model", "latency_ms", "reason", "agrees_with_clip", "changed_action", "generated_tokens", "frame_index")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     VIOLATES_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +139,7 @@ class Escalation(_message.Message):
     AGREES_WITH_CLIP_FIELD_NUMBER: _ClassVar[int]
     CHANGED_ACTION_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     status: EscalationStatus
     violates: bool
     category_id: str
@@ -147,7 +152,8 @@ class Escalation(_message.Message):
     agrees_with_clip: bool
     changed_action: bool
     generated_tokens: int
-    def __init__(self, status: _Optional[_Union[EscalationStatus, str]] = ..., violates: _Optional[bool] = ..., category_id: _Optional[str] = ..., clause_id: _Optional[str] = ..., rationale: _Optional[str] = ..., confidence: _Optional[float] = ..., model: _Optional[str] = ..., latency_ms: _Optional[float] = ..., reason: _Optional[str] = ..., agrees_with_clip: _Optional[bool] = ..., changed_action: _Optional[bool] = ..., generated_tokens: _Optional[int] = ...) -> None: ...
+    frame_index: int
+    def __init__(self, status: _Optional[_Union[EscalationStatus, str]] = ..., violates: _Optional[bool] = ..., category_id: _Optional[str] = ..., clause_id: _Optional[str] = ..., rationale: _Optional[str] = ..., confidence: _Optional[float] = ..., model: _Optional[str] = ..., latency_ms: _Optional[float] = ..., reason: _Optional[str] = ..., agrees_with_clip: _Optional[bool] = ..., changed_action: _Optional[bool] = ..., generated_tokens: _Optional[int] = ..., frame_index: _Optional[int] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("decode_ms", "embed_ms", "decide_ms", "escalation_ms", "total_ms")

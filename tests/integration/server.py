@@ -65,18 +65,23 @@ def wait_until_serving(
 
 @contextlib.contextmanager
 def running_server(
-    log_dir: Path, *args: str, env: dict[str, str] | None = None, credentials: grpc.ChannelCredentials | None = None
+    log_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    command: str = "serve",
 ) -> Iterator[RunningServer]:
+    """`moderation serve` (or `command`: explain-serve) until the block ends, then SIGTERM."""
     port, metrics_port = free_port(), free_port()
-    log_path = log_dir / f"server-{port}.log"
-    command = [
-        sys.executable, "-m", "moderation", "serve",
+    log_path = log_dir / f"{command}-{port}.log"
+    argv = [
+        sys.executable, "-m", "moderation", command,
         "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *args,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
         # Escalation off unless a test asks for it: `auto` would load (or probe the hub for) SmolVLM2 weights.
         defaults = {"MODERATION_EXPLAINER_MODE": "off"}
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **defaults, **(env or {})})
+        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **defaults, **(env or {})})
     # With TLS the certificate names localhost, so the client must too.
     target = f"{'localhost' if credentials else '127.0.0.1'}:{port}"
     try:

@@ -169,6 +169,45 @@ def test_connections_and_streams_per_connection_are_capped(tmp_path: Path) -> No
         time.sleep(2)  # those connections are gone
 
         # Streams: six calls opened on one connection, only four reach the server at once.
+        # Each sends one request (an empty image: answered at once with an error entry)
+        # and then stays open: a stream the server has not taken gets no answer.
+        release = threading.Event()
+
+        def one_then_idle() -> Iterator[pb.ModerateStreamRequest]:
+            yield pb.ModerateStreamRequest(request=pb.ModerateRequest(request_id="probe", image=b""))
+            release.wait(60)
+
+        with server.channel() as channel:
+            # Connected first, so the client knows the server's limit (on a fresh connection the
+            # streams beyond it may be refused with REFUSED_STREAM: UNAVAILABLE, safe to retry).
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            stub = pb_grpc.ModerationServiceStub(channel)
+            calls = [stub.ModerateStream(one_then_idle(), timeout=90) for _ in range(6)]
+            with ThreadPoolExecutor(6) as pool:
+                first_answers = [pool.submit(next, call) for call in calls]
+                time.sleep(5)
+                reached = sum(answer.done() for answer in first_answers)
+                release.set()
+                assert all(answer.result(timeout=60).error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] for answer in first_answers)
+            for call in calls:
+                assert list(call) == []
+        assert reached == 4
+
+
+def test_the_exported_gauge_is_the_admission_count_under_load(tmp_path: Path) -> None:
+    """moderation_in_flight_requests counts request slots (unary calls and stream items), reaches the limit, never passes it."""
+    import numpy as np
+
+    env = {"MODERATION_MAX_CONCURRENT_REQUESTS": "3"}
+    # Full-HD PNGs take tens of milliseconds to decode: calls overlap.
+    payload = images.encode(np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), dtype=np.uint8), "PNG")
+    with running_server(tmp_path, *TINY, env=env) as server:
+
+        def gauge(name: str = "moderation_in_flight_requests") -> float:
+            (value,) = [s.value for s in metric_samples(server, name)]
+            return value
+
+        assert (gauge(), gauge("moderation_in_flight_limit")) == (0, 3)
         release = threading.Event()
 
         def idle() -> Iterator[pb.ModerateStreamRequest]:
@@ -176,25 +215,50 @@ def test_connections_and_streams_per_connection_are_capped(tmp_path: Path) -> No
             return
             yield
 
-        def in_flight() -> float:
-            (value,) = [s.value for s in metric_samples(server, "moderation_in_flight_requests")]
-            return value
-
-        with server.channel() as channel:
-            # Connected first, so the client knows the server's limit (on a fresh connection the
-            # streams beyond it may be refused with REFUSED_STREAM: UNAVAILABLE, safe to retry).
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        with server.channel(max_send_message_length=64 * MIB) as channel:
             stub = pb_grpc.ModerationServiceStub(channel)
-            calls = [stub.ModerateStream(idle(), timeout=90) for _ in range(6)]
-            deadline = time.monotonic() + 20
-            while in_flight() < 4 and time.monotonic() < deadline:
-                time.sleep(0.2)
+            idle_streams = [stub.ModerateStream(idle(), timeout=90) for _ in range(4)]
             time.sleep(1)
-            reached = in_flight()
+            assert gauge() == 0, "open streams without a request in flight hold no request slot"
+
+            done = threading.Event()
+            refusals: list[str] = []
+
+            def unary_client() -> None:
+                while not done.is_set():
+                    try:
+                        stub.Moderate(pb.ModerateRequest(image=payload), timeout=60)
+                    except grpc.RpcError as err:
+                        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+                        refusals.append(err.details())
+                        time.sleep(0.02)  # back off, as the message asks
+
+            def stream_client() -> list[pb.ModerateStreamResponse]:
+                items = (pb.ModerateStreamRequest(request=pb.ModerateRequest(request_id=str(i), image=payload)) for i in range(12))
+                return list(stub.ModerateStream(items, timeout=120))
+
+            samples = []
+            with ThreadPoolExecutor(10) as pool:
+                unary = [pool.submit(unary_client) for _ in range(8)]
+                streams = [pool.submit(stream_client) for _ in range(2)]
+                while not all(s.done() for s in streams):
+                    samples.append(gauge())
+                    time.sleep(0.05)
+                done.set()
+                for future in unary:
+                    future.result(timeout=60)
+                answered = [r for s in streams for r in s.result()]
             release.set()
-            for call in calls:
+            for call in idle_streams:
                 assert list(call) == []
-        assert reached == 4
+        assert max(samples) == 3 and min(samples) >= 0, sorted(set(samples))
+        # Stream items wait for a slot rather than fail; unary calls beyond the limit are refused, naming it.
+        assert len(answered) == 24 and all(r.HasField("response") for r in answered)
+        assert refusals and all("limit of 3 requests in flight" in r for r in refusals)
+        deadline = time.monotonic() + 10
+        while gauge() != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gauge() == 0
 
 
 # 5 ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
 from tests import images
 from tests.conftest import POLICIES, TINY_CLIP
-from tests.integration.server import free_port, running_server, wait_until_serving
+from tests.integration.server import running_server
+from tests.policies import one_category_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -62,25 +63,16 @@ def test_in_process_forced_escalation_and_timeout(tmp_path: Path) -> None:
 
 
 def test_remote_explainer_over_loopback_and_circuit_breaker(tmp_path: Path) -> None:
-    port, metrics_port = free_port(), free_port()
-    log_path = tmp_path / "explainer.log"
-    with log_path.open("wb") as log_file:
-        explainer = subprocess.Popen(
-            [sys.executable, "-m", "moderation", "explain-serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port",
-             str(metrics_port), "--policies", str(POLICIES), *EXPLAINER],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_until_serving(f"127.0.0.1:{port}", explainer, log_path)
-        args = (*TINY, "--explainer", "remote", "--explainer-target", f"127.0.0.1:{port}")
+    with running_server(tmp_path, "--policies", str(POLICIES), *EXPLAINER, command="explain-serve") as explainer:
+        args = (*TINY, "--explainer", "remote", "--explainer-target", explainer.target)
         env = {"MODERATION_EXPLAINER_FAILURE_THRESHOLD": "2", "MODERATION_EXPLAINER_COOLDOWN_S": "300"}
         with running_server(tmp_path, *args, env=env) as server, server.channel() as channel:
             stub = pb_grpc.ModerationServiceStub(channel)
             response = stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=120)
             check_completed(response)
 
-            explainer.terminate()  # the explainer goes away: FAILED twice, then the breaker opens
-            explainer.wait(timeout=60)
+            explainer.process.terminate()  # the explainer goes away: FAILED twice, then the breaker opens
+            explainer.process.wait(timeout=60)
             statuses = []
             for _ in range(4):
                 reply = stub.Moderate(pb.ModerateRequest(image=images.astronaut_jpeg(), force_escalation=True), timeout=60)
@@ -89,23 +81,11 @@ def test_remote_explainer_over_loopback_and_circuit_breaker(tmp_path: Path) -> N
             assert statuses[:2] == [pb.ESCALATION_STATUS_FAILED] * 2
             assert statuses[2:] == [pb.ESCALATION_STATUS_SHED] * 2
             assert "not calling it for now" in reply.escalation.reason
-    finally:
-        if explainer.poll() is None:
-            explainer.kill()
 
 
 def test_explain_request_for_a_stale_policy_version_is_refused(tmp_path: Path) -> None:
-    port = free_port()
-    log_path = tmp_path / "explainer.log"
-    with log_path.open("wb") as log_file:
-        explainer = subprocess.Popen(
-            [sys.executable, "-m", "moderation", "explain-serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-             "--policies", str(POLICIES), *EXPLAINER],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_until_serving(f"127.0.0.1:{port}", explainer, log_path)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with running_server(tmp_path, "--policies", str(POLICIES), *EXPLAINER, command="explain-serve") as explainer:
+        with explainer.channel() as channel:
             stub = pb_grpc.ExplainerServiceStub(channel)
             request = pb.ExplainRequest(image=images.astronaut_jpeg(), policy_id="default", policy_version="old", category_ids=["weapons"])
             with pytest.raises(grpc.RpcError) as caught:
@@ -115,9 +95,6 @@ def test_explain_request_for_a_stale_policy_version_is_refused(tmp_path: Path) -
             reply = stub.Explain(request, timeout=120)
             assert (reply.category_id, reply.clause_id) == ("weapons", "W-1")
             json.dumps({"rationale": reply.rationale})
-    finally:
-        explainer.terminate()
-        explainer.wait(timeout=60)
 
 
 def test_compare_prints_both_tiers_per_category(tmp_path: Path) -> None:
@@ -132,3 +109,112 @@ def test_compare_prints_both_tiers_per_category(tmp_path: Path) -> None:
         assert category.id in result.stdout and category.clause.id in result.stdout
     assert "CLIP leans" in result.stdout and "agree" in result.stdout
     assert "random weights: these outputs mean nothing" in result.stdout
+
+
+# Frame 0 of an animation ------------------------------------------------------------------------
+
+
+def two_frame_gifs() -> tuple[bytes, bytes]:
+    """The same two frames as GIFs in both orders.
+
+    Whatever the random weights score, one order puts the frame that sets the
+    category's score second: there the explainer must judge frame 1, not frame 0.
+    """
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    sources = [Image.fromarray(skimage.data.astronaut()).resize((96, 96)), Image.fromarray(skimage.data.coffee()).resize((96, 96))]
+    gifs = []
+    for order in (sources, sources[::-1]):
+        buffer = io.BytesIO()
+        order[0].save(buffer, format="GIF", save_all=True, append_images=order[1:], duration=50)
+        gifs.append(buffer.getvalue())
+    return gifs[0], gifs[1]
+
+
+def frames_as_stills(gif: bytes) -> list[bytes]:
+    """Each frame of `gif` as the decoder sees it (GIF quantises colours), alone, as a lossless PNG."""
+    import io
+
+    from PIL import Image
+
+    animation = Image.open(io.BytesIO(gif))
+    stills = []
+    for index in range(animation.n_frames):
+        animation.seek(index)
+        stills.append(images.encode(animation.convert("RGB"), "PNG"))
+    return stills
+
+
+def one_category_policies(tmp_path: Path) -> Path:
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    (directory / "p.yaml").write_text(one_category_yaml("1"))
+    return directory
+
+
+def verdict_of(escalation: pb.Escalation) -> tuple:
+    return (escalation.violates, escalation.rationale, round(escalation.confidence, 4), escalation.generated_tokens)
+
+
+def check_the_deciding_frame_was_judged(stub: pb_grpc.ModerationServiceStub) -> pb.ModerateResponse:
+    """Moderate both orders; in the one whose deciding frame is 1, the explainer judged frame 1's pixels."""
+    gifs = two_frame_gifs()
+    responses = [stub.Moderate(pb.ModerateRequest(image=gif, force_escalation=True), timeout=120) for gif in gifs]
+    for response in responses:
+        check_completed_one_category(response)
+        (category,) = response.categories
+        assert response.escalation.frame_index == category.frame_index, "the explainer judged the frame that set the score"
+    late = [r for r in responses if r.categories[0].frame_index == 1]
+    assert late, "one of the two orders puts the deciding frame second"
+    (response,) = late
+    # The tiny explainer is deterministic: judging frame 1 of the animation answers what
+    # judging that frame alone answers, and not what the first frame alone answers.
+    stills = frames_as_stills(gifs[responses.index(response)])
+    on_its_own = [stub.Moderate(pb.ModerateRequest(image=still, force_escalation=True), timeout=120).escalation for still in stills]
+    assert verdict_of(response.escalation) == verdict_of(on_its_own[1])
+    assert verdict_of(on_its_own[0]) != verdict_of(on_its_own[1]), "the two frames draw different verdicts: the check can tell them apart"
+    return response
+
+
+def check_completed_one_category(response: pb.ModerateResponse) -> None:
+    escalation = response.escalation
+    assert escalation.status == pb.ESCALATION_STATUS_COMPLETED, escalation.reason
+    assert (escalation.category_id, escalation.clause_id) == ("weapons", "W-1")
+
+
+def test_in_process_explainer_judges_the_deciding_frame_of_an_animation(tmp_path: Path) -> None:
+    policies = one_category_policies(tmp_path)
+    args = ("--policies", str(policies), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random", "--explainer", "in-process", *EXPLAINER)
+    with running_server(tmp_path, *args) as server, server.channel() as channel:
+        check_the_deciding_frame_was_judged(pb_grpc.ModerationServiceStub(channel))
+
+
+def test_remote_explainer_judges_the_deciding_frame_of_an_animation(tmp_path: Path) -> None:
+    policies = one_category_policies(tmp_path)
+    with running_server(tmp_path, "--policies", str(policies), *EXPLAINER, command="explain-serve") as explainer:
+        args = ("--policies", str(policies), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random")
+        args += ("--explainer", "remote", "--explainer-target", explainer.target)
+        with running_server(tmp_path, *args) as server, server.channel() as channel:
+            response = check_the_deciding_frame_was_judged(pb_grpc.ModerationServiceStub(channel))
+        assert f"explaining request {response.request_id}: frame 1" in explainer.log_text(), "explain-serve decoded frame 1 itself"
+
+        # Frames the image does not have are refused with a sentence; the explainer stays up.
+        gifs = two_frame_gifs()
+        stills = frames_as_stills(gifs[0])
+        with explainer.channel() as channel:
+            stub = pb_grpc.ExplainerServiceStub(channel)
+            fields = {"policy_id": "p", "policy_version": "1", "category_ids": ["weapons"]}
+            for image, index, says in [
+                (gifs[0], 2, "frame_index 2 is not a frame of this image: it is an animation of 2 frames (0 to 1)"),
+                (gifs[0], -1, "frame_index -1 is not a frame of this image"),
+                (stills[0], 1, "frame_index 1 is not a frame of this image: it is a still image (frame 0 only)"),
+            ]:
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.Explain(pb.ExplainRequest(image=image, frame_index=index, **fields), timeout=60)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert says in caught.value.details()
+            reply = stub.Explain(pb.ExplainRequest(image=gifs[0], frame_index=1, **fields), timeout=120)
+            assert reply.frame_index == 1 and reply.category_id == "weapons"

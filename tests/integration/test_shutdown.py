@@ -66,6 +66,28 @@ def test_sigterm_loses_no_in_flight_call(tmp_path: Path) -> None:
     assert "draining: NOT_SERVING" in log and '"msg": "stopped"' in log
 
 
+def test_sigterm_lets_an_open_stream_finish(tmp_path: Path) -> None:
+    """A stream holds no request slot between items: the drain does not wait for it, the transport's stop does (grace period)."""
+    with running_server(tmp_path, "--policies", str(POLICIES), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random") as server:
+        terminated_at = []
+
+        def items():  # noqa: ANN202
+            for i in range(6):
+                if i == 3:
+                    server.process.send_signal(signal.SIGTERM)
+                    terminated_at.append(time.monotonic())
+                    time.sleep(2.0)  # past the drain and its linger: the transport is stopping
+                yield pb.ModerateStreamRequest(request=pb.ModerateRequest(request_id=str(i), image=images.astronaut_jpeg()))
+                time.sleep(0.2)
+
+        with server.channel() as channel:
+            responses = list(pb_grpc.ModerationServiceStub(channel).ModerateStream(items(), timeout=60))
+        assert server.process.wait(timeout=30) == 0
+    assert sorted(r.request_id for r in responses) == [str(i) for i in range(6)]
+    assert all(r.HasField("response") for r in responses), [r.error for r in responses if r.HasField("error")]
+    assert time.monotonic() - terminated_at[0] < 15
+
+
 def test_sigterm_while_models_load_exits_at_once(tmp_path: Path) -> None:
     """ViT-B-32 with the default policy takes tens of seconds to load here; SIGTERM must not wait for it."""
     import os

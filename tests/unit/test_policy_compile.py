@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from moderation.signals.clip import ClipScorer
-from moderation.ops.metrics import ModerationMetrics
 from moderation.policy import Policy, load_policy_text
 from moderation.policy.compile import CompileCancelled, CompileControl
 from moderation.policy.registry import PolicyRegistry
@@ -43,9 +41,10 @@ def slow_for(heavy: str, seconds: float = 60.0):  # noqa: ANN201
     return compile_policy
 
 
-def reloader_for(directory: Path, compile_policy, budget_s: float | None = 60.0) -> PolicyReloader:  # noqa: ANN001
+def reloader_for(directory: Path, compile_policy, budget_s: float | None = 60.0, outcomes: list[str] | None = None) -> PolicyReloader:  # noqa: ANN001
     registry = PolicyRegistry(compile_policy, model_id="m")
-    reloader = PolicyReloader(registry, directory, ModerationMetrics(CollectorRegistry()), "m", compile_budget_s=budget_s)
+    count = outcomes.append if outcomes is not None else (lambda outcome: None)
+    reloader = PolicyReloader(registry, directory, count_outcome=count, compile_budget_s=budget_s)
     reloader.load_now()
     return reloader
 
@@ -104,14 +103,15 @@ def test_close_cancels_a_compile_in_progress_and_the_served_version_stays(tmp_pa
 
 def test_a_compile_over_budget_is_refused_with_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write(tmp_path, "1")
-    reloader = reloader_for(tmp_path, slow_for("heavy"), budget_s=0.3)
+    outcomes: list[str] = []
+    reloader = reloader_for(tmp_path, slow_for("heavy"), budget_s=0.3, outcomes=outcomes)
     write(tmp_path, "heavy")
     started = time.monotonic()
     with caplog.at_level(logging.ERROR):
         assert asyncio.run(reloader.reload()) is False
     assert time.monotonic() - started < 5
     assert "policy edit rejected, previous versions keep serving: p@heavy: computing text embeddings took longer than the 0.3 s compile budget" in caplog.text
-    assert reloader.metrics.policy_reloads.labels("error")._value.get() == 1
+    assert outcomes == ["ok", "error"], "the start counted ok, the refused edit error"
     assert reloader.registry.get().policy.version == "1"
     write(tmp_path, "2")
     assert asyncio.run(reloader.reload()) is True
@@ -150,8 +150,6 @@ def test_a_stuck_reload_thread_never_holds_the_process_at_exit(tmp_path: Path) -
         f"""
         import asyncio, time
         from pathlib import Path
-        from prometheus_client import CollectorRegistry
-        from moderation.ops.metrics import ModerationMetrics
         from moderation.policy.registry import PolicyRegistry
         from moderation.serving.policy_reload import PolicyReloader
 
@@ -160,7 +158,7 @@ def test_a_stuck_reload_thread_never_holds_the_process_at_exit(tmp_path: Path) -
             if policy.version == "heavy":
                 time.sleep(60)
             return policy.version
-        reloader = PolicyReloader(PolicyRegistry(compile_policy, "m"), directory, ModerationMetrics(CollectorRegistry()), "m")
+        reloader = PolicyReloader(PolicyRegistry(compile_policy, "m"), directory)
         reloader.load_now()
         (directory / "p.yaml").write_text((directory / "p.yaml").read_text().replace('version: "1"', 'version: "heavy"'))
 

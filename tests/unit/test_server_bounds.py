@@ -10,7 +10,7 @@ import pytest
 
 from moderation.ops.logs import RateLimitedLog, TextFormatter, escape_control
 from moderation.serving.auth import TokenAuth
-from moderation.serving.interceptors import ServingState
+from moderation.serving.admission import Admission
 from moderation.serving.limits import cut, cut_utf8, echo
 
 TOKEN = b"0123456789abcdef-token"
@@ -76,13 +76,13 @@ def test_token_check_refuses_duplicate_headers_whichever_comes_last() -> None:
 
 
 async def test_request_slots_refuse_unary_calls_and_queue_stream_items_in_order() -> None:
-    state = ServingState(max_requests=2)
-    assert state.try_start_request() and state.try_start_request()
-    assert not state.try_start_request()
+    admission = Admission(limit=2)
+    assert admission.try_acquire() and admission.try_acquire()
+    assert not admission.try_acquire()
     order: list[str] = []
 
     async def item(name: str) -> None:
-        await state.start_request()
+        await admission.acquire()
         order.append(name)
 
     first, second = asyncio.create_task(item("first")), asyncio.create_task(item("second"))
@@ -90,15 +90,42 @@ async def test_request_slots_refuse_unary_calls_and_queue_stream_items_in_order(
     await asyncio.sleep(0)
     cancelled.cancel()
     await asyncio.sleep(0)
-    state.finish_request()  # handed to the first waiter: a unary call cannot jump the queue
-    assert not state.try_start_request()
+    admission.release()  # handed to the first waiter: a unary call cannot jump the queue
+    assert not admission.try_acquire()
     await first
-    state.finish_request()
+    admission.release()
     await second
-    assert order == ["first", "second"] and state.requests == 2
-    state.finish_request()
-    state.finish_request()
-    assert state.requests == 0 and state.try_start_request()
+    assert order == ["first", "second"] and admission.held == 2
+    admission.release()
+    admission.release()
+    assert admission.held == 0 and admission.try_acquire()
+
+
+async def test_the_exported_gauge_is_the_count_the_limit_applies_to() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from moderation.ops.metrics import ModerationMetrics
+
+    metrics = ModerationMetrics(CollectorRegistry())
+    admission = Admission(3, metrics.in_flight, metrics.in_flight_limit)
+
+    def exported(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name)
+
+    assert (exported("moderation_in_flight_requests"), exported("moderation_in_flight_limit")) == (0, 3)
+    waiting = []
+    for expected in (1, 2, 3, 3, 3):  # unary calls, then stream items waiting for a slot: held never passes the limit
+        if not admission.try_acquire():
+            waiting.append(asyncio.create_task(admission.acquire()))
+            await asyncio.sleep(0)
+        assert exported("moderation_in_flight_requests") == admission.held == expected
+    draining = asyncio.create_task(admission.drain(5))
+    for expected in (3, 3, 2, 1, 0):  # the first releases go to the waiting items
+        admission.release()
+        await asyncio.sleep(0)
+        assert exported("moderation_in_flight_requests") == admission.held == expected
+    assert all(task.done() for task in waiting)
+    assert await draining is True and admission.draining
 
 
 def test_embedding_store_is_created_owner_only(tmp_path: Path) -> None:
