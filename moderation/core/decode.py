@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,15 +59,21 @@ def decode_image(data: bytes, limits: DecodeLimits) -> Image.Image:
 
 
 def decode_frames(
-    data: bytes, limits: DecodeLimits, sample_frames: int | None = None, should_stop: Callable[[], bool] | None = None
+    data: bytes,
+    limits: DecodeLimits,
+    sample_frames: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    frames: Sequence[int] | None = None,
 ) -> DecodedImage:
     """Decode a still image, or a bounded sample of frames spread over an animation.
 
     Animations are an evasion route (a harmless first frame, a violating tenth),
     so frames are sampled evenly from first to last rather than taking frame 0.
-    `should_stop` is asked before each animation frame; when it answers True (the
-    deadline passed, the caller cancelled) DecodeStopped is raised instead of
-    decoding on for nobody.
+    `frames` asks for exactly those frame indices instead (explain-serve judges the
+    frame the scorer named), under the same limits; an index the image lacks is
+    refused with a sentence. `should_stop` is asked before each animation frame;
+    when it answers True (the deadline passed, the caller cancelled) DecodeStopped
+    is raised instead of decoding on for nobody.
     """
     if not data:
         raise ImageRejected("the image field is empty; send the encoded image bytes")
@@ -85,19 +91,19 @@ def decode_frames(
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         _check_pixels(image, limits)
         total = getattr(image, "n_frames", 1) if getattr(image, "is_animated", False) else 1
-        indices = _frame_sample(total, sample_frames or limits.sample_frames)
+        indices = _frame_sample(total, sample_frames or limits.sample_frames) if frames is None else _requested(frames, total)
         if total > 1:
             _check_animation(image, total, indices[-1], limits)
         elif image.format == "JPEG" and limits.draft_size:
             image.draft("RGB", (limits.draft_size, limits.draft_size))
-        frames = []
+        decoded = []
         budget = _AnimationBudget(limits, total)
         for index in indices:
             if total > 1:
                 budget.seek(image, index, should_stop)
             image.load()
-            frames.append(_to_rgb(ImageOps.exif_transpose(image)))
-        return DecodedImage(tuple(frames), indices, total)
+            decoded.append(_to_rgb(ImageOps.exif_transpose(image)))
+        return DecodedImage(tuple(decoded), indices, total)
     except (ImageRejected, DecodeStopped):
         raise
     except UnidentifiedImageError as err:
@@ -116,6 +122,14 @@ def decode_frames(
         # MemoryError...); the fuzz test keeps finding new ones. On hostile bytes
         # every one of them means the same thing to the caller.
         raise ImageRejected(f"the image data is truncated or corrupt ({type(err).__name__})") from err
+
+
+def _requested(frames: Sequence[int], total: int) -> tuple[int, ...]:
+    for index in frames:
+        if not 0 <= index < total:
+            what = "a still image (frame 0 only)" if total == 1 else f"an animation of {total:,} frames (0 to {total - 1:,})"
+            raise ImageRejected(f"frame_index {index} is not a frame of this image: it is {what}")
+    return tuple(sorted(set(frames)))
 
 
 def _frame_sample(total: int, count: int) -> tuple[int, ...]:
@@ -153,11 +167,12 @@ class _AnimationBudget:
         self._total = total
         self._decoded = 0
         self._frame = 0
+        self._started = False
 
     def seek(self, image: Image.Image, index: int, should_stop: Callable[[], bool] | None) -> None:
-        if index == 0:
+        if not self._started:  # frame 0 is decoded whichever frame is asked for: later ones are composited onto it
+            self._started = True
             self._charge(image, 0)
-            return
         # One frame at a time: Pillow's seek(k) would otherwise decode every frame before k unchecked.
         for frame in range(self._frame + 1, index + 1):
             if should_stop is not None and should_stop():

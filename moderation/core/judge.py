@@ -107,9 +107,12 @@ class JudgingCore:
     def model_id(self) -> str:
         return self.encoder.model_id
 
-    def decode(self, image: bytes) -> Sample:
-        """Raises ImageRejected. Host work: bounded decode, then the encoder's preprocessing of every sampled frame."""
-        decoded = decode_frames(image, self.limits)
+    def decode(self, image: bytes, should_stop: Callable[[], bool] | None = None) -> Sample:
+        """Raises ImageRejected (and DecodeStopped once `should_stop` says the caller is gone).
+
+        Host work: bounded decode, then the encoder's preprocessing of every sampled frame.
+        """
+        decoded = decode_frames(image, self.limits, should_stop=should_stop)
         return Sample(decoded, self.encoder.prepare(decoded))
 
     def embed(self, samples: Sequence[Sample]) -> list[Any]:

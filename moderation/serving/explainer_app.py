@@ -9,7 +9,6 @@ policy version it does not hold, so a rationale never cites another version.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from PIL import Image, ImageOps
+from PIL import Image
 
 from moderation.ops.config import Settings
-from moderation.core import decode
 from moderation.core.decode import DecodeLimits, ImageRejected, decode_frames
 from moderation.policy.registry import PolicyNotFound, PolicyRegistry
 from moderation.runtime import StartupCancellation, decode_limits, load_explainer, resolve_device
@@ -35,35 +33,13 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExplainerService"].full_name
 
 
 def decode_frame(data: bytes, limits: DecodeLimits, index: int) -> Image.Image:
-    """Frame `index` of an animation (the still image for 0), decoded within `limits`.
+    """Frame `index` of an animation (the still image for 0), decoded within the scorer's limits.
 
-    The scorer judged one frame of the animation; the explainer must see that
-    frame, not the first. The bytes are checked as the scorer checks them
-    (decode_frames on frame 0), then the decoder seeks to `index`, with the
-    animation's pixel budget counted up to it and the frame's own size checked.
+    The scorer judged one frame of the animation; the explainer must see that frame,
+    not the first. core/decode.py reaches it frame by frame, each charged its real
+    canvas size against the animation's pixel budget, as the scorer's own decode is.
     """
-    first = decode_frames(data, limits, sample_frames=1)
-    if not 0 <= index < first.total_frames:
-        frames = "a still image (frame 0 only)" if first.total_frames == 1 else f"an animation of {first.total_frames} frames (0 to {first.total_frames - 1})"
-        raise ImageRejected(f"frame_index {index} is not a frame of this image: it is {frames}")
-    if index == 0:
-        return first.frames[0]
-    # decode_frames accepted these bytes: what is left is reaching one later frame of them,
-    # with core/decode.py's own checks (reused, not copied). core/ is being reworked on
-    # another branch; this belongs there, as a frame index for decode_frames, once it lands.
-    try:
-        image = Image.open(io.BytesIO(data), formats=decode.ACCEPTED_FORMATS)
-        decode._check_animation(image, first.total_frames, index, limits)
-        image.seek(index)
-        decode._check_pixels(image, limits)  # a frame may declare a larger size than the first
-        image.load()
-        return decode._to_rgb(ImageOps.exif_transpose(image))
-    except ImageRejected:
-        raise
-    except Image.DecompressionBombError as err:
-        raise ImageRejected(f"frame {index} declares more than twice the limit of {limits.max_pixels:,} pixels (setting max_image_pixels)") from err
-    except Exception as err:  # noqa: BLE001 - PIL's many exception types for corrupt data, as in decode_frames
-        raise ImageRejected(f"frame {index} of the animation is truncated or corrupt ({type(err).__name__})") from err
+    return decode_frames(data, limits, frames=(index,)).frames[0]
 
 
 class ExplainerServicer(pb_grpc.ExplainerServiceServicer):

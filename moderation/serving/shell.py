@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -79,7 +80,16 @@ class ServingShell:
         # Look the policy up once: the request finishes on the version it started with.
         served, shadows = self.registry.with_shadows(policy_id)
 
-        sample = await loop.run_in_executor(self._host_pool, self.core.decode, image)
+        # Decoding an animation stops between frames once nobody waits for it: the deadline
+        # passed, or the caller went away (a cancelled await leaves the thread running).
+        abandoned = threading.Event()
+        try:
+            sample = await loop.run_in_executor(
+                self._host_pool, self.core.decode, image, lambda: abandoned.is_set() or time.monotonic() > deadline
+            )
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
         decoded = time.perf_counter()
         # All sampled frames of an animation go through the model in one batch.
         embeddings = await self.batcher.embed(sample.pixels, deadline)

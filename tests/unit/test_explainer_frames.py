@@ -48,3 +48,10 @@ def test_reaching_a_late_frame_counts_against_the_animation_pixel_budget() -> No
     assert decode_frame(animation(), limits, 1).size == (32, 32)
     with pytest.raises(ImageRejected, match="would decode 4,096 pixels; the limit is 2,048"):
         decode_frame(animation(), limits, 3)
+
+
+def test_reaching_a_frame_charges_the_canvas_the_frames_really_grow_to() -> None:
+    """The scorer's per-frame canvas budget (issue 18) holds on explain-serve's path to one frame too."""
+    limits = DecodeLimits(max_pixels=40_000_000, max_animation_pixels=100_000_000)
+    with pytest.raises(ImageRejected, match=r"6300x6300.*max_animation_pixels"):
+        decode_frame(images.canvas_growing_gif(frames=20, offset=6299), limits, 10)
