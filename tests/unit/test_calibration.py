@@ -201,3 +201,77 @@ def test_invalid_inputs_are_refused() -> None:
         CalibrationTargets(max_review_rate=1.5)
     with pytest.raises(ValueError, match="scores must be numbers in"):
         precision_recall_curve(np.array([0.2, 1.2]), np.array([True, False]))
+
+
+# Separable classes: precision 1.0 and recall 1.0 are both met at 0.6, so the proposal is
+# review = block = 0.6 (an empty REVIEW band).
+SEPARABLE = labelled(evenly(0.6, 1.0, 200), evenly(0.0, 0.4, 200))
+PERFECT = CalibrationTargets(precision=1.0, recall=1.0)
+
+
+def test_an_already_empty_band_is_not_a_collapse_to_refuse() -> None:
+    """docs/policies.md: the guard applies to a category 'whose current review < block'; at review == block it does not."""
+    scores, positive = SEPARABLE
+    result = calibrate_category("c", scores, positive, PERFECT, 0.5, 0.5)
+    assert (result.proposed.review, result.proposed.block) == (0.6, 0.6)
+    assert result.collapsed and not result.collapse_refused
+    assert result.warnings == ()
+    assert result.notes == ("the REVIEW band stays empty (review >= block), as in the current version",)
+
+
+def test_a_proposed_block_equal_to_the_current_review_keeps_both_thresholds() -> None:
+    """docs/policies.md: the current block is kept too 'when the proposed block is not above that review threshold'."""
+    scores, positive = SEPARABLE
+    result = calibrate_category("c", scores, positive, PERFECT, 0.6, 0.7)  # proposed block 0.6 == current review
+    assert (result.proposed.review, result.proposed.block) == (0.6, 0.7)
+    assert result.proposed.review < result.proposed.block and result.collapse_refused and not result.collapsed
+    assert "both thresholds kept (0.6, 0.7)" in result.warnings[0]
+    assert result.why["block"] == "kept: the proposed 0.6 would leave no REVIEW band below it (--allow-collapse takes it)"
+
+
+def test_a_proposed_block_just_above_the_current_review_keeps_only_the_review_threshold() -> None:
+    scores, positive = SEPARABLE
+    result = calibrate_category("c", scores, positive, PERFECT, 0.59, 0.7)
+    assert (result.proposed.review, result.proposed.block) == (0.59, 0.6)
+    assert "review threshold kept at 0.59" in result.warnings[0] and "block" in result.why
+
+
+def test_precision_exactly_at_the_target_sets_block() -> None:
+    # 19 positives and 1 negative at 0.7, 10 negatives at 0.2: precision at 0.7 is 19/20 = 0.95.
+    scores, positive = labelled(np.full(19, 0.7), np.array([0.7] + [0.2] * 10))
+    met = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.95, recall=1.0), 0.1, 0.9)
+    assert met.proposed.block == 0.7 and met.proposed.precision_at_block == 0.95
+    assert met.why["block"] == "lowest threshold with precision >= 0.95 (precision 0.950, recall 1.00 at it)"
+    missed = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.951, recall=1.0), 0.1, 0.9)
+    assert missed.proposed.block == 0.9
+    assert missed.notes[0] == "no threshold reaches precision 0.95: block threshold kept at 0.9"
+
+
+# Positives 0.5, 0.6, 0.7, 0.8; negatives 0.1 and 0.75. Precision reaches 1 only at 0.8: block 0.8.
+LADDER = labelled(np.array([0.5, 0.6, 0.7, 0.8]), np.array([0.1, 0.75]))
+
+
+@pytest.mark.parametrize(
+    ("recall", "review", "kept"),
+    # The ceil(R x 4)-th highest positive score: R = 0.5 keeps 2 (0.7), just over 0.5 needs 3 (0.6), 0.75 needs 3, just over needs 4.
+    [(0.25, 0.8, 1), (0.26, 0.7, 2), (0.5, 0.7, 2), (0.51, 0.6, 3), (0.75, 0.6, 3), (0.76, 0.5, 4), (1.0, 0.5, 4)],
+)
+def test_review_for_a_recall_target_is_the_ceil_r_times_positives_th_highest_positive(recall: float, review: float, kept: int) -> None:
+    scores, positive = LADDER
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=recall, allow_collapse=True), 0.05, 0.95)
+    assert result.proposed.block == 0.8
+    assert result.proposed.review == review
+    assert result.proposed.recall_at_review == kept / 4
+
+
+@pytest.mark.parametrize(
+    ("budget", "review", "load"),
+    # Review loads below block 0.8 (6 images): at 0.75 -> 1/6, at 0.7 -> 2/6, at 0.6 -> 3/6.
+    [(2 / 6, 0.7, 2 / 6), (2 / 6 - 0.001, 0.75, 1 / 6), (3 / 6, 0.6, 3 / 6), (1 / 6, 0.75, 1 / 6)],
+)
+def test_a_review_load_exactly_at_the_budget_is_within_it(budget: float, review: float, load: float) -> None:
+    scores, positive = LADDER
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, max_review_rate=budget), 0.05, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (review, 0.8)
+    assert result.proposed.review_load == pytest.approx(load)
+    assert not any("over the" in w for w in result.warnings)
