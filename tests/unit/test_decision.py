@@ -165,12 +165,24 @@ def test_a_decisive_verdict_on_a_category_below_review_changes_nothing() -> None
 
 @pytest.mark.parametrize(
     ("score", "leans"),
-    [(0.4499, False), (0.45, True), (0.5999, True), (0.3, False)],  # violence: review 0.3, block 0.6, middle 0.45
+    # review 0.25, block 0.75: the middle is exactly 0.5 in binary floating point.
+    [(0.4999, False), (0.5, True), (0.7499, True), (0.25, False)],
 )
-def test_clip_leans_violating_from_the_middle_of_the_borderline_band(score: float, leans: bool) -> None:
-    from moderation.core.decision import clip_leans_violating
+def test_clip_leans_violating_from_exactly_the_middle_of_the_borderline_band(score: float, leans: bool) -> None:
+    from moderation.core.decision import CategoryDecision, clip_leans_violating
 
-    assert clip_leans_violating(decide_category(score, POLICY.categories[0])) is leans
+    category = CategoryDecision("c", score, 0.25, 0.75, Band.BORDERLINE, "C-1", Action.REVIEW)
+    assert clip_leans_violating(category) is leans
+
+
+def test_decisions_are_immutable() -> None:
+    import dataclasses
+
+    decision = decide({"violence": 0.7, "weapons": 0.5}, POLICY)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decision.action = Action.ALLOW  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decision.categories[0].action = Action.ALLOW  # type: ignore[misc]
 
 
 def test_failed_escalation_keeps_review_and_block_and_only_adds_the_reason() -> None:
