@@ -203,12 +203,22 @@ def test_reasons_name_each_band_with_its_thresholds_most_severe_first() -> None:
         "weapons scored 0.950, at or above its block threshold 0.80: REVIEW under clause W-1.",
         "violence scored 0.350, between its review threshold 0.30 and block threshold 0.60: REVIEW under clause V-2.",
     )
-    blocked = decide({"violence": 0.61, "weapons": 0.45}, POLICY)
+    blocked = decide({"violence": 0.61, "weapons": 0.95}, POLICY)  # weapons scored higher but only REVIEWs
     assert [r.split(" ")[0] for r in blocked.reasons] == ["violence", "weapons"], "BLOCK before REVIEW"
-    assert blocked.borderline[0].category_id == "weapons" and blocked.cited_clauses == ("V-2",)
+    assert blocked.borderline == () and blocked.cited_clauses == ("V-2",)
 
 
 def test_on_block_review_at_exactly_the_block_threshold_is_above_but_reviewed() -> None:
     result = decide_category(0.8, POLICY.categories[1])
     assert (result.band, result.action, result.review_threshold, result.block_threshold) == (Band.ABOVE, Action.REVIEW, 0.4, 0.8)
     assert result.score == 0.8 and result.category_id == "weapons"
+
+
+def test_a_verdict_changes_only_its_own_category() -> None:
+    from moderation.core.decision import apply_verdict
+
+    both_borderline = decide({"violence": 0.45, "weapons": 0.5}, BOTH_DECISIVE)
+    after, changed = apply_verdict(both_borderline, BOTH_DECISIVE, "violence", violates=False, clause_id="V-2")
+    assert changed
+    assert {c.category_id: c.action for c in after.categories} == {"violence": Action.ALLOW, "weapons": Action.REVIEW}
+    assert after.action is Action.REVIEW, "weapons is still borderline and unsettled"
