@@ -275,3 +275,66 @@ def test_a_review_load_exactly_at_the_budget_is_within_it(budget: float, review:
     assert (result.proposed.review, result.proposed.block) == (review, 0.8)
     assert result.proposed.review_load == pytest.approx(load)
     assert not any("over the" in w for w in result.warnings)
+
+
+def test_out_of_range_targets_name_the_allowed_interval() -> None:
+    with pytest.raises(ValueError, match=r"^precision must be in \(0, 1\], got 0.0$"):
+        CalibrationTargets(precision=0.0)
+    with pytest.raises(ValueError, match=r"^recall must be in \(0, 1\], got 1.5$"):
+        CalibrationTargets(recall=1.5)
+    with pytest.raises(ValueError, match=r"^max_review_rate must be in \[0, 1\], got -0.1$"):
+        CalibrationTargets(max_review_rate=-0.1)
+    assert CalibrationTargets(max_review_rate=0.0).max_review_rate == 0.0 and CalibrationTargets(precision=1.0).precision == 1.0
+
+
+@pytest.mark.parametrize(("scores", "labels"), [(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, False, True])), (np.array([0.1, 0.2, 0.3]), np.array([True, False, True, False])), (np.array(0.5), np.array(True))])
+def test_scores_and_labels_must_be_one_dimensional_and_of_equal_length(scores: np.ndarray, labels: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="must be 1-D of equal length"):
+        precision_recall_curve(scores, labels)
+
+
+def test_operating_points_are_immutable() -> None:
+    import dataclasses
+
+    point = operating_point(*LADDER, 0.5, 0.8, block_sends_to_review=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        point.review = 0.1  # type: ignore[misc]
+
+
+def test_the_lowest_observed_score_as_a_threshold_is_rounded_too() -> None:
+    # Recall 1.0 needs the lowest positive, which is also the lowest score of all: nothing below it.
+    scores, positive = labelled(np.array([0.123456, 0.9]), np.array([0.5]))
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.05, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (0.1, 0.9)
+
+
+# LADDER with two negatives at 0.75: block stays 0.8 (precision 1 only there), and the least
+# review load a threshold below block gives is 2 of 7 images (the two at 0.75).
+LADDER_TIE = labelled(np.array([0.5, 0.6, 0.7, 0.8]), np.array([0.1, 0.75, 0.75]))
+
+
+def test_a_budget_that_empties_the_band_under_a_recall_target_keeps_the_thresholds_and_says_why() -> None:
+    scores, positive = LADDER_TIE
+    targets = CalibrationTargets(precision=1.0, recall=1.0, max_review_rate=0.1)
+    result = calibrate_category("c", scores, positive, targets, 0.65, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (0.65, 0.8) and result.collapse_refused
+    warning, over_budget = result.warnings
+    assert over_budget == "review load 42.9% of labelled images is over the 10.0% budget"
+    assert "the 10.0% review budget admits no threshold below block (the smallest review load one gives is 28.6% of the 7 labelled images)" in warning
+    assert "review threshold kept at 0.65" in warning
+    assert result.notes == ("the kept thresholds holds recall at 0.50, below the 1.00 target",)
+
+    taken = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0, max_review_rate=0.1, allow_collapse=True), 0.65, 0.95)
+    assert taken.proposed.review == taken.proposed.block == 0.8 and taken.collapsed
+    assert taken.notes == ("the review budget holds recall at 0.25, below the 1.00 target",)
+
+
+def test_on_block_review_over_budget_at_block_alone_says_how_much_block_sends() -> None:
+    scores, positive = LADDER
+    targets = CalibrationTargets(precision=1.0, max_review_rate=0.1, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.95, block_sends_to_review=True)
+    assert result.proposed.review == result.proposed.block == 0.8
+    assert result.why["review"] == (
+        "= block: on_block is REVIEW and the block threshold alone sends 16.7% of labelled images to review, over the 10.0% budget"
+    )
+    assert result.proposed.review_load == pytest.approx(1 / 6) and result.proposed.block_load == 0.0
