@@ -9,12 +9,13 @@
 #
 # Each module is mutated in a throw-away copy of the working tree (the checkout is never
 # edited), and each mutant runs only the tests that cover that module (MODULES below), so
-# a module takes minutes, not hours. Results: mutation-results/<module>.sqlite and .txt
-# (cr-report: every surviving mutant with its diff). Summary and survivors: docs/testing.md.
+# a module takes minutes, not hours. Results: mutation-results/<module>.<shard>.sqlite and
+# <module>.txt (scripts/mutation_report.py: score and every surviving mutant). Summary and survivors: docs/testing.md.
 # Not run in CI: see docs/testing.md for the times.
 #
 # PYTHON: the interpreter with the project's dev extras and cosmic-ray (default .venv/bin/python,
-# then /work/main/.venv/bin/python). NICE: scheduling niceness (default 10).
+# then /work/main/.venv/bin/python). NICE: scheduling niceness (default 10). SHARDS: parallel
+# copies (default 2, one per core).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,7 @@ if [[ -z $PYTHON ]]; then
 fi
 BIN=$(dirname "$PYTHON")
 NICE=${NICE:-10}
+SHARDS=${SHARDS:-2}  # mutants run in this many parallel copies
 OUT=${OUT:-$ROOT/mutation-results}
 
 # module name -> "source file|test files"
@@ -90,10 +92,25 @@ TOML
     "$BIN/cosmic-ray" init cosmic-ray.toml session.sqlite
     "$BIN/cr-filter-operators" session.sqlite cosmic-ray.toml
     nice -n "$NICE" "$BIN/cosmic-ray" baseline cosmic-ray.toml
-    nice -n "$NICE" "$BIN/cosmic-ray" exec cosmic-ray.toml session.sqlite
   )
+  # SHARDS copies of the tree, each running every SHARDS-th mutant (a mutant edits its copy in place).
+  rm -f "$OUT/$name".*.sqlite "$OUT/$name.sqlite"
+  for ((k = 0; k < SHARDS; k++)); do
+    shard="$WORK/$name.shard$k"
+    cp -a "$copy" "$shard"
+    sed -i "s#$copy#$shard#g" "$shard/cosmic-ray.toml"
+    "$PYTHON" - "$shard/session.sqlite" "$k" "$SHARDS" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1]); k, n = int(sys.argv[2]), int(sys.argv[3])
+pending = [r[0] for r in db.execute("SELECT job_id FROM work_items WHERE job_id NOT IN (SELECT job_id FROM work_results) ORDER BY job_id")]
+db.executemany("INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) VALUES ('SKIPPED', 'other shard', NULL, NULL, ?)",
+               [(j,) for i, j in enumerate(pending) if i % n != k])
+db.commit()
+PY
+    (cd "$shard" && nice -n "$NICE" "$BIN/cosmic-ray" exec cosmic-ray.toml session.sqlite; cp session.sqlite "$OUT/$name.$k.sqlite") &
+  done
+  wait
   elapsed=$(( $(date +%s) - started ))
-  cp "$copy/session.sqlite" "$OUT/$name.sqlite"
-  "$BIN/cr-report" --show-pending "$OUT/$name.sqlite" >"$OUT/$name.txt" || true
-  echo "== $name ($source): ${elapsed}s; $(tail -n 3 "$OUT/$name.txt" | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
+  "$PYTHON" "$ROOT/scripts/mutation_report.py" "$OUT/$name".*.sqlite >"$OUT/$name.txt"
+  echo "== $name ($source): ${elapsed}s with $SHARDS shards; $(head -n 1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"
 done
