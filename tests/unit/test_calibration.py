@@ -254,7 +254,7 @@ LADDER = labelled(np.array([0.5, 0.6, 0.7, 0.8]), np.array([0.1, 0.75]))
 @pytest.mark.parametrize(
     ("recall", "review", "kept"),
     # The ceil(R x 4)-th highest positive score: R = 0.5 keeps 2 (0.7), just over 0.5 needs 3 (0.6), 0.75 needs 3, just over needs 4.
-    [(0.25, 0.8, 1), (0.26, 0.7, 2), (0.5, 0.7, 2), (0.51, 0.6, 3), (0.75, 0.6, 3), (0.76, 0.5, 4), (1.0, 0.5, 4)],
+    [(0.25, 0.8, 1), (0.26, 0.7, 2), (0.5, 0.7, 2), (0.51, 0.6, 3), (0.75, 0.6, 3), (0.76, 0.5, 4), (1.0, 0.5, 4), (1e-12, 0.8, 1)],
 )
 def test_review_for_a_recall_target_is_the_ceil_r_times_positives_th_highest_positive(recall: float, review: float, kept: int) -> None:
     scores, positive = LADDER
@@ -262,6 +262,10 @@ def test_review_for_a_recall_target_is_the_ceil_r_times_positives_th_highest_pos
     assert result.proposed.block == 0.8
     assert result.proposed.review == review
     assert result.proposed.recall_at_review == kept / 4
+    if review == 0.8:
+        assert result.why["review"] == f"= block: the block threshold alone keeps recall >= {recall:g}"
+    else:
+        assert result.why["review"] == f"highest threshold keeping recall >= {recall:g} ({kept} of 4 positives at or above it)"
 
 
 @pytest.mark.parametrize(
@@ -338,3 +342,41 @@ def test_on_block_review_over_budget_at_block_alone_says_how_much_block_sends() 
         "= block: on_block is REVIEW and the block threshold alone sends 16.7% of labelled images to review, over the 10.0% budget"
     )
     assert result.proposed.review_load == pytest.approx(1 / 6) and result.proposed.block_load == 0.0
+
+
+def test_targets_accept_the_closed_ends_of_their_intervals_and_are_immutable() -> None:
+    import dataclasses
+
+    targets = CalibrationTargets(precision=1.0, recall=1.0, max_review_rate=1.0)
+    assert (targets.precision, targets.recall, targets.max_review_rate) == (1.0, 1.0, 1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        targets.precision = 0.5  # type: ignore[misc]
+
+
+def test_scores_of_exactly_zero_and_one_are_valid() -> None:
+    curve = precision_recall_curve(np.array([0.0, 1.0]), np.array([False, True]))
+    assert list(curve.thresholds) == [0.0, 1.0] and list(curve.precision) == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(("current", "collapsed"), [((0.3, 0.7), False), ((0.5, 0.5), True)])
+def test_a_category_without_positives_keeps_its_thresholds_with_a_reason_for_each(current: tuple[float, float], collapsed: bool) -> None:
+    scores = evenly(0.0, 1.0, 10)
+    result = calibrate_category("c", scores, np.zeros(10, bool), CalibrationTargets(), *current)
+    assert result.why == {"review": "kept: no labelled positives", "block": "kept: no labelled positives"}
+    assert result.collapsed is collapsed and result.collapse_refused is False and result.warnings == ()
+    assert (result.positives, result.negatives) == (0, 10)
+
+
+def test_the_second_lowest_score_as_a_threshold_stays_above_the_lowest() -> None:
+    # Sorted scores 0.12 (negative), 0.15, 0.5 (negative), 0.9: recall 1.0 needs 0.15, and 0.1 would flag 0.12 too.
+    scores, positive = labelled(np.array([0.15, 0.9]), np.array([0.12, 0.5]))
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.05, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (0.15, 0.9)
+
+
+def test_a_recall_threshold_already_at_block_is_within_the_budget_and_says_so() -> None:
+    scores, positive = LADDER  # recall 0.25 is met at block 0.8 alone
+    targets = CalibrationTargets(precision=1.0, recall=0.25, max_review_rate=0.1, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.95)
+    assert result.proposed.review == result.proposed.block == 0.8
+    assert result.why["review"] == "= block: the block threshold alone keeps recall >= 0.25; its review load is within the 10.0% budget"
