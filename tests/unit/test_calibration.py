@@ -291,7 +291,7 @@ def test_out_of_range_targets_name_the_allowed_interval() -> None:
     assert CalibrationTargets(max_review_rate=0.0).max_review_rate == 0.0 and CalibrationTargets(precision=1.0).precision == 1.0
 
 
-@pytest.mark.parametrize(("scores", "labels"), [(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, False, True])), (np.array([0.1, 0.2, 0.3]), np.array([True, False, True, False])), (np.array(0.5), np.array(True))])
+@pytest.mark.parametrize(("scores", "labels"), [(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, False, True])), (np.array([0.1, 0.2, 0.3]), np.array([True, False, True, False])), (np.array(0.5), np.array(True)), (np.full((2, 2), 0.5), np.ones((2, 2), bool))])
 def test_scores_and_labels_must_be_one_dimensional_and_of_equal_length(scores: np.ndarray, labels: np.ndarray) -> None:
     with pytest.raises(ValueError, match="must be 1-D of equal length"):
         precision_recall_curve(scores, labels)
@@ -380,3 +380,47 @@ def test_a_recall_threshold_already_at_block_is_within_the_budget_and_says_so() 
     result = calibrate_category("c", scores, positive, targets, 0.05, 0.95)
     assert result.proposed.review == result.proposed.block == 0.8
     assert result.why["review"] == "= block: the block threshold alone keeps recall >= 0.25; its review load is within the 10.0% budget"
+
+
+def test_precision_recall_curves_are_immutable() -> None:
+    import dataclasses
+
+    curve = precision_recall_curve(*LADDER)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        curve.precision = curve.recall  # type: ignore[misc]
+
+
+def test_a_budget_threshold_equal_to_the_recall_threshold_keeps_the_recall_reason() -> None:
+    scores, positive = LADDER  # recall 0.5 -> 0.7; a 2/6 budget -> 0.7 as well
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=0.5, max_review_rate=2 / 6), 0.05, 0.95)
+    assert result.proposed.review == 0.7
+    assert result.why["review"] == "highest threshold keeping recall >= 0.5 (2 of 4 positives at or above it); its review load is within the 33.3% budget"
+
+
+# 20 images: positives 0.6 and 0.9, negatives 0.7 and 17 x 0.1. Proposed (recall 1.0): review 0.6,
+# block 0.9, sending 0.6 and 0.7 to REVIEW: a review load of 2/20 = 10%.
+TWENTY = labelled(np.array([0.6, 0.9]), np.array([0.7] + [0.1] * 17))
+
+
+def test_a_review_load_rising_by_exactly_five_points_is_not_warned_and_by_more_is() -> None:
+    """docs/policies.md: without a budget, a warning when a category's review load rises 'by more than 5 points'."""
+    scores, positive = TWENTY
+    targets = CalibrationTargets(precision=1.0, recall=1.0)
+    five = calibrate_category("c", scores, positive, targets, 0.65, 0.8)  # current band [0.65, 0.8): one image, 5%
+    assert (five.proposed.review, five.proposed.block) == (0.6, 0.9)
+    assert (five.current.review_load, five.proposed.review_load) == (0.05, 0.1)
+    assert five.warnings == ()
+    ten = calibrate_category("c", scores, positive, targets, 0.75, 0.8)  # current band empty of images: 0%
+    assert ten.warnings == ("review load rises from 0.0% to 10.0% of labelled images; pass --max-review-rate to bound it",)
+
+
+def test_on_block_review_counts_images_above_block_in_the_smallest_load_below_block() -> None:
+    # Positives 0.5 0.6 0.7 0.8 0.95, negatives 0.1 0.75 0.75: block 0.8, and two images (0.8, 0.95) at or above it,
+    # all sent to REVIEW (on_block REVIEW). The least any threshold below block sends: 0.75 x2 + those two = 4 of 8.
+    scores, positive = labelled(np.array([0.5, 0.6, 0.7, 0.8, 0.95]), np.array([0.1, 0.75, 0.75]))
+    targets = CalibrationTargets(precision=1.0, max_review_rate=0.3, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.99, block_sends_to_review=True)
+    assert result.proposed.review == result.proposed.block == 0.8
+    assert result.why["review"] == (
+        "= block: the 30.0% review budget admits no threshold below block (the smallest review load one gives is 50.0% of the 8 labelled images)"
+    )
