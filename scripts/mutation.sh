@@ -3,6 +3,7 @@
 #
 #   bash scripts/mutation.sh                 # every module below, one after the other
 #   bash scripts/mutation.sh decision calibration
+#   RETRY=1 bash scripts/mutation.sh calibration   # only the last run's survivors, against today's tests
 #
 # The in-scope tests are synchronous: pytest's asyncio, anyio and timeout plugins are not loaded
 # (half of each mutant's start-up time); cosmic-ray's own timeout bounds a mutant that hangs.
@@ -28,6 +29,7 @@ fi
 BIN=$(dirname "$PYTHON")
 NICE=${NICE:-10}
 SHARDS=${SHARDS:-2}  # mutants run in this many parallel copies
+RETRY=${RETRY:-0}    # 1: re-run only the survivors of the results in $OUT (after adding tests)
 OUT=${OUT:-$ROOT/mutation-results}
 
 # module name -> "source file|test files"
@@ -87,6 +89,20 @@ exclude-operators = [
 ]
 TOML
   started=$(date +%s)
+  if [[ $RETRY == 1 ]]; then
+    # Re-run only the mutants that survived the last run (after adding tests), in fresh copies.
+    previous=("$OUT/$name".*.sqlite)
+    [[ -e ${previous[0]} ]] || { echo "RETRY=1: no earlier results in $OUT for $name" >&2; exit 2; }
+    for old in "${previous[@]}"; do
+      k=${old%.sqlite}; k=${k##*.}
+      shard="$WORK/$name.shard$k"
+      cp -a "$copy" "$shard"
+      sed -i "s#$copy#$shard#g" "$shard/cosmic-ray.toml"
+      cp "$old" "$shard/session.sqlite"
+      "$PYTHON" -c "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.execute(\"DELETE FROM work_results WHERE test_outcome = 'SURVIVED'\"); db.commit()" "$shard/session.sqlite"
+      (cd "$shard" && nice -n "$NICE" "$BIN/cosmic-ray" exec cosmic-ray.toml session.sqlite; cp session.sqlite "$OUT/$name.$k.sqlite") &
+    done
+  else
   (
     cd "$copy"
     "$BIN/cosmic-ray" init cosmic-ray.toml session.sqlite
@@ -109,8 +125,9 @@ db.commit()
 PY
     (cd "$shard" && nice -n "$NICE" "$BIN/cosmic-ray" exec cosmic-ray.toml session.sqlite; cp session.sqlite "$OUT/$name.$k.sqlite") &
   done
+  fi
   wait
   elapsed=$(( $(date +%s) - started ))
   "$PYTHON" "$ROOT/scripts/mutation_report.py" "$OUT/$name".*.sqlite >"$OUT/$name.txt"
-  echo "== $name ($source): ${elapsed}s with $SHARDS shards; $(head -n 1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"
+  echo "== $name ($source): ${elapsed}s, shards $SHARDS, retry $RETRY; $(head -n 1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"
 done
