@@ -424,3 +424,53 @@ def test_on_block_review_counts_images_above_block_in_the_smallest_load_below_bl
     assert result.why["review"] == (
         "= block: the 30.0% review budget admits no threshold below block (the smallest review load one gives is 50.0% of the 8 labelled images)"
     )
+
+
+def test_negative_targets_and_scores_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"^precision must be in \(0, 1\], got -0.1$"):
+        CalibrationTargets(precision=-0.1)
+    with pytest.raises(ValueError, match="scores must be numbers in"):
+        precision_recall_curve(np.array([-0.1, 0.5]), np.array([True, False]))
+
+
+def test_a_proposal_that_lowers_the_thresholds_is_a_change() -> None:
+    scores, positive = LADDER
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.9, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (0.5, 0.8) and result.changed
+
+
+def test_an_empty_labelled_set_has_no_review_load() -> None:
+    point = operating_point(np.array([]), np.array([], bool), 0.3, 0.7, block_sends_to_review=True)
+    assert (point.review_load, point.block_load, point.precision_at_block, point.recall_at_review) == (0.0, 0.0, None, None)
+
+
+# Positives 0.5 0.6 0.7 0.8 0.95, negatives 0.1 0.75 0.75: block 0.8 with two images (0.8, 0.95) at or above it.
+ABOVE_BLOCK = labelled(np.array([0.5, 0.6, 0.7, 0.8, 0.95]), np.array([0.1, 0.75, 0.75]))
+
+
+def test_a_recall_threshold_above_block_is_capped_at_block() -> None:
+    scores, positive = ABOVE_BLOCK  # recall 0.2 keeps 1 of 5: the highest positive, 0.95, above block 0.8
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=0.2, allow_collapse=True), 0.05, 0.99)
+    assert result.proposed.review == result.proposed.block == 0.8
+    assert result.why["review"] == "= block: the block threshold alone keeps recall >= 0.2"
+
+
+def test_on_block_review_block_alone_over_budget_counts_every_image_at_or_above_block() -> None:
+    scores, positive = ABOVE_BLOCK
+    targets = CalibrationTargets(precision=1.0, max_review_rate=0.1, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.99, block_sends_to_review=True)
+    assert "the block threshold alone sends 25.0% of labelled images to review, over the 10.0% budget" in result.why["review"]
+
+
+def test_on_block_review_block_alone_exactly_at_the_budget_is_within_it() -> None:
+    scores, positive = LADDER  # block 0.8 alone sends 1 of 6 images to review
+    targets = CalibrationTargets(precision=1.0, max_review_rate=1 / 6, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.95, block_sends_to_review=True)
+    assert not any("alone sends more than" in n for n in result.notes)
+    assert result.why["review"].startswith("= block: the 16.7% review budget admits no threshold below block")
+    assert result.proposed.review_load == pytest.approx(1 / 6) and not any("over the" in w for w in result.warnings)
+
+
+def test_threshold_between_uses_as_many_decimals_as_needed() -> None:
+    assert threshold_between(0.12345678901, 0.123456789012345) == 0.123456789012
+    assert threshold_between(None, 0.987) == 0.9 and threshold_between(0.94, 0.987) == 0.98
