@@ -474,3 +474,11 @@ def test_on_block_review_block_alone_exactly_at_the_budget_is_within_it() -> Non
 def test_threshold_between_uses_as_many_decimals_as_needed() -> None:
     assert threshold_between(0.12345678901, 0.123456789012345) == 0.123456789012
     assert threshold_between(None, 0.987) == 0.9 and threshold_between(0.94, 0.987) == 0.98
+
+
+def test_category_calibrations_are_immutable() -> None:
+    import dataclasses
+
+    result = calibrate_category("c", *LADDER, CalibrationTargets(precision=1.0, recall=1.0), 0.05, 0.95)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.proposed = result.current  # type: ignore[misc]
