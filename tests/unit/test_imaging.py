@@ -223,3 +223,28 @@ def test_frames_are_sampled_evenly_from_first_to_last(total: int, count: int, in
     decoded = decode_frames(animated_gif(total), DecodeLimits(sample_frames=count))
     assert decoded.frame_indices == indices and decoded.total_frames == total
     assert len(decoded.frames) == len(indices)
+
+
+def test_sixteen_bit_extremes_map_to_black_and_white() -> None:
+    array = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    values = np.asarray(decode_image(images.encode(Image.fromarray(array), "PNG"), LIMITS))[..., 0]
+    assert values[0, 0] == 0 and values[-1, -1] == 255, "the brightest pixel is white, not wrapped to black"
+
+
+def test_decode_limits_default_to_the_documented_settings() -> None:
+    """README: 20 MiB, 40,000,000 pixels, 8 sampled frames, 1000 frames, 400M animation pixels."""
+    limits = DecodeLimits()
+    assert (limits.max_bytes, limits.max_pixels, limits.sample_frames, limits.max_frames, limits.max_animation_pixels) == (
+        20 * 1024 * 1024, 40_000_000, 8, 1000, 400_000_000,
+    )
+
+
+def test_decode_image_decodes_only_the_first_frame_of_an_animation() -> None:
+    # 30 frames of 16x16: the first frame is 256 pixels, sampling 8 frames would decode 7,680.
+    image = decode_image(animated_gif(30), DecodeLimits(max_animation_pixels=300))
+    assert image.size == (16, 16) and image.getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_two_sampled_frames_are_the_first_and_the_last() -> None:
+    decoded = decode_frames(animated_gif(30), DecodeLimits(sample_frames=2))
+    assert decoded.frame_indices == (0, 29)
