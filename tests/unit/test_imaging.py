@@ -248,3 +248,17 @@ def test_decode_image_decodes_only_the_first_frame_of_an_animation() -> None:
 def test_two_sampled_frames_are_the_first_and_the_last() -> None:
     decoded = decode_frames(animated_gif(30), DecodeLimits(sample_frames=2))
     assert decoded.frame_indices == (0, 29)
+
+
+def test_sixteen_bit_scaling_keeps_the_order_of_grey_levels() -> None:
+    array = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    values = np.asarray(decode_image(images.encode(Image.fromarray(array), "PNG"), LIMITS))[..., 0].ravel().astype(int)
+    assert np.all(np.diff(values) >= 0), "a darker input pixel never comes out brighter (no wrap-around)"
+    assert abs(int(values[len(values) // 2]) - 128) <= 1
+
+
+def test_a_two_frame_animation_is_held_to_the_frame_and_animation_pixel_limits() -> None:
+    with pytest.raises(ImageRejected, match=r"has 2 frames; the limit is 1 \(setting max_frames\)"):
+        decode_frames(animated_gif(2), DecodeLimits(max_frames=1))
+    with pytest.raises(ImageRejected, match=r"would decode 512 pixels; the limit is 511 \(setting max_animation_pixels\)"):
+        decode_frames(animated_gif(2), DecodeLimits(max_animation_pixels=511))
