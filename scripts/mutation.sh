@@ -129,5 +129,5 @@ PY
   wait
   elapsed=$(( $(date +%s) - started ))
   "$PYTHON" "$ROOT/scripts/mutation_report.py" "$OUT/$name".*.sqlite >"$OUT/$name.txt"
-  echo "== $name ($source): ${elapsed}s, shards $SHARDS, retry $RETRY; $(head -n 1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"
+  echo "== $name ($source): ${elapsed}s, retry $RETRY; $(head -n 1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"
 done
