@@ -201,3 +201,284 @@ def test_invalid_inputs_are_refused() -> None:
         CalibrationTargets(max_review_rate=1.5)
     with pytest.raises(ValueError, match="scores must be numbers in"):
         precision_recall_curve(np.array([0.2, 1.2]), np.array([True, False]))
+
+
+# Separable classes: precision 1.0 and recall 1.0 are both met at 0.6, so the proposal is
+# review = block = 0.6 (an empty REVIEW band).
+SEPARABLE = labelled(evenly(0.6, 1.0, 200), evenly(0.0, 0.4, 200))
+PERFECT = CalibrationTargets(precision=1.0, recall=1.0)
+
+
+def test_an_already_empty_band_is_not_a_collapse_to_refuse() -> None:
+    """docs/policies.md: the guard applies to a category 'whose current review < block'; at review == block it does not."""
+    scores, positive = SEPARABLE
+    result = calibrate_category("c", scores, positive, PERFECT, 0.5, 0.5)
+    assert (result.proposed.review, result.proposed.block) == (0.6, 0.6)
+    assert result.collapsed and not result.collapse_refused
+    assert result.warnings == ()
+    assert result.notes == ("the REVIEW band stays empty (review >= block), as in the current version",)
+
+
+def test_a_proposed_block_equal_to_the_current_review_keeps_both_thresholds() -> None:
+    """docs/policies.md: the current block is kept too 'when the proposed block is not above that review threshold'."""
+    scores, positive = SEPARABLE
+    result = calibrate_category("c", scores, positive, PERFECT, 0.6, 0.7)  # proposed block 0.6 == current review
+    assert (result.proposed.review, result.proposed.block) == (0.6, 0.7)
+    assert result.proposed.review < result.proposed.block and result.collapse_refused and not result.collapsed
+    assert "both thresholds kept (0.6, 0.7)" in result.warnings[0]
+    assert result.why["block"] == "kept: the proposed 0.6 would leave no REVIEW band below it (--allow-collapse takes it)"
+
+
+def test_a_proposed_block_just_above_the_current_review_keeps_only_the_review_threshold() -> None:
+    scores, positive = SEPARABLE
+    result = calibrate_category("c", scores, positive, PERFECT, 0.59, 0.7)
+    assert (result.proposed.review, result.proposed.block) == (0.59, 0.6)
+    assert "review threshold kept at 0.59" in result.warnings[0] and "block" in result.why
+
+
+def test_precision_exactly_at_the_target_sets_block() -> None:
+    # 19 positives and 1 negative at 0.7, 10 negatives at 0.2: precision at 0.7 is 19/20 = 0.95.
+    scores, positive = labelled(np.full(19, 0.7), np.array([0.7] + [0.2] * 10))
+    met = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.95, recall=1.0), 0.1, 0.9)
+    assert met.proposed.block == 0.7 and met.proposed.precision_at_block == 0.95
+    assert met.why["block"] == "lowest threshold with precision >= 0.95 (precision 0.950, recall 1.00 at it)"
+    missed = calibrate_category("c", scores, positive, CalibrationTargets(precision=0.951, recall=1.0), 0.1, 0.9)
+    assert missed.proposed.block == 0.9
+    assert missed.notes[0] == "no threshold reaches precision 0.95: block threshold kept at 0.9"
+
+
+# Positives 0.5, 0.6, 0.7, 0.8; negatives 0.1 and 0.75. Precision reaches 1 only at 0.8: block 0.8.
+LADDER = labelled(np.array([0.5, 0.6, 0.7, 0.8]), np.array([0.1, 0.75]))
+
+
+@pytest.mark.parametrize(
+    ("recall", "review", "kept"),
+    # The ceil(R x 4)-th highest positive score: R = 0.5 keeps 2 (0.7), just over 0.5 needs 3 (0.6), 0.75 needs 3, just over needs 4.
+    [(0.25, 0.8, 1), (0.26, 0.7, 2), (0.5, 0.7, 2), (0.51, 0.6, 3), (0.75, 0.6, 3), (0.76, 0.5, 4), (1.0, 0.5, 4), (1e-12, 0.8, 1)],
+)
+def test_review_for_a_recall_target_is_the_ceil_r_times_positives_th_highest_positive(recall: float, review: float, kept: int) -> None:
+    scores, positive = LADDER
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=recall, allow_collapse=True), 0.05, 0.95)
+    assert result.proposed.block == 0.8
+    assert result.proposed.review == review
+    assert result.proposed.recall_at_review == kept / 4
+    if review == 0.8:
+        assert result.why["review"] == f"= block: the block threshold alone keeps recall >= {recall:g}"
+    else:
+        assert result.why["review"] == f"highest threshold keeping recall >= {recall:g} ({kept} of 4 positives at or above it)"
+
+
+@pytest.mark.parametrize(
+    ("budget", "review", "load"),
+    # Review loads below block 0.8 (6 images): at 0.75 -> 1/6, at 0.7 -> 2/6, at 0.6 -> 3/6.
+    [(2 / 6, 0.7, 2 / 6), (2 / 6 - 0.001, 0.75, 1 / 6), (3 / 6, 0.6, 3 / 6), (1 / 6, 0.75, 1 / 6)],
+)
+def test_a_review_load_exactly_at_the_budget_is_within_it(budget: float, review: float, load: float) -> None:
+    scores, positive = LADDER
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, max_review_rate=budget), 0.05, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (review, 0.8)
+    assert result.proposed.review_load == pytest.approx(load)
+    assert not any("over the" in w for w in result.warnings)
+
+
+def test_out_of_range_targets_name_the_allowed_interval() -> None:
+    with pytest.raises(ValueError, match=r"^precision must be in \(0, 1\], got 0.0$"):
+        CalibrationTargets(precision=0.0)
+    with pytest.raises(ValueError, match=r"^recall must be in \(0, 1\], got 1.5$"):
+        CalibrationTargets(recall=1.5)
+    with pytest.raises(ValueError, match=r"^max_review_rate must be in \[0, 1\], got -0.1$"):
+        CalibrationTargets(max_review_rate=-0.1)
+    assert CalibrationTargets(max_review_rate=0.0).max_review_rate == 0.0 and CalibrationTargets(precision=1.0).precision == 1.0
+
+
+@pytest.mark.parametrize(("scores", "labels"), [(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, False, True])), (np.array([0.1, 0.2, 0.3]), np.array([True, False, True, False])), (np.array(0.5), np.array(True)), (np.full((2, 2), 0.5), np.ones((2, 2), bool))])
+def test_scores_and_labels_must_be_one_dimensional_and_of_equal_length(scores: np.ndarray, labels: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="must be 1-D of equal length"):
+        precision_recall_curve(scores, labels)
+
+
+def test_operating_points_are_immutable() -> None:
+    import dataclasses
+
+    point = operating_point(*LADDER, 0.5, 0.8, block_sends_to_review=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        point.review = 0.1  # type: ignore[misc]
+
+
+def test_the_lowest_observed_score_as_a_threshold_is_rounded_too() -> None:
+    # Recall 1.0 needs the lowest positive, which is also the lowest score of all: nothing below it.
+    scores, positive = labelled(np.array([0.123456, 0.9]), np.array([0.5]))
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.05, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (0.1, 0.9)
+
+
+# LADDER with two negatives at 0.75: block stays 0.8 (precision 1 only there), and the least
+# review load a threshold below block gives is 2 of 7 images (the two at 0.75).
+LADDER_TIE = labelled(np.array([0.5, 0.6, 0.7, 0.8]), np.array([0.1, 0.75, 0.75]))
+
+
+def test_a_budget_that_empties_the_band_under_a_recall_target_keeps_the_thresholds_and_says_why() -> None:
+    scores, positive = LADDER_TIE
+    targets = CalibrationTargets(precision=1.0, recall=1.0, max_review_rate=0.1)
+    result = calibrate_category("c", scores, positive, targets, 0.65, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (0.65, 0.8) and result.collapse_refused
+    warning, over_budget = result.warnings
+    assert over_budget == "review load 42.9% of labelled images is over the 10.0% budget"
+    assert "the 10.0% review budget admits no threshold below block (the smallest review load one gives is 28.6% of the 7 labelled images)" in warning
+    assert "review threshold kept at 0.65" in warning
+    assert result.notes == ("the kept thresholds holds recall at 0.50, below the 1.00 target",)
+
+    taken = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0, max_review_rate=0.1, allow_collapse=True), 0.65, 0.95)
+    assert taken.proposed.review == taken.proposed.block == 0.8 and taken.collapsed
+    assert taken.notes == ("the review budget holds recall at 0.25, below the 1.00 target",)
+
+
+def test_on_block_review_over_budget_at_block_alone_says_how_much_block_sends() -> None:
+    scores, positive = LADDER
+    targets = CalibrationTargets(precision=1.0, max_review_rate=0.1, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.95, block_sends_to_review=True)
+    assert result.proposed.review == result.proposed.block == 0.8
+    assert result.why["review"] == (
+        "= block: on_block is REVIEW and the block threshold alone sends 16.7% of labelled images to review, over the 10.0% budget"
+    )
+    assert result.proposed.review_load == pytest.approx(1 / 6) and result.proposed.block_load == 0.0
+
+
+def test_targets_accept_the_closed_ends_of_their_intervals_and_are_immutable() -> None:
+    import dataclasses
+
+    targets = CalibrationTargets(precision=1.0, recall=1.0, max_review_rate=1.0)
+    assert (targets.precision, targets.recall, targets.max_review_rate) == (1.0, 1.0, 1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        targets.precision = 0.5  # type: ignore[misc]
+
+
+def test_scores_of_exactly_zero_and_one_are_valid() -> None:
+    curve = precision_recall_curve(np.array([0.0, 1.0]), np.array([False, True]))
+    assert list(curve.thresholds) == [0.0, 1.0] and list(curve.precision) == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(("current", "collapsed"), [((0.3, 0.7), False), ((0.5, 0.5), True)])
+def test_a_category_without_positives_keeps_its_thresholds_with_a_reason_for_each(current: tuple[float, float], collapsed: bool) -> None:
+    scores = evenly(0.0, 1.0, 10)
+    result = calibrate_category("c", scores, np.zeros(10, bool), CalibrationTargets(), *current)
+    assert result.why == {"review": "kept: no labelled positives", "block": "kept: no labelled positives"}
+    assert result.collapsed is collapsed and result.collapse_refused is False and result.warnings == ()
+    assert (result.positives, result.negatives) == (0, 10)
+
+
+def test_the_second_lowest_score_as_a_threshold_stays_above_the_lowest() -> None:
+    # Sorted scores 0.12 (negative), 0.15, 0.5 (negative), 0.9: recall 1.0 needs 0.15, and 0.1 would flag 0.12 too.
+    scores, positive = labelled(np.array([0.15, 0.9]), np.array([0.12, 0.5]))
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.05, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (0.15, 0.9)
+
+
+def test_a_recall_threshold_already_at_block_is_within_the_budget_and_says_so() -> None:
+    scores, positive = LADDER  # recall 0.25 is met at block 0.8 alone
+    targets = CalibrationTargets(precision=1.0, recall=0.25, max_review_rate=0.1, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.95)
+    assert result.proposed.review == result.proposed.block == 0.8
+    assert result.why["review"] == "= block: the block threshold alone keeps recall >= 0.25; its review load is within the 10.0% budget"
+
+
+def test_precision_recall_curves_are_immutable() -> None:
+    import dataclasses
+
+    curve = precision_recall_curve(*LADDER)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        curve.precision = curve.recall  # type: ignore[misc]
+
+
+def test_a_budget_threshold_equal_to_the_recall_threshold_keeps_the_recall_reason() -> None:
+    scores, positive = LADDER  # recall 0.5 -> 0.7; a 2/6 budget -> 0.7 as well
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=0.5, max_review_rate=2 / 6), 0.05, 0.95)
+    assert result.proposed.review == 0.7
+    assert result.why["review"] == "highest threshold keeping recall >= 0.5 (2 of 4 positives at or above it); its review load is within the 33.3% budget"
+
+
+# 20 images: positives 0.6 and 0.9, negatives 0.7 and 17 x 0.1. Proposed (recall 1.0): review 0.6,
+# block 0.9, sending 0.6 and 0.7 to REVIEW: a review load of 2/20 = 10%.
+TWENTY = labelled(np.array([0.6, 0.9]), np.array([0.7] + [0.1] * 17))
+
+
+def test_a_review_load_rising_by_exactly_five_points_is_not_warned_and_by_more_is() -> None:
+    """docs/policies.md: without a budget, a warning when a category's review load rises 'by more than 5 points'."""
+    scores, positive = TWENTY
+    targets = CalibrationTargets(precision=1.0, recall=1.0)
+    five = calibrate_category("c", scores, positive, targets, 0.65, 0.8)  # current band [0.65, 0.8): one image, 5%
+    assert (five.proposed.review, five.proposed.block) == (0.6, 0.9)
+    assert (five.current.review_load, five.proposed.review_load) == (0.05, 0.1)
+    assert five.warnings == ()
+    ten = calibrate_category("c", scores, positive, targets, 0.75, 0.8)  # current band empty of images: 0%
+    assert ten.warnings == ("review load rises from 0.0% to 10.0% of labelled images; pass --max-review-rate to bound it",)
+
+
+def test_on_block_review_counts_images_above_block_in_the_smallest_load_below_block() -> None:
+    # Positives 0.5 0.6 0.7 0.8 0.95, negatives 0.1 0.75 0.75: block 0.8, and two images (0.8, 0.95) at or above it,
+    # all sent to REVIEW (on_block REVIEW). The least any threshold below block sends: 0.75 x2 + those two = 4 of 8.
+    scores, positive = labelled(np.array([0.5, 0.6, 0.7, 0.8, 0.95]), np.array([0.1, 0.75, 0.75]))
+    targets = CalibrationTargets(precision=1.0, max_review_rate=0.3, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.99, block_sends_to_review=True)
+    assert result.proposed.review == result.proposed.block == 0.8
+    assert result.why["review"] == (
+        "= block: the 30.0% review budget admits no threshold below block (the smallest review load one gives is 50.0% of the 8 labelled images)"
+    )
+
+
+def test_negative_targets_and_scores_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"^precision must be in \(0, 1\], got -0.1$"):
+        CalibrationTargets(precision=-0.1)
+    with pytest.raises(ValueError, match="scores must be numbers in"):
+        precision_recall_curve(np.array([-0.1, 0.5]), np.array([True, False]))
+
+
+def test_a_proposal_that_lowers_the_thresholds_is_a_change() -> None:
+    scores, positive = LADDER
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=1.0), 0.9, 0.95)
+    assert (result.proposed.review, result.proposed.block) == (0.5, 0.8) and result.changed
+
+
+def test_an_empty_labelled_set_has_no_review_load() -> None:
+    point = operating_point(np.array([]), np.array([], bool), 0.3, 0.7, block_sends_to_review=True)
+    assert (point.review_load, point.block_load, point.precision_at_block, point.recall_at_review) == (0.0, 0.0, None, None)
+
+
+# Positives 0.5 0.6 0.7 0.8 0.95, negatives 0.1 0.75 0.75: block 0.8 with two images (0.8, 0.95) at or above it.
+ABOVE_BLOCK = labelled(np.array([0.5, 0.6, 0.7, 0.8, 0.95]), np.array([0.1, 0.75, 0.75]))
+
+
+def test_a_recall_threshold_above_block_is_capped_at_block() -> None:
+    scores, positive = ABOVE_BLOCK  # recall 0.2 keeps 1 of 5: the highest positive, 0.95, above block 0.8
+    result = calibrate_category("c", scores, positive, CalibrationTargets(precision=1.0, recall=0.2, allow_collapse=True), 0.05, 0.99)
+    assert result.proposed.review == result.proposed.block == 0.8
+    assert result.why["review"] == "= block: the block threshold alone keeps recall >= 0.2"
+
+
+def test_on_block_review_block_alone_over_budget_counts_every_image_at_or_above_block() -> None:
+    scores, positive = ABOVE_BLOCK
+    targets = CalibrationTargets(precision=1.0, max_review_rate=0.1, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.99, block_sends_to_review=True)
+    assert "the block threshold alone sends 25.0% of labelled images to review, over the 10.0% budget" in result.why["review"]
+
+
+def test_on_block_review_block_alone_exactly_at_the_budget_is_within_it() -> None:
+    scores, positive = LADDER  # block 0.8 alone sends 1 of 6 images to review
+    targets = CalibrationTargets(precision=1.0, max_review_rate=1 / 6, allow_collapse=True)
+    result = calibrate_category("c", scores, positive, targets, 0.05, 0.95, block_sends_to_review=True)
+    assert not any("alone sends more than" in n for n in result.notes)
+    assert result.why["review"].startswith("= block: the 16.7% review budget admits no threshold below block")
+    assert result.proposed.review_load == pytest.approx(1 / 6) and not any("over the" in w for w in result.warnings)
+
+
+def test_threshold_between_uses_as_many_decimals_as_needed() -> None:
+    assert threshold_between(0.12345678901, 0.123456789012345) == 0.123456789012
+    assert threshold_between(None, 0.987) == 0.9 and threshold_between(0.94, 0.987) == 0.98
+
+
+def test_category_calibrations_are_immutable() -> None:
+    import dataclasses
+
+    result = calibrate_category("c", *LADDER, CalibrationTargets(precision=1.0, recall=1.0), 0.05, 0.95)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.proposed = result.current  # type: ignore[misc]

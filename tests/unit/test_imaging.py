@@ -163,3 +163,102 @@ def test_decoding_stops_between_frames_once_the_caller_is_gone() -> None:
     with pytest.raises(DecodeStopped, match="deadline passed or it was cancelled"):
         decode_frames(images.canvas_growing_gif(frames=10, offset=9), DecodeLimits(sample_frames=10), should_stop=should_stop)
     assert len(asked) == 3
+
+
+def test_a_later_frame_over_the_pixel_limit_but_under_twice_it_is_refused_naming_the_limit() -> None:
+    """docs/architecture.md: pixel limits are checked 'on the header and every sampled frame'.
+
+    A 1x1 header, then a frame that grows the canvas to 100x100 = 10,000 pixels: over a 6,000
+    limit but under twice it, where PIL only warns (it raises above twice the limit).
+    """
+    data = images.canvas_growing_gif(frames=3, offset=99)
+    with pytest.raises(ImageRejected, match=r"^the image is 100x100 = 10,000 pixels; the limit is 6,000 \(setting max_image_pixels\)$"):
+        decode_frames(data, DecodeLimits(max_pixels=6_000, sample_frames=3))
+
+
+def test_a_later_frame_exactly_at_the_pixel_limit_decodes() -> None:
+    data = images.canvas_growing_gif(frames=3, offset=99)
+    decoded = decode_frames(data, DecodeLimits(max_pixels=10_000, sample_frames=3))
+    assert decoded.frame_indices == (0, 1, 2) and decoded.frames[-1].size == (100, 100)
+
+
+def test_a_still_image_exactly_at_the_pixel_limit_decodes_and_one_more_pixel_is_refused() -> None:
+    data = images.encode(np.zeros((40, 50, 3), np.uint8), "PNG")  # 2,000 pixels
+    assert decode_frames(data, DecodeLimits(max_pixels=2_000)).frames[0].size == (50, 40)
+    with pytest.raises(ImageRejected, match=r"the image is 50x40 = 2,000 pixels; the limit is 1,999 \(setting max_image_pixels\)"):
+        decode_frames(data, DecodeLimits(max_pixels=1_999))
+
+
+def test_an_image_exactly_at_the_byte_limit_decodes_and_one_byte_less_refuses_it() -> None:
+    data = images.encode(np.zeros((8, 8, 3), np.uint8), "PNG")
+    assert decode_frames(data, DecodeLimits(max_bytes=len(data))).total_frames == 1
+    with pytest.raises(ImageRejected, match=rf"the image is {len(data):,} bytes; the limit is {len(data) - 1:,} bytes \(setting max_image_bytes\)"):
+        decode_frames(data, DecodeLimits(max_bytes=len(data) - 1))
+
+
+def test_an_animation_exactly_at_its_frame_and_pixel_limits_decodes() -> None:
+    data = animated_gif(10)  # 16x16: sampling 8 of 10 frames reaches frame 9, 10 x 256 = 2,560 pixels
+    decoded = decode_frames(data, DecodeLimits(max_frames=10, max_animation_pixels=2_560))
+    assert decoded.total_frames == 10 and decoded.frame_indices[-1] == 9
+    with pytest.raises(ImageRejected, match=r"has 10 frames; the limit is 9 \(setting max_frames\)"):
+        decode_frames(data, DecodeLimits(max_frames=9))
+    with pytest.raises(ImageRejected, match=r"would decode 2,560 pixels; the limit is 2,559 \(setting max_animation_pixels\)"):
+        decode_frames(data, DecodeLimits(max_animation_pixels=2_559))
+
+
+def test_the_decoded_pixel_budget_counts_every_frame_passed_exactly_at_the_limit() -> None:
+    # Canvas grows to 100x100 at frame 1: frames 0..3 decode 1 + 3 x 10,000 pixels.
+    data = images.canvas_growing_gif(frames=4, offset=99)
+    decoded = decode_frames(data, DecodeLimits(max_animation_pixels=30_001, sample_frames=4))
+    assert decoded.frame_indices == (0, 1, 2, 3)
+    with pytest.raises(ImageRejected, match=r"reached 30,001 pixels at frame 3 \(its frames grow to 100x100\); the limit is 30,000"):
+        decode_frames(data, DecodeLimits(max_animation_pixels=30_000, sample_frames=4))
+
+
+@pytest.mark.parametrize(
+    ("total", "count", "indices"),
+    [(1, 8, (0,)), (5, 1, (0,)), (8, 8, tuple(range(8))), (9, 8, (0, 1, 2, 3, 5, 6, 7, 8)), (30, 4, (0, 10, 19, 29))],
+)
+def test_frames_are_sampled_evenly_from_first_to_last(total: int, count: int, indices: tuple[int, ...]) -> None:
+    decoded = decode_frames(animated_gif(total), DecodeLimits(sample_frames=count))
+    assert decoded.frame_indices == indices and decoded.total_frames == total
+    assert len(decoded.frames) == len(indices)
+
+
+def test_sixteen_bit_extremes_map_to_black_and_white() -> None:
+    array = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    values = np.asarray(decode_image(images.encode(Image.fromarray(array), "PNG"), LIMITS))[..., 0]
+    assert values[0, 0] == 0 and values[-1, -1] == 255, "the brightest pixel is white, not wrapped to black"
+
+
+def test_decode_limits_default_to_the_documented_settings() -> None:
+    """README: 20 MiB, 40,000,000 pixels, 8 sampled frames, 1000 frames, 400M animation pixels."""
+    limits = DecodeLimits()
+    assert (limits.max_bytes, limits.max_pixels, limits.sample_frames, limits.max_frames, limits.max_animation_pixels) == (
+        20 * 1024 * 1024, 40_000_000, 8, 1000, 400_000_000,
+    )
+
+
+def test_decode_image_decodes_only_the_first_frame_of_an_animation() -> None:
+    # 30 frames of 16x16: the first frame is 256 pixels, sampling 8 frames would decode 7,680.
+    image = decode_image(animated_gif(30), DecodeLimits(max_animation_pixels=300))
+    assert image.size == (16, 16) and image.getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_two_sampled_frames_are_the_first_and_the_last() -> None:
+    decoded = decode_frames(animated_gif(30), DecodeLimits(sample_frames=2))
+    assert decoded.frame_indices == (0, 29)
+
+
+def test_sixteen_bit_scaling_keeps_the_order_of_grey_levels() -> None:
+    array = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    values = np.asarray(decode_image(images.encode(Image.fromarray(array), "PNG"), LIMITS))[..., 0].ravel().astype(int)
+    assert np.all(np.diff(values) >= 0), "a darker input pixel never comes out brighter (no wrap-around)"
+    assert abs(int(values[len(values) // 2]) - 128) <= 1
+
+
+def test_a_two_frame_animation_is_held_to_the_frame_and_animation_pixel_limits() -> None:
+    with pytest.raises(ImageRejected, match=r"has 2 frames; the limit is 1 \(setting max_frames\)"):
+        decode_frames(animated_gif(2), DecodeLimits(max_frames=1))
+    with pytest.raises(ImageRejected, match=r"would decode 512 pixels; the limit is 511 \(setting max_animation_pixels\)"):
+        decode_frames(animated_gif(2), DecodeLimits(max_animation_pixels=511))

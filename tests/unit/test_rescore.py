@@ -240,3 +240,89 @@ def test_counting_a_batch_at_once_equals_adding_every_decision(tiny_scorer: Clip
     assert reference.changed > 100 and reference.not_reproduced > 0, "the scenario must exercise the counting"
     assert flips_document(fast) == flips_document(reference)
     assert fast.decisions == reference.decisions and fast.stored_versions == reference.stored_versions
+
+
+# Two versions of one policy for DecisionFlips alone: no model, scores given directly.
+# v2 adds "drugs"; v1 has "gore", which v2 drops. Both keep "weapons" unchanged.
+_V1 = Policy.model_validate(
+    {
+        "id": "p",
+        "version": "1",
+        "benign": ["a cat"],
+        "categories": [
+            {"id": "weapons", "clause": {"id": "W-1", "text": "No threatening display of firearms."}, "positive": ["a gun"], "thresholds": {"review": 0.3, "block": 0.6}},
+            {"id": "gore", "clause": {"id": "G-1", "text": "No gore or mutilated bodies."}, "positive": ["gore"], "thresholds": {"review": 0.3, "block": 0.6}},
+        ],
+    }
+)
+_V2 = Policy.model_validate(
+    {
+        **_V1.model_dump(),
+        "version": "2",
+        "categories": [
+            _V1.categories[0].model_dump(),
+            {"id": "drugs", "clause": {"id": "D-1", "text": "No drug paraphernalia or use."}, "positive": ["a syringe"], "thresholds": {"review": 0.3, "block": 0.6}},
+        ],
+    }
+)
+
+
+def test_diff_counts_the_flips_of_a_category_only_the_new_policy_has() -> None:
+    """docs/policies.md: diff shows 'a table of category-action changes'; a category NEW adds flags decisions too."""
+    from moderation.offline.rescore import DecisionFlips
+
+    flips = DecisionFlips()
+    flips.add("r1", "1", Action.ALLOW, decide({"weapons": 0.1, "gore": 0.1}, _V1), decide({"weapons": 0.1, "drugs": 0.7}, _V2), 1.0)
+    flips.add("r2", "1", Action.ALLOW, decide({"weapons": 0.1, "gore": 0.1}, _V1), decide({"weapons": 0.1, "drugs": 0.4}, _V2), 2.0)
+    flips.add("r3", "1", Action.ALLOW, decide({"weapons": 0.1, "gore": 0.1}, _V1), decide({"weapons": 0.1, "drugs": 0.1}, _V2), 3.0)
+    assert dict(flips.category_changes) == {"drugs": {(Action.ALLOW, Action.BLOCK): 1, (Action.ALLOW, Action.REVIEW): 1}}
+    assert flips.category_examples[("drugs", (Action.ALLOW, Action.BLOCK))] == ["r1"]
+    assert flips.action_changes == {(Action.ALLOW, Action.BLOCK): 1, (Action.ALLOW, Action.REVIEW): 1}
+    assert flips.changed == 2 and flips.decisions == 3
+    detail = flips.example_details["r1"]
+    assert detail.scores == {"drugs": (None, 0.7)} and detail.actions == {"drugs": (Action.ALLOW, Action.BLOCK)}
+    assert (detail.timestamp, detail.stored_version, detail.old_action, detail.new_action) == (1.0, "1", Action.ALLOW, Action.BLOCK)
+    assert "r3" not in flips.example_details
+
+
+def test_diff_counts_the_flips_of_a_category_the_new_policy_drops() -> None:
+    from moderation.offline.rescore import DecisionFlips, flips_document
+
+    flips = DecisionFlips()
+    flips.add("r1", "1", Action.REVIEW, decide({"weapons": 0.1, "gore": 0.4}, _V1), decide({"weapons": 0.1, "drugs": 0.1}, _V2), 0.0)
+    assert dict(flips.category_changes) == {"gore": {(Action.REVIEW, Action.ALLOW): 1}}
+    document = flips_document(flips)
+    assert document["category_changes"] == [
+        {
+            "category": "gore",
+            "from": "REVIEW",
+            "to": "ALLOW",
+            "decisions": 1,
+            "examples": [
+                {
+                    "request_id": "r1",
+                    "decided_at": "1970-01-01T00:00:00+00:00",
+                    "stored_version": "1",
+                    "action": ["REVIEW", "ALLOW"],
+                    "categories": {"gore": {"scores": [0.4, None], "actions": ["REVIEW", "ALLOW"]}},
+                }
+            ],
+        }
+    ]
+    assert document["changed"] == 1 and document["not_reproduced"] == 0
+
+
+def test_examples_stop_at_the_limit_and_not_reproduced_counts_only_the_old_version() -> None:
+    from moderation.offline.rescore import DecisionFlips
+
+    flips = DecisionFlips(examples_per_change=2)
+    old, new = decide({"weapons": 0.1, "gore": 0.1}, _V1), decide({"weapons": 0.1, "drugs": 0.4}, _V2)
+    for i in range(3):
+        flips.add(f"r{i}", "1", Action.ALLOW, old, new)
+    flips.add("blocked-by-1", "1", Action.BLOCK, old, old)  # version 1 (OLD's) stored BLOCK, OLD says ALLOW
+    flips.add("blocked-by-0", "0", Action.BLOCK, old, old)  # another version: not OLD's to reproduce
+    assert flips.action_examples[(Action.ALLOW, Action.REVIEW)] == ["r0", "r1"]
+    assert flips.category_changes["drugs"][(Action.ALLOW, Action.REVIEW)] == 3
+    assert set(flips.example_details) == {"r0", "r1", "blocked-by-1"}
+    assert (flips.not_reproduced, flips.not_reproduced_examples) == (1, ["blocked-by-1"])
+    assert flips.stored_versions == {"1": 4, "0": 1}
