@@ -43,21 +43,9 @@ def postgres_server():  # noqa: ANN201
     Missing binaries fail the run under CI=true (the store must be tested against a real
     PostgreSQL there) and skip elsewhere.
     """
-    import os
+    from tests.postgres import postgres_for_test
 
-    from tests.postgres import PostgresUnavailable, running_postgres
-
-    try:
-        context = running_postgres()
-        server = context.__enter__()
-    except PostgresUnavailable as error:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and {error}", pytrace=False)
-        pytest.skip(str(error))
-    try:
-        yield server
-    finally:
-        context.__exit__(None, None, None)
+    yield from postgres_for_test()
 
 
 @pytest.fixture

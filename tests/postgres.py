@@ -122,3 +122,26 @@ def running_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
         yield server
     finally:
         server.remove()
+
+
+def postgres_for_test(*, durable: bool = False) -> Iterator[PostgresServer]:
+    """A running PostgreSQL for a pytest fixture: `yield from postgres_for_test()`.
+
+    Missing binaries fail the run under CI=true (the store must be tested against a real
+    PostgreSQL there) and skip elsewhere.
+    """
+    import os
+
+    import pytest
+
+    try:
+        context = running_postgres(durable=durable)
+        server = context.__enter__()
+    except PostgresUnavailable as error:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {error}", pytrace=False)
+        pytest.skip(str(error))
+    try:
+        yield server
+    finally:
+        context.__exit__(None, None, None)

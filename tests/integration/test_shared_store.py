@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from moderation.v1 import moderation_pb2_grpc as pb_grpc
 from tests import images
 from tests.conftest import POLICIES, TINY_CLIP
 from tests.integration.server import RunningServer, running_server
-from tests.postgres import PASSWORD, PostgresServer, PostgresUnavailable
+from tests.postgres import PASSWORD, PostgresServer, postgres_for_test
 
 pytestmark = pytest.mark.integration
 
@@ -53,17 +52,7 @@ IMAGES = [images.astronaut_jpeg, images.coffee_png, images.camera_grayscale_png]
 @pytest.fixture
 def postgres() -> Iterator[PostgresServer]:
     """A server of this test's own: it is stopped and started again mid-test."""
-    try:
-        server = PostgresServer()
-    except PostgresUnavailable as error:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and {error}", pytrace=False)
-        pytest.skip(str(error))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
+    yield from postgres_for_test()
 
 
 def stored_ids(url: str) -> set[str]:

@@ -15,7 +15,7 @@ import pytest
 from moderation.state.embeddings import read_decisions
 from moderation.state.records import StoreError
 from moderation.state.store import open_store
-from tests.postgres import PASSWORD, PostgresServer, PostgresUnavailable
+from tests.postgres import PASSWORD, PostgresServer, postgres_for_test
 
 NOW = datetime.now(timezone.utc)
 
@@ -23,17 +23,7 @@ NOW = datetime.now(timezone.utc)
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A server of this test's own: it is stopped and started again, which the session's must not be."""
-    try:
-        server = PostgresServer()
-    except PostgresUnavailable as error:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and {error}", pytrace=False)
-        pytest.skip(str(error))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
+    yield from postgres_for_test()
 
 
 def stored_ids(url: str) -> list[str]:
