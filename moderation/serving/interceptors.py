@@ -305,4 +305,21 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
 
             return checked
 
+        if handler.unary_stream is not None:
+            # grpc.health.v1.Health/Watch, open to anyone: no other interceptor wraps this kind.
+            # A coroutine that writes, whatever the behaviour is (Watch itself writes with
+            # context.write; a generated async generator's answers are written here).
+            behaviour = handler.unary_stream
+
+            async def watched(request: Any, context: grpc.aio.ServicerContext) -> None:
+                if request is MALFORMED:
+                    await self._refuse(context, details.method, name)
+                result = behaviour(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for response in result:
+                        await context.write(response)
+                else:
+                    await result
+
+            return grpc.unary_stream_rpc_method_handler(watched, tolerant, handler.response_serializer)
         return wrap_handler(handler, unary, stream, request_deserializer=tolerant)

@@ -24,6 +24,7 @@ from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, 
 from moderation.ops.config import Settings
 from moderation.ops.metrics import ModerationMetrics
 from moderation.runtime import ConfigurationError
+from moderation.serving.interceptors import MalformedRequestInterceptor
 from moderation.serving.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class GrpcServerLifecycle(Generic[Loaded]):
         self.settings = settings
         self.metrics = metrics
         self.services = tuple(services)
+        self._interceptors = tuple(interceptors)
         self.server = grpc.aio.server(
             interceptors=list(interceptors) or None,
             options=[*transport_options(settings), *options],
@@ -165,8 +167,12 @@ class GrpcServerLifecycle(Generic[Loaded]):
         # Health checks only: tiny messages, a few calls at once. A server object of its own,
         # so its own max_connections count: sockets filling the main port's cap leave the
         # probes answering (each port's handshake timeout then frees the slots).
+        # Malformed health requests are refused there as on the main port (the same log quota).
+        malformed = next((i for i in self._interceptors if isinstance(i, MalformedRequestInterceptor)), None) or MalformedRequestInterceptor()
         self._health_server = grpc.aio.server(
-            options=[*transport_options(settings), ("grpc.max_receive_message_length", 4096)], maximum_concurrent_rpcs=64
+            interceptors=[malformed],
+            options=[*transport_options(settings), ("grpc.max_receive_message_length", 4096)],
+            maximum_concurrent_rpcs=64,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
         if self._health_server.add_insecure_port(f"{settings.host}:{settings.health_port}") == 0:

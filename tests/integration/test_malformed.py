@@ -18,7 +18,7 @@ from moderation.serving.builder import MALFORMED_REQUEST_LOGS_PER_MINUTE
 from moderation.v1 import moderation_pb2 as pb
 from tests import images
 from tests.conftest import POLICIES, TINY_CLIP
-from tests.integration.server import RunningServer, running_server
+from tests.integration.server import RunningServer, free_port, open_channel, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +26,15 @@ TOKEN = "s3cr3t-token-for-malformed-tests"
 TINY = ("--policies", str(POLICIES), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random")
 MODERATE = "/moderation.v1.ModerationService/Moderate"
 STREAM = "/moderation.v1.ModerationService/ModerateStream"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 GARBAGE = b"\xff\xff\xff"  # field 31, wire type 7: no valid wire type, so no message parses it
 WARNING = "refused a request that is not a valid protobuf message"
 
 
-def raw_unary(channel: grpc.Channel, payload: bytes, metadata: tuple = ()) -> grpc.RpcError:
+def raw_unary(channel: grpc.Channel, payload: bytes, metadata: tuple = (), method: str = MODERATE) -> grpc.RpcError:
     # No serializers: the bytes go on the wire exactly as given.
-    call = channel.unary_unary(MODERATE, request_serializer=None, response_deserializer=None)
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
     with pytest.raises(grpc.RpcError) as caught:
         call(payload, metadata=metadata, timeout=30)
     return caught.value
@@ -58,10 +60,22 @@ def assert_quiet_log(server: RunningServer) -> None:
 
 
 def test_malformed_requests_without_auth_are_invalid_argument_and_rate_limited(tmp_path: Path) -> None:
-    with running_server(tmp_path, *TINY) as server, server.channel() as channel:
+    health_port = free_port()
+    with running_server(tmp_path, *TINY, env={"MODERATION_HEALTH_PORT": str(health_port)}) as server, server.channel() as channel:
         err = raw_unary(channel, GARBAGE)
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.details() == "the request is not a valid moderation.v1.ModerateRequest message"
+
+        # Health is open to anyone, on the main port and on the health port: Check (unary) and Watch (server stream).
+        health_message = "the request is not a valid grpc.health.v1.HealthCheckRequest message"
+        with open_channel(f"127.0.0.1:{health_port}") as health_channel:
+            for target_channel in (channel, health_channel):
+                err = raw_unary(target_channel, GARBAGE, method=HEALTH_CHECK)
+                assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, health_message)
+                watch = target_channel.unary_stream(HEALTH_WATCH, request_serializer=None, response_deserializer=None)
+                with pytest.raises(grpc.RpcError) as caught:
+                    list(watch(GARBAGE, timeout=30))
+                assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, health_message)
 
         # A stream: the valid item before the malformed one is answered, then the call ends.
         valid = pb.ModerateStreamRequest(request=pb.ModerateRequest(request_id="ok-1", image=images.astronaut_jpeg())).SerializeToString()
@@ -84,7 +98,7 @@ def test_malformed_requests_without_auth_are_invalid_argument_and_rate_limited(t
     warnings = [e for e in log_entries(server) if e["msg"] == WARNING]
     # 302 malformed calls in (usually) well under a minute: one minute's quota of lines, plus one per further minute.
     assert 1 <= len(warnings) <= MALFORMED_REQUEST_LOGS_PER_MINUTE * (1 + int(elapsed // 60))
-    assert all(e["level"] == "warning" and e["method"] in ("ModerationService/Moderate", "ModerationService/ModerateStream") for e in warnings)
+    assert all(e["level"] == "warning" for e in warnings)
     assert_quiet_log(server)
 
 
