@@ -160,7 +160,17 @@ class Settings(BaseSettings):
     )
     max_concurrent_streams: int = Field(32, ge=1, description="HTTP/2 streams (calls) open at once on one connection; more wait in the client")
     max_connections: int = Field(512, ge=1, description="client connections held at once; more are closed at once (UNAVAILABLE)")
-    max_connection_idle_s: float = Field(300.0, gt=0, description="a connection without calls for this long is closed (GOAWAY)")
+    # 30 s, not longer: a client that completes the HTTP/2 handshake and opens no call holds
+    # a max_connections slot this long (issue 18, item 5); an idle client just reconnects.
+    max_connection_idle_s: float = Field(
+        30.0, gt=0, description="a connection without calls (or that never opened one) for this long is closed (GOAWAY)"
+    )
+    handshake_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="a new connection must finish its TLS handshake and send the HTTP/2 preface and SETTINGS within this "
+        "long, or it is closed: idle sockets cannot hold the max_connections slots",
+    )
     stream_window: int = Field(
         16, ge=1, le=1024, description="requests of one ModerateStream in flight or answered but not yet sent; beyond, reading stops"
     )

@@ -22,9 +22,13 @@ from moderation.policy.registry import PolicyRegistry, ServedPolicy
 from moderation.runtime import StartupCancellation
 from moderation.serving.admission import Admission
 from moderation.serving.auth import TokenAuth, load_tokens
-from moderation.serving.interceptors import AdmissionInterceptor, RpcMetricsInterceptor, TokenAuthInterceptor
+from moderation.serving.interceptors import AdmissionInterceptor, MalformedRequestInterceptor, RpcMetricsInterceptor, TokenAuthInterceptor
 from moderation.serving.lifecycle import GrpcServerLifecycle, new_metrics
 from moderation.serving.policy_reload import PolicyReloader
+
+
+# Warnings about requests that do not parse, per minute at most (one caller can send thousands a second).
+MALFORMED_REQUEST_LOGS_PER_MINUTE = 10
 
 
 class Loaded(Protocol):
@@ -84,6 +88,8 @@ class ServerBuilder(Generic[L]):
         if settings.auth_tokens_file:
             auth = TokenAuth(load_tokens(settings.auth_tokens_file))
             interceptors.append(TokenAuthInterceptor(auth, self.metrics, settings.auth_failure_logs_per_minute))
+        # After auth, so a caller without a valid token learns nothing about parsing.
+        interceptors.append(MalformedRequestInterceptor(MALFORMED_REQUEST_LOGS_PER_MINUTE))
         interceptors.append(AdmissionInterceptor(self.admission, (service_name,), loading_message))
         self.lifecycle: GrpcServerLifecycle[L] = GrpcServerLifecycle(
             settings,

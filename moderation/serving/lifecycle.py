@@ -24,6 +24,7 @@ from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, 
 from moderation.ops.config import Settings
 from moderation.ops.metrics import ModerationMetrics
 from moderation.runtime import ConfigurationError
+from moderation.serving.interceptors import MalformedRequestInterceptor
 from moderation.serving.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 def transport_options(settings: Settings) -> list[tuple[str, object]]:
-    """gRPC-level bounds every server port gets: streams per connection, connections, idle connections.
+    """gRPC-level bounds every server port gets: streams per connection, connections, handshakes, idle connections.
 
     Connections beyond `max_connections` are closed by grpc-core as they arrive
     (the client sees UNAVAILABLE); a connection's calls beyond
@@ -63,6 +64,12 @@ def transport_options(settings: Settings) -> list[tuple[str, object]]:
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         ("grpc.max_allowed_incoming_connections", settings.max_connections),
         ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * 1000)),
+        # grpc-core's default is 120 s: sockets that send nothing, or only the HTTP/2 preface,
+        # held max_connections slots that long and every new connection, health checks
+        # included, got UNAVAILABLE (issue 18, item 5). The timer covers the TCP/TLS handshake
+        # and runs on until the client's SETTINGS frame arrives; a connection that completed
+        # it and opens no call is closed after max_connection_idle_s.
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_s * 1000)),
         # grpc-core's overload protection counts streams the server has finished but not yet
         # freed, so a busy client within the limit got REFUSED_STREAM (UNAVAILABLE); the
         # limit above and max_concurrent_rpcs are the bounds.
@@ -127,6 +134,7 @@ class GrpcServerLifecycle(Generic[Loaded]):
         self.settings = settings
         self.metrics = metrics
         self.services = tuple(services)
+        self._interceptors = tuple(interceptors)
         self.server = grpc.aio.server(
             interceptors=list(interceptors) or None,
             options=[*transport_options(settings), *options],
@@ -156,9 +164,15 @@ class GrpcServerLifecycle(Generic[Loaded]):
         settings = self.settings
         if not settings.health_port:
             return
-        # Health checks only: tiny messages, a few calls at once.
+        # Health checks only: tiny messages, a few calls at once. A server object of its own,
+        # so its own max_connections count: sockets filling the main port's cap leave the
+        # probes answering (each port's handshake timeout then frees the slots).
+        # Malformed health requests are refused there as on the main port (the same log quota).
+        malformed = next((i for i in self._interceptors if isinstance(i, MalformedRequestInterceptor)), None) or MalformedRequestInterceptor()
         self._health_server = grpc.aio.server(
-            options=[*transport_options(settings), ("grpc.max_receive_message_length", 4096)], maximum_concurrent_rpcs=64
+            interceptors=[malformed],
+            options=[*transport_options(settings), ("grpc.max_receive_message_length", 4096)],
+            maximum_concurrent_rpcs=64,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
         if self._health_server.add_insecure_port(f"{settings.host}:{settings.health_port}") == 0:
