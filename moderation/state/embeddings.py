@@ -18,10 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from moderation.state.records import StoredDecisions, StoreError, StoreFreshness, Timestamp, unix_seconds
-from moderation.state.store import StateStore, open_store
-
-# The name the serving pipeline annotates its store with: any backend of the seam.
-EmbeddingStore = StateStore
+from moderation.state.store import open_store
 
 Location = str | Path
 
@@ -52,7 +49,6 @@ def find_decisions(location: Location, request_id: str) -> StoredDecisions | Non
 
 
 __all__ = [
-    "EmbeddingStore",
     "StoreError",
     "StoreFreshness",
     "StoredDecisions",
