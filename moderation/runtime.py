@@ -281,29 +281,33 @@ def explainer_setting_warnings(settings: Settings, choice: ExplainerChoice) -> l
     return warnings
 
 
-def _read_setting_file(path: Path, setting: str) -> bytes:
+def read_setting_file(path: Path, setting: str) -> bytes:
+    """A file a setting names (certificate, key, token); ConfigurationError naming the setting when unreadable."""
     try:
         return path.read_bytes()
     except OSError as err:
         raise ConfigurationError(f"cannot read {path} ({err.strerror}); check {setting}") from err
 
 
+def read_bearer_token(path: Path, setting: str, min_chars: int = 16) -> str:
+    """The one token in a client's token file (blank and '#' lines aside); ConfigurationError naming `setting` otherwise."""
+    lines = read_setting_file(path, setting).decode(errors="replace").splitlines()
+    tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if len(tokens) != 1 or len(tokens[0]) < min_chars:
+        raise ConfigurationError(f"{path} must hold one token of at least {min_chars} characters; check {setting}")
+    return tokens[0]
+
+
 def remote_explainer_security(settings: Settings) -> dict[str, object]:
     """TLS material and bearer token for calling explain-serve, read from the files the settings name."""
     security: dict[str, object] = {"server_name": settings.explainer_tls_server_name}
     if settings.explainer_tls_ca is not None:
-        security["root_certificates"] = _read_setting_file(settings.explainer_tls_ca, "MODERATION_EXPLAINER_TLS_CA")
+        security["root_certificates"] = read_setting_file(settings.explainer_tls_ca, "MODERATION_EXPLAINER_TLS_CA")
     if settings.explainer_tls_client_cert is not None and settings.explainer_tls_client_key is not None:
-        security["certificate_chain"] = _read_setting_file(settings.explainer_tls_client_cert, "MODERATION_EXPLAINER_TLS_CLIENT_CERT")
-        security["private_key"] = _read_setting_file(settings.explainer_tls_client_key, "MODERATION_EXPLAINER_TLS_CLIENT_KEY")
+        security["certificate_chain"] = read_setting_file(settings.explainer_tls_client_cert, "MODERATION_EXPLAINER_TLS_CLIENT_CERT")
+        security["private_key"] = read_setting_file(settings.explainer_tls_client_key, "MODERATION_EXPLAINER_TLS_CLIENT_KEY")
     if settings.explainer_token_file is not None:
-        lines = _read_setting_file(settings.explainer_token_file, "MODERATION_EXPLAINER_TOKEN_FILE").decode(errors="replace").splitlines()
-        tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-        if len(tokens) != 1 or len(tokens[0]) < 16:
-            raise ConfigurationError(
-                f"{settings.explainer_token_file} must hold one token of at least 16 characters; check MODERATION_EXPLAINER_TOKEN_FILE"
-            )
-        security["token"] = tokens[0]
+        security["token"] = read_bearer_token(settings.explainer_token_file, "MODERATION_EXPLAINER_TOKEN_FILE")
     return security
 
 

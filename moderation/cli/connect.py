@@ -54,11 +54,13 @@ class ClientSecurity:
         """The call metadata carrying the bearer token, if any."""
         if self.token_file is None:
             return ()
-        lines = [line.strip() for line in _read(self.token_file, "--token-file").decode(errors="replace").splitlines()]
-        tokens = [line for line in lines if line and not line.startswith("#")]
-        if len(tokens) != 1:
-            raise fail(f"{self.token_file} must hold exactly one token line (found {len(tokens)}); check --token-file")
-        return (("authorization", f"Bearer {tokens[0]}"),)
+        from moderation.runtime import ConfigurationError, read_bearer_token
+
+        try:
+            token = read_bearer_token(self.token_file, "--token-file", min_chars=1)  # any length: the server judges it
+        except ConfigurationError as error:
+            raise fail(str(error)) from None
+        return (("authorization", f"Bearer {token}"),)
 
     def channel(self, target: str, options: list[tuple[str, object]] | None = None) -> grpc.Channel:
         """A channel to `target` with these settings; a bad combination fails with one line naming the option."""
@@ -82,7 +84,9 @@ class ClientSecurity:
 
 
 def _read(path: Path, option: str) -> bytes:
+    from moderation.runtime import ConfigurationError, read_setting_file
+
     try:
-        return path.read_bytes()
-    except OSError as error:
-        raise fail(f"cannot read {path} ({error.strerror}); check {option}") from None
+        return read_setting_file(path, option)
+    except ConfigurationError as error:
+        raise fail(str(error)) from None

@@ -23,7 +23,7 @@ from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, 
 
 from moderation.ops.config import Settings
 from moderation.ops.metrics import ModerationMetrics
-from moderation.runtime import ConfigurationError
+from moderation.runtime import ConfigurationError, read_setting_file
 from moderation.serving.interceptors import MalformedRequestInterceptor
 from moderation.serving.reflection import enable_reflection
 
@@ -34,20 +34,13 @@ Loaded = TypeVar("Loaded")
 DRAIN_LINGER_S = 1.0
 
 
-def _read(path: Path, setting: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise ConfigurationError(f"cannot read {path} ({err.strerror}); check {setting}") from err
-
-
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS from the settings (mutual TLS with a client CA), or None for plaintext."""
     if settings.tls_cert is None or settings.tls_key is None:
         return None
-    client_ca = _read(settings.tls_client_ca, "MODERATION_TLS_CLIENT_CA") if settings.tls_client_ca else None
+    client_ca = read_setting_file(settings.tls_client_ca, "MODERATION_TLS_CLIENT_CA") if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
-        [(_read(settings.tls_key, "MODERATION_TLS_KEY"), _read(settings.tls_cert, "MODERATION_TLS_CERT"))],
+        [(read_setting_file(settings.tls_key, "MODERATION_TLS_KEY"), read_setting_file(settings.tls_cert, "MODERATION_TLS_CERT"))],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
