@@ -150,6 +150,15 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(64, ge=1, description="requests waiting for the model before RESOURCE_EXHAUSTED")
     max_concurrent_requests: int = Field(64, ge=1, description="requests in flight before RESOURCE_EXHAUSTED")
+    # Not 0: a unary call refused whenever every slot is held never gets one while a
+    # busy stream client hands slots from item to item (issue 18, item 6).
+    admission_wait_s: float = Field(
+        1.0,
+        ge=0,
+        le=30,
+        description="how long a unary call waits for a request slot when all are held (at most half its deadline; "
+        "waiting calls at most max_concurrent_requests); slots go to the waiting caller holding the fewest; 0 refuses at once",
+    )
     default_deadline_s: float = Field(10.0, gt=0, description="deadline applied when a caller sets none")
     grace_period_s: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight calls")
     max_concurrent_rpcs: int | None = Field(

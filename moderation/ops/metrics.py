@@ -153,6 +153,11 @@ class ModerationMetrics:
             "Request slots held: unary calls and stream items being processed; admission refuses beyond the limit.",
             registry=registry,
         )
+        self.admission_waiting = Gauge(
+            "moderation_admission_waiting_requests",
+            "Unary calls and stream items waiting for a request slot (handed out fairly between callers).",
+            registry=registry,
+        )
         self.in_flight_limit = Gauge(
             "moderation_in_flight_limit",
             "The limit on moderation_in_flight_requests (max_concurrent_requests; explain-serve: running + waiting).",

@@ -82,7 +82,7 @@ class ServerBuilder(Generic[L]):
     ):
         self.settings = settings
         self.metrics = new_metrics()
-        self.admission = Admission(limit, self.metrics.in_flight, self.metrics.in_flight_limit)
+        self.admission = Admission(limit, self.metrics.in_flight, self.metrics.in_flight_limit, self.metrics.admission_waiting)
         self.cancellation = StartupCancellation()
         interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor(self.metrics)]
         if settings.auth_tokens_file:
@@ -90,7 +90,7 @@ class ServerBuilder(Generic[L]):
             interceptors.append(TokenAuthInterceptor(auth, self.metrics, settings.auth_failure_logs_per_minute))
         # After auth, so a caller without a valid token learns nothing about parsing.
         interceptors.append(MalformedRequestInterceptor(MALFORMED_REQUEST_LOGS_PER_MINUTE))
-        interceptors.append(AdmissionInterceptor(self.admission, (service_name,), loading_message))
+        interceptors.append(AdmissionInterceptor(self.admission, (service_name,), loading_message, settings.admission_wait_s))
         self.lifecycle: GrpcServerLifecycle[L] = GrpcServerLifecycle(
             settings,
             self.metrics,

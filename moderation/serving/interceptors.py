@@ -23,8 +23,8 @@ from google.protobuf.message import DecodeError
 
 from moderation.ops.logs import RateLimitedLog
 from moderation.ops.metrics import ModerationMetrics
-from moderation.serving.admission import Admission
-from moderation.serving.auth import OPEN_SERVICES, TokenAuth, authenticated_caller
+from moderation.serving.admission import UNARY, Admission
+from moderation.serving.auth import OPEN_SERVICES, TokenAuth, authenticated_caller, caller_identity
 
 UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -162,19 +162,23 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
-    """UNAVAILABLE while loading or draining; a request slot per unary call, RESOURCE_EXHAUSTED when none is free.
+    """UNAVAILABLE while loading or draining; a request slot per unary call, RESOURCE_EXHAUSTED when none comes.
 
     Applies to `services` (the moderation API); health and reflection always answer.
     The slots are the server's one `Admission` count, whose limit is fixed when it is
     built; a stream's items take theirs in the servicer, from the same `Admission`.
-    A new stream is admitted while the server serves: it holds no slot until an item
-    comes, and open RPCs are bounded by gRPC's max_concurrent_rpcs.
+    A unary call that finds every slot held waits up to `unary_wait_s` (and never past
+    its deadline) for one, in the queue where slots are shared fairly between callers
+    and between streams and unary calls. A new stream is admitted while the server
+    serves: it holds no slot until an item comes, and open RPCs are bounded by gRPC's
+    max_concurrent_rpcs.
     """
 
-    def __init__(self, admission: Admission, services: tuple[str, ...], loading_message: str):
+    def __init__(self, admission: Admission, services: tuple[str, ...], loading_message: str, unary_wait_s: float = 0.0):
         self._admission = admission
         self._prefixes = tuple(f"/{name}/" for name in services)
         self._loading_message = loading_message
+        self._unary_wait_s = unary_wait_s
 
     def _refusal(self) -> tuple[grpc.StatusCode, str] | None:
         admission = self._admission
@@ -183,6 +187,12 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         if not admission.loaded:
             return grpc.StatusCode.UNAVAILABLE, self._loading_message
         return None
+
+    def _wait_s(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        # Leave the call most of what is left of its deadline: a slot that comes at the
+        # last moment helps nobody.
+        return self._unary_wait_s if remaining is None else min(self._unary_wait_s, remaining / 2)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
@@ -195,17 +205,18 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
             async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 refusal = self._refusal()
-                if refusal is None and not admission.try_acquire():
-                    refusal = (
+                if refusal is not None:
+                    await context.abort(*refusal)
+                slot = await admission.acquire(caller_identity(context), UNARY, timeout=self._wait_s(context))
+                if slot is None:
+                    await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"the server is at its limit of {admission.limit} requests in flight; retry with backoff",
                     )
-                if refusal is not None:
-                    await context.abort(*refusal)
                 try:  # admitted: holds a request slot until the call ends, however it ends
                     return await behaviour(request, context)
                 finally:
-                    admission.release()
+                    slot.release()
 
             return admitted
 

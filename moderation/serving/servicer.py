@@ -20,7 +20,7 @@ from moderation.serving.shell import ServingShell
 from moderation.policy.registry import PolicyNotFound
 from moderation.serving import convert
 from moderation.serving.auth import caller_identity
-from moderation.serving.admission import Admission
+from moderation.serving.admission import STREAM, Admission
 from moderation.serving.limits import MAX_POLICY_ID_CHARS, MAX_REQUEST_ID_CHARS, echo, status_message
 from moderation.serving.recorder import RequestRecorder
 from moderation.v1 import moderation_pb2 as pb
@@ -190,9 +190,9 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
                     except StopAsyncIteration:
                         break
                     # A slot is taken only once a request has come: an idle stream holds none.
-                    await admission.acquire()
+                    slot = await admission.acquire(caller, STREAM)
                     task = asyncio.create_task(handle(item))
-                    task.add_done_callback(lambda _: admission.release())  # runs even if the task never started
+                    task.add_done_callback(lambda _, slot=slot: slot.release())  # runs even if the task never started
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if tasks:
