@@ -8,9 +8,10 @@ template-variable query and annotation query goes through the HTTP API and must
 succeed. The core queries must return numbers: request rate, p95 latency per
 stage, category score quantiles and thresholds.
 
-Queries on metrics the explainer tier will add (escalations, queue, batch size,
-tier agreement) run too: they must parse and evaluate; they return data once a
-server exports those metrics.
+Each rule and each query must return what the test's traffic implies (RULE_RESULTS,
+DASHBOARD_RESULTS): a share of 0.25 non-OK calls, 0 server errors, one series per
+category, nothing for the explainer's metrics (this server has no explainer), the
+random-weights alert firing, and so on; evaluating without an error is not enough.
 """
 
 from __future__ import annotations
@@ -157,6 +158,13 @@ def scraped(prometheus: Prometheus, server: RunningServer) -> Prometheus:
         return bool(result) and float(result[0]["value"][1]) == served
 
     wait_for(every_call_scraped, 30, f"{served} OK calls in Prometheus", prometheus)
+
+    def recorded_after_the_calls() -> bool:
+        # The recording group runs every 30 s: wait for a run that saw the calls.
+        shares = prometheus.query("policy_category:moderation_scores_at_or_above_review:ratio_rate1h")
+        return len(shares) == CATEGORY_COUNT
+
+    wait_for(recorded_after_the_calls, 45, "the recording rules evaluated after the calls", prometheus)
     time.sleep(2 * SCRAPE_INTERVAL_S)
     return prometheus
 
@@ -198,14 +206,175 @@ def test_prometheus_loaded_every_rule(scraped: Prometheus) -> None:
     assert not broken
 
 
+# What each rule and each dashboard query returns after the `scraped` traffic: 18 OK and 6
+# INVALID_ARGUMENT calls under policy default, one at a time, random weights, no explainer.
+# Every rule and query has an entry, so a new one must say what it returns.
+OK_CALLS, REJECTED_CALLS = 18, 6
+STAGES = {"decode", "embed", "decide", "total"}
+
+
+def by(result: list[dict], label: str) -> dict[str, float]:
+    return {sample["metric"].get(label, ""): float(sample["value"][1]) for sample in result}
+
+
+def one_value(result: list[dict]) -> float:
+    assert len(result) == 1, result
+    return float(result[0]["value"][1])
+
+
+def codes_in_traffic_ratio(result: list[dict]) -> bool:
+    rates = by(result, "code")
+    return rates.keys() == {"OK", "INVALID_ARGUMENT"} and rates["OK"] / rates["INVALID_ARGUMENT"] == pytest.approx(OK_CALLS / REJECTED_CALLS, rel=0.05)
+
+
+def non_ok_share(result: list[dict]) -> bool:
+    return one_value(result) == pytest.approx(REJECTED_CALLS / (OK_CALLS + REJECTED_CALLS), abs=0.02)
+
+
+def zero(result: list[dict]) -> bool:
+    return one_value(result) == 0
+
+
+def nothing(result: list[dict]) -> bool:
+    return result == []
+
+
+def per_stage(result: list[dict]) -> bool:
+    seconds = by(result, "stage")
+    return seconds.keys() == STAGES and all(0 < s < 10 for s in seconds.values())
+
+
+def saturation(result: list[dict]) -> bool:
+    return bool(result) and all(0 <= float(s["value"][1]) < 1 for s in result)
+
+
+def share_per_category(result: list[dict]) -> bool:
+    shares = by(result, "category")
+    return len(shares) == CATEGORY_COUNT and all(0 <= v <= 1 for v in shares.values())
+
+
+def decisions_per_category(result: list[dict]) -> bool:
+    # increase() leaves out what the first scraped sample already held; every OK call
+    # decides every category, so the counts are equal and at most the OK calls.
+    counts = by(result, "category")
+    return len(counts) == CATEGORY_COUNT and len(set(counts.values())) == 1 and 0 < min(counts.values()) <= OK_CALLS * 1.1
+
+
+def random_weights_alert(result: list[dict]) -> bool:
+    return len(result) == 1 and result[0]["metric"]["model"].endswith("/random") and float(result[0]["value"][1]) == 1
+
+
+RULE_RESULTS = {
+    "policy_code:moderation_requests:rate5m": codes_in_traffic_ratio,
+    "policy:moderation_requests_not_ok:ratio_rate5m": non_ok_share,
+    "policy:moderation_requests_server_errors:ratio_rate5m": zero,
+    "stage:moderation_stage_seconds:p95_rate5m": per_stage,
+    "policy_outcome:moderation_escalations:rate5m": nothing,
+    "policy:moderation_escalations_timed_out:ratio_rate15m": nothing,
+    "policy:moderation_escalations_shed:ratio_rate15m": nothing,
+    "moderation_queue:saturation:ratio": saturation,
+    # 0, not absent, for categories with decisions but none at or above review (the `or ... * 0`).
+    "policy_category:moderation_scores_at_or_above_review:ratio_rate1h": share_per_category,
+    "policy_category:moderation_scores_at_or_above_review:ratio_rate1d": share_per_category,
+    "policy_category:moderation_category_decisions:increase1h": decisions_per_category,
+    "ModerationServerErrors": nothing,
+    "ModerationCallerErrors": nothing,  # a quarter exactly is not "over a quarter"
+    "ModerationSlowRequests": None,  # depends on the machine: checked against p95 below
+    "ModerationEscalationsTimingOut": nothing,
+    "ModerationEscalationsShed": nothing,
+    "ModerationQueueSaturated": nothing,
+    "ModerationPolicyReloadFailed": nothing,
+    "ModerationCategoryScoreShift": nothing,  # needs 100 decisions in the hour
+    "ModerationServingRandomWeights": random_weights_alert,
+    "ModerationTargetDown": nothing,
+}
+
+
+def quantile_series(result: list[dict]) -> bool:
+    return 0 <= one_value(result) <= 1
+
+
+def thresholds(result: list[dict]) -> bool:
+    served = by(result, "threshold")
+    return served.keys() == {"review", "block"} and served["review"] <= served["block"]
+
+
+def cumulative_buckets(result: list[dict]) -> bool:
+    buckets = sorted((float(le), v) for le, v in by(result, "le").items())
+    counts = [v for _, v in buckets]
+    return bool(counts) and counts == sorted(counts) and counts[-1] > 0
+
+
+def one_idle_instance(result: list[dict]) -> bool:
+    return one_value(result) == 0
+
+
+def actions(result: list[dict]) -> bool:
+    return bool(result) and by(result, "action").keys() <= {"ALLOW", "REVIEW", "BLOCK"}
+
+
+def bands(result: list[dict]) -> bool:
+    categories = {s["metric"]["category"] for s in result}
+    return len(categories) == CATEGORY_COUNT and {s["metric"]["band"] for s in result} <= {"BELOW", "BORDERLINE", "ABOVE"}
+
+
+def reloads(result: list[dict]) -> bool:
+    return by(result, "result").keys() <= {"ok", "error"} and "error" not in by(result, "result")
+
+
+def served_policy(result: list[dict]) -> bool:
+    return len(result) == 1 and result[0]["metric"]["policy"] == "default" and result[0]["metric"]["version"] != ""
+
+
+def served_model(result: list[dict]) -> bool:
+    return len(result) == 1 and result[0]["metric"]["random"] == "true"
+
+
+DASHBOARD_RESULTS = {
+    "Requests by status code [A]": codes_in_traffic_ratio,
+    "Non-OK ratio by policy [A]": non_ok_share,
+    "Non-OK ratio by policy [B]": zero,
+    "Requests in flight [A]": one_idle_instance,
+    "Latency p95 by stage [A]": per_stage,
+    "Latency p50 by stage [A]": per_stage,
+    "Decisions by action [A]": actions,
+    "Category outcomes by band [A]": bands,
+    "Share at or above review: last hour vs last day [A]": share_per_category,
+    "Share at or above review: last hour vs last day [B]": share_per_category,
+    "Score quantiles and thresholds: $category [A]": quantile_series,
+    "Score quantiles and thresholds: $category [B]": quantile_series,
+    "Score quantiles and thresholds: $category [C]": quantile_series,
+    "Score quantiles and thresholds: $category [D]": thresholds,
+    "Score histogram: $category [A]": cumulative_buckets,
+    "Escalation outcomes [A]": nothing,
+    "Tier agreement by category [A]": nothing,
+    "Batch sizes [A]": cumulative_buckets,
+    "Queue saturation [A]": saturation,
+    "Policy reloads [A]": reloads,
+    "Served policies and models [A]": served_policy,
+    "Served policies and models [B]": served_model,
+}
+
+
+def test_every_rule_and_query_says_what_it_returns() -> None:
+    assert RULE_RESULTS.keys() == {name for name, _ in rule_expressions()}
+    assert DASHBOARD_RESULTS.keys() == {panel for panel, _ in dashboard_queries()}
+
+
 @pytest.mark.parametrize(("name", "expr"), rule_expressions(), ids=[name for name, _ in rule_expressions()])
-def test_rule_expression_evaluates(scraped: Prometheus, name: str, expr: str) -> None:
-    scraped.query(expr)
+def test_rule_expression_returns_what_the_traffic_implies(scraped: Prometheus, name: str, expr: str) -> None:
+    result = scraped.query(expr)
+    if name == "ModerationSlowRequests":
+        p95 = by(scraped.query(dict(rule_expressions())["stage:moderation_stage_seconds:p95_rate5m"]), "stage")["total"]
+        assert bool(result) == (p95 > 1), (p95, result)
+        return
+    assert RULE_RESULTS[name](result), result
 
 
 @pytest.mark.parametrize(("panel", "expr"), dashboard_queries(), ids=[panel for panel, _ in dashboard_queries()])
-def test_dashboard_query_evaluates(scraped: Prometheus, panel: str, expr: str) -> None:
-    scraped.query(grafana_to_promql(expr))
+def test_dashboard_query_returns_what_the_traffic_implies(scraped: Prometheus, panel: str, expr: str) -> None:
+    result = scraped.query(grafana_to_promql(expr))
+    assert DASHBOARD_RESULTS[panel](result), result
 
 
 def test_dashboard_variables_and_annotations_evaluate(scraped: Prometheus) -> None:
