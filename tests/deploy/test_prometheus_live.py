@@ -286,6 +286,7 @@ RULE_RESULTS = {
     "ModerationPolicyReloadFailed": nothing,
     "ModerationCategoryScoreShift": nothing,  # needs 100 decisions in the hour
     "ModerationServingRandomWeights": random_weights_alert,
+    "ModerationRecordsDropped": nothing,
     "ModerationTargetDown": nothing,
 }
 
