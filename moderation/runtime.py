@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -361,7 +362,9 @@ def escalation_metrics(metrics: ModerationMetrics) -> EscalationMetrics:
     return EscalationMetrics(outcome, metrics.escalation_queue_depth.set)
 
 
-def build_store(settings: Settings, on_dropped: DropCallback | None = None) -> StateStore | None:
+def build_store(
+    settings: Settings, on_dropped: DropCallback | None = None, on_evicted: Callable[[int], None] | None = None
+) -> StateStore | None:
     """The state store: database_url if set (PostgreSQL or SQLite), else the embedding_store file, else none.
 
     Opened (and migrated) now, so a wrong URL, a refused password or a schema newer than
@@ -390,6 +393,8 @@ def build_store(settings: Settings, on_dropped: DropCallback | None = None) -> S
             max_buffered=settings.store_max_buffered,
             batch_size=min(256, settings.store_max_buffered),
             on_dropped=on_dropped,
+            thumbnail_max_bytes=settings.thumbnail_max_bytes if thumbnails_in_store else None,
+            on_evicted=on_evicted,
         )
     except StoreError as error:
         variable = "MODERATION_DATABASE_URL" if settings.database_url is not None else "MODERATION_EMBEDDING_STORE"
@@ -402,7 +407,9 @@ def build_store(settings: Settings, on_dropped: DropCallback | None = None) -> S
     return store
 
 
-def build_thumbnails(settings: Settings, store: StateStore | None = None) -> Thumbnails | None:
+def build_thumbnails(
+    settings: Settings, store: StateStore | None = None, on_evicted: Callable[[int], None] | None = None
+) -> Thumbnails | None:
     """Thumbnails (opt-in): rows of the database_url store when one is set, else files in thumbnail_store."""
     from moderation.state.thumbnails import DatabaseThumbnails, ThumbnailError, ThumbnailStore
 
@@ -417,7 +424,13 @@ def build_thumbnails(settings: Settings, store: StateStore | None = None) -> Thu
         )  # fmt: skip
         return DatabaseThumbnails(store, settings.thumbnail_max_px)
     try:
-        thumbnails = ThumbnailStore(settings.thumbnail_store, timedelta(days=settings.thumbnail_retention_days), settings.thumbnail_max_px)
+        thumbnails = ThumbnailStore(
+            settings.thumbnail_store,
+            timedelta(days=settings.thumbnail_retention_days),
+            settings.thumbnail_max_px,
+            max_bytes=settings.thumbnail_max_bytes,
+            on_evicted=on_evicted,
+        )
     except ThumbnailError as error:
         raise ConfigurationError(f"{error}; fix or unset MODERATION_THUMBNAIL_STORE") from error
     log.info(

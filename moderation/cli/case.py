@@ -40,6 +40,11 @@ def case_show(
         Optional[Path], typer.Option(help="thumbnail directory (stores without database_url); default MODERATION_THUMBNAIL_STORE")
     ] = None,
     copy_to: Annotated[Optional[Path], typer.Option("--out", help="copy the thumbnail to this file (mode 0600)", dir_okay=False)] = None,
+    caller: Annotated[
+        Optional[str],
+        typer.Option(help="whose request: token:NAME, mtls:SUBJECT or anonymous (as in the audit log); needed for the "
+                     "thumbnail when several callers used this request id"),
+    ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -48,7 +53,7 @@ def case_show(
 
     from moderation.state.records import StoreError
     from moderation.state.store import is_database_url, open_store, redact_url
-    from moderation.state.thumbnails import thumbnail_path
+    from moderation.state.thumbnails import thumbnail_path, thumbnail_paths
 
     settings = settings_or_fail(config)
     store = store or settings.database_url or (str(settings.embedding_store) if settings.embedding_store else None)
@@ -64,23 +69,33 @@ def case_show(
     decisions = None
     jpeg: bytes | None = None
     thumbnail_note = "thumbnail store not given"
+    # A case is a caller's request id: with --caller, that caller's; without, the one
+    # caller's who has a thumbnail under this id, or a note asking which.
     if store is not None:
         try:
             with open_store(store, read_only=True) as opened:
-                decisions = opened.find_decisions(request_id)
+                decisions = opened.find_decisions(request_id, caller)
                 if in_database:
-                    jpeg = opened.load_thumbnail(request_id)
-                    thumbnail_note = f"{len(jpeg)} bytes in {redact_url(store)}" if jpeg else ""
+                    owners = [caller] if caller is not None else opened.thumbnail_callers(request_id)
+                    if len(owners) == 1:
+                        jpeg = opened.load_thumbnail(request_id, owners[0])
+                        thumbnail_note = f"{len(jpeg)} bytes in {redact_url(store)}" if jpeg else ""
+                    elif len(owners) > 1:
+                        thumbnail_note = f"{len(owners)} callers used this request id: pass --caller ({', '.join(owners)})"
         except StoreError as error:
             raise fail(str(error)) from None
-    thumbnail = thumbnail_path(thumbnails, request_id) if thumbnails is not None and jpeg is None else None
-    try:
-        if thumbnail is not None and thumbnail.is_file():
-            jpeg = thumbnail.read_bytes()
-            thumbnail_note = str(thumbnail)
-    except PermissionError:
-        raise fail(f"{thumbnail} is readable only by the server's user (mode 0600); run this as that user") from None
-    if jpeg is None and (thumbnails is not None or in_database):
+    if thumbnails is not None and jpeg is None and not in_database:
+        candidates = [thumbnail_path(thumbnails, request_id, caller)] if caller is not None else thumbnail_paths(thumbnails, request_id)
+        candidates = [path for path in candidates if path.is_file()]
+        if len(candidates) > 1:
+            thumbnail_note = f"{len(candidates)} callers used this request id: pass --caller"
+        elif candidates:
+            try:
+                jpeg = candidates[0].read_bytes()
+                thumbnail_note = str(candidates[0])
+            except PermissionError:
+                raise fail(f"{candidates[0]} is readable only by the server's user (mode 0600); run this as that user") from None
+    if jpeg is None and (thumbnails is not None or in_database) and "pass --caller" not in thumbnail_note:
         thumbnail_note = "none (only flagged cases get one, and only while thumbnails are on and within their retention)"
 
     now = time.time()
@@ -91,6 +106,7 @@ def case_show(
             rows.append(
                 {
                     "request_id": request_id,
+                    "caller": decisions.callers[i] if decisions.callers else "",
                     "decided_at": decided.isoformat(),
                     "age_s": now - float(decisions.timestamps[i]),
                     "policy_id": decisions.policy_ids[i],
@@ -113,9 +129,12 @@ def case_show(
         if rows:
             print_rows(
                 escape(f"{request_id}: {len(rows)} stored decision{'s' if len(rows) > 1 else ''}"),
-                ["decided (UTC)", "age", "policy", "action", "model"],
+                ["caller", "decided (UTC)", "age", "policy", "action", "model"],
                 [
-                    [escape(r["decided_at"][:19]), age(r["age_s"]), escape(f"{r['policy_id']}@{r['policy_version']}"), r["action"], escape(r["model"])]
+                    [
+                        escape(r["caller"] or "(not recorded)"), escape(r["decided_at"][:19]), age(r["age_s"]),
+                        escape(f"{r['policy_id']}@{r['policy_version']}"), r["action"], escape(r["model"]),
+                    ]  # fmt: skip
                     for r in rows
                 ],
             )

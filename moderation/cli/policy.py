@@ -438,11 +438,10 @@ def policy_diff(
             **flips_document(flips),
         }
         if thumbnails is not None:
-            from moderation.state.thumbnails import thumbnail_path
+            from moderation.state.thumbnails import thumbnail_paths
 
-            document["thumbnails"] = {
-                r: str(thumbnail_path(thumbnails, r)) for r in flips.example_details if thumbnail_path(thumbnails, r).exists()
-            }
+            # Any caller's: `case show --caller` tells them apart when a request id was reused.
+            document["thumbnails"] = {r: [str(p) for p in paths] for r in flips.example_details if (paths := thumbnail_paths(thumbnails, r))}
         print_json(document)
         return
     print_flips(flips, old, new, f"{policy_id!r} decisions of {window} in {shown_store}", thumbnails)

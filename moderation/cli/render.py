@@ -213,7 +213,7 @@ def _scores(example: FlipExample) -> str:
 def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumbnails: Path | None = None) -> None:
     from datetime import datetime, timezone
 
-    from moderation.state.thumbnails import thumbnail_path
+    from moderation.state.thumbnails import thumbnail_paths
 
     share = flips.changed / flips.decisions if flips.decisions else 0.0
     out.print(
@@ -248,8 +248,8 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumb
                 escape(_scores(example)),
             ]
             if thumbnails is not None:
-                path = thumbnail_path(thumbnails, example.request_id)
-                row.append(escape(str(path)) if path.exists() else "-")
+                paths = thumbnail_paths(thumbnails, example.request_id)  # any caller's
+                row.append(escape(", ".join(str(p) for p in paths)) if paths else "-")
             rows.append(row)
         columns = ["request id", "decided (UTC)", "stored version", "action old -> new", "category score (action old -> new)"]
         print_rows(

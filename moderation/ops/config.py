@@ -237,6 +237,13 @@ class Settings(BaseSettings):
     )
     thumbnail_retention_days: float = Field(7.0, gt=0, description="how long thumbnails are kept")
     thumbnail_max_px: int = Field(256, ge=32, le=512, description="longer side of a thumbnail, pixels")
+    # ~38 KB per flagged request at 256 px: without a cap a flood of flagged uploads fills the disk.
+    thumbnail_max_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="most bytes of thumbnails kept (files or rows); beyond, the oldest are evicted "
+        "(moderation_thumbnails_evicted_total); 1 GiB by default",
+    )
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
 

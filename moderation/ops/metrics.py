@@ -175,6 +175,11 @@ class ModerationMetrics:
             ["reason"],
             registry=registry,
         )
+        self.thumbnails_evicted = Counter(
+            "moderation_thumbnails_evicted_total",
+            "Thumbnails deleted before their retention, oldest first, to keep the kept ones under thumbnail_max_bytes.",
+            registry=registry,
+        )
         self.store_dropped = Counter(
             "moderation_store_dropped_total",
             "Rows the state store dropped because writes kept failing and its bounded buffer was full, by kind "

@@ -99,8 +99,9 @@ def build_shell(
     )
     core = build_core(settings, scorer, build_escalation_tier(settings, metrics, spec.device), core_metrics)
     # Drops (the database away longer than the buffer lasts) are counted, never a failed request.
-    store = build_store(settings, on_dropped=lambda kind, count: metrics.store_dropped.labels(kind).inc(count))
-    thumbnails = build_thumbnails(settings, store)
+    evicted = metrics.thumbnails_evicted.inc
+    store = build_store(settings, on_dropped=lambda kind, count: metrics.store_dropped.labels(kind).inc(count), on_evicted=evicted)
+    thumbnails = build_thumbnails(settings, store, on_evicted=evicted)
     shell = ServingShell(
         core,
         scorer,

@@ -43,6 +43,9 @@ class ModerationResult:
     shadows: tuple[Judgement, ...] = ()  # the same frames judged under each shadow policy
     thumbnail: bytes | None = None  # a small JPEG of the representative frame, for flagged cases when thumbnails are on
     decided_at: float = field(default_factory=time.time)  # wall clock, for stored records
+    # Who asked (token name, mTLS subject or 'anonymous'): a case is the caller's request id,
+    # so another caller reusing the id can neither replace nor read it (issue 18, item 3).
+    caller: str = "anonymous"
 
     def without_pixels(self) -> ModerationResult:
         """This result without its decoded frames: what listeners get, so a full listener queue holds

@@ -123,7 +123,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
             image = request.image  # protobuf copies a bytes field on every access: once only
             self._check(request, image)
             result = await asyncio.wait_for(
-                shell.moderate(image, request.policy_id, request_id, request.force_escalation, deadline_s),
+                shell.moderate(image, request.policy_id, request_id, request.force_escalation, deadline_s, caller),
                 timeout=deadline_s,
             )
             return convert.result_to_pb(result)

@@ -71,7 +71,13 @@ class ServingShell:
         self.batcher.start()
 
     async def moderate(
-        self, image: bytes, policy_id: str = "", request_id: str = "", force_escalation: bool = False, deadline_s: float = 30.0
+        self,
+        image: bytes,
+        policy_id: str = "",
+        request_id: str = "",
+        force_escalation: bool = False,
+        deadline_s: float = 30.0,
+        caller: str = "anonymous",
     ) -> ModerationResult:
         """Raises PolicyNotFound, ImageRejected, Overloaded and DeadlinePassed."""
         loop = asyncio.get_running_loop()
@@ -109,7 +115,9 @@ class ServingShell:
             escalation_ms=(finished - judged) * 1e3,
             total_ms=(finished - started) * 1e3,
         )
-        result = ModerationResult(request_id, decision, self.core.model_id, timings, escalation, judgement, shadow_judgements, thumbnail)
+        result = ModerationResult(
+            request_id, decision, self.core.model_id, timings, escalation, judgement, shadow_judgements, thumbnail, caller=caller
+        )
         self.listeners.offer(result.without_pixels())
         return result
 

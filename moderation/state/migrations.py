@@ -93,6 +93,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX thumbnails_by_time ON thumbnails (saved_at)",
         ),
     ),
+    Migration(
+        3,
+        "cases are the caller's: decisions and thumbnails keyed by caller and request id (issue 18, item 3)",
+        sqlite=(
+            # Rows from before carry caller '' (unknown): `case show` lists them under it.
+            "ALTER TABLE decisions ADD COLUMN caller TEXT NOT NULL DEFAULT ''",
+            # SQLite cannot change a primary key in place: a new table, the rows, the old name.
+            """CREATE TABLE thumbnails_by_caller (
+                caller     TEXT NOT NULL,  -- token name, mTLS subject or 'anonymous'
+                request_id TEXT NOT NULL,
+                saved_at   REAL NOT NULL,
+                jpeg       BLOB NOT NULL,
+                PRIMARY KEY (caller, request_id)
+            )""",
+            "INSERT INTO thumbnails_by_caller (caller, request_id, saved_at, jpeg) SELECT '', request_id, saved_at, jpeg FROM thumbnails",
+            "DROP TABLE thumbnails",
+            "ALTER TABLE thumbnails_by_caller RENAME TO thumbnails",
+            "CREATE INDEX thumbnails_by_time ON thumbnails (saved_at)",
+            "CREATE INDEX thumbnails_by_request ON thumbnails (request_id)",
+        ),
+        postgres=(
+            "ALTER TABLE decisions ADD COLUMN caller TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE thumbnails ADD COLUMN caller TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE thumbnails DROP CONSTRAINT thumbnails_pkey",
+            "ALTER TABLE thumbnails ADD PRIMARY KEY (caller, request_id)",
+            "CREATE INDEX thumbnails_by_request ON thumbnails (request_id)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

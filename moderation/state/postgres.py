@@ -26,12 +26,12 @@ from moderation.state.migrations import (
     pending,
 )
 from moderation.state.records import StoreError
-from moderation.state.store import DecisionRow, RejectedRows, StateStore, ThumbnailRow, redact_url
+from moderation.state.store import CaseKey, DecisionRow, RejectedRows, StateStore, ThumbnailRow, redact_url
 
-_COPY_DECISIONS = "COPY decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding) FROM STDIN"
+_COPY_DECISIONS = "COPY decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding, caller) FROM STDIN"
 _UPSERT_THUMBNAIL = (
-    "INSERT INTO thumbnails (request_id, saved_at, jpeg) VALUES (%s, %s, %s) "
-    "ON CONFLICT (request_id) DO UPDATE SET saved_at = EXCLUDED.saved_at, jpeg = EXCLUDED.jpeg"
+    "INSERT INTO thumbnails (caller, request_id, saved_at, jpeg) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (caller, request_id) DO UPDATE SET saved_at = EXCLUDED.saved_at, jpeg = EXCLUDED.jpeg"
 )
 
 
@@ -141,6 +141,16 @@ class PostgresStore(StateStore):
 
     def _delete_thumbnails_before(self, cutoff: float) -> int:
         return self._delete("DELETE FROM thumbnails WHERE saved_at < %s", cutoff)
+
+    def _delete_thumbnails(self, cases: list[CaseKey]) -> int:
+        connection = self._connect()
+        try:
+            with connection.transaction(), connection.cursor() as cursor:
+                cursor.executemany("DELETE FROM thumbnails WHERE caller = %s AND request_id = %s", cases)
+                return cursor.rowcount
+        except psycopg.Error as error:
+            self._reset_if_broken()
+            raise StoreError(f"cannot evict thumbnails from state store {self.where}: {_one_line(error)}") from None
 
     def _delete(self, sql: str, cutoff: float) -> int:
         connection = self._connect()

@@ -34,6 +34,7 @@ class StoredDecisions:
     actions: tuple[Action, ...]
     model_ids: tuple[str, ...]
     embeddings: np.ndarray  # [n, dim] float32
+    callers: tuple[str, ...] = ()  # who asked, when the read selected it (find_decisions); '' for rows from before
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -71,7 +72,7 @@ def embedding_bytes(embedding: np.ndarray) -> bytes:
 
 
 def decisions_batch(rows: list[tuple[object, ...]], where: str) -> StoredDecisions:
-    """Rows of (ts, key, request_id, policy_id, policy_version, action, model_id, embedding) as one batch."""
+    """Rows of (ts, key, request_id, policy_id, policy_version, action, model_id, embedding[, caller]) as one batch."""
     sizes = {len(row[7]) for row in rows}  # type: ignore[arg-type]
     if len(sizes) != 1:
         raise StoreError(f"{where}: stored embeddings of different sizes in one window; filter by model")
@@ -84,4 +85,5 @@ def decisions_batch(rows: list[tuple[object, ...]], where: str) -> StoredDecisio
         model_ids=tuple(str(row[6]) for row in rows),
         # One frombuffer over the joined bytes: a 4096-row page is one copy, not 4096 small arrays.
         embeddings=np.frombuffer(b"".join(bytes(row[7]) for row in rows), dtype="<f4").reshape(len(rows), -1).astype(np.float32),  # type: ignore[arg-type]
+        callers=tuple(str(row[8]) for row in rows) if rows and len(rows[0]) > 8 else (),
     )

@@ -15,12 +15,14 @@ from pathlib import Path
 
 from moderation.state.migrations import SCHEMA_VERSION, SCHEMA_VERSION_TABLE, newer_than_code_message, pending
 from moderation.state.records import StoreError
-from moderation.state.store import DecisionRow, RejectedRows, StateStore, ThumbnailRow
+from moderation.state.store import CaseKey, DecisionRow, RejectedRows, StateStore, ThumbnailRow
 
-_INSERT_DECISION = "INSERT INTO decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_DECISION = (
+    "INSERT INTO decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding, caller) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _UPSERT_THUMBNAIL = (
-    "INSERT INTO thumbnails (request_id, saved_at, jpeg) VALUES (?, ?, ?) "
-    "ON CONFLICT (request_id) DO UPDATE SET saved_at = excluded.saved_at, jpeg = excluded.jpeg"
+    "INSERT INTO thumbnails (caller, request_id, saved_at, jpeg) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (caller, request_id) DO UPDATE SET saved_at = excluded.saved_at, jpeg = excluded.jpeg"
 )
 
 
@@ -144,6 +146,19 @@ class SQLiteStore(StateStore):
 
     def _delete_thumbnails_before(self, cutoff: float) -> int:
         return self._delete("DELETE FROM thumbnails WHERE saved_at < ?", cutoff)
+
+    def _delete_thumbnails(self, cases: list[CaseKey]) -> int:
+        try:
+            self._connection.execute("BEGIN")
+            try:
+                deleted = self._connection.executemany("DELETE FROM thumbnails WHERE caller = ? AND request_id = ?", cases).rowcount
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            return deleted
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot evict thumbnails from state store {self.path}: {error}") from error
 
     def _delete(self, sql: str, cutoff: float) -> int:
         try:

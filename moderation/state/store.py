@@ -56,8 +56,14 @@ from moderation.state.records import (
 
 log = logging.getLogger(__name__)
 
-DecisionRow = tuple[str, float, str, str, str, str, bytes]  # request_id, ts, policy_id, policy_version, action, model_id, embedding
-ThumbnailRow = tuple[str, float, bytes]  # request_id, saved_at, jpeg
+# request_id, ts, policy_id, policy_version, action, model_id, embedding, caller
+DecisionRow = tuple[str, float, str, str, str, str, bytes, str]
+ThumbnailRow = tuple[str, str, float, bytes]  # caller, request_id, saved_at, jpeg
+# A case is a caller's request id: another caller reusing the id neither replaces nor reads it.
+CaseKey = tuple[str, str]  # caller, request_id
+ANONYMOUS = "anonymous"
+# A second callback, with how many thumbnails were evicted to keep under thumbnail_max_bytes.
+EvictCallback = Callable[[int], None]
 # Called with ("decision" | "thumbnail", how many) whenever buffered rows are dropped.
 DropCallback = Callable[[str, int], None]
 
@@ -90,11 +96,18 @@ class StateStore(ABC):
         flush_interval_s: float | None = None,
         warn_every_s: float = 30.0,
         on_dropped: DropCallback | None = None,
+        thumbnail_max_bytes: int | None = None,
+        on_evicted: EvictCallback | None = None,
     ):
         if batch_size < 1 or max_buffered < batch_size:
             raise ValueError(f"need 1 <= batch_size <= max_buffered, got {batch_size} and {max_buffered}")
         if max_buffered_thumbnails < 1:
             raise ValueError(f"max_buffered_thumbnails must be at least 1, got {max_buffered_thumbnails}")
+        if thumbnail_max_bytes is not None and thumbnail_max_bytes < 1:
+            raise ValueError(f"thumbnail_max_bytes must be at least 1, got {thumbnail_max_bytes}")
+        self.thumbnail_max_bytes = thumbnail_max_bytes
+        self.evicted_thumbnails = 0
+        self._on_evicted = on_evicted
         self.where = where  # for messages: a path, or a URL without its password
         self.read_only = read_only
         self.retention = retention
@@ -109,7 +122,7 @@ class StateStore(ABC):
         self.dropped_thumbnails = 0
         self._on_dropped = on_dropped
         self._decisions: list[DecisionRow] = []
-        self._thumbnails: dict[str, ThumbnailRow] = {}  # by request id: a newer save replaces a buffered one
+        self._thumbnails: dict[CaseKey, ThumbnailRow] = {}  # by case: a newer save replaces a buffered one
         self._oldest_buffered_at: float | None = None  # monotonic time of the oldest buffered row
         self._retry_at = 0.0  # after a failed write, the monotonic time of the next attempt
         self._last_prune_at = -math.inf
@@ -140,24 +153,25 @@ class StateStore(ABC):
         action: Action | str,
         image_embedding: np.ndarray,
         model_id: str,
+        caller: str = ANONYMOUS,
     ) -> None:
         """Buffer one decision; write a batch when one is due. Never raises for storage trouble."""
         row = (
             _text(request_id), unix_seconds(timestamp), _text(policy_id), _text(policy_version), Action(action).value, _text(model_id),
-            embedding_bytes(image_embedding),
+            embedding_bytes(image_embedding), _text(caller),
         )  # fmt: skip
         self._buffer(lambda: self._decisions.append(row))
 
-    def save_thumbnail(self, request_id: str, jpeg: bytes, saved_at: Timestamp | None = None) -> None:
-        """Buffer one thumbnail (replacing an older one of the same request id when written)."""
+    def save_thumbnail(self, request_id: str, jpeg: bytes, saved_at: Timestamp | None = None, caller: str = ANONYMOUS) -> None:
+        """Buffer one thumbnail (replacing an older one of the same caller and request id when written)."""
         if not isinstance(jpeg, bytes | bytearray) or not jpeg:
             raise ValueError("a thumbnail is non-empty JPEG bytes")
-        request_id = _text(request_id)
-        row = (request_id, time.time() if saved_at is None else unix_seconds(saved_at), bytes(jpeg))
+        case = (_text(caller), _text(request_id))
+        row = (*case, time.time() if saved_at is None else unix_seconds(saved_at), bytes(jpeg))
 
         def add() -> None:
-            self._thumbnails.pop(request_id, None)
-            self._thumbnails[request_id] = row
+            self._thumbnails.pop(case, None)
+            self._thumbnails[case] = row
 
         self._buffer(add)
 
@@ -206,9 +220,9 @@ class StateStore(ABC):
                     with self._buffer_lock:
                         self._decisions[:0] = decisions  # oldest first, as they came
                         newer, self._thumbnails = self._thumbnails, thumbnails
-                        for request_id, row in newer.items():
-                            self._thumbnails.pop(request_id, None)
-                            self._thumbnails[request_id] = row
+                        for case, row in newer.items():
+                            self._thumbnails.pop(case, None)
+                            self._thumbnails[case] = row
                         self._oldest_buffered_at = time.monotonic()
                         self._retry_at = time.monotonic() + self.max_delay_s
                         if self._failing_since is None:
@@ -219,6 +233,8 @@ class StateStore(ABC):
                 if self._failing_since is not None:
                     self._log_recovery()
                 self._retry_at = 0.0
+                if thumbnails and self.thumbnail_max_bytes is not None:
+                    self._evict_over_cap(self.thumbnail_max_bytes)
             if time.monotonic() - self._last_prune_at >= self.prune_every_s and (self.retention or self.thumbnail_retention):
                 self._prune_locked()
             return len(decisions) + len(thumbnails)
@@ -240,6 +256,38 @@ class StateStore(ABC):
             raise ValueError("prune_thumbnails needs an age or a time, or a store with a thumbnail retention")
         with self._write_lock:
             return self._delete_thumbnails_before(_cutoff(older_than))
+
+    def _evict_over_cap(self, cap: int) -> None:
+        """Delete the oldest thumbnails until they hold at most 90% of `cap` bytes (under the write lock).
+
+        Measured in the database after each write of thumbnails, so replicas sharing
+        one store keep one cap between them; the 10% headroom makes eviction a batch
+        now and then rather than a delete per write.
+        """
+        try:
+            ((total,),) = self._fetchall("SELECT COALESCE(SUM(LENGTH(jpeg)), 0) FROM thumbnails", ())
+            excess = int(total) - int(cap * 0.9)
+            if int(total) <= cap or excess <= 0:
+                return
+            evicted = 0
+            while excess > 0:
+                oldest = self._fetchall("SELECT caller, request_id, LENGTH(jpeg) FROM thumbnails ORDER BY saved_at LIMIT 256", ())
+                if not oldest:
+                    break
+                chosen = []
+                for caller, request_id, size in oldest:
+                    chosen.append((caller, request_id))
+                    excess -= int(size)
+                    if excess <= 0:
+                        break
+                evicted += self._delete_thumbnails(chosen)
+        except StoreError as error:
+            self._warn(error)  # the cap is kept at the next write
+            return
+        self.evicted_thumbnails += evicted
+        if self._on_evicted is not None and evicted:
+            self._on_evicted(evicted)
+        log.info("evicted the %d oldest thumbnails to keep %s under thumbnail_max_bytes (%d)", evicted, self.where, cap)
 
     def close(self) -> None:
         """Stop the flush thread, write what is buffered (one last try) and close the connection."""
@@ -370,20 +418,31 @@ class StateStore(ABC):
         ((newest,),) = self._fetchall("SELECT MAX(ts) FROM decisions", ())
         return StoreFreshness(int(count), oldest, newest_in_window, newest)
 
-    def find_decisions(self, request_id: str) -> StoredDecisions | None:
-        """Every stored decision with this request id (one, unless a caller reused the id), oldest first."""
+    def find_decisions(self, request_id: str, caller: str | None = None) -> StoredDecisions | None:
+        """Every stored decision with this request id (of `caller` when given), oldest first, with who asked."""
         key = self._row_key
+        # A reader never migrates: a store from before callers were kept reads them as '' (unknown).
+        callers = "caller" if self.schema_version >= 3 else "''"
+        where, params = ("request_id = ?", (request_id,)) if caller is None else (f"request_id = ? AND {callers} = ?", (request_id, caller))
         rows = self._fetchall(
-            f"SELECT ts, {key}, request_id, policy_id, policy_version, action, model_id, embedding FROM decisions "
-            f"WHERE request_id = ? ORDER BY ts, {key} LIMIT 100",
-            (request_id,),
+            f"SELECT ts, {key}, request_id, policy_id, policy_version, action, model_id, embedding, {callers} FROM decisions "
+            f"WHERE {where} ORDER BY ts, {key} LIMIT 100",
+            params,
         )
         return decisions_batch(rows, self.where) if rows else None
 
-    def load_thumbnail(self, request_id: str) -> bytes | None:
-        """The stored JPEG of `request_id`, or None (never kept, not yet flushed, or past its retention)."""
-        rows = self._fetchall("SELECT jpeg FROM thumbnails WHERE request_id = ?", (request_id,))
+    def load_thumbnail(self, request_id: str, caller: str = ANONYMOUS) -> bytes | None:
+        """The stored JPEG of `caller`'s `request_id`, or None (never kept, not yet flushed, or past its retention)."""
+        if self.schema_version < 3:
+            rows = self._fetchall("SELECT jpeg FROM thumbnails WHERE request_id = ? AND '' = ?", (request_id, caller))
+        else:
+            rows = self._fetchall("SELECT jpeg FROM thumbnails WHERE caller = ? AND request_id = ?", (caller, request_id))
         return bytes(rows[0][0]) if rows else None
+
+    def thumbnail_callers(self, request_id: str) -> list[str]:
+        """Which callers have a thumbnail kept under this request id (usually one)."""
+        callers = "caller" if self.schema_version >= 3 else "''"
+        return [str(c) for (c,) in self._fetchall(f"SELECT {callers} FROM thumbnails WHERE request_id = ? ORDER BY 1 LIMIT 100", (request_id,))]
 
     def count_decisions(self) -> int:
         ((count,),) = self._fetchall("SELECT COUNT(*) FROM decisions", ())
@@ -409,6 +468,10 @@ class StateStore(ABC):
 
     @abstractmethod
     def _delete_thumbnails_before(self, cutoff: float) -> int: ...
+
+    @abstractmethod
+    def _delete_thumbnails(self, cases: list[CaseKey]) -> int:
+        """Delete these (caller, request_id) thumbnails in one transaction; how many were."""
 
     @abstractmethod
     def _disconnect(self) -> None: ...

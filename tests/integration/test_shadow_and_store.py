@@ -129,3 +129,43 @@ def test_shadow_decisions_go_to_metrics_and_audit_and_store_feeds_diff(tmp_path:
     assert diff.returncode == 0, diff.stderr
     assert str(len(responses)) in diff.stdout
     assert f"store: {len(responses)} decisions in the window" in diff.stdout
+
+
+def test_a_second_caller_reusing_a_request_id_keeps_its_own_case(tmp_path: Path) -> None:
+    """Issue 18, item 3: cases were keyed by request id alone, so a second caller sending the first
+    caller's request id replaced the first caller's thumbnail. Now a case is (caller, request id)."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "default.yaml").write_text(DEFAULT_TEXT)
+    (policies / "default_strict.yaml").write_text(STRICT_SHADOW)  # flags everything: every case keeps a thumbnail
+    store, thumbnails, tokens = tmp_path / "store.sqlite", tmp_path / "thumbnails", tmp_path / "tokens"
+    tokens.write_text("alice:alice-token-0123456789\nmallory:mallory-token-0123456789\n")
+    env = {
+        "MODERATION_EMBEDDING_STORE": str(store),
+        "MODERATION_THUMBNAIL_STORE": str(thumbnails),
+        "MODERATION_EMBEDDING_FLUSH_INTERVAL_S": "0.5",
+        "MODERATION_AUTH_TOKENS_FILE": str(tokens),
+    }
+    with running_server(
+        tmp_path, "--policies", str(policies), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random", env=env
+    ) as server, server.channel() as channel:  # fmt: skip
+        stub = pb_grpc.ModerationServiceStub(channel)
+        for name, picture in (("alice", images.astronaut_jpeg()), ("mallory", images.coffee_png())):
+            metadata = (("authorization", f"Bearer {name}-token-0123456789"),)
+            stub.Moderate(pb.ModerateRequest(request_id="shared-id", image=picture), timeout=30, metadata=metadata)
+        deadline = time.monotonic() + 20
+        while (stored_count(store) < 2 or len(list(thumbnails.glob("*/*.jpg"))) < 2) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    alice, mallory = thumbnail_path(thumbnails, "shared-id", "token:alice"), thumbnail_path(thumbnails, "shared-id", "token:mallory")
+    assert alice.is_file() and mallory.is_file() and alice.read_bytes() != mallory.read_bytes()
+
+    def show(*options: str) -> dict:
+        shown = CliRunner().invoke(app, ["case", "show", "shared-id", "--store", str(store), "--thumbnails", str(thumbnails), "--json", *options])
+        assert shown.exit_code == 0, shown.output
+        return json.loads(shown.stdout)
+
+    both = show()
+    assert sorted(d["caller"] for d in both["decisions"]) == ["token:alice", "token:mallory"]
+    assert both["thumbnail"] is None  # two cases under this id: which one is asked for with --caller
+    mine = show("--caller", "token:alice")
+    assert [d["caller"] for d in mine["decisions"]] == ["token:alice"] and mine["thumbnail"] == str(alice)

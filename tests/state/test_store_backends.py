@@ -272,10 +272,37 @@ def test_ids_with_nul_are_stored_and_rows_the_database_refuses_are_dropped_not_r
         assert store.find_decisions("evil\ufffdid") is not None and store.load_thumbnail("evil\ufffdid") == b"\xff\xd8jpeg"
         # A batch with a row no schema accepts (a thumbnail without bytes): the whole batch is refused and
         # counted, and the writer goes on with the next rows instead of retrying it forever.
-        store._decisions.append(("bad", NOW.timestamp(), "p", "1", "ALLOW", "m", vector(1).tobytes()))
-        store._thumbnails["bad"] = ("bad", NOW.timestamp(), None)  # type: ignore[assignment] - NOT NULL violated
+        store._decisions.append(("bad", NOW.timestamp(), "p", "1", "ALLOW", "m", vector(1).tobytes(), "anonymous"))
+        store._thumbnails["anonymous", "bad"] = ("anonymous", "bad", NOW.timestamp(), None)  # type: ignore[assignment] - NOT NULL violated
         with pytest.raises(RejectedRows, match="refused 1 decisions and 1 thumbnails"):
             store.flush()
         assert store.buffered == 0 and dropped == [("decision", 1), ("thumbnail", 1)]
         store.record("after", NOW, "p", "1", "ALLOW", vector(2), "m")
     assert ids(store_location) == ["evil\ufffdid", "after"]
+
+
+def test_a_case_is_the_callers_request_id_and_thumbnails_are_capped(store_location: str) -> None:
+    """Issue 18, item 3: a second caller reusing a request id replaced the first caller's thumbnail,
+    and nothing capped what thumbnails took."""
+    evicted: list[int] = []
+    jpeg = b"\xff\xd8" + bytes(998)  # 1,000 bytes
+    with open_store(
+        store_location, thumbnail_retention=timedelta(days=7), batch_size=2, thumbnail_max_bytes=10_500, on_evicted=evicted.append
+    ) as store:
+        store.record("same", NOW, "p", "1", "BLOCK", vector(0), "m", caller="token:a")
+        store.record("same", NOW + timedelta(seconds=1), "p", "1", "ALLOW", vector(1), "m", caller="token:b")
+        store.save_thumbnail("same", b"\xff\xd8a", caller="token:a")
+        store.save_thumbnail("same", b"\xff\xd8b", caller="token:b")
+        store.flush()
+        assert store.load_thumbnail("same", "token:a") == b"\xff\xd8a" and store.load_thumbnail("same", "token:b") == b"\xff\xd8b"
+        assert store.thumbnail_callers("same") == ["token:a", "token:b"] and store.load_thumbnail("same") is None
+        both = store.find_decisions("same")
+        assert both is not None and both.callers == ("token:a", "token:b")
+        only_b = store.find_decisions("same", "token:b")
+        assert only_b is not None and only_b.callers == ("token:b",) and only_b.actions[0].value == "ALLOW"
+        for i in range(30):
+            store.save_thumbnail(f"r{i}", jpeg, saved_at=NOW - timedelta(minutes=60 - i))
+            store.flush()
+        ((total,),) = store._fetchall("SELECT SUM(LENGTH(jpeg)) FROM thumbnails", ())
+        assert total <= 10_500 and sum(evicted) == store.evicted_thumbnails > 0
+        assert store.load_thumbnail("r29") == jpeg and store.load_thumbnail("r0") is None, "the oldest go first"

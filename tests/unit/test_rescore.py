@@ -192,7 +192,7 @@ def test_diff_names_whole_ids_with_scores_freshness_and_thumbnails(tiny_scorer: 
     assert example["request_id"] in ids and example["categories"]["weapons"]["actions"] == ["ALLOW", "REVIEW"]
     old_score, new_score = example["categories"]["weapons"]["scores"]
     assert old_score == pytest.approx(new_score)  # same prompts, other thresholds
-    assert document["thumbnails"] == {ids[0]: str(kept)}
+    assert document["thumbnails"] == {ids[0]: [str(kept)]}
 
 
 def test_diff_shows_control_characters_in_stored_ids_instead_of_sending_them(tiny_scorer: ClipScorer, tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ class EmbeddingStoreListener:
         # For animations, the frame behind the highest-scoring category stands for the image.
         vector = result.judgement.frames.embeddings[result.judgement.representative_row()].numpy().copy()  # encoder contract: float32 CPU
         self._store.record(
-            result.request_id, result.decided_at, decision.policy_id, decision.policy_version, decision.action.value, vector, result.model_id
-        )
+            result.request_id, result.decided_at, decision.policy_id, decision.policy_version, decision.action.value, vector, result.model_id,
+            caller=result.caller,
+        )  # fmt: skip
 
     def close(self) -> None:
         self._store.close()

@@ -18,7 +18,7 @@ class ThumbnailListener:
 
     def handle(self, result: ModerationResult) -> None:
         if result.thumbnail is not None:
-            self._store.save(result.request_id, result.thumbnail)
+            self._store.save(result.request_id, result.thumbnail, caller=result.caller)
 
     def close(self) -> None:
         pass
