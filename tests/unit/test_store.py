@@ -111,3 +111,27 @@ def test_sqlite_urls_name_files(tmp_path: Path) -> None:
     assert ids(path) == ["a"]
     with pytest.raises(StoreError, match="unknown store URL scheme 'mysql' in mysql://u:\\*\\*\\*@h/db"):
         open_store("mysql://u:secret@h/db")
+
+
+def test_a_schema_2_file_migrates_to_cases_keyed_by_caller_and_keeps_its_rows(tmp_path: Path) -> None:
+    from moderation.state.migrations import MIGRATIONS, SCHEMA_VERSION_TABLE
+
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as old:
+        old.execute(SCHEMA_VERSION_TABLE)
+        for migration in MIGRATIONS[:2]:
+            for statement in migration.sqlite:
+                old.execute(statement)
+            old.execute("INSERT INTO schema_version VALUES (?, ?, 0)", (migration.version, migration.description))
+        old.execute("INSERT INTO decisions VALUES ('kept', ?, 'default', '1', 'BLOCK', 'm', ?)", (NOW.timestamp(), vector(0).tobytes()))
+        old.execute("INSERT INTO thumbnails VALUES ('kept', ?, ?)", (NOW.timestamp(), b"\xff\xd8old"))
+    with open_store(path, read_only=True) as reader:  # an old file read as it is: callers unknown
+        assert reader.schema_version == 2 and reader.load_thumbnail("kept", "") == b"\xff\xd8old"
+        assert reader.find_decisions("kept").callers == ("",)
+    with open_store(path, thumbnail_retention=timedelta(days=1)) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.load_thumbnail("kept", "") == b"\xff\xd8old" and store.thumbnail_callers("kept") == [""]
+        store.save_thumbnail("kept", b"\xff\xd8new", caller="token:a")  # another case under the same id
+        store.flush()
+        assert store.load_thumbnail("kept", "") == b"\xff\xd8old" and store.load_thumbnail("kept", "token:a") == b"\xff\xd8new"
+        assert store.find_decisions("kept").callers == ("",)
