@@ -1,4 +1,4 @@
-"""Mixed abuse run: every resource attack of issue 12 at once against a real server on loopback.
+"""Mixed abuse run: every resource attack of issues 12 and 18 at once against a real server on loopback.
 
     PYTHONPATH=. .venv/bin/python -m bench.abuse --seconds 600 --out bench/results/abuse.json
 
@@ -14,6 +14,12 @@ otherwise) with the bounds below, then runs these attackers concurrently for
                    the server uses TLS; here it does not)
   long-ids         huge policy ids, 5 MB metadata values, request ids with newlines and ESC
   cancels          streams cancelled by the client mid-way
+  gif-canvas       a 2 KB GIF whose 1x1 logical screen grows to 6300x6300 at frame 1 (~40 M pixels a frame)
+  idle-sockets     raw TCP sockets beyond max_connections sending nothing or only the HTTP/2 preface,
+                   reopened as the server closes them (handshake_timeout_s)
+  malformed-protobuf  raw bytes that are no ModerateRequest (ff ff ff, ...), with and without a token
+  busy-streams     another caller (its own token) keeping 5 ModerateStreams full of valid images:
+                   admission shares slots between callers, so the well-behaved client is still served
 
 while a well-behaved client sends valid images and a prober checks health
 (main port and the plaintext health port) every `--probe-interval-s`. It samples the server's
@@ -21,8 +27,9 @@ RSS; at the end it sends SIGTERM and waits for exit code 0 within the grace peri
 
 Pass criteria (checked by tests/integration/test_abuse.py on a short run): health
 SERVING on every probe of the health port, valid requests answered OK in every
-10 s window, peak RSS growth under the documented bound, every log line JSON,
-SIGTERM exit 0 within the grace period.
+10 s window, peak RSS growth under the documented bound, every log line JSON and
+none at level error or critical, malformed messages answered UNAUTHENTICATED or
+INVALID_ARGUMENT (never UNKNOWN), the GIF refused, SIGTERM exit 0 within the grace period.
 """
 
 from __future__ import annotations
@@ -37,13 +44,17 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "abuse-run-token-0123456789"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
+# The busy-streams attacker is another caller: admission shares slots between callers by token.
+STREAMS_TOKEN = "abuse-streams-token-0123456789"
+STREAMS_AUTH = (("authorization", f"Bearer {STREAMS_TOKEN}"),)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MIB = 1024 * 1024
 
 
@@ -101,6 +112,8 @@ class Bounds:
     max_connections: int = 64
     stream_window: int = 16
     grace_period_s: float = 10.0
+    handshake_timeout_s: float = 5.0  # the server's default
+    max_connection_idle_s: float = 30.0  # the server's default
     decode_workers: int = 2  # the server's default
     max_image_pixels: int = 40_000_000  # the server's default
 
@@ -117,6 +130,8 @@ class Bounds:
             "MODERATION_MAX_CONNECTIONS": str(self.max_connections),
             "MODERATION_STREAM_WINDOW": str(self.stream_window),
             "MODERATION_GRACE_PERIOD_S": str(self.grace_period_s),
+            "MODERATION_HANDSHAKE_TIMEOUT_S": str(self.handshake_timeout_s),
+            "MODERATION_MAX_CONNECTION_IDLE_S": str(self.max_connection_idle_s),
         }
 
     def memory_bound_mb(self) -> float:
@@ -316,6 +331,78 @@ class AbuseRun:
                     break
         self.tally("cancels", "cancelled")
 
+    def gif_canvas(self) -> None:
+        import grpc
+
+        from moderation.v1 import moderation_pb2 as pb
+        from moderation.v1 import moderation_pb2_grpc as pb_grpc
+        from tests.images import canvas_growing_gif  # noqa: PLC0415 - the hostile GIF of issue 18
+
+        with self.channel() as channel:
+            stub = pb_grpc.ModerationServiceStub(channel)
+            try:
+                stub.Moderate(pb.ModerateRequest(image=canvas_growing_gif(frames=20, offset=6299)), metadata=AUTH, timeout=10)
+                self.tally("gif-canvas", "OK (must not happen)")
+            except grpc.RpcError as err:
+                self.tally("gif-canvas", err.code().name)
+
+    def idle_sockets(self) -> None:
+        import socket
+
+        host, port = self.target.rsplit(":", 1)
+        sockets = []
+        try:
+            for i in range(2 * self.bounds.max_connections):
+                sock = socket.create_connection((host, int(port)), timeout=5)
+                if i % 2:
+                    sock.sendall(HTTP2_PREFACE)
+                sockets.append(sock)
+            self.tally("idle-sockets", f"opened {len(sockets)}")
+            # Held until the server closes them at its handshake timeout; then the loop reopens them.
+            deadline = time.monotonic() + self.bounds.handshake_timeout_s + 5
+            closed = 0
+            for sock in sockets:
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                try:
+                    while sock.recv(4096):
+                        pass  # the server's SETTINGS, then EOF
+                    closed += 1
+                except (ConnectionResetError, BrokenPipeError):
+                    closed += 1
+                except TimeoutError:
+                    pass
+            self.tally("idle-sockets", "closed by the server" if closed == len(sockets) else "some still open at handshake timeout + 5 s")
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    def malformed_protobuf(self) -> None:
+        import grpc
+
+        with self.channel() as channel:
+            # Raw bytes as the request message: the stub's serializer is bypassed.
+            moderate = channel.unary_unary("/moderation.v1.ModerationService/Moderate")
+            for payload in (b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", os.urandom(64)):
+                for metadata, who in (((), "no token"), (AUTH, "token")):
+                    try:
+                        moderate(payload, metadata=metadata, timeout=10)
+                        self.tally("malformed-protobuf", f"{who}: OK")
+                    except grpc.RpcError as err:
+                        self.tally("malformed-protobuf", f"{who}: {err.code().name}")
+
+    def busy_streams(self) -> None:
+        from moderation.v1 import moderation_pb2 as pb
+        from moderation.v1 import moderation_pb2_grpc as pb_grpc
+
+        def items() -> Iterator[pb.ModerateStreamRequest]:
+            deadline = time.monotonic() + 20
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                yield pb.ModerateStreamRequest(request=pb.ModerateRequest(image=self.valid_image))
+
+        with self.channel() as channel:
+            for response in pb_grpc.ModerationServiceStub(channel).ModerateStream(items(), metadata=STREAMS_AUTH, timeout=60):
+                self.tally("busy-streams", "answered" if response.HasField("response") else f"error {response.error.code}")
+
     # -- the well-behaved side -------------------------------------------------------------
 
     def valid_client(self) -> None:
@@ -349,7 +436,7 @@ class AbuseRun:
                         counts[err.code().name] += 1
                 self.stop.wait(interval_s)
 
-    def run(self, probe_interval_s: float = 1.0) -> None:
+    def run(self, probe_interval_s: float = 1.0, only: Sequence[str] = ()) -> None:
         attackers = {
             "unread-streams": (self.unread_stream, 0.5, 2),
             "large-messages": (self.large_messages, 0.5, 2),
@@ -358,7 +445,16 @@ class AbuseRun:
             "bad-tokens": (self.bad_tokens, 0.05, 1),
             "long-ids": (self.long_ids, 0.2, 1),
             "cancels": (self.cancels, 0.2, 1),
+            "gif-canvas": (self.gif_canvas, 1.0, 1),
+            "idle-sockets": (self.idle_sockets, 0.5, 1),
+            "malformed-protobuf": (self.malformed_protobuf, 0.2, 1),
+            "busy-streams": (self.busy_streams, 0.0, 5),
         }
+        unknown = set(only) - attackers.keys()
+        if unknown:
+            raise ValueError(f"unknown attacks {sorted(unknown)}; known: {sorted(attackers)}")
+        if only:
+            attackers = {name: attacker for name, attacker in attackers.items() if name in only}
         threads = [threading.Thread(target=self.valid_client, daemon=True), threading.Thread(target=self.prober, args=(probe_interval_s,), daemon=True)]
         for name, (body, pause_s, copies) in attackers.items():
             threads += [threading.Thread(target=self.loop(name, body, pause_s), daemon=True, name=name) for _ in range(copies)]
@@ -408,14 +504,16 @@ def wait_serving(target: str, process: subprocess.Popen, timeout_s: float = 300)
     raise TimeoutError("server not SERVING")
 
 
-def abuse(seconds: float, workdir: Path, bounds: Bounds = Bounds(), model: str | None = None, weights: str = "random") -> dict:
+def abuse(
+    seconds: float, workdir: Path, bounds: Bounds = Bounds(), model: str | None = None, weights: str = "random", only: Sequence[str] = ()
+) -> dict:
     """Run the mixed abuse against a fresh server; return the figures (see the module docstring)."""
     from tests import images  # noqa: PLC0415 - the test images (scikit-image samples)
 
     model = model or f"local-dir:{ROOT / 'tests' / 'fixtures' / 'tiny-clip'}"
     workdir.mkdir(parents=True, exist_ok=True)
     tokens = workdir / "tokens"
-    tokens.write_text(f"abuse:{TOKEN}\n")
+    tokens.write_text(f"abuse:{TOKEN}\nstreams:{STREAMS_TOKEN}\n")
     port, health_port, metrics_port = free_port(), free_port(), free_port()
     log_path = workdir / "server.log"
     env = {
@@ -437,7 +535,7 @@ def abuse(seconds: float, workdir: Path, bounds: Bounds = Bounds(), model: str |
         for _ in range(3):
             _valid_once(run)
         with RssSampler(process.pid, interval_s=0.2) as sampler:
-            run.run()
+            run.run(only=only)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         terminated = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -511,6 +609,21 @@ def passed(figures: dict) -> list[str]:
         problems.append(f"SIGTERM: {sigterm}")
     if figures["attacks"].get("bad-tokens", {}).get("OK (must not happen)"):
         problems.append("a bad token was accepted")
+    errors = {level: n for level, n in figures["log"]["levels"].items() if level in ("error", "critical")}
+    if errors:
+        problems.append(f"log lines at {errors}")
+    # Refusals before a message is read (the connections attacker fills max_connections:
+    # UNAVAILABLE; the RPC cap: RESOURCE_EXHAUSTED) are the bounds at work, not answers.
+    transport = {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+    malformed = figures["attacks"].get("malformed-protobuf", {})
+    expected = {f"no token: {c}" for c in {"UNAUTHENTICATED", *transport}} | {f"token: {c}" for c in {"INVALID_ARGUMENT", *transport}}
+    if set(malformed) - expected or not malformed.get("token: INVALID_ARGUMENT"):
+        problems.append(f"malformed messages answered {malformed}")
+    gif = figures["attacks"].get("gif-canvas", {})
+    # Refused by the per-frame canvas budget; on a loaded machine the deadline may come first,
+    # and decoding then stops between frames (never an answer, never unbounded work).
+    if set(gif) - {"INVALID_ARGUMENT", "DEADLINE_EXCEEDED", *transport} or not gif.get("INVALID_ARGUMENT"):
+        problems.append(f"the canvas-growing GIF answered {gif}")
     return problems
 
 
@@ -521,8 +634,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/moderation-abuse"))
     parser.add_argument("--model")
     parser.add_argument("--weights", default="random")
+    parser.add_argument("--only", nargs="*", default=(), metavar="ATTACK", help="run only these attacks (to find which one a problem follows)")
     args = parser.parse_args()
-    figures = abuse(args.seconds, args.workdir, model=args.model, weights=args.weights)
+    figures = abuse(args.seconds, args.workdir, model=args.model, weights=args.weights, only=args.only)
     figures["problems"] = passed(figures)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")

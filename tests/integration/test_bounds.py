@@ -420,3 +420,22 @@ def test_busy_streams_of_one_caller_leave_another_callers_unary_calls_served(tmp
     assert waiting and waiting[0] > 0, "the streams did not saturate the server: the test shows nothing"
     assert ok >= 0.8 * len(codes) and ok >= 5
     assert all(n > 0 for n in answered), "fair, not starved: every stream kept being served"
+
+
+def test_refused_canvas_growing_gifs_do_not_accumulate_memory(tmp_path: Path) -> None:
+    """Issue 18, item 1, found again by the abuse run: each refused GIF left its decoded canvases
+    (~40 M pixels a frame) alive in the exception's traceback, a reference cycle the cyclic GC
+    frees late (it counts objects, not bytes): +380 MB a call, 10 calls +3.8 GB. Now the growth
+    stays at what the decode threads' allocator keeps (about +0.8 GB for 2 workers)."""
+    data = images.canvas_growing_gif(frames=20, offset=6299)
+    with running_server(tmp_path, *TINY, env={"MODERATION_DECODE_WORKERS": "2"}) as server, server.channel() as channel:
+        stub = pb_grpc.ModerationServiceStub(channel)
+        valid_call(channel)
+        with RssSampler(server.process.pid, interval_s=0.1) as rss:
+            for _ in range(8):
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Moderate(pb.ModerateRequest(image=data), timeout=60)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_animation_pixels" in refused.value.details()
+        assert valid_call(channel).categories
+    print(f"server RSS {rss.baseline:.0f} -> peak {rss.peak:.0f} MB over 8 refused GIFs")
+    assert rss.growth < 1300, f"RSS grew {rss.growth:.0f} MB over 8 refused GIFs"
