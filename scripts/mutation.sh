@@ -5,7 +5,7 @@
 #   bash scripts/mutation.sh decision calibration
 #   RETRY=1 bash scripts/mutation.sh calibration   # only the last run's survivors, against today's tests
 #
-# The in-scope tests are synchronous: pytest's asyncio, anyio and timeout plugins are not loaded
+# The in-scope tests are synchronous, except admission's (ASYNC_TESTS): pytest's asyncio, anyio and timeout plugins are not loaded
 # (half of each mutant's start-up time); cosmic-ray's own timeout bounds a mutant that hangs.
 #
 # Each module is mutated in a throw-away copy of the working tree (the checkout is never
@@ -44,8 +44,11 @@ declare -A MODULES=(
   [directory]="moderation/policy/directory.py|tests/unit/test_policy_directory.py tests/unit/test_policy_schema.py"
   [registry]="moderation/policy/registry.py|tests/unit/test_policy_schema.py tests/unit/test_policy_directory.py"
   [scorer]="moderation/signals/clip/scorer.py|tests/unit/test_clip_scorer.py"
+  [admission]="moderation/serving/admission.py|tests/unit/test_server_bounds.py"
 )
-ORDER=(decision calibration decode policy_calibration rescore schema loader directory registry scorer)
+# Modules whose tests are async: pytest-asyncio stays loaded for them.
+declare -A ASYNC_TESTS=([admission]=1)
+ORDER=(decision calibration decode policy_calibration rescore schema loader directory registry scorer admission)
 
 if [[ $# -gt 0 ]]; then ORDER=("$@"); fi
 for name in "${ORDER[@]}"; do
@@ -58,6 +61,8 @@ trap 'rm -rf "$WORK"' EXIT
 
 for name in "${ORDER[@]}"; do
   IFS='|' read -r source tests <<<"${MODULES[$name]}"
+  plugins="-p no:asyncio -p no:anyio"
+  if [[ -n ${ASYNC_TESTS[$name]:-} ]]; then plugins="-p no:anyio"; fi
   copy="$WORK/$name"
   mkdir -p "$copy"
   # Tracked and untracked-but-not-ignored files: what the tests see in the checkout.
@@ -67,7 +72,7 @@ for name in "${ORDER[@]}"; do
 module-path = "$source"
 timeout = 120.0
 excluded-modules = []
-test-command = "env PYTHONPATH=$copy $PYTHON -m pytest -x -q -p no:cacheprovider -p no:asyncio -p no:anyio -p no:timeout -W ignore::pytest.PytestConfigWarning $tests"
+test-command = "env PYTHONPATH=$copy $PYTHON -m pytest -x -q -p no:cacheprovider $plugins -p no:timeout -W ignore::pytest.PytestConfigWarning $tests"
 
 [cosmic-ray.distributor]
 name = "local"

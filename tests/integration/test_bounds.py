@@ -86,6 +86,71 @@ def test_a_stream_that_is_never_read_holds_bounded_memory(bounded: RunningServer
     assert error_lines(bounded.log_text())[errors_before:] == []
 
 
+def handled_requests(server: RunningServer) -> float:
+    """Requests the server has read and answered (or refused), from moderation_requests_total."""
+    return sum(s.value for s in metric_samples(server, "moderation_requests") if s.name.endswith("_total"))
+
+
+def test_a_stream_that_is_never_read_stops_being_read_once_its_window_of_answers_is_unsent(tmp_path: Path) -> None:
+    """A stream's window slot is freed when its answer has been sent, not when its request is done.
+
+    docs/security.md, "stream window": a client that writes and never reads holds
+    `stream_window` answers on the server and no more; beyond, reading stops. Here the
+    window is 2 and the client's own HTTP/2 receive window for the stream is 1 KiB (BDP
+    probing off, so it never grows): the transport can take only the answers that fit in
+    1 KiB, so the server may read at most 2 + those (+2 being written) requests, however
+    many the client writes. Freeing the slot when the request is done (the answer merely
+    queued) lets the server read, answer and queue every request: all 1,000 of them.
+
+    Two counts: the server's own (moderation_requests_total, which counts every request it
+    read) and what gRPC pulled from the client's generator, which adds what the server's
+    HTTP/2 receive window buffers: BDP probing grows it on loopback (4 to 9 MiB seen with
+    grpcio 1.85), so the requests are 64 KiB and the allowance 16 MiB. Neither bound
+    depends on timing: a slow machine can only make the test wait longer for the counts
+    to settle.
+    """
+    window, client_window, request_bytes, total = 2, 1024, 64 * 1024, 1000
+    answer_bytes = 128 + 60  # at least: the request id echoed cut to 128 characters, and the error sentence
+    handled_bound = window + client_window // answer_bytes + 2
+    pulled_bound = handled_bound + 16 * MIB // request_bytes + 4  # the server's receive buffering, with room to spare
+
+    pulled = 0
+
+    def requests() -> Iterator[pb.ModerateStreamRequest]:
+        nonlocal pulled
+        for i in range(total):
+            pulled += 1
+            # An empty image and an over-long id: answered at once, with an error entry echoing the id cut.
+            yield pb.ModerateStreamRequest(request=pb.ModerateRequest(request_id=f"{i:08d}".ljust(request_bytes, "x"), image=b""))
+
+    env = {"MODERATION_STREAM_WINDOW": str(window)}
+    with running_server(tmp_path, *TINY, env=env) as server:
+        before = handled_requests(server)
+        with server.channel(**{"http2.bdp_probe": 0, "http2.lookahead_bytes": client_window}) as channel:
+            call = pb_grpc.ModerationServiceStub(channel).ModerateStream(requests(), timeout=120)
+            # Writing, never reading: wait until both counts stop moving (or pass the bound).
+            history: list[tuple[int, float]] = []
+            started = time.monotonic()
+            while time.monotonic() - started < 30:
+                time.sleep(0.25)
+                history.append((pulled, handled_requests(server) - before))
+                if history[-1][1] > handled_bound or pulled == total:
+                    break
+                settled = len(history) >= 8 and len(set(history[-8:])) == 1  # unchanged for 2 s
+                if settled and time.monotonic() - started > 3:
+                    break
+            held_pulled, held_handled = history[-1]
+            print(f"never read: gRPC pulled {held_pulled} requests, the server read {held_handled:.0f} (of {total})")
+            assert held_handled <= handled_bound, f"the server read {held_handled:.0f} requests of a stream nobody reads (bound {handled_bound})"
+            assert held_pulled <= pulled_bound, f"gRPC pulled {held_pulled} of {total} requests (bound {pulled_bound})"
+            assert held_handled >= window, "the server answered the window's requests before it stopped reading"
+
+            # Reading resumes the stream: every request answered, in order, none lost or failed.
+            answers = list(call)
+    assert len(answers) == total
+    assert all(a.request_id.startswith(f"{i:08d}") and a.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] for i, a in enumerate(answers))
+
+
 def test_stream_error_entries_echo_a_cut_request_id(bounded: RunningServer) -> None:
     long_id = "r" * 100_000
     with bounded.channel() as channel:

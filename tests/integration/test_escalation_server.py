@@ -218,3 +218,77 @@ def test_remote_explainer_judges_the_deciding_frame_of_an_animation(tmp_path: Pa
                 assert says in caught.value.details()
             reply = stub.Explain(pb.ExplainRequest(image=gifs[0], frame_index=1, **fields), timeout=120)
             assert reply.frame_index == 1 and reply.category_id == "weapons"
+
+
+# A failed escalation never ALLOWs ----------------------------------------------------------------
+
+# Every score in [0, 1) is borderline (review 0, block 1) under `borderline`, whose explainer is
+# decisive (its verdict could ALLOW); under `clear` every score is below review (CLIP alone: ALLOW).
+FAILING_EXPLAINER_POLICIES = {
+    "borderline.yaml": """\
+id: borderline
+version: "1"
+default: true
+benign: ["a cat"]
+categories:
+  - id: weapons
+    clause: {id: W-1, text: "No threatening display of firearms."}
+    positive: ["a gun"]
+    thresholds: {review: 0.0, block: 1.0}
+    explainer: decisive
+""",
+    "clear.yaml": """\
+id: clear
+version: "1"
+benign: ["a cat"]
+categories:
+  - id: weapons
+    clause: {id: W-1, text: "No threatening display of firearms."}
+    positive: ["a gun"]
+    thresholds: {review: 1.0, block: 1.0}
+""",
+}
+
+
+def test_an_explainer_that_cannot_answer_never_lets_an_image_through(tmp_path: Path) -> None:
+    """docs/architecture.md, step 6: any escalation failure -> at least REVIEW, never ALLOW.
+
+    The explainer is remote at an address where nothing listens, so every escalation fails
+    (FAILED, then SHED once the circuit opens), whatever the random models would say. Forced
+    thresholds put every image in the band that is escalated: borderline under a decisive
+    explainer (its "no violation" would have ALLOWed), and below review with
+    force_escalation (CLIP alone ALLOWs). Nothing is at or above block, so the action is
+    exactly REVIEW, for each image.
+    """
+    import numpy as np
+
+    from tests.integration.server import free_port
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for name, text in FAILING_EXPLAINER_POLICIES.items():
+        (policies / name).write_text(text)
+    nowhere = f"127.0.0.1:{free_port()}"
+    args = ("--policies", str(policies), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random")
+    args += ("--explainer", "remote", "--explainer-target", nowhere)
+    gray = images.encode(np.full((64, 64, 3), 128, dtype=np.uint8), "PNG")
+    corpus = {
+        "astronaut": images.astronaut_jpeg(),
+        "coffee": images.coffee_png(),
+        "camera": images.camera_grayscale_png(),
+        "gray": gray,
+        "animation": two_frame_gifs()[1],
+    }
+    with running_server(tmp_path, *args) as server, server.channel() as channel:
+        stub = pb_grpc.ModerationServiceStub(channel)
+        statuses = []
+        for policy_id, forced in (("borderline", False), ("clear", True)):
+            for name, image in corpus.items():
+                reply = stub.Moderate(pb.ModerateRequest(image=image, policy_id=policy_id, force_escalation=forced), timeout=60)
+                (category,) = reply.categories
+                expected_band = pb.BAND_BORDERLINE if policy_id == "borderline" else pb.BAND_BELOW
+                assert category.band == expected_band, (policy_id, name, category.score)
+                assert reply.escalation.status in (pb.ESCALATION_STATUS_FAILED, pb.ESCALATION_STATUS_SHED), (policy_id, name, reply.escalation)
+                assert reply.action == pb.ACTION_REVIEW, f"{policy_id}/{name}: {pb.Action.Name(reply.action)} after {reply.escalation.reason}"
+                statuses.append(reply.escalation.status)
+    assert statuses[0] == pb.ESCALATION_STATUS_FAILED, "the explainer was really called, and failed"

@@ -75,3 +75,29 @@ async def test_circuit_breaker_opens_and_half_opens() -> None:
     backend.fail = False
     assert (await breaking.escalate(request(), 5)).status is EscalationStatus.COMPLETED, "the trial call closes the circuit"
     assert (await breaking.escalate(request(), 5)).status is EscalationStatus.COMPLETED
+
+
+async def test_a_budget_shed_of_the_half_open_trial_lets_a_later_request_try_again() -> None:
+    """Half-open, the breaker admits one trial call; if the budget sheds it, the trial never ran.
+
+    The next request, once the budget has a token again, must get the trial (and close the
+    circuit when it succeeds); a trial left marked as running would shed every later
+    request with "not calling it for now", forever.
+    """
+    backend = SlowExplainer()
+    # 30 a minute: a full bucket of 30 tokens, then one every 2 s.
+    breaking = tier(backend, failure_threshold=1, cooldown_s=0.05, budget_per_minute=30)
+    for _ in range(29):
+        assert (await breaking.escalate(request(), 5)).status is EscalationStatus.COMPLETED
+    backend.fail = True
+    assert (await breaking.escalate(request(), 5)).status is EscalationStatus.FAILED, "the last token: the circuit opens"
+    await asyncio.sleep(0.1)  # past the cooldown: half-open, and the budget still empty (well under 2 s)
+    backend.fail = False
+    shed = await breaking.escalate(request(), 5)
+    assert shed.status is EscalationStatus.SHED and "budget" in shed.reason, "the trial call met the empty budget"
+    assert backend.calls == 30
+
+    await asyncio.sleep(2.2)  # one token again
+    trial = await breaking.escalate(request(), 5)
+    assert trial.status is EscalationStatus.COMPLETED, f"no trial after the budget shed: {trial.reason}"
+    assert backend.calls == 31
