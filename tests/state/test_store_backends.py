@@ -306,3 +306,45 @@ def test_a_case_is_the_callers_request_id_and_thumbnails_are_capped(store_locati
         ((total,),) = store._fetchall("SELECT SUM(LENGTH(jpeg)) FROM thumbnails", ())
         assert total <= 10_500 and sum(evicted) == store.evicted_thumbnails > 0
         assert store.load_thumbnail("r29") == jpeg and store.load_thumbnail("r0") is None, "the oldest go first"
+
+
+def test_the_thumbnail_cap_is_bounded_work_and_replicas_share_it(store_location: str) -> None:
+    """The total is measured (a scan of the table) at the first write and then only when this
+    process's running total passes the cap or the measurement is `thumbnail_recount_s` old, not
+    after every flush; a replica's writes count against the one cap at the next measurement."""
+    jpeg = b"\xff\xd8" + bytes(998)  # 1,000 bytes
+    evicted: list[int] = []
+    options = {"thumbnail_retention": timedelta(days=7), "thumbnail_max_bytes": 10_000, "on_evicted": evicted.append}
+    with open_store(store_location, thumbnail_recount_s=3600, **options) as store, open_store(store_location) as replica:
+
+        def total() -> int:
+            ((kept,),) = store._fetchall("SELECT COALESCE(SUM(LENGTH(jpeg)), 0) FROM thumbnails", ())
+            return int(kept)
+
+        assert store.thumbnail_bytes is None, "nothing measured before the first write of thumbnails"
+        for i in range(4):
+            store.save_thumbnail(f"a{i}", jpeg, saved_at=NOW - timedelta(minutes=30 - i), caller="token:a")
+            store.flush()
+        assert store.thumbnail_bytes == total() == 4_000
+        for i in range(5):  # another replica of the same database
+            replica.save_thumbnail(f"b{i}", jpeg, saved_at=NOW - timedelta(minutes=20 - i), caller="token:b")
+        replica.flush()
+        store.save_thumbnail("a4", jpeg, saved_at=NOW - timedelta(minutes=10), caller="token:a")
+        store.flush()
+        # Not measured again: the running total is this process's own writes, the replica's are not in it yet.
+        assert store.thumbnail_bytes == 5_000 and total() == 10_000 and evicted == []
+        store.thumbnail_recount_s = 0.0  # the measurement is now stale: the next write measures
+        store.save_thumbnail("a5", jpeg, saved_at=NOW - timedelta(minutes=5), caller="token:a")
+        store.flush()
+        assert total() == store.thumbnail_bytes == 9_000, "11,000 measured, the oldest evicted down to 90% of the cap"
+        assert sum(evicted) == store.evicted_thumbnails == 2
+        assert store.load_thumbnail("a0", "token:a") is None and store.load_thumbnail("a1", "token:a") is None
+        assert store.load_thumbnail("a2", "token:a") == jpeg and store.load_thumbnail("b0", "token:b") == jpeg
+        # Past the cap by this process's own writes alone: measured and evicted at once, whatever the period.
+        store.thumbnail_recount_s = 3600
+        for i in range(6, 8):
+            store.save_thumbnail(f"a{i}", jpeg, caller="token:a")
+        store.flush()
+        assert total() == store.thumbnail_bytes <= 9_000 and store.load_thumbnail("a7", "token:a") == jpeg
+        assert sum(evicted) == store.evicted_thumbnails == 4
+
