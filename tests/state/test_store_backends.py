@@ -348,3 +348,37 @@ def test_the_thumbnail_cap_is_bounded_work_and_replicas_share_it(store_location:
         assert total() == store.thumbnail_bytes <= 9_000 and store.load_thumbnail("a7", "token:a") == jpeg
         assert sum(evicted) == store.evicted_thumbnails == 4
 
+
+def test_case_show_lists_every_callers_case_and_caller_picks_one(store_location: str, tmp_path: Path) -> None:
+    """`case show REQUEST_ID` still works with a reused request id: every caller's decisions and
+    thumbnail rows, and `--caller` picks one case (the one `--out` may copy)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+
+    with open_store(store_location, thumbnail_retention=timedelta(days=7)) as store:
+        for n, caller in enumerate(("token:a", "token:b")):
+            store.record("same", NOW + timedelta(seconds=n), "p", "1", "BLOCK", vector(n), "m", caller=caller)
+            store.save_thumbnail("same", b"\xff\xd8" + caller.encode(), caller=caller)
+
+    url = store_location if "://" in store_location else f"sqlite:///{store_location}"  # a database_url: thumbnails are rows
+
+    def show(*options: str) -> tuple[int, str]:
+        shown = CliRunner().invoke(app, ["case", "show", "same", "--store", url, *options])
+        return shown.exit_code, shown.output
+
+    code, output = show("--json")
+    both = json.loads(output)
+    assert code == 0 and [d["caller"] for d in both["decisions"]] == ["token:a", "token:b"] and both["thumbnail"] is None
+    assert [t["caller"] for t in both["thumbnails"]] == ["token:a", "token:b"]
+    code, output = show()
+    assert code == 0 and "2 callers used this request id" in output and "token:a" in output and "token:b" in output
+    copy = tmp_path / "b.jpg"
+    code, output = show("--caller", "token:b", "--out", str(copy), "--json")
+    mine = json.loads(output)
+    assert code == 0 and [d["caller"] for d in mine["decisions"]] == ["token:b"] and mine["thumbnail"] is not None
+    assert copy.read_bytes() == b"\xff\xd8token:b"
+    code, _ = show("--caller", "token:nobody")
+    assert code == 1, "no such case"
