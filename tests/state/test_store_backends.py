@@ -300,6 +300,8 @@ def test_a_case_is_the_callers_request_id_and_thumbnails_are_capped(store_locati
         assert both is not None and both.callers == ("token:a", "token:b")
         only_b = store.find_decisions("same", "token:b")
         assert only_b is not None and only_b.callers == ("token:b",) and only_b.actions[0].value == "ALLOW"
+        read = find_decisions(store_location, "same", "token:a")  # a reader's one-call helper
+        assert read is not None and read.callers == ("token:a",) and read.actions[0].value == "BLOCK"
         for i in range(30):
             store.save_thumbnail(f"r{i}", jpeg, saved_at=NOW - timedelta(minutes=60 - i))
             store.flush()
