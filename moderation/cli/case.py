@@ -42,8 +42,8 @@ def case_show(
     copy_to: Annotated[Optional[Path], typer.Option("--out", help="copy the thumbnail to this file (mode 0600)", dir_okay=False)] = None,
     caller: Annotated[
         Optional[str],
-        typer.Option(help="whose request: token:NAME, mtls:SUBJECT or anonymous (as in the audit log); needed for the "
-                     "thumbnail when several callers used this request id"),
+        typer.Option(help="whose case: token:NAME, mtls:SUBJECT or anonymous (as in the audit log); without it, "
+                     "every caller's who used this request id (--out then needs it when there are several)"),
     ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -67,36 +67,42 @@ def case_show(
         )
 
     decisions = None
-    jpeg: bytes | None = None
-    thumbnail_note = "thumbnail store not given"
-    # A case is a caller's request id: with --caller, that caller's; without, the one
-    # caller's who has a thumbnail under this id, or a note asking which.
+    # A case is a caller's request id. With --caller, that caller's case; without, every
+    # caller's who used this request id (usually one): (caller, where it is kept, the JPEG).
+    kept: list[tuple[str | None, str, bytes]] = []
     if store is not None:
         try:
             with open_store(store, read_only=True) as opened:
                 decisions = opened.find_decisions(request_id, caller)
                 if in_database:
-                    owners = [caller] if caller is not None else opened.thumbnail_callers(request_id)
-                    if len(owners) == 1:
-                        jpeg = opened.load_thumbnail(request_id, owners[0])
-                        thumbnail_note = f"{len(jpeg)} bytes in {redact_url(store)}" if jpeg else ""
-                    elif len(owners) > 1:
-                        thumbnail_note = f"{len(owners)} callers used this request id: pass --caller ({', '.join(owners)})"
+                    for owner in [caller] if caller is not None else opened.thumbnail_callers(request_id):
+                        if (row := opened.load_thumbnail(request_id, owner)) is not None:
+                            kept.append((owner, f"{len(row)} bytes in {redact_url(store)}", row))
         except StoreError as error:
             raise fail(str(error)) from None
-    if thumbnails is not None and jpeg is None and not in_database:
-        candidates = [thumbnail_path(thumbnails, request_id, caller)] if caller is not None else thumbnail_paths(thumbnails, request_id)
-        candidates = [path for path in candidates if path.is_file()]
-        if len(candidates) > 1:
-            thumbnail_note = f"{len(candidates)} callers used this request id: pass --caller"
-        elif candidates:
+    if thumbnails is not None and not in_database:
+        # File names are digests: a file's caller is known by matching the callers stored with decisions.
+        known = {c: c for c in (decisions.callers if decisions is not None else ())} | {"anonymous": "anonymous"}
+        owners = {thumbnail_path(thumbnails, request_id, c): c for c in ([caller] if caller is not None else known)}
+        paths = list(owners) if caller is not None else thumbnail_paths(thumbnails, request_id)
+        for path in paths:
             try:
-                jpeg = candidates[0].read_bytes()
-                thumbnail_note = str(candidates[0])
+                kept.append((owners.get(path), str(path), path.read_bytes()))
+            except FileNotFoundError:
+                continue
             except PermissionError:
-                raise fail(f"{candidates[0]} is readable only by the server's user (mode 0600); run this as that user") from None
-    if jpeg is None and (thumbnails is not None or in_database) and "pass --caller" not in thumbnail_note:
+                raise fail(f"{path} is readable only by the server's user (mode 0600); run this as that user") from None
+    jpeg = kept[0][2] if len(kept) == 1 else None
+    if len(kept) == 1:
+        thumbnail_note = kept[0][1]
+    elif kept:
+        thumbnail_note = f"{len(kept)} callers used this request id, one thumbnail each: pick one with --caller"
+    elif thumbnails is not None or in_database:
         thumbnail_note = "none (only flagged cases get one, and only while thumbnails are on and within their retention)"
+    else:
+        thumbnail_note = "thumbnail store not given"
+    if copy_to is not None and len(kept) > 1:
+        raise fail(f"{len(kept)} callers used request id {request_id!r}: pass --caller to say whose thumbnail --out copies")
 
     now = time.time()
     rows = []
@@ -121,8 +127,16 @@ def case_show(
             target.write(jpeg)
 
     if as_json:
-        # "thumbnail": the file's path, or where in the database; null when none is kept.
-        print_json({"request_id": request_id, "decisions": rows, "thumbnail": thumbnail_note if jpeg is not None else None})
+        # "thumbnail": the file's path, or where in the database; null when none is kept, or when several
+        # callers each have one ("thumbnails" lists every caller's; a caller is null when no decision names it).
+        print_json(
+            {
+                "request_id": request_id,
+                "decisions": rows,
+                "thumbnail": thumbnail_note if jpeg is not None else None,
+                "thumbnails": [{"caller": owner, "thumbnail": where} for owner, where, _ in kept],
+            }
+        )
     else:
         if store is not None and not rows:
             out.print(escape(f"{request_id}: no stored decision in {redact_url(store)} (not stored, or older than its retention)"), highlight=False)
@@ -139,7 +153,10 @@ def case_show(
                 ],
             )
         out.print(f"thumbnail: {escape(thumbnail_note)}", highlight=False)
+        if len(kept) > 1:
+            for owner, where, _ in kept:
+                out.print(f"  {escape(owner if owner is not None else '(caller not recorded)')}: {escape(where)}", highlight=False)
         if jpeg is not None and copy_to is not None:
             out.print(f"copied to {escape(str(copy_to))}", highlight=False)
-    if not rows and jpeg is None:
+    if not rows and not kept:
         raise typer.Exit(1)

@@ -180,6 +180,12 @@ class ModerationMetrics:
             "Thumbnails deleted before their retention, oldest first, to keep the kept ones under thumbnail_max_bytes.",
             registry=registry,
         )
+        self.thumbnails_bytes = Gauge(
+            "moderation_thumbnails_bytes",
+            "Bytes of thumbnails kept (files, or rows of the state store), as this server last measured them plus what it "
+            "saved since; eviction keeps it under thumbnail_max_bytes.",
+            registry=registry,
+        )
         self.store_dropped = Counter(
             "moderation_store_dropped_total",
             "Rows the state store dropped because writes kept failing and its bounded buffer was full, by kind "

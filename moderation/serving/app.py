@@ -102,6 +102,9 @@ def build_shell(
     evicted = metrics.thumbnails_evicted.inc
     store = build_store(settings, on_dropped=lambda kind, count: metrics.store_dropped.labels(kind).inc(count), on_evicted=evicted)
     thumbnails = build_thumbnails(settings, store, on_evicted=evicted)
+    if thumbnails is not None:
+        kept = thumbnails  # read at scrape time: never stale
+        metrics.thumbnails_bytes.set_function(lambda: kept.kept_bytes)
     shell = ServingShell(
         core,
         scorer,

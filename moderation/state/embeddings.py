@@ -42,10 +42,10 @@ def store_freshness(location: Location, since: Timestamp, until: Timestamp | Non
         return store.freshness(since, until, policy_id)
 
 
-def find_decisions(location: Location, request_id: str) -> StoredDecisions | None:
-    """Every stored decision with this request id (one, unless a caller reused the id), oldest first."""
+def find_decisions(location: Location, request_id: str, caller: str | None = None) -> StoredDecisions | None:
+    """Every stored decision with this request id (of `caller` when given: one case), oldest first, with who asked."""
     with open_store(location, read_only=True) as store:
-        return store.find_decisions(request_id)
+        return store.find_decisions(request_id, caller)
 
 
 __all__ = [

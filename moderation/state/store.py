@@ -8,7 +8,8 @@ implement it (chosen by a URL, see `open_store`):
 
 What it keeps today: decision embeddings (record, read a window, find by request id,
 freshness, the model ids of a window, prune past the retention) and opt-in thumbnails
-(save, load, prune by request id). Banks and the review queue will be more tables in
+(save, load and list by case: caller and request id; prune past the retention; evict the
+oldest past `thumbnail_max_bytes`, see `_evict_over_cap`). Banks and the review queue will be more tables in
 the same store: a migration (moderation/state/migrations.py) plus methods here, not a
 new store.
 
@@ -64,6 +65,9 @@ CaseKey = tuple[str, str]  # caller, request_id
 ANONYMOUS = "anonymous"
 # A second callback, with how many thumbnails were evicted to keep under thumbnail_max_bytes.
 EvictCallback = Callable[[int], None]
+# At least this often (while thumbnails are written) the store measures their total bytes in the
+# database, so the writes of replicas sharing it count against one cap.
+THUMBNAIL_RECOUNT_S = 60.0
 # Called with ("decision" | "thumbnail", how many) whenever buffered rows are dropped.
 DropCallback = Callable[[str, int], None]
 
@@ -98,6 +102,7 @@ class StateStore(ABC):
         on_dropped: DropCallback | None = None,
         thumbnail_max_bytes: int | None = None,
         on_evicted: EvictCallback | None = None,
+        thumbnail_recount_s: float = THUMBNAIL_RECOUNT_S,
     ):
         if batch_size < 1 or max_buffered < batch_size:
             raise ValueError(f"need 1 <= batch_size <= max_buffered, got {batch_size} and {max_buffered}")
@@ -108,6 +113,11 @@ class StateStore(ABC):
         self.thumbnail_max_bytes = thumbnail_max_bytes
         self.evicted_thumbnails = 0
         self._on_evicted = on_evicted
+        # Bytes of thumbnails in the store: as last measured (a scan of the table) plus what this
+        # process wrote since; None until the first write of thumbnails measures it.
+        self.thumbnail_bytes: int | None = None
+        self.thumbnail_recount_s = thumbnail_recount_s
+        self._thumbnails_counted_at = -math.inf  # monotonic time of that measurement
         self.where = where  # for messages: a path, or a URL without its password
         self.read_only = read_only
         self.retention = retention
@@ -234,7 +244,7 @@ class StateStore(ABC):
                     self._log_recovery()
                 self._retry_at = 0.0
                 if thumbnails and self.thumbnail_max_bytes is not None:
-                    self._evict_over_cap(self.thumbnail_max_bytes)
+                    self._evict_over_cap(self.thumbnail_max_bytes, sum(len(row[3]) for row in thumbnails.values()))
             if time.monotonic() - self._last_prune_at >= self.prune_every_s and (self.retention or self.thumbnail_retention):
                 self._prune_locked()
             return len(decisions) + len(thumbnails)
@@ -255,21 +265,33 @@ class StateStore(ABC):
         if older_than is None:
             raise ValueError("prune_thumbnails needs an age or a time, or a store with a thumbnail retention")
         with self._write_lock:
-            return self._delete_thumbnails_before(_cutoff(older_than))
+            deleted = self._delete_thumbnails_before(_cutoff(older_than))
+            if deleted:
+                self._thumbnails_counted_at = -math.inf  # the running total is measured again at the next write
+            return deleted
 
-    def _evict_over_cap(self, cap: int) -> None:
+    def _evict_over_cap(self, cap: int, written: int) -> None:
         """Delete the oldest thumbnails until they hold at most 90% of `cap` bytes (under the write lock).
 
-        Measured in the database after each write of thumbnails, so replicas sharing
-        one store keep one cap between them; the 10% headroom makes eviction a batch
-        now and then rather than a delete per write.
+        Bounded work: the total is measured in the database (a scan of the table, ~0.1 s
+        for 1 GiB of SQLite rows) only when this process's running total (the last
+        measurement plus the `written` bytes since) passes the cap, or the measurement is
+        `thumbnail_recount_s` old, so replicas sharing one store keep one cap between
+        them, overshooting it by at most what the others wrote in that time. The 10%
+        headroom makes eviction a batch now and then rather than a delete per write.
         """
+        now = time.monotonic()
+        if self.thumbnail_bytes is not None:
+            self.thumbnail_bytes += written
+            if self.thumbnail_bytes <= cap and now - self._thumbnails_counted_at < self.thumbnail_recount_s:
+                return
+        evicted = 0
         try:
             ((total,),) = self._fetchall("SELECT COALESCE(SUM(LENGTH(jpeg)), 0) FROM thumbnails", ())
-            excess = int(total) - int(cap * 0.9)
-            if int(total) <= cap or excess <= 0:
+            self.thumbnail_bytes, self._thumbnails_counted_at = int(total), now
+            excess = self.thumbnail_bytes - int(cap * 0.9)
+            if self.thumbnail_bytes <= cap or excess <= 0:
                 return
-            evicted = 0
             while excess > 0:
                 oldest = self._fetchall("SELECT caller, request_id, LENGTH(jpeg) FROM thumbnails ORDER BY saved_at LIMIT 256", ())
                 if not oldest:
@@ -278,16 +300,19 @@ class StateStore(ABC):
                 for caller, request_id, size in oldest:
                     chosen.append((caller, request_id))
                     excess -= int(size)
+                    self.thumbnail_bytes -= int(size)  # gone, by this delete or a replica's
                     if excess <= 0:
                         break
                 evicted += self._delete_thumbnails(chosen)
         except StoreError as error:
-            self._warn(error)  # the cap is kept at the next write
-            return
-        self.evicted_thumbnails += evicted
-        if self._on_evicted is not None and evicted:
-            self._on_evicted(evicted)
-        log.info("evicted the %d oldest thumbnails to keep %s under thumbnail_max_bytes (%d)", evicted, self.where, cap)
+            self._thumbnails_counted_at = -math.inf  # measured again at the next write of thumbnails
+            self._warn(error)
+        finally:
+            if evicted:
+                self.evicted_thumbnails += evicted
+                if self._on_evicted is not None:
+                    self._on_evicted(evicted)
+                log.info("evicted the %d oldest thumbnails to keep %s under thumbnail_max_bytes (%d)", evicted, self.where, cap)
 
     def close(self) -> None:
         """Stop the flush thread, write what is buffered (one last try) and close the connection."""
@@ -336,6 +361,7 @@ class StateStore(ABC):
             if self.thumbnail_retention is not None:
                 deleted = self._delete_thumbnails_before(_cutoff(self.thumbnail_retention))
                 if deleted:
+                    self._thumbnails_counted_at = -math.inf  # the running total is measured again at the next write
                     log.info("deleted %d thumbnails older than %s", deleted, self.thumbnail_retention)
         except StoreError as error:
             self._warn(error)  # retention is best effort: the next prune catches up

@@ -12,7 +12,9 @@ frame that decided the case, for decisions that the active policy or a shadow
 policy did not ALLOW, rebuilt from pixels: no comment, EXIF, ICC or XMP of the upload
 (a JPEG comment can hold 64 KB of personal data). Never the uploaded bytes, never
 anything in a log line. Both homes are capped (`thumbnail_max_bytes`): past it the
-oldest are evicted, counted by moderation_thumbnails_evicted_total.
+oldest are evicted, counted by moderation_thumbnails_evicted_total; `kept_bytes` (the
+moderation_thumbnails_bytes gauge) is a running total, recounted at each prune (files)
+or measured in the database now and then (rows), never a scan per save.
 
 Access: the directory is created (or tightened) to mode 0700 and every file is
 written 0600, so only the server's user (and root) can read them; `moderation case
@@ -84,6 +86,11 @@ class Thumbnails(Protocol):
 
     max_px: int
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of thumbnails kept, as this process last counted them plus what it saved since (moderation_thumbnails_bytes)."""
+        ...
+
     def save(self, request_id: str, jpeg: bytes, caller: str = ANONYMOUS) -> object: ...
 
     def load(self, request_id: str, caller: str = ANONYMOUS) -> bytes | None: ...
@@ -99,6 +106,10 @@ class DatabaseThumbnails:
             raise ValueError("a store keeping thumbnails needs a thumbnail retention")
         self.store = store
         self.max_px = max_px
+
+    @property
+    def kept_bytes(self) -> int:
+        return self.store.thumbnail_bytes or 0
 
     def save(self, request_id: str, jpeg: bytes, caller: str = ANONYMOUS) -> None:
         self.store.save_thumbnail(request_id, jpeg, caller=caller)  # buffered: never waits for the database
@@ -160,6 +171,10 @@ class ThumbnailStore:
         if over or time.monotonic() - self._last_prune >= self.prune_every_s:
             self.prune()
         return path
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._bytes
 
     def load(self, request_id: str, caller: str = ANONYMOUS) -> bytes | None:
         path = thumbnail_path(self.directory, request_id, caller)

@@ -156,6 +156,11 @@ def test_a_second_caller_reusing_a_request_id_keeps_its_own_case(tmp_path: Path)
         deadline = time.monotonic() + 20
         while (stored_count(store) < 2 or len(list(thumbnails.glob("*/*.jpg"))) < 2) and time.monotonic() < deadline:
             time.sleep(0.2)
+        text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+    kept = sum(p.stat().st_size for p in thumbnails.glob("*/*.jpg"))
+    assert [s.value for s in families["moderation_thumbnails_bytes"].samples] == [kept]
+    assert [s.value for s in families["moderation_thumbnails_evicted"].samples if s.name.endswith("_total")] == [0]
     alice, mallory = thumbnail_path(thumbnails, "shared-id", "token:alice"), thumbnail_path(thumbnails, "shared-id", "token:mallory")
     assert alice.is_file() and mallory.is_file() and alice.read_bytes() != mallory.read_bytes()
 
@@ -167,5 +172,9 @@ def test_a_second_caller_reusing_a_request_id_keeps_its_own_case(tmp_path: Path)
     both = show()
     assert sorted(d["caller"] for d in both["decisions"]) == ["token:alice", "token:mallory"]
     assert both["thumbnail"] is None  # two cases under this id: which one is asked for with --caller
+    assert sorted((t["caller"], t["thumbnail"]) for t in both["thumbnails"]) == [("token:alice", str(alice)), ("token:mallory", str(mallory))]
+    ambiguous = CliRunner().invoke(app, ["case", "show", "shared-id", "--store", str(store), "--thumbnails", str(thumbnails), "--out", str(tmp_path / "x.jpg")])
+    assert ambiguous.exit_code != 0 and "pass --caller" in ambiguous.output and not (tmp_path / "x.jpg").exists()
     mine = show("--caller", "token:alice")
     assert [d["caller"] for d in mine["decisions"]] == ["token:alice"] and mine["thumbnail"] == str(alice)
+    assert mine["thumbnails"] == [{"caller": "token:alice", "thumbnail": str(alice)}]

@@ -300,9 +300,87 @@ def test_a_case_is_the_callers_request_id_and_thumbnails_are_capped(store_locati
         assert both is not None and both.callers == ("token:a", "token:b")
         only_b = store.find_decisions("same", "token:b")
         assert only_b is not None and only_b.callers == ("token:b",) and only_b.actions[0].value == "ALLOW"
+        read = find_decisions(store_location, "same", "token:a")  # a reader's one-call helper
+        assert read is not None and read.callers == ("token:a",) and read.actions[0].value == "BLOCK"
         for i in range(30):
             store.save_thumbnail(f"r{i}", jpeg, saved_at=NOW - timedelta(minutes=60 - i))
             store.flush()
         ((total,),) = store._fetchall("SELECT SUM(LENGTH(jpeg)) FROM thumbnails", ())
         assert total <= 10_500 and sum(evicted) == store.evicted_thumbnails > 0
         assert store.load_thumbnail("r29") == jpeg and store.load_thumbnail("r0") is None, "the oldest go first"
+
+
+def test_the_thumbnail_cap_is_bounded_work_and_replicas_share_it(store_location: str) -> None:
+    """The total is measured (a scan of the table) at the first write and then only when this
+    process's running total passes the cap or the measurement is `thumbnail_recount_s` old, not
+    after every flush; a replica's writes count against the one cap at the next measurement."""
+    jpeg = b"\xff\xd8" + bytes(998)  # 1,000 bytes
+    evicted: list[int] = []
+    options = {"thumbnail_retention": timedelta(days=7), "thumbnail_max_bytes": 10_000, "on_evicted": evicted.append}
+    with open_store(store_location, thumbnail_recount_s=3600, **options) as store, open_store(store_location) as replica:
+
+        def total() -> int:
+            ((kept,),) = store._fetchall("SELECT COALESCE(SUM(LENGTH(jpeg)), 0) FROM thumbnails", ())
+            return int(kept)
+
+        assert store.thumbnail_bytes is None, "nothing measured before the first write of thumbnails"
+        for i in range(4):
+            store.save_thumbnail(f"a{i}", jpeg, saved_at=NOW - timedelta(minutes=30 - i), caller="token:a")
+            store.flush()
+        assert store.thumbnail_bytes == total() == 4_000
+        for i in range(5):  # another replica of the same database
+            replica.save_thumbnail(f"b{i}", jpeg, saved_at=NOW - timedelta(minutes=20 - i), caller="token:b")
+        replica.flush()
+        store.save_thumbnail("a4", jpeg, saved_at=NOW - timedelta(minutes=10), caller="token:a")
+        store.flush()
+        # Not measured again: the running total is this process's own writes, the replica's are not in it yet.
+        assert store.thumbnail_bytes == 5_000 and total() == 10_000 and evicted == []
+        store.thumbnail_recount_s = 0.0  # the measurement is now stale: the next write measures
+        store.save_thumbnail("a5", jpeg, saved_at=NOW - timedelta(minutes=5), caller="token:a")
+        store.flush()
+        assert total() == store.thumbnail_bytes == 9_000, "11,000 measured, the oldest evicted down to 90% of the cap"
+        assert sum(evicted) == store.evicted_thumbnails == 2
+        assert store.load_thumbnail("a0", "token:a") is None and store.load_thumbnail("a1", "token:a") is None
+        assert store.load_thumbnail("a2", "token:a") == jpeg and store.load_thumbnail("b0", "token:b") == jpeg
+        # Past the cap by this process's own writes alone: measured and evicted at once, whatever the period.
+        store.thumbnail_recount_s = 3600
+        for i in range(6, 8):
+            store.save_thumbnail(f"a{i}", jpeg, caller="token:a")
+        store.flush()
+        assert total() == store.thumbnail_bytes <= 9_000 and store.load_thumbnail("a7", "token:a") == jpeg
+        assert sum(evicted) == store.evicted_thumbnails == 4
+
+
+def test_case_show_lists_every_callers_case_and_caller_picks_one(store_location: str, tmp_path: Path) -> None:
+    """`case show REQUEST_ID` still works with a reused request id: every caller's decisions and
+    thumbnail rows, and `--caller` picks one case (the one `--out` may copy)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+
+    with open_store(store_location, thumbnail_retention=timedelta(days=7)) as store:
+        for n, caller in enumerate(("token:a", "token:b")):
+            store.record("same", NOW + timedelta(seconds=n), "p", "1", "BLOCK", vector(n), "m", caller=caller)
+            store.save_thumbnail("same", b"\xff\xd8" + caller.encode(), caller=caller)
+
+    url = store_location if "://" in store_location else f"sqlite:///{store_location}"  # a database_url: thumbnails are rows
+
+    def show(*options: str) -> tuple[int, str]:
+        shown = CliRunner().invoke(app, ["case", "show", "same", "--store", url, *options])
+        return shown.exit_code, shown.output
+
+    code, output = show("--json")
+    both = json.loads(output)
+    assert code == 0 and [d["caller"] for d in both["decisions"]] == ["token:a", "token:b"] and both["thumbnail"] is None
+    assert [t["caller"] for t in both["thumbnails"]] == ["token:a", "token:b"]
+    code, output = show()
+    assert code == 0 and "2 callers used this request id" in output and "token:a" in output and "token:b" in output
+    copy = tmp_path / "b.jpg"
+    code, output = show("--caller", "token:b", "--out", str(copy), "--json")
+    mine = json.loads(output)
+    assert code == 0 and [d["caller"] for d in mine["decisions"]] == ["token:b"] and mine["thumbnail"] is not None
+    assert copy.read_bytes() == b"\xff\xd8token:b"
+    code, _ = show("--caller", "token:nobody")
+    assert code == 1, "no such case"

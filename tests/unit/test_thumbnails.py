@@ -93,3 +93,4 @@ def test_the_thumbnail_directory_is_capped_oldest_first(tmp_path: Path) -> None:
     assert sum(p.stat().st_size for p in kept) <= cap
     assert set(kept) <= set(paths[-11:]), "the oldest go first"
     assert sum(evicted) == store.evicted == 30 - len(kept) and len(kept) >= 9  # down to 90% of the cap
+    assert store.kept_bytes == sum(p.stat().st_size for p in kept), "the running total (moderation_thumbnails_bytes)"
