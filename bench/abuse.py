@@ -14,16 +14,19 @@ otherwise) with the bounds below, then runs these attackers concurrently for
                    the server uses TLS; here it does not)
   long-ids         huge policy ids, 5 MB metadata values, request ids with newlines and ESC
   cancels          streams cancelled by the client mid-way
-  gif-canvas       a 2 KB GIF whose 1x1 logical screen grows to 6300x6300 at frame 1 (~40 M pixels a frame)
+  gif-canvas       a 480-byte GIF whose 1x1 logical screen grows to 6300x6300 at frame 1 (~40 M pixels a frame),
+                   five to a connection, 5 s deadline
   idle-sockets     raw TCP sockets beyond max_connections sending nothing or only the HTTP/2 preface,
                    reopened as the server closes them (handshake_timeout_s)
   malformed-protobuf  raw bytes that are no ModerateRequest (ff ff ff, ...), with and without a token
   busy-streams     another caller (its own token) keeping 5 ModerateStreams full of valid images:
                    admission shares slots between callers, so the well-behaved client is still served
 
-while a well-behaved client sends valid images and a prober checks health
-(main port and the plaintext health port) every `--probe-interval-s`. It samples the server's
-RSS; at the end it sends SIGTERM and waits for exit code 0 within the grace period.
+while a well-behaved client (a third token: the attackers are other callers) sends valid
+images one at a time, its answers counted per 10 s window (OK, and each refusal code), and a
+prober checks health (main port and the plaintext health port) every `--probe-interval-s`.
+It samples the server's RSS; at the end it sends SIGTERM and waits for exit code 0 within the
+grace period.
 
 Pass criteria (checked by tests/integration/test_abuse.py on a short run): health
 SERVING on every probe of the health port, valid requests answered OK in every
@@ -54,7 +57,10 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 # The busy-streams attacker is another caller: admission shares slots between callers by token.
 STREAMS_TOKEN = "abuse-streams-token-0123456789"
 STREAMS_AUTH = (("authorization", f"Bearer {STREAMS_TOKEN}"),)
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The well-behaved client is a third caller: the attackers are other tenants, not itself.
+CLIENT_TOKEN = "abuse-client-token-0123456789"
+CLIENT_AUTH = (("authorization", f"Bearer {CLIENT_TOKEN}"),)
+WINDOW_S = 10.0
 MIB = 1024 * 1024
 
 
@@ -150,6 +156,7 @@ class Bounds:
         connections = self.max_connections * MIB
         return (messages + decoding + connections) / MIB + 200
 
+
 @dataclass
 class Tally:
     counts: Counter = field(default_factory=Counter)
@@ -177,6 +184,7 @@ class AbuseRun:
         self.tallies: dict[str, Tally] = {}
         self.valid_ok_times: list[float] = []
         self.valid_failures: Counter = Counter()
+        self.valid_outcomes: list[tuple[float, str]] = []  # (seconds into the run, OK or the status code)
         self.health: Counter = Counter()
         self.main_port_health: Counter = Counter()
         self.started = time.monotonic()
@@ -232,9 +240,7 @@ class AbuseRun:
         under = os.urandom(self.bounds.max_image_bytes)
         with self.channel() as channel:
             stub = pb_grpc.ModerationServiceStub(channel)
-            futures = [
-                stub.Moderate.future(pb.ModerateRequest(image=over if i % 2 else under), metadata=AUTH, timeout=30) for i in range(16)
-            ]
+            futures = [stub.Moderate.future(pb.ModerateRequest(image=over if i % 2 else under), metadata=AUTH, timeout=30) for i in range(16)]
             for future in futures:
                 try:
                     future.result()
@@ -339,40 +345,29 @@ class AbuseRun:
         from moderation.v1 import moderation_pb2_grpc as pb_grpc
         from tests.images import canvas_growing_gif  # noqa: PLC0415 - the hostile GIF of issue 18
 
+        gif = canvas_growing_gif(frames=20, offset=6299)  # 480 bytes; Pillow grows the canvas to 6300x6300 at frame 1
         with self.channel() as channel:
             stub = pb_grpc.ModerationServiceStub(channel)
-            try:
-                stub.Moderate(pb.ModerateRequest(image=canvas_growing_gif(frames=20, offset=6299)), metadata=AUTH, timeout=10)
-                self.tally("gif-canvas", "OK (must not happen)")
-            except grpc.RpcError as err:
-                self.tally("gif-canvas", err.code().name)
+            # Several on one connection: a new one often finds max_connections held by the other attackers.
+            for _ in range(5):
+                try:
+                    stub.Moderate(pb.ModerateRequest(image=gif), metadata=AUTH, timeout=5)
+                    self.tally("gif-canvas", "OK (must not happen)")
+                except grpc.RpcError as err:
+                    self.tally("gif-canvas", err.code().name)
+                if self.stop.wait(0.5):
+                    return
 
     def idle_sockets(self) -> None:
-        import socket
+        from tests.http2 import PREFACE, closed_by_server, open_sockets  # noqa: PLC0415 - shared with test_idle_sockets
 
-        host, port = self.target.rsplit(":", 1)
-        sockets = []
+        sockets = open_sockets(self.target, [(b"", PREFACE)[i % 2] for i in range(2 * self.bounds.max_connections)])
         try:
-            for i in range(2 * self.bounds.max_connections):
-                sock = socket.create_connection((host, int(port)), timeout=5)
-                if i % 2:
-                    sock.sendall(HTTP2_PREFACE)
-                sockets.append(sock)
-            self.tally("idle-sockets", f"opened {len(sockets)}")
+            self.tally("idle-sockets", "opened")
             # Held until the server closes them at its handshake timeout; then the loop reopens them.
             deadline = time.monotonic() + self.bounds.handshake_timeout_s + 5
-            closed = 0
             for sock in sockets:
-                sock.settimeout(max(0.05, deadline - time.monotonic()))
-                try:
-                    while sock.recv(4096):
-                        pass  # the server's SETTINGS, then EOF
-                    closed += 1
-                except (ConnectionResetError, BrokenPipeError):
-                    closed += 1
-                except TimeoutError:
-                    pass
-            self.tally("idle-sockets", "closed by the server" if closed == len(sockets) else "some still open at handshake timeout + 5 s")
+                self.tally("idle-sockets", "closed by the server" if closed_by_server(sock, deadline) else "open at handshake timeout + 5 s")
         finally:
             for sock in sockets:
                 sock.close()
@@ -412,15 +407,17 @@ class AbuseRun:
         from moderation.v1 import moderation_pb2 as pb
         from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
-        auth = AUTH
         with self.channel() as channel:
             stub = pb_grpc.ModerationServiceStub(channel)
             while not self.stop.is_set():
                 try:
-                    stub.Moderate(pb.ModerateRequest(image=self.valid_image), metadata=auth, timeout=20)
+                    stub.Moderate(pb.ModerateRequest(image=self.valid_image), metadata=CLIENT_AUTH, timeout=20)
+                    outcome = "OK"
                     self.valid_ok_times.append(time.monotonic() - self.started)
                 except grpc.RpcError as err:
-                    self.valid_failures[err.code().name] += 1
+                    outcome = err.code().name
+                    self.valid_failures[outcome] += 1
+                self.valid_outcomes.append((time.monotonic() - self.started, outcome))
                 self.stop.wait(0.2)
 
     def prober(self, interval_s: float) -> None:
@@ -459,6 +456,7 @@ class AbuseRun:
         threads = [threading.Thread(target=self.valid_client, daemon=True), threading.Thread(target=self.prober, args=(probe_interval_s,), daemon=True)]
         for name, (body, pause_s, copies) in attackers.items():
             threads += [threading.Thread(target=self.loop(name, body, pause_s), daemon=True, name=name) for _ in range(copies)]
+        self.started = time.monotonic()  # windows count from here, not from the warm-up
         for thread in threads:
             thread.start()
         self.stop.wait(self.seconds)
@@ -466,7 +464,7 @@ class AbuseRun:
         for thread in threads:
             thread.join(timeout=60)
 
-    def valid_gaps(self, window_s: float = 10.0) -> list[float]:
+    def valid_gaps(self, window_s: float = WINDOW_S) -> list[float]:
         """Start times of `window_s` windows (after the first) in which no valid request was answered OK."""
         gaps = []
         start = window_s
@@ -476,7 +474,12 @@ class AbuseRun:
             start += window_s
         return gaps
 
-
+    def valid_windows(self, window_s: float = WINDOW_S) -> list[dict[str, float | int]]:
+        """The well-behaved client's answers per `window_s` window of the run: OK and each refusal code, by when they came."""
+        windows: list[Counter] = [Counter() for _ in range(max(1, int(-(-self.seconds // window_s))))]
+        for at, outcome in self.valid_outcomes:
+            windows[min(int(at // window_s), len(windows) - 1)][outcome] += 1  # a call answered after the stop counts in the last
+        return [{"start_s": index * window_s, "OK": counts.pop("OK", 0), **dict(counts)} for index, counts in enumerate(windows)]
 
 
 def free_port() -> int:
@@ -506,7 +509,13 @@ def wait_serving(target: str, process: subprocess.Popen, timeout_s: float = 300)
 
 
 def abuse(
-    seconds: float, workdir: Path, bounds: Bounds = Bounds(), model: str | None = None, weights: str = "random", only: Sequence[str] = ()
+    seconds: float,
+    workdir: Path,
+    bounds: Bounds = Bounds(),
+    model: str | None = None,
+    weights: str = "random",
+    only: Sequence[str] = (),
+    probe_interval_s: float = 1.0,
 ) -> dict:
     """Run the mixed abuse against a fresh server; return the figures (see the module docstring)."""
     from tests import images  # noqa: PLC0415 - the test images (scikit-image samples)
@@ -514,7 +523,7 @@ def abuse(
     model = model or f"local-dir:{ROOT / 'tests' / 'fixtures' / 'tiny-clip'}"
     workdir.mkdir(parents=True, exist_ok=True)
     tokens = workdir / "tokens"
-    tokens.write_text(f"abuse:{TOKEN}\nstreams:{STREAMS_TOKEN}\n")
+    tokens.write_text(f"abuse:{TOKEN}\nstreams:{STREAMS_TOKEN}\nclient:{CLIENT_TOKEN}\n")
     port, health_port, metrics_port = free_port(), free_port(), free_port()
     log_path = workdir / "server.log"
     env = {
@@ -536,7 +545,7 @@ def abuse(
         for _ in range(3):
             _valid_once(run)
         with RssSampler(process.pid, interval_s=0.2) as sampler:
-            run.run(only=only)
+            run.run(probe_interval_s=probe_interval_s, only=only)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         terminated = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -567,6 +576,7 @@ def abuse(
             "ok": len(run.valid_ok_times),
             "failures": dict(run.valid_failures),
             "windows_of_10s_without_ok": run.valid_gaps(),
+            "windows_of_10s": run.valid_windows(),
         },
         "health_port": dict(run.health),
         "main_port_health": dict(run.main_port_health),
@@ -582,9 +592,7 @@ def _valid_once(run: AbuseRun) -> None:
     from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
     with run.channel() as channel:
-        pb_grpc.ModerationServiceStub(channel).Moderate(
-            pb.ModerateRequest(image=run.valid_image), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=60
-        )
+        pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(image=run.valid_image), metadata=CLIENT_AUTH, timeout=60)
 
 
 def _is_json(line: str) -> bool:
@@ -625,6 +633,9 @@ def passed(figures: dict) -> list[str]:
     # and decoding then stops between frames (never an answer, never unbounded work).
     if gif is not None and (set(gif) - {"INVALID_ARGUMENT", "DEADLINE_EXCEEDED", *transport} or not gif.get("INVALID_ARGUMENT")):
         problems.append(f"the canvas-growing GIF answered {gif}")
+    sockets = figures["attacks"].get("idle-sockets", {})
+    if sockets.get("open at handshake timeout + 5 s"):
+        problems.append(f"idle sockets outlived handshake_timeout_s: {sockets}")
     return problems
 
 
@@ -635,9 +646,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/moderation-abuse"))
     parser.add_argument("--model")
     parser.add_argument("--weights", default="random")
+    parser.add_argument("--probe-interval-s", type=float, default=1.0, help="seconds between health probes")
     parser.add_argument("--only", nargs="*", default=(), metavar="ATTACK", help="run only these attacks (to find which one a problem follows)")
     args = parser.parse_args()
-    figures = abuse(args.seconds, args.workdir, model=args.model, weights=args.weights, only=args.only)
+    figures = abuse(args.seconds, args.workdir, model=args.model, weights=args.weights, only=args.only, probe_interval_s=args.probe_interval_s)
     figures["problems"] = passed(figures)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")

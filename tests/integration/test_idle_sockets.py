@@ -9,7 +9,6 @@ own server object and so its own cap.
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -21,13 +20,12 @@ from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import moderation_pb2_grpc as pb_grpc
 from tests import images
 from tests.conftest import POLICIES, TINY_CLIP
+from tests.http2 import EMPTY_SETTINGS, PREFACE, closed_by_server, open_sockets
 from tests.integration.server import free_port, open_channel, running_server
 
 pytestmark = pytest.mark.integration
 
 TINY = ("--policies", str(POLICIES), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random")
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, no flags, stream 0
 CAP = 20  # the test's max_connections: 2 x CAP sockets fill it, a bounded number on loopback
 
 
@@ -48,30 +46,6 @@ def moderate_ok(target: str) -> bool:
             return bool(pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(image=images.astronaut_jpeg()), timeout=10).categories)
         except grpc.RpcError:
             return False
-
-
-def closed_by_server(sock: socket.socket, deadline: float) -> bool:
-    """True once the server has closed the socket (EOF or reset); whatever it sent before (its SETTINGS) is skipped."""
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.05, deadline - time.monotonic()))
-        try:
-            if sock.recv(4096) == b"":
-                return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except TimeoutError:
-            return False
-    return False
-
-
-def open_sockets(target: str, payloads: list[bytes]) -> list[socket.socket]:
-    host, port = target.rsplit(":", 1)
-    sockets = []
-    for payload in payloads:
-        sock = socket.create_connection((host, int(port)), timeout=5)
-        sock.sendall(payload)
-        sockets.append(sock)
-    return sockets
 
 
 def wait_for_main_port(target: str, since: float, within_s: float) -> float | None:
