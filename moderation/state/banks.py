@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import math
 import re
 import time
@@ -680,12 +679,3 @@ def _entry(row: tuple) -> StoredEntry:
         None if quality is None else int(quality), note, added_by, float(added_at), int(version),
     )  # fmt: skip
 
-
-def read_import_errors(error: ImportRejected) -> str:
-    """The rejected lines, one a line: what a command prints."""
-    out = io.StringIO()
-    for line, message in error.errors:
-        out.write(f"line {line}: {message}\n")
-    if error.bad_lines > len(error.errors):
-        out.write(f"... and {error.bad_lines - len(error.errors)} more bad lines\n")
-    return out.getvalue()
