@@ -282,8 +282,6 @@ class BankStore:
                 old.matching_ratio if matching_ratio is None else float(matching_ratio),
             )
             _check_settings(name, *new)
-            if new[2] is None and old.embedding_dim is not None:
-                raise ValueError(f"bank {name!r} holds embeddings: it keeps an embedding_min_cosine")
             tx.execute(
                 "UPDATE banks SET pdq_max_distance = ?, pdq_min_quality = ?, embedding_min_cosine = ?, matching_ratio = ?, "
                 "note = ?, version = ? WHERE name = ?",
