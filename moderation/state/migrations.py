@@ -2,7 +2,7 @@
 
 Every change to what the store keeps is a new `Migration` appended here (never an
 edit of one already released): the decisions table, the thumbnails table, and later
-the hash banks and the review queue. A store records what it has applied in
+the hash banks (4) and, later, the review queue. A store records what it has applied in
 `schema_version` (one row per migration); opening a writable store applies the
 missing ones in order, in one transaction:
 
@@ -119,6 +119,132 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE thumbnails DROP CONSTRAINT thumbnails_pkey",
             "ALTER TABLE thumbnails ADD PRIMARY KEY (caller, request_id)",
             "CREATE INDEX thumbnails_by_request ON thumbnails (request_id)",
+        ),
+    ),
+    Migration(
+        4,
+        "banks: named lists of known content (PDQ, MD5, SHA-256, embeddings), their audit and a change version (issue 20)",
+        sqlite=(
+            # Every bank write takes the next version from this one row first, in its transaction:
+            # writers take turns, so versions commit in order and a replica's "since N" misses nothing.
+            """CREATE TABLE bank_version (
+                id                     INTEGER PRIMARY KEY CHECK (id = 1),
+                version                INTEGER NOT NULL,
+                removals_pruned_through INTEGER NOT NULL DEFAULT 0  -- tombstones up to here are gone
+            )""",
+            "INSERT INTO bank_version (id, version) VALUES (1, 0)",
+            """CREATE TABLE banks (
+                name                 TEXT PRIMARY KEY,
+                enabled              INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+                pdq_max_distance     INTEGER NOT NULL DEFAULT 31 CHECK (pdq_max_distance BETWEEN 0 AND 255),
+                pdq_min_quality      INTEGER NOT NULL DEFAULT 50 CHECK (pdq_min_quality BETWEEN 0 AND 100),
+                embedding_min_cosine REAL CHECK (embedding_min_cosine BETWEEN -1 AND 1),  -- none until measured
+                embedding_dim        INTEGER,  -- set by the first embedding added
+                matching_ratio       REAL NOT NULL DEFAULT 1 CHECK (matching_ratio BETWEEN 0 AND 1),
+                created_by           TEXT NOT NULL,
+                created_at           REAL NOT NULL,  -- unix seconds
+                note                 TEXT NOT NULL DEFAULT '',
+                version              INTEGER NOT NULL  -- the bank version of its last settings change
+            )""",
+            """CREATE TABLE bank_entries (
+                id          INTEGER PRIMARY KEY,
+                bank        TEXT NOT NULL,
+                content_id  TEXT NOT NULL,
+                signal_type TEXT NOT NULL CHECK (signal_type IN ('pdq', 'md5', 'sha256', 'embedding')),
+                value       TEXT NOT NULL,  -- lowercase hex; for an embedding the SHA-256 of its bytes
+                embedding   BLOB,           -- float32 little-endian, embeddings only
+                quality     INTEGER,        -- PDQ quality when known
+                note        TEXT NOT NULL DEFAULT '',
+                added_by    TEXT NOT NULL,
+                added_at    REAL NOT NULL,
+                version     INTEGER NOT NULL,
+                UNIQUE (bank, signal_type, value),
+                CHECK ((signal_type = 'embedding') = (embedding IS NOT NULL))
+            )""",
+            "CREATE INDEX bank_entries_by_bank ON bank_entries (bank)",  # with the rowid: pages by (bank, id)
+            "CREATE INDEX bank_entries_by_content ON bank_entries (bank, content_id)",
+            "CREATE INDEX bank_entries_by_version ON bank_entries (version)",
+            """CREATE TABLE bank_removals (
+                version     INTEGER NOT NULL,
+                bank        TEXT NOT NULL,
+                content_id  TEXT NOT NULL,
+                signal_type TEXT NOT NULL,
+                value       TEXT NOT NULL,
+                embedding   BLOB
+            )""",
+            "CREATE INDEX bank_removals_by_version ON bank_removals (version)",
+            """CREATE TABLE bank_audit (
+                id         INTEGER PRIMARY KEY,
+                at         REAL NOT NULL,
+                who        TEXT NOT NULL,
+                action     TEXT NOT NULL,
+                bank       TEXT NOT NULL,
+                content_id TEXT,
+                count      INTEGER NOT NULL DEFAULT 0,
+                detail     TEXT NOT NULL DEFAULT '',  -- ids, counts and settings; never image bytes
+                version    INTEGER NOT NULL
+            )""",
+            "CREATE INDEX bank_audit_by_bank ON bank_audit (bank, id)",
+        ),
+        postgres=(
+            """CREATE TABLE bank_version (
+                id                      INTEGER PRIMARY KEY CHECK (id = 1),
+                version                 BIGINT NOT NULL,
+                removals_pruned_through BIGINT NOT NULL DEFAULT 0
+            )""",
+            "INSERT INTO bank_version (id, version) VALUES (1, 0)",
+            """CREATE TABLE banks (
+                name                 TEXT PRIMARY KEY,
+                enabled              BOOLEAN NOT NULL DEFAULT TRUE,
+                pdq_max_distance     INTEGER NOT NULL DEFAULT 31 CHECK (pdq_max_distance BETWEEN 0 AND 255),
+                pdq_min_quality      INTEGER NOT NULL DEFAULT 50 CHECK (pdq_min_quality BETWEEN 0 AND 100),
+                embedding_min_cosine DOUBLE PRECISION CHECK (embedding_min_cosine BETWEEN -1 AND 1),
+                embedding_dim        INTEGER,
+                matching_ratio       DOUBLE PRECISION NOT NULL DEFAULT 1 CHECK (matching_ratio BETWEEN 0 AND 1),
+                created_by           TEXT NOT NULL,
+                created_at           DOUBLE PRECISION NOT NULL,
+                note                 TEXT NOT NULL DEFAULT '',
+                version              BIGINT NOT NULL
+            )""",
+            """CREATE TABLE bank_entries (
+                id          BIGSERIAL PRIMARY KEY,
+                bank        TEXT NOT NULL,
+                content_id  TEXT NOT NULL,
+                signal_type TEXT NOT NULL CHECK (signal_type IN ('pdq', 'md5', 'sha256', 'embedding')),
+                value       TEXT NOT NULL,
+                embedding   BYTEA,
+                quality     SMALLINT,
+                note        TEXT NOT NULL DEFAULT '',
+                added_by    TEXT NOT NULL,
+                added_at    DOUBLE PRECISION NOT NULL,
+                version     BIGINT NOT NULL,
+                UNIQUE (bank, signal_type, value),
+                CHECK ((signal_type = 'embedding') = (embedding IS NOT NULL))
+            )""",
+            "CREATE INDEX bank_entries_by_bank ON bank_entries (bank, id)",
+            "CREATE INDEX bank_entries_by_content ON bank_entries (bank, content_id)",
+            "CREATE INDEX bank_entries_by_version ON bank_entries (version)",
+            """CREATE TABLE bank_removals (
+                version     BIGINT NOT NULL,
+                bank        TEXT NOT NULL,
+                content_id  TEXT NOT NULL,
+                signal_type TEXT NOT NULL,
+                value       TEXT NOT NULL,
+                embedding   BYTEA
+            )""",
+            "CREATE INDEX bank_removals_by_version ON bank_removals (version)",
+            """CREATE TABLE bank_audit (
+                id         BIGSERIAL PRIMARY KEY,
+                at         DOUBLE PRECISION NOT NULL,
+                who        TEXT NOT NULL,
+                action     TEXT NOT NULL,
+                bank       TEXT NOT NULL,
+                content_id TEXT,
+                count      BIGINT NOT NULL DEFAULT 0,
+                detail     TEXT NOT NULL DEFAULT '',
+                version    BIGINT NOT NULL
+            )""",
+            "CREATE INDEX bank_audit_by_bank ON bank_audit (bank, id)",
         ),
     ),
 )

@@ -14,7 +14,9 @@ Passwords never appear in messages: the URL is redacted first.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterable, Iterator
 
 import psycopg
 
@@ -160,6 +162,27 @@ class PostgresStore(StateStore):
             self._reset_if_broken()
             raise StoreError(f"cannot prune state store {self.where}: {_one_line(error)}") from None
 
+    @contextlib.contextmanager
+    def _transaction(self, *, timeout_s: float | None = None) -> Iterator[PostgresTransaction]:
+        """One write transaction on the store's connection, under its write lock (the flush thread's
+        batches wait rather than join it). `timeout_s` replaces the statement timeout inside it
+        (SET LOCAL), for an import whose COPY and merge take longer than a batch. Commits when
+        the block ends, rolls back when it raises; psycopg errors become StoreError, anything
+        else (ValueError) passes through after the rollback.
+        """
+        if self.read_only:
+            raise StoreError(f"{self.where} was opened read-only")
+        with self._write_lock:
+            connection = self._connect()
+            try:
+                with connection.transaction(), connection.cursor() as cursor:
+                    if timeout_s is not None:
+                        cursor.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+                    yield PostgresTransaction(cursor)
+            except psycopg.Error as error:
+                self._reset_if_broken()
+                raise StoreError(f"cannot write to state store {self.where}: {_one_line(error)}") from None
+
     def _reset_if_broken(self) -> None:
         """After an error: a connection the server closed (restart, failover) is replaced on the next attempt."""
         if self._connection is not None and (self._connection.closed or self._connection.broken):
@@ -175,6 +198,28 @@ class PostgresStore(StateStore):
 
     def _disconnect(self) -> None:
         self._close_connection()
+
+
+class PostgresTransaction:
+    """What a bank write needs from an open transaction: statements with `?` placeholders, and COPY."""
+
+    dialect = "postgres"
+
+    def __init__(self, cursor: psycopg.Cursor):
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> psycopg.Cursor:
+        return self._cursor.execute(sql.replace("?", "%s"), params)
+
+    def executemany(self, sql: str, rows: Iterable[tuple[object, ...]]) -> int:
+        self._cursor.executemany(sql.replace("?", "%s"), rows)
+        return self._cursor.rowcount
+
+    def copy(self, statement: str, rows: Iterable[tuple[object, ...]]) -> None:
+        """`COPY ... FROM STDIN` fed row by row (a generator is consumed as it goes)."""
+        with self._cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
 
 
 def _one_line(error: psycopg.Error) -> str:

@@ -8,9 +8,11 @@ A read-only store opens the file with `mode=ro` and never creates or changes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from moderation.state.migrations import SCHEMA_VERSION, SCHEMA_VERSION_TABLE, newer_than_code_message, pending
@@ -51,6 +53,7 @@ class SQLiteStore(StateStore):
             self._connection.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as error:
             raise StoreError(f"cannot open state store {self.path}: {error}") from error
+        self._busy_timeout_s = busy_timeout_s
         self._version = self._migrate(busy_timeout_s)
         self._start_flusher()
 
@@ -166,6 +169,36 @@ class SQLiteStore(StateStore):
         except sqlite3.Error as error:
             raise StoreError(f"cannot prune state store {self.path}: {error}") from error
 
+    @contextlib.contextmanager
+    def _transaction(self, *, timeout_s: float | None = None) -> Iterator[SQLiteTransaction]:
+        """One write transaction (`BEGIN IMMEDIATE`) on the store's connection, under its write lock.
+
+        For writers other than the decision buffer (banks): the write lock keeps the flush
+        thread's batches out of it; IMMEDIATE takes the file's write lock at once, so two
+        processes' bank writes take turns. `timeout_s` waits that long for another process's
+        write (an import) instead of the busy timeout. Commits when the block ends, rolls
+        back when it raises; sqlite3 errors become StoreError, anything else (ValueError)
+        passes through after the rollback.
+        """
+        if self.read_only:
+            raise StoreError(f"{self.where} was opened read-only")
+        with self._write_lock:
+            if timeout_s is not None:
+                self._connection.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            try:
+                self._connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield SQLiteTransaction(self._connection)
+                    self._connection.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.Error as error:
+                raise StoreError(f"cannot write to state store {self.path}: {error}") from error
+            finally:
+                if timeout_s is not None:
+                    self._connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+
     def _rollback(self) -> None:
         try:
             self._connection.execute("ROLLBACK")
@@ -174,3 +207,19 @@ class SQLiteStore(StateStore):
 
     def _disconnect(self) -> None:
         self._connection.close()
+
+
+class SQLiteTransaction:
+    """What a bank write needs from an open transaction: statements with `?` placeholders."""
+
+    dialect = "sqlite"
+
+    def __init__(self, connection: sqlite3.Connection):
+        self._connection = connection
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        return self._connection.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[tuple[object, ...]]) -> int:
+        """Run `sql` for every row (a generator is consumed as it goes); how many rows it changed."""
+        return self._connection.executemany(sql, rows).rowcount

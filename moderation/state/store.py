@@ -9,9 +9,9 @@ implement it (chosen by a URL, see `open_store`):
 What it keeps today: decision embeddings (record, read a window, find by request id,
 freshness, the model ids of a window, prune past the retention) and opt-in thumbnails
 (save, load and list by case: caller and request id; prune past the retention; evict the
-oldest past `thumbnail_max_bytes`, see `_evict_over_cap`). Banks and the review queue will be more tables in
-the same store: a migration (moderation/state/migrations.py) plus methods here, not a
-new store.
+oldest past `thumbnail_max_bytes`, see `_evict_over_cap`). Banks are more tables in the
+same store (moderation/state/banks.py, schema 4), written through the backend's
+`_transaction`; the review queue will be another migration, not a new store.
 
 Writing never blocks a request and never fails one. `record` and `save_thumbnail`
 append to an in-memory buffer; the thread whose call fills a batch (or finds the
