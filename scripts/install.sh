@@ -9,6 +9,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# pdqhash (PDQ hashing for the known-content banks) ships as source only: pip compiles its
+# C++ with g++, so a machine without a C++ compiler gets Debian's g++ first.
+if ! command -v g++ >/dev/null 2>&1 && ! command -v c++ >/dev/null 2>&1; then
+  SUDO=()
+  [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+  echo "installing g++ (pdqhash builds from source)"
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends g++ >/dev/null
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -1,0 +1,275 @@
+"""One bank's indexes, immutable once built: PDQ (Hamming), embeddings (cosine), exact hashes.
+
+Readers (the request path, many threads) search a snapshot without locks; a writer derives
+a new snapshot with `with_changes` and swaps the reference (matcher.LiveBanks). Nothing a
+reader holds is ever mutated, so a reader sees the old entries or the new, never half.
+
+Removal. faiss's IndexBinaryMultiHash has no remove_ids, and rebuilding a million-hash
+index on every curator's click would cost about a second each. So a snapshot is layered:
+a faiss `base` built in one go, `removed` ids (tombstones: base hits dropped after the
+search) and `added` rows searched exhaustively with numpy. Deriving a snapshot copies only
+the layers (at most MAX_PENDING rows and ids), and once they outgrow MAX_PENDING the
+writer rebuilds the base from the live rows: one rebuild, O(N), per MAX_PENDING changes.
+MAX_PENDING bounds the per-query cost of the exhaustive layer too (4096 PDQ hashes are
+128 KiB to XOR; 1024 embeddings of 512 floats are 2 MiB to multiply).
+
+Ids are the caller's int64s, unique within an index; an index never returns an id it was
+told to remove.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import faiss
+import numpy as np
+
+from moderation.signals.banks.hashing import PDQ_BITS, PDQ_BYTES
+
+# HMA's choice (python-threatexchange PDQMultiHashIndex): 16 tables of 16 bits each.
+PDQ_HASH_TABLES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _Layers:
+    """The rows changed since the base was built: ids removed from it, rows added after it."""
+
+    removed: frozenset[int]
+    added_ids: np.ndarray  # int64, (m,)
+    added_rows: np.ndarray  # (m, width)
+
+    @property
+    def pending(self) -> int:
+        return len(self.removed) + len(self.added_ids)
+
+    def changed(self, added_ids: np.ndarray, added_rows: np.ndarray, removed: Iterable[int]) -> _Layers:
+        """These layers with `removed` taken out (from `added` directly, else as base tombstones) and `added` appended."""
+        gone = np.fromiter({int(i) for i in removed}, np.int64)
+        in_added = np.isin(self.added_ids, gone)
+        tombstones = self.removed | set(np.setdiff1d(gone, self.added_ids).tolist())
+        return _Layers(
+            frozenset(tombstones),
+            np.concatenate([self.added_ids[~in_added], added_ids]),
+            np.concatenate([self.added_rows[~in_added], added_rows]),
+        )
+
+
+class _LayeredIndex:
+    """The layering shared by the PDQ and embedding indexes; subclasses build and search the base."""
+
+    MAX_PENDING: ClassVar[int]
+    _width: int
+    _dtype: type
+
+    def __init__(self, ids: Sequence[int] | np.ndarray, rows: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) != len(rows):
+            raise ValueError(f"{len(ids)} ids for {len(rows)} rows")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("index ids must be unique")
+        self._rebuild(ids, rows)
+
+    def __len__(self) -> int:
+        # Exact while callers remove only live ids, as LiveBanks does.
+        return len(self._base_ids) - len(self._layers.removed) + len(self._layers.added_ids)
+
+    def with_changes(
+        self, added_ids: Sequence[int] | np.ndarray = (), added_rows: np.ndarray | None = None, removed: Iterable[int] = ()
+    ) -> _LayeredIndex:
+        """A new snapshot with `removed` ids gone and `added` rows in; this one is left as it was.
+
+        Removals apply first. Ids are the caller's to keep unique (matcher.LiveBanks never
+        reuses one): checking them here would cost O(N) per change.
+        """
+        new_ids = np.asarray(added_ids, dtype=np.int64).reshape(-1)
+        new_rows = self._rows(added_rows if added_rows is not None else np.empty((0, self._width), self._dtype))
+        if len(new_ids) != len(new_rows):
+            raise ValueError(f"{len(new_ids)} ids for {len(new_rows)} rows")
+        layers = self._layers.changed(new_ids, new_rows, removed)
+        derived = copy.copy(self)  # shares the base: nothing in a snapshot is mutated
+        if layers.pending <= self.MAX_PENDING:
+            derived._layers = layers
+        else:
+            # Compaction: the layers outgrew their bound, so fold them into a fresh base.
+            derived._rebuild(*self._live(layers))
+        return derived
+
+    def _rebuild(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        self._base_ids = ids
+        self._base = self._build(rows) if len(rows) else None
+        self._layers = _Layers(frozenset(), np.empty(0, np.int64), np.empty((0, self._width), self._dtype))
+
+    def _live(self, layers: _Layers) -> tuple[np.ndarray, np.ndarray]:
+        """Every live (id, row), base first: what a compaction rebuilds from."""
+        keep = ~np.isin(self._base_ids, np.fromiter(layers.removed, np.int64, len(layers.removed)))
+        base_rows = self._base_rows() if self._base is not None else np.empty((0, self._width), self._dtype)
+        return (
+            np.concatenate([self._base_ids[keep], layers.added_ids]),
+            np.concatenate([base_rows[keep], layers.added_rows]),
+        )
+
+    def _base_hits(self, lims: np.ndarray, values: np.ndarray, positions: np.ndarray, query: int) -> list[tuple[int, float]]:
+        hits = []
+        removed = self._layers.removed
+        for k in range(int(lims[query]), int(lims[query + 1])):
+            found = int(self._base_ids[positions[k]])
+            if found not in removed:
+                hits.append((found, float(values[k])))
+        return hits
+
+    # Subclasses: the row format and the faiss base.
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _build(self, rows: np.ndarray) -> faiss.Index:
+        raise NotImplementedError
+
+    def _base_rows(self) -> np.ndarray:
+        raise NotImplementedError
+
+
+class PdqIndex(_LayeredIndex):
+    """PDQ hashes (rows of 32 uint8) searched for Hamming distance <= max_distance.
+
+    The base is faiss's IndexBinaryMultiHash, as HMA uses it: 16 tables on 16-bit
+    chunks, probing every chunk value within nflip = max_distance // 16 flips. By
+    pigeonhole a hash within max_distance of the query agrees with it on some chunk up to
+    nflip bits, so the search is exact, not approximate. nflip is set once here because
+    searching mutates nothing else: one index per bank threshold keeps readers lock-free.
+    """
+
+    MAX_PENDING = 4096
+    _width = PDQ_BYTES
+    _dtype = np.uint8
+
+    def __init__(self, max_distance: int, ids: Sequence[int] | np.ndarray = (), codes: np.ndarray | None = None) -> None:
+        if not 0 <= max_distance < PDQ_BITS:
+            raise ValueError(f"a PDQ distance threshold is 0 to {PDQ_BITS - 1} bits; got {max_distance}")
+        self.max_distance = max_distance
+        super().__init__(ids, self._rows(codes if codes is not None else np.empty((0, PDQ_BYTES), np.uint8)))
+
+    def search(self, queries: np.ndarray) -> list[list[tuple[int, int]]]:
+        """For each query hash (rows of 32 uint8), every (id, distance) within max_distance."""
+        queries = self._rows(queries)
+        results: list[list[tuple[int, int]]] = [[] for _ in range(len(queries))]
+        if self._base is not None and len(queries):
+            # faiss's binary range search keeps distances strictly below the radius.
+            lims, distances, positions = self._base.range_search(queries, self.max_distance + 1)
+            for q in range(len(queries)):
+                results[q].extend((found, int(d)) for found, d in self._base_hits(lims, distances, positions, q))
+        added = self._layers.added_rows
+        if len(added):
+            for q, query in enumerate(queries):
+                distances = np.bitwise_count(np.bitwise_xor(added, query)).sum(axis=1)
+                for row in np.flatnonzero(distances <= self.max_distance):
+                    results[q].append((int(self._layers.added_ids[row]), int(distances[row])))
+        return results
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=np.uint8)
+        if rows.ndim != 2 or rows.shape[1] != PDQ_BYTES:
+            raise ValueError(f"PDQ hashes are rows of {PDQ_BYTES} bytes; got shape {rows.shape}")
+        return rows
+
+    def _build(self, rows: np.ndarray) -> faiss.IndexBinary:
+        index = faiss.IndexBinaryMultiHash(PDQ_BITS, PDQ_HASH_TABLES, PDQ_BITS // PDQ_HASH_TABLES)
+        index.nflip = self.max_distance // PDQ_HASH_TABLES
+        index.add(rows)
+        return index
+
+    def _base_rows(self) -> np.ndarray:
+        return faiss.vector_to_array(self._base.storage.xb).reshape(-1, PDQ_BYTES)
+
+
+class EmbeddingIndex(_LayeredIndex):
+    """Unit-normalised embeddings searched for cosine similarity >= min_cosine (exhaustive inner product)."""
+
+    MAX_PENDING = 1024
+    _dtype = np.float32
+
+    def __init__(self, dim: int, min_cosine: float, ids: Sequence[int] | np.ndarray = (), vectors: np.ndarray | None = None) -> None:
+        if not -1.0 <= min_cosine <= 1.0:
+            raise ValueError(f"a cosine threshold is between -1 and 1; got {min_cosine}")
+        self._width = dim
+        self.min_cosine = float(min_cosine)
+        super().__init__(ids, self._rows(vectors if vectors is not None else np.empty((0, dim), np.float32)))
+
+    @property
+    def dim(self) -> int:
+        return self._width
+
+    def search(self, queries: np.ndarray) -> list[list[tuple[int, float]]]:
+        """For each query embedding, every (id, cosine) at or above min_cosine."""
+        queries = self._rows(queries)
+        results: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
+        if self._base is not None and len(queries):
+            # faiss keeps inner products strictly above the radius: ask one float32 step
+            # lower so a cosine exactly at the threshold is kept, then apply it exactly.
+            radius = float(np.nextafter(np.float32(self.min_cosine), np.float32(-2)))
+            lims, cosines, positions = self._base.range_search(queries, radius)
+            for q in range(len(queries)):
+                results[q].extend(hit for hit in self._base_hits(lims, cosines, positions, q) if hit[1] >= self.min_cosine)
+        added = self._layers.added_rows
+        if len(added):
+            cosines = queries @ added.T
+            for q in range(len(queries)):
+                for row in np.flatnonzero(cosines[q] >= self.min_cosine):
+                    results[q].append((int(self._layers.added_ids[row]), float(cosines[q, row])))
+        return results
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.array(rows, dtype=np.float32, ndmin=2)
+        if rows.shape[1] != self._width and rows.size:
+            raise ValueError(f"this bank's embeddings have {self._width} dimensions; got {rows.shape[1]}")
+        rows = rows.reshape(-1, self._width)
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        if (norms == 0).any() or not np.isfinite(norms).all():
+            raise ValueError("an embedding is all zeros or not finite; it has no direction to compare")
+        # Cosine is the inner product of unit vectors: normalise once, on the way in.
+        return np.ascontiguousarray(rows / norms)
+
+    def _build(self, rows: np.ndarray) -> faiss.Index:
+        index = faiss.IndexFlatIP(self._width)
+        index.add(rows)
+        return index
+
+    def _base_rows(self) -> np.ndarray:
+        return self._base.reconstruct_n(0, self._base.ntotal)
+
+
+class ExactIndex:
+    """Exact hashes (canonical lowercase hex) -> ids. A dict: a lookup is one hash probe.
+
+    Copy-on-write: a derived snapshot copies the dict (a C-level copy, tens of milliseconds
+    for a million hashes), paid by the writer once per change batch, never by a reader.
+    """
+
+    def __init__(self, entries: Iterable[tuple[int, str]] = ()) -> None:
+        self._table: dict[str, tuple[int, ...]] = {}
+        self._add(entries)
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self._table.values())
+
+    def search(self, value: str) -> tuple[int, ...]:
+        return self._table.get(value, ())
+
+    def with_changes(self, added: Iterable[tuple[int, str]] = (), removed: Iterable[tuple[int, str]] = ()) -> ExactIndex:
+        """A new snapshot; `removed` names each id with its value, so no reverse map is kept."""
+        derived = object.__new__(ExactIndex)
+        derived._table = dict(self._table)
+        for found, value in removed:
+            kept = tuple(i for i in derived._table.get(value, ()) if i != found)
+            if kept:
+                derived._table[value] = kept
+            else:
+                derived._table.pop(value, None)
+        derived._add(added)
+        return derived
+
+    def _add(self, entries: Iterable[tuple[int, str]]) -> None:
+        for found, value in entries:
+            self._table[value] = (*self._table.get(value, ()), found)

@@ -1,0 +1,124 @@
+"""The per-bank indexes: exact range search, removal through tombstones and compaction, snapshots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moderation.signals.banks.index import EmbeddingIndex, ExactIndex, PdqIndex
+
+
+def flipped(code: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """`code` (32 uint8) with `bits` distinct bits flipped."""
+    unpacked = np.unpackbits(code)
+    unpacked[rng.choice(256, size=bits, replace=False)] ^= 1
+    return np.packbits(unpacked)
+
+
+@pytest.fixture
+def codes() -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 256, (5000, 32), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("max_distance", [0, 15, 31, 47, 63])
+def test_pdq_range_search_finds_exactly_the_hashes_within_the_threshold(codes: np.ndarray, max_distance: int) -> None:
+    rng = np.random.default_rng(max_distance)
+    index = PdqIndex(max_distance, np.arange(len(codes)) + 100, codes)
+    at = [flipped(codes[i], max_distance, rng) for i in range(20)]
+    beyond = [flipped(codes[i], max_distance + 1, rng) for i in range(20, 40)]
+    found = index.search(np.array(at + beyond))
+    for i, hits in enumerate(found[:20]):
+        assert hits == [(i + 100, max_distance)]
+    # Random 256-bit hashes sit ~128 bits apart: nothing else is anywhere near.
+    assert all(hits == [] for hits in found[20:])
+
+
+def test_pdq_distance_31_matches_and_32_does_not(codes: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    index = PdqIndex(31, range(len(codes)), codes)
+    assert index.search(flipped(codes[9], 31, rng)[None]) == [[(9, 31)]]
+    assert index.search(flipped(codes[9], 32, rng)[None]) == [[]]
+
+
+def test_removed_hashes_are_never_returned_and_added_ones_are(codes: np.ndarray) -> None:
+    base = PdqIndex(31, range(1000), codes[:1000])
+    changed = base.with_changes([5000, 5001], codes[4000:4002], removed=[3, 4])
+    assert changed.search(codes[[3, 4, 5]]) == [[], [], [(5, 0)]]
+    assert changed.search(codes[4000:4002]) == [[(5000, 0)], [(5001, 0)]]
+    assert len(changed) == 1000
+    # The snapshot it came from is untouched: a reader still in it sees the old entries.
+    assert base.search(codes[[3, 4000]]) == [[(3, 0)], []]
+    # An id added and removed again goes from the added layer, not into the tombstones.
+    again = changed.with_changes(removed=[5000])
+    assert again.search(codes[4000:4002]) == [[], [(5001, 0)]]
+    assert len(again) == 999
+
+
+def test_pending_changes_are_bounded_by_compaction(codes: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PdqIndex, "MAX_PENDING", 8)
+    index = PdqIndex(31, range(100), codes[:100])
+    for step in range(30):
+        index = index.with_changes([1000 + step], codes[100 + step : 101 + step], removed=[step])
+        assert index._layers.pending <= 8
+    assert len(index) == 100
+    assert index.search(codes[[0, 29, 30, 129]]) == [[], [], [(30, 0)], [(1029, 0)]]
+
+
+def test_an_empty_pdq_index_finds_nothing(codes: np.ndarray) -> None:
+    empty = PdqIndex(31)
+    assert empty.search(codes[:2]) == [[], []]
+    assert empty.with_changes([1], codes[:1]).search(codes[:1]) == [[(1, 0)]]
+    assert PdqIndex(31, [1], codes[:1]).with_changes(removed=[1]).search(codes[:1]) == [[]]
+
+
+def test_pdq_index_refuses_bad_input(codes: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="0 to 255 bits; got 256"):
+        PdqIndex(256)
+    with pytest.raises(ValueError, match="rows of 32 bytes"):
+        PdqIndex(31, [0], codes[:1, :31])
+    with pytest.raises(ValueError, match="unique"):
+        PdqIndex(31, [0, 0], codes[:2])
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def toward(vector: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
+    """A unit vector at exactly `cosine` from unit `vector`."""
+    other = rng.standard_normal(vector.shape)
+    other -= other.dot(vector) * vector
+    other /= np.linalg.norm(other)
+    return cosine * vector + np.sqrt(1 - cosine**2) * other
+
+
+def test_embeddings_match_at_or_above_the_cosine_threshold() -> None:
+    rng = np.random.default_rng(1)
+    vectors = unit(rng, 2000)
+    index = EmbeddingIndex(64, 0.9, np.arange(2000), vectors * 3.0)  # scale is normalised away
+    near, far = toward(vectors[5], 0.95, rng), toward(vectors[6], 0.85, rng)
+    found = index.search(np.stack([near, far]))
+    assert [i for i, _ in found[0]] == [5] and found[0][0][1] == pytest.approx(0.95, abs=1e-5)
+    assert found[1] == []
+    assert index.search(vectors[7:8])[0][0] == (7, pytest.approx(1.0, abs=1e-5))
+
+
+def test_embedding_removal_and_dimension_checks() -> None:
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 100)
+    index = EmbeddingIndex(64, 0.9, range(100), vectors).with_changes([500], vectors[:1] * -1, removed=[0])
+    assert [i for i, _ in index.search(vectors[:1])[0]] == []
+    assert [i for i, _ in index.search(-vectors[:1])[0]] == [500]
+    with pytest.raises(ValueError, match="64 dimensions; got 32"):
+        index.search(np.ones((1, 32)))
+    with pytest.raises(ValueError, match="all zeros"):
+        index.with_changes([501], np.zeros((1, 64)))
+
+
+def test_exact_index_is_a_copy_on_write_table() -> None:
+    index = ExactIndex([(1, "aa"), (2, "aa"), (3, "bb")])
+    assert index.search("aa") == (1, 2) and index.search("cc") == ()
+    changed = index.with_changes(added=[(4, "cc")], removed=[(1, "aa"), (3, "bb")])
+    assert changed.search("aa") == (2,) and changed.search("bb") == () and changed.search("cc") == (4,)
+    assert index.search("aa") == (1, 2) and len(index) == 3 and len(changed) == 2
