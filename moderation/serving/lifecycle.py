@@ -67,6 +67,9 @@ def transport_options(settings: Settings) -> list[tuple[str, object]]:
         # freed, so a busy client within the limit got REFUSED_STREAM (UNAVAILABLE); the
         # limit above and max_concurrent_rpcs are the bounds.
         ("grpc.http.overload_protection", 0),
+        # grpc-core sets SO_REUSEPORT by default: a second server started on a port in use
+        # bound it too and silently took half the connections. Off: it fails to bind, saying so.
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -147,7 +150,10 @@ class GrpcServerLifecycle(Generic[Loaded]):
         settings = self.settings
         address = f"{settings.host}:{settings.port}"
         credentials = server_credentials(settings)
-        port = self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
+        try:
+            port = self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises "Failed to bind" where older releases returned 0
+            port = 0
         if port == 0:
             raise ConfigurationError(f"cannot bind gRPC port {address}; set MODERATION_PORT (--port) to a free port")
         return f"{settings.host}:{port}"
@@ -212,7 +218,13 @@ class GrpcServerLifecycle(Generic[Loaded]):
         try:
             await self._start_health_port()
             if settings.metrics_port:
-                start_http_server(settings.metrics_port, addr=settings.metrics_bind_host, registry=self.metrics.registry)
+                try:
+                    start_http_server(settings.metrics_port, addr=settings.metrics_bind_host, registry=self.metrics.registry)
+                except OSError as error:
+                    raise ConfigurationError(
+                        f"cannot serve metrics on {settings.metrics_bind_host}:{settings.metrics_port}: {error.strerror or error}; "
+                        "set MODERATION_METRICS_PORT (--metrics-port) to a free port"
+                    ) from None
                 log.info("metrics on http://%s:%d/metrics", settings.metrics_bind_host, settings.metrics_port)
         except BaseException:
             await self._stop_transport(None)

@@ -83,3 +83,29 @@ def test_invalid_policy_directory_refuses_to_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "invalid policy: " in result.stderr and "broken.yaml:4: categories: must not be empty" in result.stderr
+
+
+def test_a_second_server_on_ports_in_use_refuses_to_start_naming_the_setting(tmp_path: Path) -> None:
+    """grpc-core's default SO_REUSEPORT let a second server bind a port in use and take half its
+    connections; a metrics port in use crashed the start with a traceback. Both now exit 2 with
+    a sentence naming the setting."""
+    import subprocess
+    import sys
+    import urllib.parse
+
+    from tests.integration.server import free_port
+
+    tiny = ("--policies", str(POLICIES), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random")
+    with running_server(tmp_path, *tiny) as server:
+        grpc_port = server.target.rsplit(":", 1)[1]
+        metrics_port = str(urllib.parse.urlparse(server.metrics_url).port)
+        for port, metrics, setting in ((grpc_port, str(free_port()), "MODERATION_PORT"), (str(free_port()), metrics_port, "MODERATION_METRICS_PORT")):
+            second = subprocess.run(
+                [sys.executable, "-m", "moderation", "serve", "--host", "127.0.0.1", "--port", port, "--metrics-port", metrics, *tiny],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            output = second.stdout + second.stderr
+            assert second.returncode == 2, output[-2000:]
+            assert setting in output and "Traceback" not in output and "│" not in output, output[-2000:]
+        with server.channel() as channel:  # the first server still serves, alone
+            assert pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(image=images.astronaut_jpeg()), timeout=30).categories
