@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 "$PYTHON" -m grpc_tools.protoc -I protos \
   --python_out=. --pyi_out=. --grpc_python_out=. \
-  protos/moderation/v1/moderation.proto
+  protos/moderation/v1/*.proto

@@ -30,6 +30,14 @@ class EscalationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ESCALATION_STATUS_SHED: _ClassVar[EscalationStatus]
     ESCALATION_STATUS_FAILED: _ClassVar[EscalationStatus]
     ESCALATION_STATUS_DISABLED: _ClassVar[EscalationStatus]
+
+class BankSignalType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BANK_SIGNAL_TYPE_UNSPECIFIED: _ClassVar[BankSignalType]
+    BANK_SIGNAL_TYPE_PDQ: _ClassVar[BankSignalType]
+    BANK_SIGNAL_TYPE_MD5: _ClassVar[BankSignalType]
+    BANK_SIGNAL_TYPE_SHA256: _ClassVar[BankSignalType]
+    BANK_SIGNAL_TYPE_EMBEDDING: _ClassVar[BankSignalType]
 ACTION_UNSPECIFIED: Action
 ACTION_ALLOW: Action
 ACTION_REVIEW: Action
@@ -45,6 +53,11 @@ ESCALATION_STATUS_TIMED_OUT: EscalationStatus
 ESCALATION_STATUS_SHED: EscalationStatus
 ESCALATION_STATUS_FAILED: EscalationStatus
 ESCALATION_STATUS_DISABLED: EscalationStatus
+BANK_SIGNAL_TYPE_UNSPECIFIED: BankSignalType
+BANK_SIGNAL_TYPE_PDQ: BankSignalType
+BANK_SIGNAL_TYPE_MD5: BankSignalType
+BANK_SIGNAL_TYPE_SHA256: BankSignalType
+BANK_SIGNAL_TYPE_EMBEDDING: BankSignalType
 
 class ExplainRequest(_message.Message):
     __slots__ = ("request_id", "image", "policy_id", "policy_version", "category_ids", "frame_index")
@@ -106,7 +119,7 @@ class ModerateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., policy_id: _Optional[str] = ..., force_escalation: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CategoryResult(_message.Message):
-    __slots__ = ("id", "score", "review_threshold", "block_threshold", "band", "clause_id", "action", "frame_index")
+    __slots__ = ("id", "score", "review_threshold", "block_threshold", "band", "clause_id", "action", "frame_index", "forced_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +128,7 @@ class CategoryResult(_message.Message):
     CLAUSE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FORCED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     review_threshold: float
@@ -123,7 +137,8 @@ class CategoryResult(_message.Message):
     clause_id: str
     action: Action
     frame_index: int
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., band: _Optional[_Union[Band, str]] = ..., clause_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., frame_index: _Optional[int] = ...) -> None: ...
+    forced_by: str
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., band: _Optional[_Union[Band, str]] = ..., clause_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., frame_index: _Optional[int] = ..., forced_by: _Optional[str] = ...) -> None: ...
 
 class Escalation(_message.Message):
     __slots__ = ("status", "violates", "category_id", "clause_id", "rationale", "confidence", "model", "latency_ms", "reason", "agrees_with_clip", "changed_action", "generated_tokens", "frame_index")
@@ -170,7 +185,7 @@ class StageTimings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., embed_ms: _Optional[float] = ..., decide_ms: _Optional[float] = ..., escalation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class ModerateResponse(_message.Message):
-    __slots__ = ("request_id", "action", "policy_id", "policy_version", "model", "categories", "escalation", "timings", "reasons", "frames_scored", "frames_total")
+    __slots__ = ("request_id", "action", "policy_id", "policy_version", "model", "categories", "escalation", "timings", "reasons", "frames_scored", "frames_total", "bank_matches")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     POLICY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +197,7 @@ class ModerateResponse(_message.Message):
     REASONS_FIELD_NUMBER: _ClassVar[int]
     FRAMES_SCORED_FIELD_NUMBER: _ClassVar[int]
     FRAMES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BANK_MATCHES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     action: Action
     policy_id: str
@@ -193,7 +209,30 @@ class ModerateResponse(_message.Message):
     reasons: _containers.RepeatedScalarFieldContainer[str]
     frames_scored: int
     frames_total: int
-    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., model: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[CategoryResult, _Mapping]]] = ..., escalation: _Optional[_Union[Escalation, _Mapping]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., frames_scored: _Optional[int] = ..., frames_total: _Optional[int] = ...) -> None: ...
+    bank_matches: _containers.RepeatedCompositeFieldContainer[BankMatch]
+    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., model: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[CategoryResult, _Mapping]]] = ..., escalation: _Optional[_Union[Escalation, _Mapping]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., frames_scored: _Optional[int] = ..., frames_total: _Optional[int] = ..., bank_matches: _Optional[_Iterable[_Union[BankMatch, _Mapping]]] = ...) -> None: ...
+
+class BankMatch(_message.Message):
+    __slots__ = ("bank", "content_id", "signal_type", "distance", "threshold", "frame_index", "category_id", "action", "clause_id")
+    BANK_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CLAUSE_ID_FIELD_NUMBER: _ClassVar[int]
+    bank: str
+    content_id: str
+    signal_type: BankSignalType
+    distance: float
+    threshold: float
+    frame_index: int
+    category_id: str
+    action: Action
+    clause_id: str
+    def __init__(self, bank: _Optional[str] = ..., content_id: _Optional[str] = ..., signal_type: _Optional[_Union[BankSignalType, str]] = ..., distance: _Optional[float] = ..., threshold: _Optional[float] = ..., frame_index: _Optional[int] = ..., category_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., clause_id: _Optional[str] = ...) -> None: ...
 
 class ModerateStreamRequest(_message.Message):
     __slots__ = ("request",)
