@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
     from moderation.escalation.explainer import Explainer
     from moderation.escalation.loading import ExplainerSpec
     from moderation.escalation.tier import EscalationMetrics, EscalationTier
+    from moderation.serving.bank_refresh import BankRefresher, RefreshMetrics
+    from moderation.signals.banks.matcher import LiveBanks
+    from moderation.state.banks import BankStore
     from moderation.state.store import DropCallback, StateStore
     from moderation.state.thumbnails import Thumbnails
 
@@ -153,16 +156,23 @@ def load_scorer(spec: ClipModelSpec) -> ClipScorer:
         return ClipScorer(load_encoder(spec))
 
 
+PDQ_DRAFT_MIN_SIDE = 256
+
+
 def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
     """The decode limits of every caller (server, offline commands, bench); `image_size` sets the JPEG draft scale.
 
     The one place DecodeLimits are built from settings: with `jpeg_draft` off, or
-    `image_size` None, JPEGs decode at full size.
+    `image_size` None, JPEGs decode at full size. The draft never goes below
+    PDQ_DRAFT_MIN_SIDE: bank matching hashes the same frames, and PDQ hashes of the
+    bridge photos decoded at >= 256 px equal those of the full decode, while at 224 px
+    they drift up to 4 bits further from the published ones (docs/banks.md).
     """
+    draft = max(image_size, PDQ_DRAFT_MIN_SIDE) if image_size is not None and settings.jpeg_draft else None
     return DecodeLimits(
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
-        draft_size=image_size if settings.jpeg_draft else None,
+        draft_size=draft,
         sample_frames=settings.sample_frames,
         max_frames=settings.max_frames,
         max_animation_pixels=settings.max_animation_pixels,
@@ -174,13 +184,19 @@ def build_core(
     scorer: ClipScorer,
     escalation: EscalationTier | None = None,
     metrics: CoreMetrics | None = None,
+    banks: LiveBanks | None = None,
 ) -> JudgingCore:
-    """The judging core every caller uses: these settings' decode limits and every registered signal."""
+    """The judging core every caller uses: these settings' decode limits and every registered signal.
+
+    The bank signal joins when the caller has banks (the server with a state store); offline
+    commands judge without them, so golden cases never depend on a store's contents.
+    """
     from moderation.core.judge import CoreMetrics, JudgingCore
     from moderation.core.signal import SignalResources
-    from moderation.signals.registry import build_signals
+    from moderation.signals.registry import SIGNALS, build_signals
 
-    signals = build_signals(SignalResources(encoder=scorer, settings=settings))
+    names = [name for name in SIGNALS if name != "banks" or banks is not None]
+    signals = build_signals(SignalResources(encoder=scorer, settings=settings, banks=banks), names)
     return JudgingCore(decode_limits(settings, scorer.image_size), scorer, signals, escalation, metrics or CoreMetrics())
 
 
@@ -360,6 +376,42 @@ def escalation_metrics(metrics: ModerationMetrics) -> EscalationMetrics:
             metrics.escalation_tokens.observe(outcome.generated_tokens)
 
     return EscalationMetrics(outcome, metrics.escalation_queue_depth.set)
+
+
+@dataclass(frozen=True, slots=True)
+class Banks:
+    """The banks of a server with a state store: the shared store, this replica's indexes, and what keeps them current."""
+
+    store: BankStore
+    live: LiveBanks
+    refresher: BankRefresher
+
+
+def build_banks(settings: Settings, store: StateStore | None, metrics: RefreshMetrics | None = None) -> Banks | None:
+    """Banks load from the state store (every replica shares it); None without a store or without the banks extra.
+
+    Loaded now, before the server reports SERVING: a replica never answers without the
+    banks it is meant to match. A store that cannot be read fails the start.
+    """
+    if store is None:
+        return None
+    try:
+        from moderation.serving.bank_refresh import BankRefresher, RefreshMetrics
+        from moderation.signals.banks.matcher import LiveBanks
+    except ImportError as error:  # pdqhash or faiss-cpu missing
+        log.warning("banks are off: %s (install the banks extra: pip install 'moderation[banks]')", error)
+        return None
+    from moderation.state.banks import BankStore
+    from moderation.state.records import StoreError
+
+    bank_store = BankStore(store)
+    live = LiveBanks()
+    refresher = BankRefresher(bank_store, live, settings.bank_refresh_s, metrics or RefreshMetrics())
+    try:
+        refresher.load_all()
+    except StoreError as error:
+        raise ConfigurationError(f"cannot load the banks from the state store: {error}") from error
+    return Banks(bank_store, live, refresher)
 
 
 def build_store(

@@ -29,6 +29,18 @@ class CategoryScores:
 
 
 @dataclass(frozen=True, slots=True)
+class KnownContentMatch:
+    """One bank entry the image matched, as the response reports it (BankMatch in the proto)."""
+
+    bank: str
+    content_id: str
+    signal_type: str  # pdq, md5, sha256, embedding
+    distance: float  # PDQ bits (<= threshold), embedding cosine (>= threshold), 0 for exact hashes
+    threshold: float
+    frame_index: int  # the animation frame that matched; 0 for still images and exact hashes
+
+
+@dataclass(frozen=True, slots=True)
 class ForcedAction:
     """A signal's verdict on one category that no score can weaken (a bank match)."""
 
@@ -38,6 +50,7 @@ class ForcedAction:
     clause_id: str
     reason: str  # a sentence for the decision's reasons, e.g. which bank entry matched
     frame_index: int = 0
+    matches: tuple[KnownContentMatch, ...] = ()  # what forced it, when a bank did
 
     def __post_init__(self) -> None:
         if self.action is Action.ALLOW:

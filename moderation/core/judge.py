@@ -18,13 +18,13 @@ Embeddings are opaque here (a torch tensor from the CLIP encoder): no torch, no 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from moderation.core.decision import Decision, apply_verdict, clip_leans_violating, decide, review_at_least
 from moderation.core.decode import DecodedImage, DecodeLimits, DecodeStopped, ImageRejected, decode_frames
-from moderation.core.evidence import CategoryScores, Evidence, ForcedAction
+from moderation.core.evidence import CategoryScores, Evidence, ForcedAction, KnownContentMatch
 from moderation.core.signal import SampledFrames, Signal
 from moderation.escalation.tier import (
     EscalationOutcome,
@@ -70,6 +70,7 @@ class Sample:
 
     decoded: DecodedImage
     pixels: Any
+    prepared: Mapping[str, Any] = field(default_factory=dict)  # by signal name: what its `prepare` computed
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,10 @@ class Judgement:
         indices = self.frames.decoded.frame_indices
         top = max(self.decision.categories, key=lambda c: c.score)
         return indices.index(self.deciding.get(top.category_id, indices[0]))
+
+    def forced_matches(self) -> list[tuple[ForcedAction, KnownContentMatch]]:
+        """Every bank match behind this judgement's forced actions, with the rule that forced it."""
+        return [(item, match) for item in self.evidence if isinstance(item, ForcedAction) for match in item.matches]
 
 
 class JudgingCore:
@@ -121,7 +126,14 @@ class JudgingCore:
             # bytes: hostile GIFs grew the server by ~380 MB a call (bench/abuse.py). The
             # message is all a caller gets, so the traceback goes here.
             raise error.with_traceback(None) from None
-        return Sample(decoded, self.encoder.prepare(decoded))
+        prepared = {}
+        for signal in self.signals:
+            prepare = getattr(signal, "prepare", None)  # PreparingSignal: once per request, whatever the policies
+            if prepare is not None:
+                started = time.perf_counter()
+                prepared[signal.name] = prepare(image, decoded)
+                self._metrics.signal_seconds(f"{signal.name}_prepare", time.perf_counter() - started)
+        return Sample(decoded, self.encoder.prepare(decoded), prepared)
 
     def embed(self, samples: Sequence[Sample]) -> list[Any]:
         """Embeddings of the samples' frames, in-process with shared forward passes (the shell uses its batcher instead)."""
@@ -129,7 +141,7 @@ class JudgingCore:
 
     def judge(self, sample: Sample, embeddings: Any, served: ServedPolicy[Any]) -> Judgement:
         """Every signal's evidence under `served`, combined by `decide`. Host work (a shadow policy is judged the same way)."""
-        frames = SampledFrames(sample.decoded, embeddings)
+        frames = SampledFrames(sample.decoded, embeddings, sample.prepared)
         evidence: list[Evidence] = []
         for signal in self.signals:
             started = time.perf_counter()

@@ -10,8 +10,8 @@ narrow callables its factory was given, never through the server's whole metrics
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from moderation.core.decode import DecodedImage
@@ -29,6 +29,8 @@ class SampledFrames:
 
     decoded: DecodedImage
     embeddings: Any
+    # What each signal's `prepare` computed at decode time, by signal name (see PreparingSignal).
+    prepared: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Signal(Protocol):
@@ -37,9 +39,21 @@ class Signal(Protocol):
     def evidence(self, frames: SampledFrames, served: ServedPolicy[Any]) -> Sequence[Evidence]: ...
 
 
+class PreparingSignal(Signal, Protocol):
+    """A signal that also needs the request's bytes or frames once, whatever the policies (the bank signal hashes them).
+
+    `prepare` runs in the decode step, in the host pool, once per request; what it returns
+    reaches `evidence` as `frames.prepared[name]` for the active policy and every shadow.
+    It must not keep the bytes: the result lives as long as the request's judgements.
+    """
+
+    def prepare(self, data: bytes, decoded: DecodedImage) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SignalResources:
     """What a signal factory may build from: the loaded image encoder, and the process's settings."""
 
     encoder: Any  # the ClipScorer runtime.py loaded (its text index is each ServedPolicy's `compiled`)
     settings: Any  # moderation.ops.config.Settings: each signal reads its own bounds from it
+    banks: Any = None  # the process's LiveBanks (moderation/signals/banks/matcher.py); None: no banks here (offline)

@@ -244,6 +244,11 @@ class Settings(BaseSettings):
         description="most bytes of thumbnails kept (files or rows); beyond, the oldest are evicted "
         "(moderation_thumbnails_evicted_total); 1 GiB by default",
     )
+    bank_refresh_s: float = Field(
+        2.0, gt=0, le=300,
+        description="how often each replica polls the state store for bank changes: a change made through any replica "
+        "is matched everywhere within about this long",
+    )  # fmt: skip
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
 

@@ -186,6 +186,32 @@ class ModerationMetrics:
             "saved since; eviction keeps it under thumbnail_max_bytes.",
             registry=registry,
         )
+        self.bank_matches = Counter(
+            "moderation_bank_matches_total",
+            "Bank entries matched by requests under their active policy, by bank and signal type (pdq, md5, sha256, "
+            "embedding); shadows are not counted.",
+            ["bank", "signal_type"],
+            registry=registry,
+        )
+        self.bank_entries = Gauge(
+            "moderation_bank_entries",
+            "Entries in each bank by signal type, as this replica last loaded them from the store.",
+            ["bank", "signal_type"],
+            registry=registry,
+        )
+        self.bank_version = Gauge(
+            "moderation_bank_version", "The store's bank version this replica's indexes hold (every change increments it).",
+            registry=registry,
+        )
+        self.bank_refresh_age = Gauge(
+            "moderation_bank_refresh_age_seconds",
+            "Seconds since this replica last read the store's bank version; grows while the store cannot be read "
+            "(the last banks keep serving).",
+            registry=registry,
+        )
+        self.bank_refresh_failures = Counter(
+            "moderation_bank_refresh_failures_total", "Bank refreshes that failed (the store could not be read).", registry=registry
+        )
         self.store_dropped = Counter(
             "moderation_store_dropped_total",
             "Rows the state store dropped because writes kept failing and its bounded buffer was full, by kind "

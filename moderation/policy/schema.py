@@ -36,12 +36,14 @@ MAX_TEMPLATES = 16  # prompt templates in one policy
 MAX_CATEGORY_PROMPTS = 32  # positive + contrast prompts of one category
 MAX_PROMPTS = 512  # benign + every category's positive and contrast prompts
 MAX_TEXTS = 1024  # templates x prompts: the texts a compile encodes
+MAX_BANK_RULES = 32  # banks one policy matches: each is an index lookup per request
 LIMITS = {
     "MAX_CATEGORIES": MAX_CATEGORIES,
     "MAX_TEMPLATES": MAX_TEMPLATES,
     "MAX_CATEGORY_PROMPTS": MAX_CATEGORY_PROMPTS,
     "MAX_PROMPTS": MAX_PROMPTS,
     "MAX_TEXTS": MAX_TEXTS,
+    "MAX_BANK_RULES": MAX_BANK_RULES,
 }
 
 
@@ -141,6 +143,25 @@ class Category(_Strict):
         return value
 
 
+class BankRule(_Strict):
+    """What a match against one bank of known content does under this policy (docs/banks.md)."""
+
+    bank: str = Field(
+        min_length=1, max_length=128, pattern=r"^\S(.*\S)?$", description="the bank's name, as `moderation bank list` shows it"
+    )
+    category: Identifier = Field(description="the policy category a match is judged under (its clause is the one cited)")
+    action: ActionField = Field(
+        default=Action.BLOCK, description="BLOCK or REVIEW: what a match forces on the category, whatever its score"
+    )
+
+    @field_validator("action")
+    @classmethod
+    def _action_escalates(cls, value: Action) -> Action:
+        if value is Action.ALLOW:
+            raise ValueError("a bank match forces BLOCK or REVIEW; a match can never ALLOW")
+        return value
+
+
 class PolicyMode(str, enum.Enum):
     ACTIVE = "active"
     SHADOW = "shadow"
@@ -183,6 +204,10 @@ class Policy(_Strict):
     benign: list[Prompt] = Field(min_length=1, description="prompts for ordinary, allowed images")
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     categories: list[Category] = Field(min_length=1)
+    banks: list[BankRule] = Field(
+        default_factory=list,
+        description="banks of known content this policy matches, each with the category and action a match forces",
+    )
 
     @field_validator("version", mode="before")
     @classmethod
@@ -289,6 +314,8 @@ def policy_rule_problems(data: Mapping[str, Any]) -> list[RuleProblem]:
             else:
                 first_seen[value] = number
 
+    problems.extend(_bank_rule_problems(data, categories))
+
     templates = _items(data.get("templates")) if "templates" in data else [None]
     prompts = len(_items(data.get("benign")))
     if len(categories) > MAX_CATEGORIES:
@@ -316,6 +343,38 @@ def policy_rule_problems(data: Mapping[str, Any]) -> list[RuleProblem]:
                 f"{MAX_TEXTS} (limit MAX_TEXTS, docs/policies.md#limits): use fewer templates or prompts",
             )
         )
+    return problems
+
+
+def _bank_rule_problems(data: Mapping[str, Any], categories: list[Mapping[str, Any]]) -> list[RuleProblem]:
+    """Each bank rule names a category of this policy; a bank is named once (one rule decides what its match does)."""
+    problems: list[RuleProblem] = []
+    rules = [r if isinstance(r, Mapping) else {} for r in _items(data.get("banks"))]
+    if len(rules) > MAX_BANK_RULES:
+        problems.append(RuleProblem(("banks",), _over("bank rules", len(rules), MAX_BANK_RULES, "MAX_BANK_RULES")))
+    category_ids = {c.get("id") for c in categories if isinstance(c.get("id"), str)}
+    first_seen: dict[str, int] = {}
+    for number, rule in enumerate(rules):
+        category, bank = rule.get("category"), rule.get("bank")
+        if isinstance(category, str) and category not in category_ids:
+            problems.append(
+                RuleProblem(
+                    ("banks", number, "category"),
+                    f"bank rule names category {category!r}, which this policy does not have; "
+                    f"its categories: {', '.join(sorted(category_ids)) or 'none'}",
+                )
+            )
+        if isinstance(bank, str):
+            if bank in first_seen:
+                problems.append(
+                    RuleProblem(
+                        ("banks", number, "bank"),
+                        f"bank {bank!r} has two rules; one rule says what its match does",
+                        ("banks", first_seen[bank], "bank"),
+                    )
+                )
+            else:
+                first_seen[bank] = number
     return problems
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from moderation.core.judge import CoreMetrics
 from moderation.ops.config import Settings
 from moderation.ops.metrics import ModerationMetrics
 from moderation.runtime import (
+    ConfigurationError,
     StartupCancellation,
+    build_banks,
     build_core,
     build_escalation_tier,
     build_store,
@@ -38,6 +42,9 @@ from moderation.state.thumbnails import Thumbnails
 from moderation.serving.recorder import RequestRecorder
 from moderation.serving.servicer import ModerationServicer
 from moderation.v1 import moderation_pb2, moderation_pb2_grpc
+
+if TYPE_CHECKING:
+    from moderation.serving.bank_refresh import RefreshMetrics
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +104,23 @@ def build_shell(
         signal_seconds=lambda signal, seconds: metrics.signal_seconds.labels(signal).observe(seconds),
         tier_agreement=lambda policy, category, agrees: metrics.tier_agreement.labels(policy, category, "agree" if agrees else "disagree").inc(),
     )
-    core = build_core(settings, scorer, build_escalation_tier(settings, metrics, spec.device), core_metrics)
     # Drops (the database away longer than the buffer lasts) are counted, never a failed request.
     evicted = metrics.thumbnails_evicted.inc
     store = build_store(settings, on_dropped=lambda kind, count: metrics.store_dropped.labels(kind).inc(count), on_evicted=evicted)
+    banks = build_banks(settings, store, bank_refresh_metrics(metrics))
+    if banks is None:
+        needing = sorted({f"{s.policy.id}@{s.policy.version}" for s in registry.all() if s.policy.banks})
+        if needing:
+            raise ConfigurationError(
+                f"policies {', '.join(needing)} match banks of known content, but this server has no banks: they need a "
+                "state store (MODERATION_DATABASE_URL, or MODERATION_EMBEDDING_STORE on one machine) and the banks extra"
+            )
+    else:
+        refresher = banks.refresher
+        metrics.bank_version.set_function(lambda: refresher.version)
+        metrics.bank_refresh_age.set_function(lambda: time.monotonic() - refresher.refreshed_at)
+    cancellation.check()
+    core = build_core(settings, scorer, build_escalation_tier(settings, metrics, spec.device), core_metrics, banks.live if banks else None)
     thumbnails = build_thumbnails(settings, store, on_evicted=evicted)
     if thumbnails is not None:
         kept = thumbnails  # read at scrape time: never stale
@@ -121,8 +141,23 @@ def build_shell(
         max_wait_ms=settings.max_batch_wait_ms,
         max_queue=settings.max_queue,
         thumbnail_px=thumbnails.max_px if thumbnails is not None else None,
+        banks=banks,
     )
     return shell, reloader
+
+
+def bank_refresh_metrics(metrics: ModerationMetrics) -> RefreshMetrics | None:
+    """The refresher's metrics; None without the banks extra (build_banks then turns banks off with a warning)."""
+    try:
+        from moderation.serving.bank_refresh import RefreshMetrics
+    except ImportError:
+        return None
+
+    def entries(counts: dict[tuple[str, str], int]) -> None:
+        for (bank, kind), count in counts.items():
+            metrics.bank_entries.labels(bank, kind).set(count)
+
+    return RefreshMetrics(entries=entries, failed=metrics.bank_refresh_failures.inc)
 
 
 @dataclass

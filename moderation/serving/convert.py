@@ -11,6 +11,7 @@ from moderation.v1 import moderation_pb2 as pb
 
 ACTION_TO_PB = {Action.ALLOW: pb.ACTION_ALLOW, Action.REVIEW: pb.ACTION_REVIEW, Action.BLOCK: pb.ACTION_BLOCK}
 BAND_TO_PB = {Band.BELOW: pb.BAND_BELOW, Band.BORDERLINE: pb.BAND_BORDERLINE, Band.ABOVE: pb.BAND_ABOVE}
+BANK_SIGNAL_TO_PB = {kind: getattr(pb, f"BANK_SIGNAL_TYPE_{kind.upper()}") for kind in ("pdq", "md5", "sha256", "embedding")}
 ESCALATION_TO_PB = {s: getattr(pb, f"ESCALATION_STATUS_{s.value}") for s in EscalationStatus}
 
 
@@ -32,8 +33,23 @@ def result_to_pb(result: ModerationResult) -> pb.ModerateResponse:
                 clause_id=c.clause_id,
                 action=ACTION_TO_PB[c.action],
                 frame_index=result.frames.deciding.get(c.category_id, 0),
+                forced_by=c.forced_by,
             )
             for c in decision.categories
+        ],
+        bank_matches=[
+            pb.BankMatch(
+                bank=match.bank,
+                content_id=match.content_id,
+                signal_type=BANK_SIGNAL_TO_PB[match.signal_type],
+                distance=match.distance,
+                threshold=match.threshold,
+                frame_index=match.frame_index,
+                category_id=forced.category_id,
+                action=ACTION_TO_PB[forced.action],
+                clause_id=forced.clause_id,
+            )
+            for forced, match in result.judgement.forced_matches()
         ],
         frames_scored=len(result.frames.indices),
         frames_total=result.frames.total,

@@ -49,11 +49,12 @@ class ModerationResult:
 
     def without_pixels(self) -> ModerationResult:
         """This result without its decoded frames: what listeners get, so a full listener queue holds
-        embeddings and decisions (kilobytes per result), never images of up to max_image_pixels."""
+        embeddings and decisions (kilobytes per result), never images of up to max_image_pixels, nor the
+        signals' prepared state (the bank snapshot a request read: a queue must not keep old indexes alive)."""
 
         def stripped(judgement: Judgement) -> Judgement:
             frames = judgement.frames
-            return replace(judgement, frames=replace(frames, decoded=replace(frames.decoded, frames=())))
+            return replace(judgement, frames=replace(frames, decoded=replace(frames.decoded, frames=()), prepared={}))
 
         return replace(self, judgement=stripped(self.judgement), shadows=tuple(stripped(s) for s in self.shadows))
 

@@ -19,7 +19,9 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from moderation.core.judge import Judgement, JudgingCore, Sample
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
@@ -29,6 +31,11 @@ from moderation.serving.result import ModerationResult, StageTimings
 from moderation.signals.clip.batcher import BatcherMetrics, MicroBatcher
 from moderation.signals.clip.scorer import ClipScorer, PolicyTextIndex
 from moderation.state.thumbnails import make_thumbnail
+
+if TYPE_CHECKING:  # pdqhash and faiss load only where banks are on
+    from moderation.runtime import Banks
+    from moderation.signals.banks.matcher import ContentHashes, LiveBanks
+    from moderation.state.banks import BankStore
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,14 @@ class ServingShell:
         max_wait_ms: float = 0.0,
         max_queue: int = 128,
         thumbnail_px: int | None = None,
+        banks: Banks | None = None,
     ):
         self.core = core
+        # Banks of known content (a state store is configured): this replica's live indexes, the shared store
+        # (BankService curates it) and the refresher that follows it. None: no banks here.
+        self._banks = banks
+        self.banks: LiveBanks | None = banks.live if banks is not None else None
+        self.bank_store: BankStore | None = banks.store if banks is not None else None
         self._thumbnail_px = thumbnail_px  # None: thumbnails are off
         self.registry = registry
         self.listeners = listeners
@@ -67,8 +80,10 @@ class ServingShell:
         )
 
     def start(self) -> None:
-        """Start the batch worker; call on the serving event loop."""
+        """Start the batch worker (and the bank refresher); call on the serving event loop."""
         self.batcher.start()
+        if self._banks is not None:
+            self._banks.refresher.start()
 
     async def moderate(
         self,
@@ -145,7 +160,28 @@ class ServingShell:
             log.warning("could not make a thumbnail for request %s: %s", request_id, error)
             return None
 
+    async def hash_for_banks(self, image: bytes, time_left_s: float, embed: bool) -> tuple[ContentHashes, np.ndarray | None]:
+        """What a bank would match this image by (BankService: add and look up by image), decoded as requests are.
+
+        Every signal type: SHA-256 and MD5 of the bytes, the PDQ hash of each sampled frame and,
+        with `embed`, each sampled frame's L2-normalised CLIP embedding (float32, one row per
+        frame). Raises ImageRejected, Overloaded and DeadlinePassed, as `moderate` does.
+        """
+        from moderation.signals.banks.matcher import SIGNAL_TYPES, hash_content
+
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + time_left_s
+        sample = await loop.run_in_executor(self._host_pool, self.core.decode, image, lambda: time.monotonic() > deadline)
+        hashes = await loop.run_in_executor(self._host_pool, hash_content, image, sample.decoded.frames, SIGNAL_TYPES)
+        if not embed:
+            return hashes, None
+        embeddings = await self.batcher.embed(sample.pixels, deadline)
+        values = embeddings.numpy() if hasattr(embeddings, "numpy") else embeddings
+        return hashes, np.asarray(values, dtype=np.float32)
+
     async def close(self) -> None:
+        if self._banks is not None:
+            await asyncio.to_thread(self._banks.refresher.stop)
         await self.batcher.stop()
         if self.core.escalation is not None:
             await self.core.escalation.close()

@@ -17,6 +17,8 @@ SIGNALS: Mapping[str, str] = MappingProxyType(
     {
         # Zero-shot scores of the image's CLIP embeddings against each policy's prompts.
         "clip": "moderation.signals.clip.signal:build",
+        # Known content: a bank match forces its policy rule's action (needs the `banks` extra and a state store).
+        "banks": "moderation.signals.banks.signal:build",
     }
 )
 

@@ -125,8 +125,18 @@ def test_embeddings_match_by_cosine_per_frame() -> None:
     assert (found.content_id, found.signal_type, found.frame_index, found.threshold) == ("c1", "embedding", 1, 0.8)
     assert found.distance > 0.99
     assert matcher.match(b"x", [], None) == []
-    with pytest.raises(ValueError, match="32-dimensional embeddings; the encoder gave 16"):
-        matcher.match(b"x", [], np.ones((1, 16)))
+
+
+
+def test_embeddings_of_another_encoder_never_match_and_never_fail(caplog: pytest.LogCaptureFixture) -> None:
+    """A bank filled with another model's embeddings: its hashes still match, its embeddings are skipped with a warning."""
+    vector = np.ones(32, np.float32) / np.sqrt(32)
+    entries = [BankEntry("e", "v", "embedding", embedding_value(vector)), BankEntry("e", "h", "sha256", sha256_hex(b"x"))]
+    matcher = BankMatcher([bank("e", embedding_min_cosine=0.5)], entries)
+    with caplog.at_level("WARNING"):
+        found = matcher.match(b"x", [], np.ones((1, 16), np.float32) / 4)
+    assert [(m.content_id, m.signal_type) for m in found] == [("h", "sha256")]
+    assert "holds 32-dimensional embeddings but the encoder gives 16" in caplog.text
 
 
 def test_configs_and_entries_are_checked() -> None:

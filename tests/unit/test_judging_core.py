@@ -97,7 +97,7 @@ def test_the_core_runs_every_signal_and_decides_on_their_evidence(tiny_scorer, o
     from moderation.core.decode import decode_frames
 
     served = ServedPolicy(POLICY, Path("p.yaml"), "", tiny_scorer.index_policy(POLICY))
-    (clip,) = build_signals(SignalResources(encoder=tiny_scorer, settings=None))
+    (clip,) = build_signals(SignalResources(encoder=tiny_scorer, settings=None), ["clip"])
     known = decode_frames(images.coffee_png(), DecodeLimits()).frames[0].tobytes()
     timed: list[str] = []
     core = JudgingCore(
@@ -115,4 +115,4 @@ def test_the_core_runs_every_signal_and_decides_on_their_evidence(tiny_scorer, o
     (alone,) = clip_only.judge_images([images.astronaut_jpeg()], served)
     assert unknown.decision == alone.decision and not any(c.forced_by for c in unknown.decision.categories)
     assert timed.count("clip") == 2 and timed.count("known-frames") == 2, "each signal's time is reported under its own name"
-    assert list(SIGNALS) == ["clip"]
+    assert list(SIGNALS) == ["clip", "banks"]

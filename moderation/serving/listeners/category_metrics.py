@@ -23,6 +23,8 @@ class CategoryMetricsListener:
         for c in decision.categories:
             m.category_score.labels(decision.policy_id, c.category_id).observe(c.score)
             m.decisions.labels(decision.policy_id, c.category_id, c.band.value).inc()
+        for _, match in result.judgement.forced_matches():
+            m.bank_matches.labels(match.bank, match.signal_type).inc()
 
     def close(self) -> None:
         pass

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, get_args
@@ -33,6 +34,9 @@ from moderation.signals.banks.hashing import (
     sha256_hex,
 )
 from moderation.signals.banks.index import EmbeddingIndex, ExactIndex, PdqIndex
+
+log = logging.getLogger(__name__)
+_warned_dimensions: set[tuple[str, int, int]] = set()
 
 SignalType = Literal["pdq", "md5", "sha256", "embedding"]
 SIGNAL_TYPES: tuple[str, ...] = get_args(SignalType)
@@ -146,9 +150,14 @@ class ContentHashes:
     pdq: tuple[PdqHash, ...]  # one per sampled frame, frame order
 
 
-def hash_content(data: bytes, frames: Sequence[Image.Image]) -> ContentHashes:
-    """The exact hashes of the bytes and the PDQ hash of every sampled frame."""
-    return ContentHashes(sha256_hex(data), md5_hex(data), tuple(pdq_hash(frame) for frame in frames))
+def hash_content(data: bytes, frames: Sequence[Image.Image], signal_types: Iterable[str] = SIGNAL_TYPES) -> ContentHashes:
+    """The SHA-256 of the bytes (rollout is keyed by it), and the MD5 and each sampled frame's PDQ hash where asked."""
+    kinds = frozenset(signal_types)
+    return ContentHashes(
+        sha256_hex(data),
+        md5_hex(data) if "md5" in kinds else "",
+        tuple(pdq_hash(frame) for frame in frames) if "pdq" in kinds else (),
+    )
 
 
 def in_rollout(content_sha256: str, bank: str, ratio: float) -> bool:
@@ -200,12 +209,33 @@ class BankMatcher:
         """Entries indexed: those of enabled banks, less PDQ hashes below their bank's quality."""
         return len(self._entries)
 
+    @property
+    def signal_types(self) -> frozenset[str]:
+        """The signal types some enabled bank has entries of: a request computes only these (PDQ costs 3-14 ms a frame)."""
+        return frozenset(
+            kind
+            for bank in self._banks.values()
+            if bank.config.enabled
+            for kind, size in (
+                ("pdq", len(bank.pdq)),
+                ("md5", len(bank.md5)),
+                ("sha256", len(bank.sha256)),
+                ("embedding", len(bank.embedding) if bank.embedding is not None else 0),
+            )
+            if size
+        )
+
+    def bank_names(self) -> frozenset[str]:
+        return frozenset(self._banks)
+
     def match(self, data: bytes, frames: Sequence[Image.Image], embeddings: np.ndarray | None = None) -> list[BankMatch]:
         """Every bank entry this upload matches. embeddings: one row per frame, frame order, or None."""
         return self.match_hashes(hash_content(data, frames), embeddings)
 
-    def match_hashes(self, hashes: ContentHashes, embeddings: np.ndarray | None = None) -> list[BankMatch]:
-        """`match` for hashes already computed (the request computes them once for every policy)."""
+    def match_hashes(
+        self, hashes: ContentHashes, embeddings: np.ndarray | None = None, banks: Collection[str] | None = None
+    ) -> list[BankMatch]:
+        """`match` for hashes already computed (the request computes them once for every policy); `banks`: only these."""
         vectors = None
         if embeddings is not None:
             vectors = np.asarray(embeddings, dtype=np.float32)
@@ -215,6 +245,8 @@ class BankMatcher:
         found: list[BankMatch] = []
         for bank in self._banks.values():
             config = bank.config
+            if banks is not None and config.name not in banks:
+                continue
             if not config.enabled or not in_rollout(hashes.sha256, config.name, config.matching_ratio):
                 continue
             found.extend(self._exact(bank, hashes))
@@ -247,9 +279,10 @@ class BankMatcher:
         index = bank.embedding
         assert index is not None
         if vectors.shape[1] != index.dim:
-            raise ValueError(
-                f"bank {bank.config.name!r} holds {index.dim}-dimensional embeddings; the encoder gave {vectors.shape[1]}"
-            )
+            # Another encoder's embeddings (the model changed under the bank): they cannot match this one's,
+            # and a curator's bank must never fail requests. Logged once per bank and dimension.
+            _warn_dimension(bank.config.name, index.dim, vectors.shape[1])
+            return []
         best: dict[int, tuple[float, int]] = {}
         for frame, hits in enumerate(index.search(vectors)):
             for entry_id, cosine in hits:
@@ -313,6 +346,16 @@ class LiveBanks:
             matcher._build(configs.values(), live.values())
             self._live, self._matcher = live, matcher
 
+    def reconfigure(self, configs: Iterable[BankConfig]) -> None:
+        """New bank settings (enabled, thresholds, ratio; a new bank) over the entries held: a full rebuild."""
+        configs = _by_name(configs)
+        with self._lock:
+            for _, entry in self._live.values():
+                _check_bank(configs, entry)
+            matcher = object.__new__(BankMatcher)
+            matcher._build(configs.values(), self._live.values())
+            self._matcher = matcher
+
     def apply(self, added: Iterable[BankEntry] = (), removed: Iterable[BankEntry | EntryKey] = ()) -> None:
         """Remove then add; all or nothing. Re-adding an entry's key replaces it (its note may change);
         removing one that is not there does nothing, so replaying a change is harmless."""
@@ -335,6 +378,16 @@ class LiveBanks:
         # Ids are never reused, so an old snapshot's id can never name a newer entry.
         self._next_id += 1
         return self._next_id
+
+
+def _warn_dimension(bank: str, banked: int, given: int) -> None:
+    if (bank, banked, given) not in _warned_dimensions:
+        _warned_dimensions.add((bank, banked, given))
+        log.warning(
+            "bank %r holds %d-dimensional embeddings but the encoder gives %d: its embeddings cannot match (re-add them "
+            "with this model); its hashes still match",
+            bank, banked, given,
+        )  # fmt: skip
 
 
 def _by_name(configs: Iterable[BankConfig]) -> dict[str, BankConfig]:
