@@ -28,9 +28,7 @@ if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
     from moderation.escalation.explainer import Explainer
     from moderation.escalation.loading import ExplainerSpec
     from moderation.escalation.tier import EscalationMetrics, EscalationTier
-    from moderation.serving.bank_refresh import BankRefresher, RefreshMetrics
     from moderation.signals.banks.matcher import LiveBanks
-    from moderation.state.banks import BankStore
     from moderation.state.store import DropCallback, StateStore
     from moderation.state.thumbnails import Thumbnails
 
@@ -376,42 +374,6 @@ def escalation_metrics(metrics: ModerationMetrics) -> EscalationMetrics:
             metrics.escalation_tokens.observe(outcome.generated_tokens)
 
     return EscalationMetrics(outcome, metrics.escalation_queue_depth.set)
-
-
-@dataclass(frozen=True, slots=True)
-class Banks:
-    """The banks of a server with a state store: the shared store, this replica's indexes, and what keeps them current."""
-
-    store: BankStore
-    live: LiveBanks
-    refresher: BankRefresher
-
-
-def build_banks(settings: Settings, store: StateStore | None, metrics: RefreshMetrics | None = None) -> Banks | None:
-    """Banks load from the state store (every replica shares it); None without a store or without the banks extra.
-
-    Loaded now, before the server reports SERVING: a replica never answers without the
-    banks it is meant to match. A store that cannot be read fails the start.
-    """
-    if store is None:
-        return None
-    try:
-        from moderation.serving.bank_refresh import BankRefresher, RefreshMetrics
-        from moderation.signals.banks.matcher import LiveBanks
-    except ImportError as error:  # pdqhash or faiss-cpu missing
-        log.warning("banks are off: %s (install the banks extra: pip install 'moderation[banks]')", error)
-        return None
-    from moderation.state.banks import BankStore
-    from moderation.state.records import StoreError
-
-    bank_store = BankStore(store)
-    live = LiveBanks()
-    refresher = BankRefresher(bank_store, live, settings.bank_refresh_s, metrics or RefreshMetrics())
-    try:
-        refresher.load_all()
-    except StoreError as error:
-        raise ConfigurationError(f"cannot load the banks from the state store: {error}") from error
-    return Banks(bank_store, live, refresher)
 
 
 def build_store(

@@ -13,7 +13,6 @@ from moderation.ops.metrics import ModerationMetrics
 from moderation.runtime import (
     ConfigurationError,
     StartupCancellation,
-    build_banks,
     build_core,
     build_escalation_tier,
     build_store,
@@ -44,7 +43,7 @@ from moderation.serving.servicer import ModerationServicer
 from moderation.v1 import moderation_pb2, moderation_pb2_grpc
 
 if TYPE_CHECKING:
-    from moderation.serving.bank_refresh import RefreshMetrics
+    from moderation.serving.bank_refresh import Banks
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def build_shell(
     # Drops (the database away longer than the buffer lasts) are counted, never a failed request.
     evicted = metrics.thumbnails_evicted.inc
     store = build_store(settings, on_dropped=lambda kind, count: metrics.store_dropped.labels(kind).inc(count), on_evicted=evicted)
-    banks = build_banks(settings, store, bank_refresh_metrics(metrics))
+    banks = load_banks(settings, store, metrics)
     if banks is None:
         needing = sorted({f"{s.policy.id}@{s.policy.version}" for s in registry.all() if s.policy.banks})
         if needing:
@@ -146,18 +145,21 @@ def build_shell(
     return shell, reloader
 
 
-def bank_refresh_metrics(metrics: ModerationMetrics) -> RefreshMetrics | None:
-    """The refresher's metrics; None without the banks extra (build_banks then turns banks off with a warning)."""
+def load_banks(settings: Settings, store: StateStore | None, metrics: ModerationMetrics) -> Banks | None:
+    """This replica's banks, loaded from the state store; None without a store or without the banks extra."""
+    if store is None:
+        return None
     try:
-        from moderation.serving.bank_refresh import RefreshMetrics
-    except ImportError:
+        from moderation.serving.bank_refresh import RefreshMetrics, build_banks
+    except ImportError as error:  # pdqhash or faiss-cpu missing
+        log.warning("banks are off: %s (install the banks extra: pip install 'moderation[banks]')", error)
         return None
 
     def entries(counts: dict[tuple[str, str], int]) -> None:
         for (bank, kind), count in counts.items():
             metrics.bank_entries.labels(bank, kind).set(count)
 
-    return RefreshMetrics(entries=entries, failed=metrics.bank_refresh_failures.inc)
+    return build_banks(settings, store, RefreshMetrics(entries=entries, failed=metrics.bank_refresh_failures.inc))
 
 
 @dataclass

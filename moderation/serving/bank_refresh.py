@@ -20,8 +20,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from moderation.runtime import ConfigurationError
 from moderation.signals.banks.matcher import BankConfig, BankEntry, LiveBanks
 from moderation.state.banks import Bank, BankStore, StoredEntry
+from moderation.state.records import StoreError
+from moderation.state.store import StateStore
+from moderation.ops.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +151,30 @@ class BankRefresher:
             return
         counts = {(b.name, kind): n for b in banks for kind, n in self.store.count_entries(b.name).items()}
         self.metrics.entries(counts)
+
+
+@dataclass(frozen=True, slots=True)
+class Banks:
+    """The banks of a server with a state store: the shared store, this replica's indexes, and what keeps them current."""
+
+    store: BankStore
+    live: LiveBanks
+    refresher: BankRefresher
+
+
+def build_banks(settings: Settings, store: StateStore | None, metrics: RefreshMetrics | None = None) -> Banks | None:
+    """Banks load from the state store (every replica shares it); None without a store or without the banks extra.
+
+    Loaded now, before the server reports SERVING: a replica never answers without the
+    banks it is meant to match. A store that cannot be read fails the start.
+    """
+    if store is None:
+        return None
+    bank_store = BankStore(store)
+    live = LiveBanks()
+    refresher = BankRefresher(bank_store, live, settings.bank_refresh_s, metrics or RefreshMetrics())
+    try:
+        refresher.load_all()
+    except StoreError as error:
+        raise ConfigurationError(f"cannot load the banks from the state store: {error}") from error
+    return Banks(bank_store, live, refresher)

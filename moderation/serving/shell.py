@@ -21,8 +21,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from moderation.core.judge import Judgement, JudgingCore, Sample
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
 from moderation.policy.schema import Action
@@ -33,7 +31,9 @@ from moderation.signals.clip.scorer import ClipScorer, PolicyTextIndex
 from moderation.state.thumbnails import make_thumbnail
 
 if TYPE_CHECKING:  # pdqhash and faiss load only where banks are on
-    from moderation.runtime import Banks
+    from moderation.serving.bank_refresh import Banks
+    import numpy as np
+
     from moderation.signals.banks.matcher import ContentHashes, LiveBanks
     from moderation.state.banks import BankStore
 
@@ -168,6 +168,7 @@ class ServingShell:
         frame). Raises ImageRejected, Overloaded and DeadlinePassed, as `moderate` does.
         """
         from moderation.signals.banks.matcher import SIGNAL_TYPES, hash_content
+        from moderation.signals.banks.signal import embeddings_array
 
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + time_left_s
@@ -175,9 +176,7 @@ class ServingShell:
         hashes = await loop.run_in_executor(self._host_pool, hash_content, image, sample.decoded.frames, SIGNAL_TYPES)
         if not embed:
             return hashes, None
-        embeddings = await self.batcher.embed(sample.pixels, deadline)
-        values = embeddings.numpy() if hasattr(embeddings, "numpy") else embeddings
-        return hashes, np.asarray(values, dtype=np.float32)
+        return hashes, embeddings_array(await self.batcher.embed(sample.pixels, deadline))
 
     async def close(self) -> None:
         if self._banks is not None:

@@ -287,6 +287,7 @@ RULE_RESULTS = {
     "ModerationCategoryScoreShift": nothing,  # needs 100 decisions in the hour
     "ModerationServingRandomWeights": random_weights_alert,
     "ModerationRecordsDropped": nothing,
+    "ModerationBanksStale": nothing,  # no bank store on this server: the age is never exported
     "ModerationTargetDown": nothing,
 }
 

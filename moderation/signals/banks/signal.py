@@ -71,7 +71,7 @@ class BankSignal:
             return ()
         embeddings = None
         if "embedding" in prepared.matcher.signal_types and frames.embeddings is not None:
-            embeddings = _as_array(frames.embeddings)
+            embeddings = embeddings_array(frames.embeddings)
         found = prepared.matcher.match_hashes(prepared.hashes, embeddings, banks=rules.keys() & known)
         by_bank: dict[str, list[BankMatch]] = {}
         for match in found:
@@ -116,8 +116,9 @@ def _closeness(match: BankMatch) -> float:
     return match.distance if match.signal_type == "pdq" else -match.distance
 
 
-def _as_array(embeddings: Any) -> np.ndarray:
-    # The CLIP encoder hands over a CPU float32 tensor (L2-normalised rows); torch is not imported here.
+def embeddings_array(embeddings: Any) -> np.ndarray:
+    """Frame embeddings as float32 rows. ClipScorer.embed_images hands over a CPU float32 tensor (L2-normalised)
+    on every device, so this is a view, not a copy; torch is not imported here."""
     values = embeddings.numpy() if hasattr(embeddings, "numpy") else embeddings
     return np.asarray(values, dtype=np.float32)
 
