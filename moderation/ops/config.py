@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="server private key (PEM)")
     tls_client_ca: Path | None = Field(None, description="CA bundle (PEM) for client certificates; set: mutual TLS required")
     auth_tokens_file: Path | None = Field(None, description="file of 'name:token' lines; set: bearer token required")
+    curation_tokens_file: Path | None = Field(
+        None,
+        description="file of 'name:token' lines (as auth_tokens_file) allowed to curate banks (BankService); these tokens "
+        "cannot moderate and auth_tokens_file's cannot curate; unset: bank curation is off",
+    )
     explainer_insecure: bool = Field(
         False,
         description="explain-serve only: serve plaintext without tokens on `host` as given; unset, such a server binds loopback only",

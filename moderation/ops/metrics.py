@@ -171,7 +171,8 @@ class ModerationMetrics:
         )
         self.auth_failures = Counter(
             "moderation_auth_failures_total",
-            "Calls refused with UNAUTHENTICATED by reason (missing, malformed, duplicate, invalid).",
+            "Calls refused for their credentials by reason: UNAUTHENTICATED (missing, malformed, duplicate, invalid) "
+            "or PERMISSION_DENIED (wrong_scope: a token of the other scope; curation_off: no curation_tokens_file).",
             ["reason"],
             registry=registry,
         )

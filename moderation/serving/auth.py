@@ -4,6 +4,10 @@ Tokens live in a file of `name:token` lines (mounted from a Secret), so a
 caller's identity in the audit log is the token's name, never the token.
 Comparison is constant-time over every configured token. Health checks and
 reflection stay open so probes and tooling work without credentials.
+
+Two scopes, each its own file: `auth_tokens_file` for moderating (ModerationService,
+ExplainerService) and `curation_tokens_file` for curating banks (BankService,
+`CURATION_SERVICES`). A token of one scope is refused by the other.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 import grpc
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Methods that take curation tokens only (and are refused when curation_tokens_file is unset).
+CURATION_SERVICES = ("/moderation.v1.BankService/",)
 
 # The authenticated caller of the current RPC ('token:NAME'), set by the auth interceptor
 # (moderation/serving/interceptors.py) around the handler, so the token is checked once per RPC.
@@ -25,12 +31,12 @@ class TokenFileError(ValueError):
     pass
 
 
-def load_tokens(path: Path) -> dict[str, bytes]:
-    """{name: token} from lines `name:token`; blank lines and # comments ignored."""
+def load_tokens(path: Path, variable: str = "MODERATION_AUTH_TOKENS_FILE") -> dict[str, bytes]:
+    """{name: token} from lines `name:token`; blank lines and # comments ignored. `variable` names the setting in messages."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as err:
-        raise TokenFileError(f"cannot read auth token file {path}: {err.strerror}; check MODERATION_AUTH_TOKENS_FILE") from err
+        raise TokenFileError(f"cannot read token file {path}: {err.strerror}; check {variable}") from err
     tokens: dict[str, bytes] = {}
     for number, line in enumerate(lines, 1):
         line = line.strip()
@@ -41,7 +47,7 @@ def load_tokens(path: Path) -> dict[str, bytes]:
             raise TokenFileError(f"{path}:{number}: expected 'name:token' with a token of at least 16 characters")
         tokens[name.strip()] = token.strip().encode()
     if not tokens:
-        raise TokenFileError(f"{path} holds no tokens; remove MODERATION_AUTH_TOKENS_FILE to turn auth off")
+        raise TokenFileError(f"{path} holds no tokens; add 'name:token' lines or unset {variable}")
     return tokens
 
 

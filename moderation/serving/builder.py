@@ -69,7 +69,9 @@ class ServerBuilder(Generic[L]):
     """A server with everything but its service: add the servicer to `server`, then `run`.
 
     `limit` is the one admission count's limit (request slots); `max_concurrent_rpcs`
-    defaults to the limit plus room for health checks and refusals.
+    defaults to the limit plus room for health checks and refusals. `unmetered_services`
+    are served beside the main one (BankService): listed by reflection and health,
+    refused while loading or draining, but they take no request slot.
     """
 
     def __init__(
@@ -79,22 +81,30 @@ class ServerBuilder(Generic[L]):
         limit: int,
         loading_message: str,
         options: Sequence[tuple[str, object]] = (),
+        unmetered_services: Sequence[str] = (),
     ):
         self.settings = settings
         self.metrics = new_metrics()
         self.admission = Admission(limit, self.metrics.in_flight, self.metrics.in_flight_limit, self.metrics.admission_waiting)
         self.cancellation = StartupCancellation()
         interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor(self.metrics)]
-        if settings.auth_tokens_file:
-            auth = TokenAuth(load_tokens(settings.auth_tokens_file))
-            interceptors.append(TokenAuthInterceptor(auth, self.metrics, settings.auth_failure_logs_per_minute))
+        auth = TokenAuth(load_tokens(settings.auth_tokens_file)) if settings.auth_tokens_file else None
+        curation = (
+            TokenAuth(load_tokens(settings.curation_tokens_file, "MODERATION_CURATION_TOKENS_FILE")) if settings.curation_tokens_file else None
+        )
+        # Always there: without any token file it still refuses curation (BankService) with a sentence.
+        interceptors.append(TokenAuthInterceptor(auth, self.metrics, settings.auth_failure_logs_per_minute, curation=curation))
         # After auth, so a caller without a valid token learns nothing about parsing.
         interceptors.append(MalformedRequestInterceptor(MALFORMED_REQUEST_LOGS_PER_MINUTE))
-        interceptors.append(AdmissionInterceptor(self.admission, (service_name,), loading_message, settings.admission_wait_s))
+        interceptors.append(
+            AdmissionInterceptor(
+                self.admission, (service_name,), loading_message, settings.admission_wait_s, unmetered=tuple(unmetered_services)
+            )
+        )
         self.lifecycle: GrpcServerLifecycle[L] = GrpcServerLifecycle(
             settings,
             self.metrics,
-            (service_name,),
+            (service_name, *unmetered_services),
             interceptors,
             options=options,
             # Room beyond the admitted calls for health checks, ListPolicies and refusals.

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from moderation.ops.logs import RateLimitedLog
 from moderation.ops.metrics import ModerationMetrics
 from moderation.serving.admission import UNARY, Admission
-from moderation.serving.auth import OPEN_SERVICES, TokenAuth, authenticated_caller, caller_identity
+from moderation.serving.auth import CURATION_SERVICES, OPEN_SERVICES, TokenAuth, authenticated_caller, caller_identity
 
 UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -36,18 +36,57 @@ def wrap_handler(
     stream: Callable[[StreamBehaviour], StreamBehaviour],
     request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler | None:
-    """The same handler with its behaviour wrapped (unary-unary and stream-stream, the kinds served here).
+    """The same handler with its behaviour wrapped, for every kind of RPC.
 
+    `unary` wraps behaviours that answer once (unary-unary, stream-unary), `stream`
+    those that answer with a stream (stream-stream, unary-stream); the request, one
+    message or an async iterator of them, is handed on as it came. Every kind is
+    wrapped: an interceptor that skipped one would let BankService's ImportEntries
+    (stream-unary) and ExportEntries (unary-stream) past auth and admission.
     `request_deserializer`, when given, replaces the handler's (MalformedRequestInterceptor).
     """
     if handler is None:
         return None
     deserializer = request_deserializer or handler.request_deserializer
+    serializer = handler.response_serializer
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), deserializer, handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), deserializer, serializer)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), deserializer, serializer)
     if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), deserializer, serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(_writing(stream(_responses(handler.unary_stream))), deserializer, serializer)
     return handler
+
+
+def _responses(behaviour: Callable[[Any, grpc.aio.ServicerContext], Any]) -> StreamBehaviour:
+    """A unary-stream behaviour as an async iterator of its responses.
+
+    grpc.aio takes two forms: an async generator (ExportEntries), or a coroutine that
+    writes with `context.write` itself (grpc's health Watch), which yields nothing here.
+    """
+
+    async def responses(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        result = behaviour(request, context)
+        if hasattr(result, "__aiter__"):
+            async for response in result:
+                yield response
+        else:
+            await result
+
+    return responses
+
+
+def _writing(behaviour: StreamBehaviour) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
+    """A coroutine that writes what `behaviour` yields: the form that lets an inner behaviour write for itself too
+    (grpc.aio refuses `context.write` inside an async-generator handler)."""
+
+    async def write(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async for response in behaviour(request, context):
+            await context.write(response)
+
+    return write
 
 
 def _short_method(full_method: str) -> str:
@@ -106,7 +145,16 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Bearer tokens, checked once per RPC; the caller's token name goes into `authenticated_caller`.
+    """Bearer tokens, checked once per RPC, each method against its scope's tokens; the caller's token name goes
+    into `authenticated_caller`.
+
+    Two scopes, two token files: BankService (`CURATION_SERVICES`) takes only curation
+    tokens (`curation`, from curation_tokens_file), every other service only moderation
+    tokens (`auth`, from auth_tokens_file), so a token that may moderate cannot change what
+    every request is matched against, and a curator's token cannot moderate. `auth` None
+    leaves the moderation scope open (no auth_tokens_file, as before); `curation` None
+    turns curation off: every BankService call is refused with PERMISSION_DENIED.
+    Health and reflection stay open.
 
     Every refusal is counted in `moderation_auth_failures_total{reason}` and logged
     with the peer's address, at most `logs_per_minute` lines a minute (a
@@ -115,13 +163,32 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
     MESSAGE = "missing or invalid bearer token; send metadata 'authorization: Bearer <token>'"
     MESSAGES = {"duplicate": "more than one authorization header; send exactly one 'authorization: Bearer <token>'"}
+    CURATION_MESSAGE = (
+        "bank curation needs a curation token (from the server's curation_tokens_file); "
+        "send metadata 'authorization: Bearer <curation token>'"
+    )
+    CURATION_OFF = "bank curation is off: set MODERATION_CURATION_TOKENS_FILE"
+    MODERATION_TOKEN_CANNOT_CURATE = (
+        "this token may moderate but not curate banks: BankService takes only tokens from the server's curation_tokens_file"
+    )
+    CURATION_TOKEN_CANNOT_MODERATE = (
+        "this token may curate banks but not moderate: this service takes only tokens from the server's auth_tokens_file"
+    )
 
-    def __init__(self, auth: TokenAuth, metrics: ModerationMetrics | None = None, logs_per_minute: int = 10):
+    def __init__(
+        self,
+        auth: TokenAuth | None,
+        metrics: ModerationMetrics | None = None,
+        logs_per_minute: int = 10,
+        *,
+        curation: TokenAuth | None = None,
+    ):
         self._auth = auth
+        self._curation = curation
         self._metrics = metrics
         self._log = RateLimitedLog(logging.getLogger(__name__), logs_per_minute)
 
-    async def _refuse(self, context: grpc.aio.ServicerContext, method: str, reason: str) -> None:
+    async def _refuse(self, context: grpc.aio.ServicerContext, method: str, reason: str, code: grpc.StatusCode, message: str) -> None:
         if self._metrics is not None:
             self._metrics.auth_failures.labels(reason).inc()
         self._log.log(
@@ -129,20 +196,44 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             "refused a call without valid credentials",
             fields={"peer": context.peer(), "method": _short_method(method), "reason": reason},
         )
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, self.MESSAGES.get(reason, self.MESSAGE))
+        await context.abort(code, message)
+
+    def _check(self, details: grpc.HandlerCallDetails) -> tuple[str | None, str, grpc.StatusCode, str]:
+        """(the token's name, '', OK, '') when the call may go on; else (None, reason, status code, sentence).
+
+        Reasons (bounded, they label a counter): missing, malformed, duplicate, invalid,
+        wrong_scope (a valid token of the other scope), curation_off.
+        """
+        metadata = details.invocation_metadata
+        curating = details.method.startswith(CURATION_SERVICES)
+        if curating:
+            own, other, refusal, wrong_scope = self._curation, self._auth, self.CURATION_MESSAGE, self.MODERATION_TOKEN_CANNOT_CURATE
+            if own is None:
+                return None, "curation_off", grpc.StatusCode.PERMISSION_DENIED, self.CURATION_OFF
+        else:
+            own, other, refusal, wrong_scope = self._auth, self._curation, self.MESSAGE, self.CURATION_TOKEN_CANNOT_MODERATE
+        assert own is not None  # an open scope is passed through before this check
+        caller, reason = own.check(metadata)
+        if caller is not None:
+            return caller, "", grpc.StatusCode.OK, ""
+        if reason == "invalid" and other is not None and other.caller(metadata) is not None:
+            # Valid, but for the other scope: say so, the caller holds the token already.
+            return None, "wrong_scope", grpc.StatusCode.PERMISSION_DENIED, wrong_scope
+        return None, reason, grpc.StatusCode.UNAUTHENTICATED, self.MESSAGES.get(reason, refusal)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if details.method.startswith(OPEN_SERVICES):
-            return handler
-        caller, reason = self._auth.check(details.invocation_metadata)
+        curating = details.method.startswith(CURATION_SERVICES)
+        if details.method.startswith(OPEN_SERVICES) or (self._auth is None and not curating):
+            return handler  # health and reflection, and moderation without auth_tokens_file, are open
+        caller, reason, code, message = self._check(details)
 
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
             async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 if caller is None:
-                    await self._refuse(context, details.method, reason)
+                    await self._refuse(context, details.method, reason, code, message)
                 authenticated_caller.set(f"token:{caller}")
                 return await behaviour(request, context)
 
@@ -151,7 +242,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
             async def checked(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 if caller is None:
-                    await self._refuse(context, details.method, reason)
+                    await self._refuse(context, details.method, reason, code, message)
                 authenticated_caller.set(f"token:{caller}")
                 async for response in behaviour(requests, context):
                     yield response
@@ -172,11 +263,24 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     and between streams and unary calls. A new stream is admitted while the server
     serves: it holds no slot until an item comes, and open RPCs are bounded by gRPC's
     max_concurrent_rpcs.
+
+    `unmetered` services (BankService) are refused while loading or draining like the
+    others but take no request slot: curating a bank must not take the slots sized for
+    moderation traffic, and a long import must not hold one. What bounds them is their
+    own work: store calls take turns in the store, image work queues in the batcher.
     """
 
-    def __init__(self, admission: Admission, services: tuple[str, ...], loading_message: str, unary_wait_s: float = 0.0):
+    def __init__(
+        self,
+        admission: Admission,
+        services: tuple[str, ...],
+        loading_message: str,
+        unary_wait_s: float = 0.0,
+        unmetered: tuple[str, ...] = (),
+    ):
         self._admission = admission
         self._prefixes = tuple(f"/{name}/" for name in services)
+        self._unmetered = tuple(f"/{name}/" for name in unmetered)
         self._loading_message = loading_message
         self._unary_wait_s = unary_wait_s
 
@@ -198,6 +302,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
+        if details.method.startswith(self._unmetered):
+            return wrap_handler(handler, self._refused_while_not_serving, self._refused_while_not_serving_stream)
         if not details.method.startswith(self._prefixes):
             return handler
         admission = self._admission
@@ -220,17 +326,27 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
             return admitted
 
-        def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
-            async def admitted(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                refusal = self._refusal()
-                if refusal is not None:
-                    await context.abort(*refusal)
-                async for response in behaviour(requests, context):
-                    yield response
+        # A stream takes its slots per item, in the servicer.
+        return wrap_handler(handler, unary, self._refused_while_not_serving_stream)
 
-            return admitted
+    def _refused_while_not_serving(self, behaviour: UnaryBehaviour) -> UnaryBehaviour:
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            refusal = self._refusal()
+            if refusal is not None:
+                await context.abort(*refusal)
+            return await behaviour(request, context)
 
-        return wrap_handler(handler, unary, stream)
+        return checked
+
+    def _refused_while_not_serving_stream(self, behaviour: StreamBehaviour) -> StreamBehaviour:
+        async def checked(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            refusal = self._refusal()
+            if refusal is not None:
+                await context.abort(*refusal)
+            async for response in behaviour(requests, context):
+                yield response
+
+        return checked
 
 
 class Malformed:
@@ -290,47 +406,45 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             except DecodeError:
                 return MALFORMED
 
+        streamed_requests = handler.request_streaming
+
+        async def items(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                if request is MALFORMED:
+                    raise _MalformedItem
+                yield request
+
+        # A single request is checked before the behaviour runs; a stream of them item by item,
+        # as the servicer reads it: the servicer's reader surfaces the error of its request
+        # stream (once the items before it are answered) and the call ends with this status.
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
             async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if request is MALFORMED:
+                if not streamed_requests:
+                    if request is MALFORMED:
+                        await self._refuse(context, details.method, name)
+                    return await behaviour(request, context)
+                try:
+                    return await behaviour(items(request), context)
+                except _MalformedItem:
                     await self._refuse(context, details.method, name)
-                return await behaviour(request, context)
 
             return checked
 
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
-            async def items(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-                async for request in requests:
-                    if request is MALFORMED:
-                        raise _MalformedItem
-                    yield request
-
             async def checked(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if not streamed_requests:
+                    # grpc.health.v1.Health/Watch (open to anyone) and BankService.ExportEntries.
+                    if requests is MALFORMED:
+                        await self._refuse(context, details.method, name)
+                    async for response in behaviour(requests, context):
+                        yield response
+                    return
                 try:
                     async for response in behaviour(items(requests), context):
                         yield response
                 except _MalformedItem:
-                    # The servicer's reader surfaces the error of its request stream once the
-                    # items before it are answered; the call then ends with this status.
                     await self._refuse(context, details.method, name)
 
             return checked
 
-        if handler.unary_stream is not None:
-            # grpc.health.v1.Health/Watch, open to anyone: no other interceptor wraps this kind.
-            # A coroutine that writes, whatever the behaviour is (Watch itself writes with
-            # context.write; a generated async generator's answers are written here).
-            behaviour = handler.unary_stream
-
-            async def watched(request: Any, context: grpc.aio.ServicerContext) -> None:
-                if request is MALFORMED:
-                    await self._refuse(context, details.method, name)
-                result = behaviour(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for response in result:
-                        await context.write(response)
-                else:
-                    await result
-
-            return grpc.unary_stream_rpc_method_handler(watched, tolerant, handler.response_serializer)
         return wrap_handler(handler, unary, stream, request_deserializer=tolerant)
