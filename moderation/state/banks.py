@@ -187,6 +187,14 @@ class AuditRow:
     version: int
 
 
+class BankNotFound(ValueError):
+    """No bank has this name (BankService answers NOT_FOUND)."""
+
+
+class BankExists(ValueError):
+    """A bank of this name exists already (BankService answers ALREADY_EXISTS)."""
+
+
 class ImportRejected(ValueError):
     """Some lines were bad; nothing was imported. `errors`: (line number, sentence), the first MAX_REPORTED_ERRORS."""
 
@@ -227,7 +235,7 @@ class BankStore:
         with self.store._transaction() as tx:
             version = _next_version(tx)
             if tx.execute("SELECT 1 FROM banks WHERE name = ?", (name,)).fetchone():
-                raise ValueError(f"bank {name!r} already exists")
+                raise BankExists(f"bank {name!r} already exists")
             tx.execute(
                 f"INSERT INTO banks ({_BANK_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
                 (name, bool(enabled), int(pdq_max_distance), int(pdq_min_quality), _float_or_none(embedding_min_cosine),
@@ -269,8 +277,9 @@ class BankStore:
         embedding_min_cosine: float | None = None,
         matching_ratio: float | None = None,
         note: str | None = None,
+        reason: str = "",
     ) -> Bank:
-        """Change the given settings (None: unchanged); the audit row says from what to what."""
+        """Change the given settings (None: unchanged); the audit row says from what to what, and why (`reason`)."""
         _check_who(by)
         with self.store._transaction() as tx:
             version = _next_version(tx)
@@ -289,7 +298,8 @@ class BankStore:
             )
             before = _settings_text(old.pdq_max_distance, old.pdq_min_quality, old.embedding_min_cosine, old.matching_ratio, old.enabled)
             after = _settings_text(*new, old.enabled)
-            _audit(tx, by, "settings", name, version, detail=f"{before} -> {after}" + (" (note changed)" if note is not None else ""))
+            detail = f"{before} -> {after}" + (" (note changed)" if note is not None else "") + (f"; {_text(reason, 'reason')}" if reason else "")
+            _audit(tx, by, "settings", name, version, detail=detail)
             return _bank(tx.execute(f"SELECT {_BANK_COLUMNS} FROM banks WHERE name = ?", (name,)).fetchone())
 
     # --- entries -----------------------------------------------------------------------------
@@ -327,19 +337,27 @@ class BankStore:
         content_ids: Iterable[str] = (),
         values: Iterable[tuple[str, str | bytes | np.ndarray]] = (),
         reason: str = "",
+        signal_type: str | None = None,
     ) -> int:
         """Remove every entry of these content ids and these (signal_type, value) pairs; how many were removed.
 
-        Each removed entry leaves a tombstone (`bank_removals`) so replicas drop it too.
+        `signal_type` limits the removal by content id to that signal's entries (a content
+        id's PDQ hashes, say, keeping its MD5). Each removed entry leaves a tombstone
+        (`bank_removals`) so replicas drop it too.
         """
         _check_who(by)
         content_ids = [_text(c, "content_id") for c in content_ids]
         keys = [(kind, _value_key(kind, value)) for kind, value in values]
+        if signal_type is not None and signal_type not in SIGNAL_TYPES:
+            raise ValueError(f"signal_type is one of {', '.join(SIGNAL_TYPES)}; got {str(signal_type)[:40]!r}")
+        by_content = ("content_id = ?", [(c,) for c in content_ids])
+        if signal_type is not None:
+            by_content = ("content_id = ? AND signal_type = ?", [(c, signal_type) for c in content_ids])
         with self.store._transaction() as tx:
             version = _next_version(tx)
             _existing(tx, bank)
             removed = 0
-            for where, params in [("content_id = ?", [(c,) for c in content_ids]), ("signal_type = ? AND value = ?", keys)]:
+            for where, params in [by_content, ("signal_type = ? AND value = ?", keys)]:
                 if not params:
                     continue
                 tx.executemany(
@@ -349,7 +367,7 @@ class BankStore:
                 )
                 removed += tx.executemany(f"DELETE FROM bank_entries WHERE bank = ? AND {where}", [(bank, *p) for p in params])
             content = content_ids[0] if len(content_ids) == 1 and not keys else None
-            detail = f"{removed} removed" + (f"; {_text(reason, 'reason')}" if reason else "")
+            detail = f"{removed} removed" + (f" ({signal_type} only)" if signal_type and content_ids else "") + (f"; {_text(reason, 'reason')}" if reason else "")
             _audit(tx, by, "remove", bank, version, content_id=content, count=removed, detail=detail)
             return removed
 
@@ -651,7 +669,7 @@ def _next_version(tx: object) -> int:
 def _existing(tx: object, name: str) -> Bank:
     row = tx.execute(f"SELECT {_BANK_COLUMNS} FROM banks WHERE name = ?", (name,)).fetchone()  # type: ignore[attr-defined]
     if row is None:
-        raise ValueError(f"no bank named {name!r}")
+        raise BankNotFound(f"no bank named {name!r}")
     return _bank(row)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moderation.state.banks import BankStore, ImportRejected, NewEntry, StoredEntry
+from moderation.state.banks import BankExists, BankNotFound, BankStore, ImportRejected, NewEntry, StoredEntry
 from moderation.state.records import StoreError
 from moderation.state.store import open_store
 
@@ -84,6 +84,25 @@ def test_add_find_remove_and_duplicates_are_skipped_and_counted(banks: BankStore
     assert banks.remove_entries("b", by="carol", values=[("md5", md5(3).upper())]) == 1
     assert banks.remove_entries("b", by="carol", content_ids=["never-there"]) == 0
     assert rows(banks, "b") == {("c2", "sha256", "ab" * 32)}
+
+
+def test_one_signal_of_a_content_id_can_go_and_refusals_say_which_kind(banks: BankStore) -> None:
+    """What BankService needs beyond the basics: NOT_FOUND and ALREADY_EXISTS as their own errors, a removal
+    of a content id's PDQ hashes only, and why a setting changed in the audit row."""
+    banks.create_bank("b", by="alice")
+    banks.add_entries("b", [NewEntry("c1", "pdq", pdq(1)), NewEntry("c1", "pdq", pdq(2)), NewEntry("c1", "md5", md5(1))], by="alice")
+    assert banks.remove_entries("b", by="bob", content_ids=["c1"], signal_type="pdq", reason="re-hashed") == 2
+    assert rows(banks, "b") == {("c1", "md5", md5(1))}
+    assert banks.audit("b", limit=1)[0].detail == "2 removed (pdq only); re-hashed"
+    with pytest.raises(ValueError, match="signal_type is one of"):
+        banks.remove_entries("b", by="bob", content_ids=["c1"], signal_type="phash")
+    banks.update_settings("b", by="carol", matching_ratio=0.5, reason="rolling out")
+    assert banks.audit("b", limit=1)[0].detail.endswith("matching_ratio=0.5 enabled=True; rolling out")
+    with pytest.raises(BankExists):
+        banks.create_bank("b", by="alice")
+    for write in (lambda: banks.set_enabled("nope", False, by="x"), lambda: banks.add_entries("nope", [], by="x")):
+        with pytest.raises(BankNotFound, match="no bank named 'nope'"):
+            write()
 
 
 def test_values_are_checked_with_a_sentence_naming_the_field(banks: BankStore) -> None:

@@ -233,9 +233,18 @@ class BankMatcher:
         return self.match_hashes(hash_content(data, frames), embeddings)
 
     def match_hashes(
-        self, hashes: ContentHashes, embeddings: np.ndarray | None = None, banks: Collection[str] | None = None
+        self,
+        hashes: ContentHashes,
+        embeddings: np.ndarray | None = None,
+        banks: Collection[str] | None = None,
+        *,
+        rollout: bool = True,
     ) -> list[BankMatch]:
-        """`match` for hashes already computed (the request computes them once for every policy); `banks`: only these."""
+        """`match` for hashes already computed (the request computes them once for every policy); `banks`: only these.
+
+        `rollout=False` ignores matching_ratio: for a curator's lookup of a hash alone, which has no upload
+        whose SHA-256 could place it in or out of a bank's rollout.
+        """
         vectors = None
         if embeddings is not None:
             vectors = np.asarray(embeddings, dtype=np.float32)
@@ -247,7 +256,7 @@ class BankMatcher:
             config = bank.config
             if banks is not None and config.name not in banks:
                 continue
-            if not config.enabled or not in_rollout(hashes.sha256, config.name, config.matching_ratio):
+            if not config.enabled or (rollout and not in_rollout(hashes.sha256, config.name, config.matching_ratio)):
                 continue
             found.extend(self._exact(bank, hashes))
             found.extend(self._pdq(bank, codes, qualities))
