@@ -254,6 +254,11 @@ class Settings(BaseSettings):
         description="how often each replica polls the state store for bank changes: a change made through any replica "
         "is matched everywhere within about this long",
     )  # fmt: skip
+    bank_import_max_bytes: int = Field(
+        256 << 20, ge=1024,
+        description="most bytes one BankService.ImportEntries call may send (a million PDQ lines are about 100 MB); "
+        "beyond, the import is refused and nothing is applied",
+    )  # fmt: skip
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
 

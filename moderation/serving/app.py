@@ -32,6 +32,8 @@ from moderation.serving.listeners import (
     ShadowListener,
     ThumbnailListener,
 )
+from moderation.serving.bank_service import SERVICE_NAME as BANK_SERVICE_NAME
+from moderation.serving.bank_service import BankServicer
 from moderation.serving.builder import ServerBuilder, policy_reloader
 from moderation.serving.policy_reload import PolicyReloader
 from moderation.serving.shell import ServingShell
@@ -40,7 +42,7 @@ from moderation.state.store import StateStore
 from moderation.state.thumbnails import Thumbnails
 from moderation.serving.recorder import RequestRecorder
 from moderation.serving.servicer import ModerationServicer
-from moderation.v1 import moderation_pb2, moderation_pb2_grpc
+from moderation.v1 import banks_pb2_grpc, moderation_pb2, moderation_pb2_grpc
 
 if TYPE_CHECKING:
     from moderation.serving.bank_refresh import Banks
@@ -179,6 +181,7 @@ async def serve(settings: Settings) -> None:
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],
+        unmetered_services=(BANK_SERVICE_NAME,),
     )
     metrics = builder.metrics
     servicer = ModerationServicer(
@@ -189,6 +192,9 @@ async def serve(settings: Settings) -> None:
         stream_window=settings.stream_window,
     )
     moderation_pb2_grpc.add_ModerationServiceServicer_to_server(servicer, builder.server)
+    # Always served: without a state store it answers FAILED_PRECONDITION saying what to set.
+    bank_servicer = BankServicer.from_settings(settings)
+    banks_pb2_grpc.add_BankServiceServicer_to_server(bank_servicer, builder.server)
 
     def load(cancellation: StartupCancellation) -> _Loaded:
         configure_torch_threads(settings, resolve_device(settings.device))
@@ -197,8 +203,10 @@ async def serve(settings: Settings) -> None:
     async def attach(loaded: _Loaded) -> None:
         loaded.shell.start()
         servicer.shell = loaded.shell
+        await bank_servicer.attach(loaded.shell)
 
     async def close(loaded: _Loaded) -> None:
+        await bank_servicer.close()
         await loaded.shell.close()
 
     await builder.run("moderation", load, attach, close)
