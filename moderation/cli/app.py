@@ -9,3 +9,7 @@ policy_app = typer.Typer(help="Validate, test, calibrate and compare policy file
 app.add_typer(policy_app, name="policy")
 case_app = typer.Typer(help="Look up one moderated request by its id: stored decision and, if kept, its thumbnail.", no_args_is_help=True)
 app.add_typer(case_app, name="case")
+bank_app = typer.Typer(
+    help="Curate the banks of known content on a running server (BankService): needs a curation token.", no_args_is_help=True
+)
+app.add_typer(bank_app, name="bank")
