@@ -106,6 +106,8 @@ MAX_LINE_CHARS = 256 * 1024
 REPORTED_BAD_LINES = 10
 MAX_LINE_ERROR_CHARS = 180
 EXPORT_CHUNK_BYTES = 64 * 1024
+# At shutdown, how long writes still running (an import's rollback or commit) may take before their connection closes.
+WRITES_CLOSE_S = 10.0
 DEFAULT_AUDIT_ROWS = 100
 MAX_AUDIT_ROWS = 1000
 
@@ -174,10 +176,15 @@ class BankServicer(bpb_grpc.BankServiceServicer):
         self._reader = shell.bank_store
 
     async def close(self) -> None:
+        """After the transport stopped (every call ended, an unfinished import abandoned): let the writes in
+        progress end (a rollback, or a commit under way) before their connection closes."""
+        self._reads.shutdown(wait=False, cancel_futures=True)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._writes.shutdown, wait=True, cancel_futures=True), WRITES_CLOSE_S)
+        except TimeoutError:
+            log.warning("bank writes still running %.0f s after the server stopped; closing their connection anyway", WRITES_CLOSE_S)
         if self._writer_store is not None:
             await asyncio.to_thread(self._writer_store.close)
-        self._reads.shutdown(wait=False, cancel_futures=True)
-        self._writes.shutdown(wait=False, cancel_futures=True)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -421,9 +428,10 @@ class BankServicer(bpb_grpc.BankServiceServicer):
             result: ImportResult = await importing
         finally:
             if not finished:
-                # Refused, failed or cancelled before the end: the import thread rolls back.
+                # Refused, failed or cancelled before the end: the import thread rolls back. (Cancelled after
+                # the end was handed over, it commits: all or nothing either way, and the audit says which.)
                 feed.abandon()
-                importing.add_done_callback(_retrieved)
+            importing.add_done_callback(_retrieved)
         log.info(
             "bank %r: import %r by %s: %d lines, %d added, %d skipped (version %d)",
             bank, source, who, result.lines, result.added, result.skipped, result.version,

@@ -357,7 +357,15 @@ def test_chunks_split_inside_a_line_and_inside_a_character_import_whole(curation
     error = curation.refused("import_chunks", "chunked-3", big)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"over {IMPORT_MAX_BYTES:,} bytes (setting bank_import_max_bytes): nothing was imported" in error.details()
+    # A message that is no protobuf mid-import: refused as any malformed request is, the lines before it not applied.
+    raw = curation.channel.stream_unary("/moderation.v1.BankService/ImportEntries", request_serializer=None, response_deserializer=None)
+    first = bpb.ImportEntriesRequest(bank="chunked-3", data=GOOD_LINES.encode()).SerializeToString()
+    with pytest.raises(grpc.RpcError) as caught:
+        raw(iter([first, b"\xff\xff\xff"]), metadata=CURATOR, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "the request is not a valid moderation.v1.ImportEntriesRequest message"
     assert curation.counts("chunked-3") == {}
+    assert "Traceback" not in curation.server.log_text()
 
 
 def test_export_then_import_into_a_new_bank_gives_the_same_entries(curation: Curation) -> None:
