@@ -94,7 +94,7 @@ def _empty(state: Path) -> None:
 
 
 def _banks_loaded_s(server: ServerProcess) -> float | None:
-    found = re.search(r"loaded in ([\d.]+) s", server.log_tail(200_000))
+    found = re.search(r"entries indexed, loaded in ([\d.]+) s", server.log_tail(10_000_000))
     return float(found.group(1)) if found else None
 
 
@@ -131,7 +131,7 @@ def main(
     servers = {}
     for name in ("on", "off"):
         server = ServerProcess(
-            "ViT-B-32", "cpu", policies, extra_env={"MODERATION_EMBEDDING_STORE": str(root / f"{name}.db")}, log_path=root / f"{name}.log"
+            "ViT-B-32", "cpu", policies, extra_env={"MODERATION_EMBEDDING_STORE": str(root / f"{name}.db"), "MODERATION_LOG_LEVEL": "INFO"}, log_path=root / f"{name}.log"
         )
         server.wait_serving(timeout_s=900)
         servers[name] = server
