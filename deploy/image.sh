@@ -118,7 +118,15 @@ image_size() { podman image inspect --format '{{.Size}}' "$1" | awk '{printf "%.
 fill_wheelhouse() {
   [ -x "$PYTHON" ] || die "$PYTHON not found; run scripts/install.sh (or set PYTHON)"
   local requirements="$WORKDIR/requirements.txt"
-  "$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' >"$requirements"
+  # The image serves banks too: its requirements are the dependencies plus the banks extra
+  # (the same list the Containerfile's build stage writes).
+  "$PYTHON" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["banks"]))' >"$requirements"
+  # pdqhash is published as source only, and the image's stages have no compiler: build
+  # its wheel here, once (g++ from scripts/install.sh), for the wheelhouse the build reads.
+  if ! find "$WHEELHOUSE" -name 'pdqhash-*.whl' | grep -q .; then
+    "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$WHEELHOUSE" \
+      "$(grep -m1 '^pdqhash' "$requirements")"
+  fi
   # setuptools: the build backend pip needs to build the project's own wheel.
   local download=("$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all:
     --dest "$WHEELHOUSE" -r "$requirements" "setuptools>=68")
@@ -212,6 +220,9 @@ EOF
   # The hardening holds inside the container, not only in the run flags' intent.
   [ "$(podman exec "$name" id -u)" = "$APP_UID" ] || fail "the server does not run as UID $APP_UID"
   if podman exec "$name" sh -c ': > /opt/venv/written' 2>/dev/null; then fail "the root filesystem is writable"; fi
+  # Banks of known content need pdqhash (built on the host: source only) and faiss in the image.
+  podman exec "$name" python -c 'import faiss, pdqhash; from moderation.signals.banks.signal import BankSignal' ||
+    fail "the image cannot match banks: pdqhash or faiss-cpu is missing"
 
   local stop_started=$SECONDS exit_code
   podman stop --time 30 "$name" >/dev/null

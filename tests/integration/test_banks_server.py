@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import skimage.data
@@ -268,6 +270,45 @@ def test_crops_and_mirrors_match_by_embedding_and_unrelated_photos_do_not(banks:
         assert hits[0].distance >= hits[0].threshold == pytest.approx(NEAR_DUPLICATE_COSINE)
     for name in ("astronaut", "coffee", "camera", "rocket", "coins", "moon"):
         assert not [m for m in banks.moderate(png(photo(name)), name).bank_matches if m.bank == "near"], name
+
+
+def test_curators_adding_and_removing_while_requests_flow_fail_no_request(banks: Banks) -> None:
+    """Changes land while requests are matched, including a PDQ index rebuild (over MAX_PENDING additions)."""
+    coins = png(photo("coins"))
+    stop, errors, answered = threading.Event(), [], []
+
+    def moderate_until_stopped() -> None:
+        with banks.server.channel() as channel:
+            stub = pb_grpc.ModerationServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    response = stub.Moderate(pb.ModerateRequest(request_id="flow", image=coins), timeout=30)
+                    answered.append([m.content_id for m in response.bank_matches])
+                except grpc.RpcError as error:
+                    errors.append(f"{error.code().name}: {error.details()}")
+
+    client = threading.Thread(target=moderate_until_stopped)
+    client.start()
+    try:
+        rng = np.random.default_rng(9)
+        codes = rng.integers(0, 256, size=(5000, 32), dtype=np.uint8)
+        banks.store.add_entries("known", [NewEntry(f"random-{i}", "pdq", c.tobytes().hex(), quality=100) for i, c in enumerate(codes)], by="test-curator")
+        for cycle in range(10):
+            banks.store.add_entries("known", [NewEntry(f"coins-{cycle}", "sha256", sha256_hex(coins))], by="test-curator")
+            time.sleep(0.15)
+            banks.store.remove_entries("known", by="test-curator", content_ids=[f"coins-{cycle}"])
+        banks.store.remove_entries("known", by="test-curator", content_ids=[f"random-{i}" for i in range(5000)])
+        banks.settled()
+    finally:
+        stop.set()
+        client.join(timeout=60)
+    assert not errors, errors[:5]
+    assert len(answered) >= 5
+    # Every answer saw one snapshot: at most the one coins entry of that moment, never a removed one's leftovers.
+    assert all(len(ids) <= 1 and all(i.startswith("coins-") for i in ids) for ids in answered), answered
+    assert not banks.moderate(coins).bank_matches
+    banks.add("known", NewEntry("coins-final", "sha256", sha256_hex(coins)))
+    assert bank_hits(banks.moderate(coins)) == [("known", "coins-final", "BANK_SIGNAL_TYPE_SHA256")]
 
 
 def test_a_policy_naming_a_missing_bank_is_served_and_says_so_once(banks: Banks) -> None:

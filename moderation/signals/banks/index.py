@@ -32,6 +32,13 @@ from moderation.signals.banks.hashing import PDQ_BITS, PDQ_BYTES
 # HMA's choice (python-threatexchange PDQMultiHashIndex): 16 tables of 16 bits each.
 PDQ_HASH_TABLES = 16
 
+# One OpenMP thread: a request looks up one frame's hash or embedding at a time, and the
+# server's parallelism is its concurrent requests. With faiss's default (a team of one
+# thread per core) every lookup from every host thread woke a team whose threads then
+# spin-wait for work, taking cores from the CLIP model: banks on served 0.70x of banks off
+# (bench/banks_served.py) before this line.
+faiss.omp_set_num_threads(1)
+
 
 @dataclass(frozen=True, slots=True)
 class _Layers:
@@ -252,7 +259,10 @@ class ExactIndex:
         self._add(entries)
 
     def __len__(self) -> int:
-        return sum(len(ids) for ids in self._table.values())
+        return sum(len(ids) for ids in self._table.values())  # O(entries): for counts, never per request
+
+    def __bool__(self) -> bool:
+        return bool(self._table)
 
     def search(self, value: str) -> tuple[int, ...]:
         return self._table.get(value, ())
