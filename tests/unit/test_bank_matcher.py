@@ -113,6 +113,17 @@ def test_matching_ratio_is_stable_per_content_and_covers_about_its_share() -> No
     assert not any(in_rollout(sha256_hex(d), "half", 0.0) for d in contents)
 
 
+def test_a_lookup_of_a_hash_alone_can_ignore_the_rollout() -> None:
+    """BankService.Lookup by hash: no upload, so no SHA-256 to place it in or out of a bank's share."""
+    from moderation.signals.banks.matcher import ContentHashes
+
+    matcher = BankMatcher([bank("paused", matching_ratio=0.0)], [BankEntry("paused", "c1", "md5", "ab" * 16)])
+    hashes = ContentHashes("", "ab" * 16, ())
+    assert matcher.match_hashes(hashes) == []
+    [found] = matcher.match_hashes(hashes, rollout=False)
+    assert (found.content_id, found.signal_type) == ("c1", "md5")
+
+
 def test_embeddings_match_by_cosine_per_frame() -> None:
     rng = np.random.default_rng(4)
     known = rng.standard_normal((3, 32)).astype(np.float32)
