@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
+from moderation.serving.admission import Admission
 from moderation.serving.auth import TokenAuth
 from moderation.serving.bank_service import (
     NO_STORE,
@@ -22,7 +23,7 @@ from moderation.serving.bank_service import (
     export_row,
     rejection_message,
 )
-from moderation.serving.interceptors import TokenAuthInterceptor
+from moderation.serving.interceptors import AdmissionInterceptor, TokenAuthInterceptor
 from moderation.state.banks import ImportRejected, StoredEntry
 from moderation.v1 import banks_pb2 as bpb
 from moderation.v1 import banks_pb2_grpc as bpb_grpc
@@ -87,9 +88,18 @@ def test_export_rows_read_back_as_the_same_entries() -> None:
     assert rows[2][3] == "87"
 
 
-async def test_without_a_state_store_every_call_says_what_to_set() -> None:
+async def test_without_a_state_store_every_call_says_what_to_set_and_none_takes_a_request_slot() -> None:
+    """The real interceptors and servicer in-process (the app's wiring runs in tests/integration/test_bank_service.py):
+    curation calls are refused while loading and draining like moderation calls, but hold no request slot."""
     token = "curator-token-0123456789"
-    server = grpc.aio.server(interceptors=[TokenAuthInterceptor(None, curation=TokenAuth({"curator": token.encode()}))])
+    admission = Admission(limit=1)
+    held = admission.try_acquire("moderation traffic")  # every request slot taken
+    assert held is not None
+    interceptors = [
+        TokenAuthInterceptor(None, curation=TokenAuth({"curator": token.encode()})),
+        AdmissionInterceptor(admission, ("moderation.v1.ModerationService",), "still loading", unmetered=("moderation.v1.BankService",)),
+    ]
+    server = grpc.aio.server(interceptors=interceptors)
     servicer = BankServicer(None, max_image_bytes=1 << 20, default_deadline_s=5, import_max_bytes=1 << 20)
     bpb_grpc.add_BankServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -98,6 +108,10 @@ async def test_without_a_state_store_every_call_says_what_to_set() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = bpb_grpc.BankServiceStub(channel)
             metadata = (("authorization", f"Bearer {token}"),)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListBanks(bpb.ListBanksRequest(), metadata=metadata)
+            assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAVAILABLE, "still loading")
+            admission.loaded = True
             calls = [
                 stub.ListBanks(bpb.ListBanksRequest(), metadata=metadata),
                 stub.ImportEntries(iter([bpb.ImportEntriesRequest(bank="b", data=b"x")]), metadata=metadata),
@@ -110,6 +124,11 @@ async def test_without_a_state_store_every_call_says_what_to_set() -> None:
                 async for _ in stub.ExportEntries(bpb.ExportEntriesRequest(bank="b"), metadata=metadata):
                     pass
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert admission.held == 1  # only the slot taken above
+            admission.draining = True
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListBanks(bpb.ListBanksRequest(), metadata=metadata)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in caught.value.details()
     finally:
         await server.stop(None)
         await servicer.close()
