@@ -57,7 +57,8 @@ class ServingShell:
     ):
         self.core = core
         # Banks of known content (a state store is configured): this replica's live indexes, the shared store
-        # (BankService curates it) and the refresher that follows it. None: no banks here.
+        # (read here; BankService writes through a connection of its own, so no reader sees an
+        # uncommitted import) and the refresher that follows it. None: no banks here.
         self._banks = banks
         self.banks: LiveBanks | None = banks.live if banks is not None else None
         self.bank_store: BankStore | None = banks.store if banks is not None else None

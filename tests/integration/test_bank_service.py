@@ -474,3 +474,17 @@ def test_the_same_curation_against_postgresql(postgres: PostgresServer, tmp_path
         curation.settled(curation.ListBanks(bpb.ListBanksRequest()).version)
         [match] = curation.Lookup(bpb.LookupRequest(hash=bpb.BankHash(signal_type=pb.BANK_SIGNAL_TYPE_SHA256, value=SHA_A), banks=["pg"])).matches
         assert (match.content_id, match.signal_type) == ("case-12", pb.BANK_SIGNAL_TYPE_SHA256)
+        # A second replica on the same database: it starts with the banks, and what one replica
+        # changes the other matches once its refresh (0.2 s here, 2 s by default) has run.
+        with running_server(tmp_path, env=server_env(tmp_path, MODERATION_DATABASE_URL=url)) as replica, replica.channel() as other_channel:
+            other = Curation(replica, other_channel, bpb_grpc.BankServiceStub(other_channel))
+            sha_query = bpb.LookupRequest(hash=bpb.BankHash(signal_type=pb.BANK_SIGNAL_TYPE_SHA256, value=SHA_A), banks=["pg"])
+            assert [m.content_id for m in other.Lookup(sha_query).matches] == ["case-12"]
+            late = bpb.BankHash(signal_type=pb.BANK_SIGNAL_TYPE_MD5, value="fe" * 16)
+            added = curation.AddContent(bpb.AddContentRequest(bank="pg", content_id="late", hash=late))
+            other.settled(added.version)
+            assert [m.content_id for m in other.Lookup(bpb.LookupRequest(hash=late, banks=["pg"])).matches] == ["late"]
+            removed = other.RemoveContent(bpb.RemoveContentRequest(bank="pg", content_id="late"))
+            assert removed.removed == 1
+            curation.settled(removed.version)
+            assert not curation.Lookup(bpb.LookupRequest(hash=late, banks=["pg"])).matches

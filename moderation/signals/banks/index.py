@@ -32,11 +32,9 @@ from moderation.signals.banks.hashing import PDQ_BITS, PDQ_BYTES
 # HMA's choice (python-threatexchange PDQMultiHashIndex): 16 tables of 16 bits each.
 PDQ_HASH_TABLES = 16
 
-# One OpenMP thread: a request looks up one frame's hash or embedding at a time, and the
-# server's parallelism is its concurrent requests. With faiss's default (a team of one
-# thread per core) every lookup from every host thread woke a team whose threads then
-# spin-wait for work, taking cores from the CLIP model: banks on served 0.70x of banks off
-# (bench/banks_served.py) before this line.
+# One OpenMP thread for this process's initial thread: a request looks up one frame's hash
+# or embedding at a time (faiss does not split a single query), and the server's
+# parallelism is its concurrent requests, not a team of spinning OpenMP threads.
 faiss.omp_set_num_threads(1)
 
 
