@@ -136,7 +136,8 @@ fill_wheelhouse() {
   # drops a warning some machines' pip configuration prints for every package
   # (extra index folders without an entry for it).
   if ! "${download[@]}" --no-index --find-links "$WHEELHOUSE" >/dev/null 2>&1; then
-    "${download[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    # --find-links here too: pdqhash has no wheel on the index, only the one built above.
+    "${download[@]}" --find-links "$WHEELHOUSE" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   fi
   log "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moderation.signals.banks.index import EmbeddingIndex, ExactIndex, PdqIndex
+from moderation.signals.banks.index import EmbeddingIndex, ExactIndex, MultiIndexHash, PdqIndex
 
 
 def flipped(code: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
@@ -31,6 +31,26 @@ def test_pdq_range_search_finds_exactly_the_hashes_within_the_threshold(codes: n
         assert hits == [(i + 100, max_distance)]
     # Random 256-bit hashes sit ~128 bits apart: nothing else is anywhere near.
     assert all(hits == [] for hits in found[20:])
+
+
+@pytest.mark.parametrize("radius", [12, 16, 32, 48])
+def test_the_multi_index_answers_exactly_what_an_exhaustive_search_does(radius: int) -> None:
+    """Clustered codes (many neighbours per query, duplicates, near-flat hashes) against faiss's IndexBinaryFlat."""
+    import faiss
+
+    rng = np.random.default_rng(radius)
+    centres = rng.integers(0, 256, (20, 32), dtype=np.uint8)
+    codes = np.array([flipped(centres[i % 20], int(rng.integers(0, 40)), rng) for i in range(3000)] + [centres[0]] * 5 + [np.zeros(32, np.uint8)] * 3)
+    queries = np.array([flipped(c, int(rng.integers(0, 30)), rng) for c in centres] + [np.zeros(32, np.uint8)])
+    exhaustive = faiss.IndexBinaryFlat(256)
+    exhaustive.add(codes)
+    lims, distances, positions = MultiIndexHash(codes).range_search(queries, radius)
+    want_lims, want_distances, want_positions = exhaustive.range_search(queries, radius)
+    assert lims[-1] > 100, "the data must give many hits for the comparison to mean something"
+    for q in range(len(queries)):
+        got = sorted(zip(positions[lims[q] : lims[q + 1]].tolist(), distances[lims[q] : lims[q + 1]].tolist()))
+        want = sorted(zip(want_positions[want_lims[q] : want_lims[q + 1]].tolist(), want_distances[want_lims[q] : want_lims[q + 1]].tolist()))
+        assert got == want, q
 
 
 def test_pdq_distance_31_matches_and_32_does_not(codes: np.ndarray) -> None:
