@@ -142,3 +142,29 @@ def test_exact_index_is_a_copy_on_write_table() -> None:
     changed = index.with_changes(added=[(4, "cc")], removed=[(1, "aa"), (3, "bb")])
     assert changed.search("aa") == (2,) and changed.search("bb") == () and changed.search("cc") == (4,)
     assert index.search("aa") == (1, 2) and len(index) == 3 and len(changed) == 2
+
+
+def test_a_large_embedding_bank_is_an_inverted_file_that_finds_near_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over IVF_MIN_VECTORS the base is approximate (IVF): near-duplicates still match, removals and compaction hold."""
+    import faiss
+
+    monkeypatch.setattr(EmbeddingIndex, "IVF_MIN_VECTORS", 2000)
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((6000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = EmbeddingIndex(64, 0.9, np.arange(6000), vectors)
+    assert isinstance(index._base, faiss.IndexIVF), "the large base is an inverted file"
+    noise = rng.standard_normal((100, 64)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    near = vectors[:100] * 0.95 + noise * np.sqrt(1 - 0.95**2)  # cosine ~0.95 to its original
+    found = index.search(near)
+    assert all([i for i, _ in hits] == [q] for q, hits in enumerate(found)), "every near-duplicate finds its original, only it"
+    assert all(hits[0][1] >= 0.9 for hits in found)
+    # Removing an original drops it; past MAX_PENDING changes the IVF is rebuilt from the live rows.
+    smaller = index.with_changes(removed=[0])
+    assert smaller.search(near[:1]) == [[]]
+    monkeypatch.setattr(EmbeddingIndex, "MAX_PENDING", 10)
+    rebuilt = smaller.with_changes(np.arange(6000, 6020), vectors[100:120], removed=[1])
+    assert isinstance(rebuilt._base, faiss.IndexIVF) and len(rebuilt) == 6018
+    gone_0, gone_1, kept_2 = rebuilt.search(near[:3])
+    assert gone_0 == [] and gone_1 == [] and [i for i, _ in kept_2] == [2]
