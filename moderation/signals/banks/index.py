@@ -259,7 +259,7 @@ class EmbeddingIndex(_LayeredIndex):
     Up to IVF_MIN_VECTORS the base is exhaustive (faiss IndexFlatIP: every match found). A
     larger base is an inverted file (IVF: sqrt(n) k-means cells, the IVF_PROBES cells
     nearest the query searched): exhaustive search reads the whole bank per frame (81 ms
-    for a million 512-float vectors here, bench/banks.py), the IVF about 1/30 of it. It is
+    for a million 512-float vectors here, bench/banks.py), the IVF about 1/60 of it. It is
     approximate: a match whose nearest cell is not among the probed ones is missed; the
     bench measures the recall of near-duplicates. Training is seeded, so replicas building
     from the same rows build the same index.
@@ -267,7 +267,7 @@ class EmbeddingIndex(_LayeredIndex):
 
     MAX_PENDING = 1024
     IVF_MIN_VECTORS = 100_000
-    IVF_PROBES = 32
+    IVF_PROBES = 16
     _dtype = np.float32
 
     def __init__(self, dim: int, min_cosine: float, ids: Sequence[int] | np.ndarray = (), vectors: np.ndarray | None = None) -> None:
