@@ -162,9 +162,9 @@ def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
 
     The one place DecodeLimits are built from settings: with `jpeg_draft` off, or
     `image_size` None, JPEGs decode at full size. The draft never goes below
-    PDQ_DRAFT_MIN_SIDE: bank matching hashes the same frames, and PDQ hashes of the
-    bridge photos decoded at >= 256 px equal those of the full decode, while at 224 px
-    they drift up to 4 bits further from the published ones (docs/banks.md).
+    PDQ_DRAFT_MIN_SIDE: bank matching hashes the same frames, and Meta's bridge photos
+    decoded at >= 256 px hash within 10 bits of the published hashes, while at 224 px
+    they drifted up to 4 bits further (docs/banks.md).
     """
     draft = max(image_size, PDQ_DRAFT_MIN_SIDE) if image_size is not None and settings.jpeg_draft else None
     return DecodeLimits(

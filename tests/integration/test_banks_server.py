@@ -27,7 +27,7 @@ from PIL import Image, ImageFilter, ImageOps
 from moderation.ops.config import Settings
 from moderation.runtime import decode_limits
 from moderation.core.decode import decode_frames
-from moderation.signals.banks.hashing import md5_hex, pdq_hash, sha256_hex
+from moderation.signals.banks.hashing import md5_hex, pdq_hash, pdq_hash_frame, sha256_hex
 from moderation.state.banks import BankStore, NewEntry
 from moderation.state.store import open_store
 from moderation.v1 import moderation_pb2 as pb
@@ -86,7 +86,7 @@ def jpeg(image: Image.Image, quality: int = 90) -> bytes:
 def server_pdq(data: bytes) -> tuple[str, int]:
     """The PDQ hash the server computes for these bytes: its decode limits (the 64 px model's draft floor) and frame."""
     frame = decode_frames(data, decode_limits(Settings(), 64)).frames[0]
-    found = pdq_hash(frame)
+    found = pdq_hash_frame(frame)
     return found.hex(), found.quality
 
 
@@ -209,6 +209,7 @@ def test_flat_images_never_match_by_pdq(banks: Banks) -> None:
     found = pdq_hash(Image.open(io.BytesIO(small)))
     assert found.quality < 50
     banks.add("known", NewEntry("flat", "pdq", found.hex(), quality=found.quality), NewEntry("flat-unrated", "pdq", server_pdq(small)[0]))
+    assert server_pdq(small)[1] < 50
     assert not banks.moderate(small).bank_matches
 
 

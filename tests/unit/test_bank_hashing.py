@@ -52,6 +52,22 @@ def test_the_bridge_photo_in_its_eight_forms_is_near_the_published_hashes() -> N
         assert distance(found.bits, parse_pdq_hex(published)) <= 12, name
 
 
+def test_the_bridge_photo_hashed_as_the_server_hashes_it_is_within_meta_s_same_picture_rule() -> None:
+    """Decoded under the server's limits (JPEG draft at >= 256 px) and hashed by pdq_hash_frame: <= 10 bits each."""
+    from moderation.core.decode import decode_frames
+    from moderation.ops.config import Settings
+    from moderation.runtime import decode_limits
+    from moderation.signals.banks.matcher import hash_content
+
+    limits = decode_limits(Settings(), 224)  # ViT-B-32's input size: the draft floor of 256 applies
+    rows = [line.strip().split(",") for line in (REFERENCE / "bridge-hashes.csv").read_text().splitlines() if line.strip()]
+    for published, name in rows:
+        data = (REFERENCE / "images" / name).read_bytes()
+        [found] = hash_content(data, decode_frames(data, limits).frames).pdq
+        assert found.quality >= 80, name
+        assert distance(found.bits, parse_pdq_hex(published)) <= 10, name
+
+
 def test_a_flat_image_has_quality_zero() -> None:
     found = pdq_hash(Image.open(REFERENCE / "images" / "small.jpg"))
     assert found.quality == 0

@@ -31,7 +31,7 @@ from moderation.signals.banks.hashing import (
     parse_md5_hex,
     parse_pdq_hex,
     parse_sha256_hex,
-    pdq_hash,
+    pdq_hash_frame,
     sha256_hex,
 )
 from moderation.signals.banks.index import EmbeddingIndex, ExactIndex, PdqIndex
@@ -157,7 +157,7 @@ def hash_content(data: bytes, frames: Sequence[Image.Image], signal_types: Itera
     return ContentHashes(
         sha256_hex(data),
         md5_hex(data) if "md5" in kinds else "",
-        tuple(pdq_hash(frame) for frame in frames) if "pdq" in kinds else (),
+        tuple(pdq_hash_frame(frame) for frame in frames) if "pdq" in kinds else (),
     )
 
 
