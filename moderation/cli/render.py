@@ -66,7 +66,7 @@ def print_response(path: Path, response) -> None:  # noqa: ANN001 - generated me
     )
     columns = ["category", Column("score", "right"), Column("review at", "right"), Column("block at", "right"), "band", "clause"]
     rows = [
-        [escape(c.id), f"{c.score:.3f}", f"{c.review_threshold:.2f}", f"{c.block_threshold:.2f}", pb.Band.Name(c.band).removeprefix("BAND_"), escape(c.clause_id)]
+        [escape(c.id), f"{c.score:.3f}", f"{c.review_threshold:.6g}", f"{c.block_threshold:.6g}", pb.Band.Name(c.band).removeprefix("BAND_"), escape(c.clause_id)]
         for c in response.categories
     ]
     print_rows(title, columns, rows)

@@ -128,19 +128,21 @@ def _apply_forced(category: CategoryDecision, forced: ForcedAction | None) -> Ca
 
 
 def _reasons(categories: tuple[CategoryDecision, ...], action: Action) -> tuple[str, ...]:
+    # Thresholds as the policy holds them (`:g`: calibrate writes up to 5 decimals), never rounded: a
+    # reason must not read "scored 0.268, between its review threshold 0.26" when the threshold is 0.264.
     reasons = []
     for c in sorted(categories, key=lambda c: (-c.action.severity, -c.score)):
         if c.forced_by:
             continue  # the forcing signal's own sentence says why
         if c.band is Band.ABOVE:
             reasons.append(
-                f"{c.category_id} scored {c.score:.3f}, at or above its block threshold {c.block_threshold:.2f}: "
+                f"{c.category_id} scored {c.score:.3f}, at or above its block threshold {c.block_threshold:g}: "
                 f"{c.action.value} under clause {c.clause_id}."
             )
         elif c.band is Band.BORDERLINE:
             reasons.append(
-                f"{c.category_id} scored {c.score:.3f}, between its review threshold {c.review_threshold:.2f} "
-                f"and block threshold {c.block_threshold:.2f}: REVIEW under clause {c.clause_id}."
+                f"{c.category_id} scored {c.score:.3f}, between its review threshold {c.review_threshold:g} "
+                f"and block threshold {c.block_threshold:g}: REVIEW under clause {c.clause_id}."
             )
     if action is Action.ALLOW:
         reasons.append("Every category scored below its review threshold.")

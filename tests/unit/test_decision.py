@@ -37,7 +37,17 @@ def test_overall_action_is_the_most_severe() -> None:
     assert (decision.policy_id, decision.policy_version) == ("p", "7")
     assert decision.cited_clauses == ("V-2",)
     assert [c.category_id for c in decision.borderline] == ["weapons"]
-    assert decision.reasons[0].startswith("violence scored 0.700, at or above its block threshold 0.60: BLOCK under clause V-2")
+    assert decision.reasons[0].startswith("violence scored 0.700, at or above its block threshold 0.6: BLOCK under clause V-2")
+
+
+def test_reasons_print_calibrated_thresholds_as_the_policy_holds_them() -> None:
+    """calibrate writes thresholds of up to 5 decimals: a reason must show the one that decided, not a rounding."""
+    category = POLICY.categories[0].model_copy(update={"thresholds": POLICY.categories[0].thresholds.model_copy(update={"review": 0.26412})})
+    policy = POLICY.model_copy(update={"categories": [category, POLICY.categories[1]]})
+    decision = decide({"violence": 0.268, "weapons": 0.1}, policy)
+    assert decision.reasons[0] == (
+        "violence scored 0.268, between its review threshold 0.26412 and block threshold 0.6: REVIEW under clause V-2."
+    )
 
 
 def test_all_below_allows_with_a_reason() -> None:
@@ -200,8 +210,8 @@ def test_failed_escalation_keeps_review_and_block_and_only_adds_the_reason() -> 
 def test_reasons_name_each_band_with_its_thresholds_most_severe_first() -> None:
     decision = decide({"violence": 0.35, "weapons": 0.95}, POLICY)  # both send to REVIEW; weapons scored higher
     assert decision.reasons == (
-        "weapons scored 0.950, at or above its block threshold 0.80: REVIEW under clause W-1.",
-        "violence scored 0.350, between its review threshold 0.30 and block threshold 0.60: REVIEW under clause V-2.",
+        "weapons scored 0.950, at or above its block threshold 0.8: REVIEW under clause W-1.",
+        "violence scored 0.350, between its review threshold 0.3 and block threshold 0.6: REVIEW under clause V-2.",
     )
     blocked = decide({"violence": 0.61, "weapons": 0.95}, POLICY)  # weapons scored higher but only REVIEWs
     assert [r.split(" ")[0] for r in blocked.reasons] == ["violence", "weapons"], "BLOCK before REVIEW"
