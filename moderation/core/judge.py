@@ -112,10 +112,11 @@ class JudgingCore:
     def model_id(self) -> str:
         return self.encoder.model_id
 
-    def decode(self, image: bytes, should_stop: Callable[[], bool] | None = None) -> Sample:
+    def decode(self, image: bytes, should_stop: Callable[[], bool] | None = None, prepare_signals: bool = True) -> Sample:
         """Raises ImageRejected (and DecodeStopped once `should_stop` says the caller is gone).
 
-        Host work: bounded decode, then the encoder's preprocessing of every sampled frame.
+        Host work: bounded decode, then the encoder's preprocessing of every sampled frame and,
+        with `prepare_signals`, each PreparingSignal's per-request work (the banks' hashes).
         """
         try:
             decoded = decode_frames(image, self.limits, should_stop=should_stop)
@@ -127,7 +128,7 @@ class JudgingCore:
             # message is all a caller gets, so the traceback goes here.
             raise error.with_traceback(None) from None
         prepared = {}
-        for signal in self.signals:
+        for signal in self.signals if prepare_signals else ():
             prepare = getattr(signal, "prepare", None)  # PreparingSignal: once per request, whatever the policies
             if prepare is not None:
                 started = time.perf_counter()

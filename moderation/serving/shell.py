@@ -173,7 +173,11 @@ class ServingShell:
 
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + time_left_s
-        sample = await loop.run_in_executor(self._host_pool, self.core.decode, image, lambda: time.monotonic() > deadline)
+        # Without the signals' prepare: the banks signal would hash the same frames for matching,
+        # and every signal type is hashed just below.
+        sample = await loop.run_in_executor(
+            self._host_pool, self.core.decode, image, lambda: time.monotonic() > deadline, False
+        )
         hashes = await loop.run_in_executor(self._host_pool, hash_content, image, sample.decoded.frames, SIGNAL_TYPES)
         if not embed:
             return hashes, None

@@ -116,3 +116,29 @@ def test_the_core_runs_every_signal_and_decides_on_their_evidence(tiny_scorer, o
     assert unknown.decision == alone.decision and not any(c.forced_by for c in unknown.decision.categories)
     assert timed.count("clip") == 2 and timed.count("known-frames") == 2, "each signal's time is reported under its own name"
     assert list(SIGNALS) == ["clip", "banks"]
+
+
+class CountingPrepareSignal:
+    """A PreparingSignal that records each request it prepared (per-request work such as the banks' hashes)."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.prepared: list[int] = []
+
+    def prepare(self, data: bytes, decoded) -> int:  # noqa: ANN001
+        self.prepared.append(len(decoded.frames))
+        return len(self.prepared)
+
+    def evidence(self, frames: SampledFrames, served: ServedPolicy) -> Sequence[Evidence]:
+        return ()
+
+
+def test_decode_runs_each_preparing_signal_once_unless_told_not_to(tiny_scorer) -> None:  # noqa: ANN001
+    """BankService hashes every signal type itself: its decode must not hash the frames a second time."""
+    counting = CountingPrepareSignal()
+    core = JudgingCore(DecodeLimits(), tiny_scorer, [counting])
+    sample = core.decode(images.coffee_png())
+    assert counting.prepared == [1] and sample.prepared == {"counting": 1}
+    bare = core.decode(images.coffee_png(), prepare_signals=False)
+    assert counting.prepared == [1] and bare.prepared == {}
