@@ -357,3 +357,26 @@ def test_prod_replicas_share_one_state_store_named_by_a_secret(rendered: dict[st
     assert "MODERATION_EMBEDDING_STORE" not in env(scorer) and "MODERATION_THUMBNAIL_STORE" not in env(scorer)
     dev_scorer = by_kind(rendered["dev"], "Deployment")["moderation-scorer"]
     assert "MODERATION_DATABASE_URL" not in env(dev_scorer)
+
+
+def test_every_secret_the_prod_pods_read_has_a_create_command_in_the_deploy_docs(rendered: dict[str, list[dict]]) -> None:
+    """An operator applying prod must be able to create each Secret it mounts or reads, with the keys it reads."""
+    needed: dict[str, set[str]] = {}
+    for deployment in by_kind(rendered["prod"], "Deployment").values():
+        spec = deployment["spec"]["template"]["spec"]
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                keys = {item["key"] for item in volume["secret"].get("items", [])}
+                needed.setdefault(volume["secret"]["secretName"], set()).update(keys)
+        for variable in container(deployment).get("env", []):
+            if ref := variable.get("valueFrom", {}).get("secretKeyRef"):
+                needed.setdefault(ref["name"], set()).add(ref["key"])
+    assert "moderation-curation-tokens" in needed, "the prod scorer turns bank curation on from its own Secret"
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    for name, keys in sorted(needed.items()):
+        commands = re.findall(rf"create secret generic {re.escape(name)}\b[^`]*", docs)
+        assert commands, f"docs/deploy.md has no `kubectl create secret generic {name}` command"
+        for key in keys:
+            assert any(f"--from-literal={key}=" in c or f"--from-file={key}" in c for c in commands), (
+                f"the create command for {name} does not set the key {key!r} the pod reads"
+            )
