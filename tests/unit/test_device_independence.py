@@ -59,6 +59,12 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("escalation/grammar.py", 'if logits.device.type != "cpu" or logits.dtype != torch.float32:'): "the grammar's input check",
     ("escalation/grammar.py", "move them with .to('cpu', torch.float32) first"): "an error message",
     ("signals/clip/scorer.py", "columns[category_id] = probabilities[:, :positives].sum(dim=-1).clamp(0.0, 1.0).numpy()"): "logits are computed from .float().cpu() embeddings two lines above",
+    ("signals/clip/scorer.py", "probes.append((category.id, torch.tensor(category.probe.vector(), dtype=torch.float32), category.probe.bias))"): (
+        "a probe's weights are host data from the policy text, scored against .float().cpu() embeddings"
+    ),
+    ("signals/clip/scorer.py", "columns[category_id] = torch.sigmoid(image_embeddings.float().cpu() @ weights + bias).numpy()"): (
+        "moved to the CPU in float32 on the same line"
+    ),
     ("serving/listeners/embedding_store.py", "vector = result.judgement.frames.embeddings[result.judgement.representative_row()].numpy().copy()"): "embeddings cross the encoder seam as float32 CPU tensors",
 }
 
