@@ -29,6 +29,7 @@ from moderation.serving.listeners import (
     Listener,
     ListenerQueue,
     Listeners,
+    ReviewQueueListener,
     ShadowListener,
     ThumbnailListener,
 )
@@ -65,9 +66,27 @@ def configure_torch_threads(settings: Settings, device: str) -> None:
         torch.set_num_threads(1)
 
 
-def build_listeners(metrics: ModerationMetrics, store: StateStore | None, thumbnails: Thumbnails | None) -> Listeners:
-    """A bounded queue and a thread per listener: category metrics and shadows always, stores when configured."""
+def count_dropped(metrics: ModerationMetrics, kind: str, count: int) -> None:
+    """The store's drops: review cases in the review metric (queue full, or lost with the store), rows in the store's."""
+    if kind == "case_queue_full":
+        metrics.review_cases_dropped.labels("queue_full").inc(count)
+        return
+    if kind == "case":
+        metrics.review_cases_dropped.labels("store").inc(count)
+    metrics.store_dropped.labels(kind).inc(count)
+
+
+def build_listeners(
+    metrics: ModerationMetrics, store: StateStore | None, thumbnails: Thumbnails | None, review_queue: bool = False
+) -> Listeners:
+    """A bounded queue and a thread per listener: category metrics and shadows always, stores when configured.
+
+    The review queue listener comes before the embedding store's, whose close closes the store:
+    at shutdown the cases it still holds reach the store's buffer before its last flush.
+    """
     listeners: list[Listener] = [CategoryMetricsListener(metrics), ShadowListener(metrics)]
+    if store is not None and review_queue:
+        listeners.append(ReviewQueueListener(store))
     if store is not None:
         listeners.append(EmbeddingStoreListener(store))
     if thumbnails is not None:
@@ -107,7 +126,7 @@ def build_shell(
     )
     # Drops (the database away longer than the buffer lasts) are counted, never a failed request.
     evicted = metrics.thumbnails_evicted.inc
-    store = build_store(settings, on_dropped=lambda kind, count: metrics.store_dropped.labels(kind).inc(count), on_evicted=evicted)
+    store = build_store(settings, on_dropped=lambda kind, count: count_dropped(metrics, kind, count), on_evicted=evicted)
     banks = load_banks(settings, store, metrics)
     if banks is None:
         needing = sorted({f"{s.policy.id}@{s.policy.version}" for s in registry.all() if s.policy.banks})
@@ -130,7 +149,7 @@ def build_shell(
         core,
         scorer,
         registry,
-        build_listeners(metrics, store, thumbnails),
+        build_listeners(metrics, store, thumbnails, review_queue=settings.reviewer_tokens_file is not None),
         BatcherMetrics(
             queue_depth=metrics.queue_depth.set,
             queue_capacity=metrics.queue_capacity.set,
