@@ -172,7 +172,8 @@ class ModerationMetrics:
         self.auth_failures = Counter(
             "moderation_auth_failures_total",
             "Calls refused for their credentials by reason: UNAUTHENTICATED (missing, malformed, duplicate, invalid) "
-            "or PERMISSION_DENIED (wrong_scope: a token of the other scope; curation_off: no curation_tokens_file).",
+            "or PERMISSION_DENIED (wrong_scope: a token of another scope; curation_off: no curation_tokens_file; review_off: no "
+            "reviewer_tokens_file).",
             ["reason"],
             registry=registry,
         )

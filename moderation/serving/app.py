@@ -36,6 +36,8 @@ from moderation.serving.listeners import (
 from moderation.serving.bank_service import SERVICE_NAME as BANK_SERVICE_NAME
 from moderation.serving.bank_service import BankServicer
 from moderation.serving.builder import ServerBuilder, policy_reloader
+from moderation.serving.review_service import SERVICE_NAME as REVIEW_SERVICE_NAME
+from moderation.serving.review_service import ReviewServicer
 from moderation.serving.policy_reload import PolicyReloader
 from moderation.serving.shell import ServingShell
 from moderation.signals.clip.batcher import BatcherMetrics
@@ -43,7 +45,7 @@ from moderation.state.store import StateStore
 from moderation.state.thumbnails import Thumbnails
 from moderation.serving.recorder import RequestRecorder
 from moderation.serving.servicer import ModerationServicer
-from moderation.v1 import banks_pb2_grpc, moderation_pb2, moderation_pb2_grpc
+from moderation.v1 import banks_pb2_grpc, moderation_pb2, moderation_pb2_grpc, review_pb2_grpc
 
 if TYPE_CHECKING:
     from moderation.serving.bank_refresh import Banks
@@ -200,7 +202,7 @@ async def serve(settings: Settings) -> None:
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],
-        unmetered_services=(BANK_SERVICE_NAME,),
+        unmetered_services=(BANK_SERVICE_NAME, REVIEW_SERVICE_NAME),
     )
     metrics = builder.metrics
     servicer = ModerationServicer(
@@ -214,6 +216,9 @@ async def serve(settings: Settings) -> None:
     # Always served: without a state store it answers FAILED_PRECONDITION saying what to set.
     bank_servicer = BankServicer.from_settings(settings)
     banks_pb2_grpc.add_BankServiceServicer_to_server(bank_servicer, builder.server)
+    # Always served: without reviewer_tokens_file every call is refused (PERMISSION_DENIED) saying what to set.
+    review_servicer = ReviewServicer.from_settings(settings, metrics)
+    review_pb2_grpc.add_ReviewServiceServicer_to_server(review_servicer, builder.server)
 
     def load(cancellation: StartupCancellation) -> _Loaded:
         configure_torch_threads(settings, resolve_device(settings.device))
@@ -223,9 +228,11 @@ async def serve(settings: Settings) -> None:
         loaded.shell.start()
         servicer.shell = loaded.shell
         await bank_servicer.attach(loaded.shell)
+        await review_servicer.attach()
 
     async def close(loaded: _Loaded) -> None:
         await bank_servicer.close()
+        await review_servicer.close()
         await loaded.shell.close()
 
     await builder.run("moderation", load, attach, close)
