@@ -55,7 +55,8 @@ SERVICE = "service"  # who opens and expires cases in the audit
 MAX_NOTE_CHARS = 2000
 MAX_CLAUSE_CHARS = 128
 MAX_REVIEWER_CHARS = 256
-MAX_LIST = 500
+MAX_LIST = 500  # cases a page of ListCases may ask for
+MAX_READ = 2 * MAX_LIST  # cases one read may return (a page and one more, to know whether there is a next)
 # Any constant the replicas agree on: the lock every replica takes to count open cases and insert new ones.
 POSTGRES_REVIEW_LOCK = 0x6D6F64_7265_7669  # "mod" "re" "vi"
 
@@ -198,8 +199,8 @@ class ReviewStore:
         """Cases oldest first (by opening), `after` the (opened_at, case_id) of the last one of the previous page."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
-        if not 1 <= limit <= MAX_LIST:
-            raise ValueError(f"limit must be between 1 and {MAX_LIST}; got {limit}")
+        if not 1 <= limit <= MAX_READ:
+            raise ValueError(f"limit must be between 1 and {MAX_READ}; got {limit}")
         clauses, params = ["1 = 1"], []
         if status is not None:
             clauses.append("status = ?")
@@ -229,7 +230,9 @@ class ReviewStore:
 
     def thumbnail(self, case: Case) -> bytes | None:
         """The case's thumbnail, when one was kept (by reference: the thumbnails row of its caller and request id)."""
-        return self.store.load_thumbnail(case.request_id, case.caller)
+        with self.store._transaction() as tx:  # on this connection, every use is a transaction of its own
+            row = tx.execute("SELECT jpeg FROM thumbnails WHERE caller = ? AND request_id = ?", (case.caller, case.request_id)).fetchone()
+        return None if row is None else bytes(row[0])
 
     # --- acting ---------------------------------------------------------------------------
 

@@ -188,3 +188,15 @@ def test_thumbnail_by_reference(store_location: str) -> None:
         (case,) = opened(store, 1)
         queue = ReviewStore(store, clock=Clock())
         assert queue.thumbnail(queue.get_case(case.case_id)) == b"\xff\xd8jpeg"
+
+
+def test_list_pages_and_filters(store_location: str) -> None:
+    with open_store(store_location) as store:
+        cases = opened(store, 5)
+        queue = ReviewStore(store, clock=Clock())
+        first = queue.list_cases(limit=2)
+        rest = queue.list_cases(limit=10, after=(first[-1].opened_at, first[-1].case_id))
+        assert [c.case_id for c in first + rest] == [c.case_id for c in cases]
+        assert queue.list_cases(policy_id="other") == [] and len(queue.list_cases(status="open", policy_id="default")) == 5
+        with pytest.raises(ValueError, match="status"):
+            queue.list_cases(status="closed")
