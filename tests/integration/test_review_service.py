@@ -28,6 +28,7 @@ from moderation.v1 import review_pb2_grpc as rpb_grpc
 from tests import images
 from tests.conftest import TINY_CLIP
 from tests.integration.server import RunningServer, running_server
+from tests.postgres import PostgresServer, postgres_for_test
 
 pytestmark = pytest.mark.integration
 
@@ -55,23 +56,27 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 ALICE, BOB = bearer(ALICE_TOKEN), bearer(BOB_TOKEN)
 
 
-@pytest.fixture(scope="module")
-def review_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Path]]:
-    root = tmp_path_factory.mktemp("review")
-    (root / "policies").mkdir()
+def server_env(root: Path, **extra: str) -> dict[str, str]:
+    (root / "policies").mkdir(exist_ok=True)
     (root / "policies" / "queue.yaml").write_text(POLICY)
     (root / "reviewers").write_text(f"# one token per reviewer\nalice:{ALICE_TOKEN}\nbob:{BOB_TOKEN}\n")
     (root / "moderators").write_text(f"moderator:{MODERATOR_TOKEN}\n")
-    env = {
-        "MODERATION_EMBEDDING_STORE": str(root / "store.db"),
-        "MODERATION_THUMBNAIL_STORE": str(root / "thumbnails"),
+    return {
+        "MODERATION_POLICIES": str(root / "policies"),
+        "MODERATION_CLIP_MODEL": f"local-dir:{TINY_CLIP}",
+        "MODERATION_CLIP_WEIGHTS": "random",
         "MODERATION_EMBEDDING_FLUSH_INTERVAL_S": "0.2",
         "MODERATION_REVIEWER_TOKENS_FILE": str(root / "reviewers"),
         "MODERATION_AUTH_TOKENS_FILE": str(root / "moderators"),
+        **extra,
     }
-    with running_server(
-        root, "--policies", str(root / "policies"), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random", env=env
-    ) as server:  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def review_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Path]]:
+    root = tmp_path_factory.mktemp("review")
+    env = server_env(root, MODERATION_EMBEDDING_STORE=str(root / "store.db"), MODERATION_THUMBNAIL_STORE=str(root / "thumbnails"))
+    with running_server(root, env=env) as server:
         yield server, root
 
 
@@ -175,3 +180,31 @@ def test_the_queue_is_off_without_reviewer_tokens(server: RunningServer) -> None
     with server.channel() as channel:
         code, message = code_of(lambda: rpb_grpc.ReviewServiceStub(channel).ListCases(rpb.ListCasesRequest(), metadata=ALICE, timeout=10))
     assert code == grpc.StatusCode.PERMISSION_DENIED and "MODERATION_REVIEWER_TOKENS_FILE" in message
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    yield from postgres_for_test()
+
+
+def test_the_same_queue_in_postgresql_with_thumbnails_as_rows(postgres: PostgresServer, tmp_path: Path) -> None:
+    url = postgres.create_database("review")
+    env = server_env(tmp_path, MODERATION_DATABASE_URL=url, MODERATION_KEEP_THUMBNAILS="true")
+    with running_server(tmp_path, env=env) as server, server.channel() as channel:
+        moderation = pb_grpc.ModerationServiceStub(channel)
+        review = rpb_grpc.ReviewServiceStub(channel)
+        for i in range(2):
+            moderation.Moderate(pb.ModerateRequest(request_id=f"pg-{i}", image=images.coffee_png()), metadata=bearer(MODERATOR_TOKEN), timeout=30)
+        cases = wait_for_cases(review, 2)
+        assert sorted(c.request_id for c in cases) == ["pg-0", "pg-1"]
+        first = review.LeaseNext(rpb.LeaseNextRequest(), metadata=ALICE, timeout=10).case
+        second = review.LeaseNext(rpb.LeaseNextRequest(), metadata=BOB, timeout=10).case
+        assert {first.case_id, second.case_id} == {c.case_id for c in cases}, "two reviewers never get the same case"
+        assert code_of(lambda: review.DecideCase(rpb.DecideCaseRequest(case_id=first.case_id, violates=True), metadata=BOB, timeout=10))[0] == grpc.StatusCode.ABORTED
+        review.DecideCase(rpb.DecideCaseRequest(case_id=first.case_id, violates=True), metadata=ALICE, timeout=10)
+        code, _ = code_of(lambda: review.DecideCase(rpb.DecideCaseRequest(case_id=first.case_id, violates=True), metadata=ALICE, timeout=10))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        audit = review.GetCaseAudit(rpb.GetCaseAuditRequest(case_id=first.case_id), metadata=ALICE, timeout=10).entries
+        assert [(e.who, e.action) for e in audit] == [("service", "open"), ("token:alice", "lease"), ("token:alice", "decide")]
+        shown = review.GetCase(rpb.GetCaseRequest(case_id=first.case_id, include_thumbnail=True), metadata=ALICE, timeout=10)
+        assert shown.thumbnails_kept and shown.thumbnail_jpeg[:2] == b"\xff\xd8"
