@@ -9,6 +9,7 @@ file with two reviewers. The session's bare server shows the queue off.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -146,6 +147,11 @@ def test_a_review_decision_becomes_a_case_that_one_reviewer_at_a_time_decides(re
     token_file = tmp_path / "alice.token"
     token_file.write_text(ALICE_TOKEN + "\n")
     cli = ["--target", server.target, "--token-file", str(token_file)]
+    shown_cli = CliRunner().invoke(app, ["review", "show", case.case_id, "--thumbnail-out", str(tmp_path / "case.jpg"), *cli], env={"COLUMNS": "200"})
+    assert shown_cli.exit_code == 0, shown_cli.output
+    assert "W-1" in shown_cli.output and "<script>" in shown_cli.output and (tmp_path / "case.jpg").read_bytes()[:2] == b"\xff\xd8"
+    audited = CliRunner().invoke(app, ["review", "audit", case.case_id, "--json", *cli])
+    assert audited.exit_code == 0 and [e["action"] for e in json.loads(audited.output)["entries"]] == ["open", "lease", "decide"]
     listed = CliRunner().invoke(app, ["review", "list", "--status", "decided", *cli], env={"COLUMNS": "200"})
     assert listed.exit_code == 0, listed.output
     assert case.case_id in listed.output and "token:alice" in listed.output
@@ -174,6 +180,13 @@ def test_a_review_decision_becomes_a_case_that_one_reviewer_at_a_time_decides(re
     assert any(s.labels.get("category") == "weapons" and s.labels.get("policy_version") == "3" for s in metrics["moderation_review_agreement"].samples)
     assert "moderation_review_queue_depth" in metrics and "moderation_review_oldest_open_case_age_seconds" in metrics
     assert not any(ALICE_TOKEN in line or BOB_TOKEN in line for line in server.log_text().splitlines()), "a token reached the log"
+
+
+def test_reflection_lists_review_service(review_server: tuple[RunningServer, Path]) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with review_server[0].channel() as channel:
+        assert "moderation.v1.ReviewService" in set(ProtoReflectionDescriptorDatabase(channel).get_services())
 
 
 def test_the_queue_is_off_without_reviewer_tokens(server: RunningServer) -> None:
