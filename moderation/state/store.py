@@ -44,11 +44,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-
-from typing import TYPE_CHECKING
 
 from moderation.policy.schema import Action
 from moderation.state.records import (
