@@ -405,20 +405,29 @@ def export(
         writer.writerow(["case_id", "request_id", "policy_id", "policy_version", "label", "clause_id", "decided_by", "decided_at", "image"])
         writer.writerows(rows)
     labels = sorted({r[4] for r in rows if r[8]})
+    where = f"{images} image{'s' if images != 1 else ''} in {', '.join(labels)}" if images else "no images"
     out.print(
-        f"exported {len(rows)} decided case{'s' if len(rows) != 1 else ''} of policy {escape(policies[0])} to {escape(str(out_dir))}: "
-        f"{images} image{'s' if images != 1 else ''} in {', '.join(labels) or 'no folder'}; every case is listed in cases.csv",
+        f"exported {_cases(len(rows))} of policy {escape(policies[0])} to {escape(str(out_dir))}: {where}; every case is listed in cases.csv",
         highlight=False,
     )
     if images < len(rows):
         missing = len(rows) - images
         if not thumbnails_kept:
             err.print(
-                f"[yellow]warning:[/] this server keeps no thumbnails, so the {missing} cases have labels but no images and "
-                "calibration cannot use them; turn thumbnails on (keep_thumbnails with database_url, or thumbnail_store)",
+                f"[yellow]warning:[/] this server keeps no thumbnails, so {_cases(missing)} {'have' if missing != 1 else 'has'} a label but no "
+                "image and calibration cannot use them; "
+                "turn thumbnails on (keep_thumbnails with database_url, or thumbnail_store)",
                 highlight=False,
             )
         else:
-            err.print(f"[yellow]warning:[/] {missing} cases have no thumbnail any more (past the retention, or evicted): listed in cases.csv only", highlight=False)
+            err.print(
+                f"[yellow]warning:[/] {_cases(missing)} {'have' if missing != 1 else 'has'} no thumbnail any more (past the retention, or "
+                "evicted): listed in cases.csv only",
+                highlight=False,
+            )
     if images:
         out.print(f"next: moderation policy calibrate policies/{escape(policies[0])}.yaml --labels {escape(str(out_dir))}", highlight=False)
+
+
+def _cases(count: int) -> str:
+    return f"{count} case{'s' if count != 1 else ''}"

@@ -32,8 +32,9 @@ def bearer(name: str) -> tuple[tuple[str, str], ...]:
 
 
 class Running:
-    def __init__(self, channel: grpc.aio.Channel, clock: Clock, servicer: ReviewServicer, metrics: ModerationMetrics):
+    def __init__(self, channel: grpc.aio.Channel, clock: Clock, servicer: ReviewServicer, metrics: ModerationMetrics, target: str):
         self.servicer = servicer
+        self.target = target
         self.review = rpb_grpc.ReviewServiceStub(channel)
         self.moderation = pb_grpc.ModerationServiceStub(channel)
         self.banks = bpb_grpc.BankServiceStub(channel)
@@ -76,7 +77,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     servicer.queue.clock = clock
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Running(channel, clock, servicer, metrics)
+            yield Running(channel, clock, servicer, metrics, f"127.0.0.1:{port}")
     finally:
         await server.stop(None)
         await servicer.close()
@@ -160,3 +161,30 @@ async def test_pages_follow_one_another_and_the_gauges_follow_the_queue(running:
     assert len(expired.cases) == 3
     code, _ = await running.refused(review.LeaseCase(rpb.LeaseCaseRequest(case_id=expired.cases[0].case_id), metadata=alice))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_export_without_thumbnails_writes_the_labels_and_says_why_there_are_no_images(running: Running, tmp_path: Path) -> None:
+    import asyncio
+    import csv
+
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+
+    review, alice = running.review, bearer("alice")
+    case_id = (await review.LeaseNext(rpb.LeaseNextRequest(), metadata=alice)).case.case_id
+    await review.DecideCase(rpb.DecideCaseRequest(case_id=case_id, violates=True), metadata=alice)
+    token = tmp_path / "alice.token"
+    token.write_text(TOKENS["alice"])
+    cli = ["--target", running.target, "--token-file", str(token)]
+
+    def invoke(*args: str):  # noqa: ANN202 - the CLI is synchronous: it runs in a thread while this loop serves it
+        return CliRunner().invoke(app, [*args, *cli], env={"COLUMNS": "100"})
+
+    exported = await asyncio.to_thread(invoke, "review", "export", str(tmp_path / "labels"))
+    assert exported.exit_code == 0, exported.output
+    assert "no images" in exported.output and "keeps no thumbnails" in exported.output
+    rows = list(csv.DictReader((tmp_path / "labels" / "cases.csv").open()))
+    assert [(r["case_id"], r["label"], r["clause_id"], r["decided_by"], r["image"]) for r in rows] == [(case_id, "weapons", "W1", "token:alice", "")]
+    undecided = await asyncio.to_thread(invoke, "review", "decide", case_id)
+    assert undecided.exit_code == 2 and "--violates or --benign" in undecided.output
