@@ -409,6 +409,7 @@ def build_store(
             on_dropped=on_dropped,
             thumbnail_max_bytes=settings.thumbnail_max_bytes if thumbnails_in_store else None,
             on_evicted=on_evicted,
+            max_open_cases=settings.review_max_open_cases,
         )
     except StoreError as error:
         variable = "MODERATION_DATABASE_URL" if settings.database_url is not None else "MODERATION_EMBEDDING_STORE"

@@ -13,3 +13,7 @@ bank_app = typer.Typer(
     help="Curate the banks of known content on a running server (BankService): needs a curation token.", no_args_is_help=True
 )
 app.add_typer(bank_app, name="bank")
+review_app = typer.Typer(
+    help="Work the review queue of a running server (ReviewService): needs your reviewer token.", no_args_is_help=True
+)
+app.add_typer(review_app, name="review")

@@ -196,6 +196,22 @@ class Settings(BaseSettings):
         description="file of 'name:token' lines (as auth_tokens_file) allowed to curate banks (BankService); these tokens "
         "cannot moderate and auth_tokens_file's cannot curate; unset: bank curation is off",
     )
+    reviewer_tokens_file: Path | None = Field(
+        None,
+        description="file of 'name:token' lines (as auth_tokens_file), one per reviewer, allowed to work the review queue "
+        "(ReviewService); these tokens can neither moderate nor curate, and no other token can review; set (with a state "
+        "store): every REVIEW decision opens a case; unset: the review queue is off",
+    )
+    review_max_open_cases: int = Field(
+        10_000, ge=1, le=10_000_000,
+        description="open cases the review queue holds; beyond, new REVIEW decisions are still answered but open no case: "
+        "counted (moderation_review_cases_dropped_total{reason=\"queue_full\"}) and logged",
+    )  # fmt: skip
+    review_max_case_age_days: float = Field(
+        3.0, gt=0, description="an open case older than this expires (audited; no longer leased; `review reopen` brings it back)"
+    )
+    review_lease_s: float = Field(600.0, ge=10, le=86400, description="how long a reviewer's lease on a case lasts before anyone may take it")
+    review_max_leases_per_reviewer: int = Field(5, ge=1, le=1000, description="live leases one reviewer may hold at once")
     explainer_insecure: bool = Field(
         False,
         description="explain-serve only: serve plaintext without tokens on `host` as given; unset, such a server binds loopback only",
@@ -279,6 +295,12 @@ class Settings(BaseSettings):
     def _thumbnails_need_a_home(self) -> Settings:
         if self.keep_thumbnails and self.database_url is None and self.thumbnail_store is None:
             raise ValueError("keep_thumbnails needs database_url (rows of the shared store) or thumbnail_store (a directory)")
+        return self
+
+    @model_validator(mode="after")
+    def _review_needs_a_store(self) -> Settings:
+        if self.reviewer_tokens_file is not None and self.database_url is None and self.embedding_store is None:
+            raise ValueError("reviewer_tokens_file turns the review queue on, which needs a state store: set database_url (or embedding_store)")
         return self
 
     @property

@@ -172,7 +172,8 @@ class ModerationMetrics:
         self.auth_failures = Counter(
             "moderation_auth_failures_total",
             "Calls refused for their credentials by reason: UNAUTHENTICATED (missing, malformed, duplicate, invalid) "
-            "or PERMISSION_DENIED (wrong_scope: a token of the other scope; curation_off: no curation_tokens_file).",
+            "or PERMISSION_DENIED (wrong_scope: a token of another scope; curation_off: no curation_tokens_file; review_off: no "
+            "reviewer_tokens_file).",
             ["reason"],
             registry=registry,
         )
@@ -218,6 +219,37 @@ class ModerationMetrics:
             "Rows the state store dropped because writes kept failing and its bounded buffer was full, by kind "
             "(decision, thumbnail). Requests never fail for it.",
             ["kind"],
+            registry=registry,
+        )
+        self.review_cases_dropped = Counter(
+            "moderation_review_cases_dropped_total",
+            "REVIEW decisions that opened no case, by reason: queue_full (review_max_open_cases open cases already) or "
+            "store (the state store could not take them). The decision itself was answered as usual.",
+            ["reason"],
+            registry=registry,
+        )
+        self.review_queue_depth = Gauge(
+            "moderation_review_queue_depth", "Open review cases (leased or not), as last read from the state store.", registry=registry
+        )
+        self.review_leased_cases = Gauge(
+            "moderation_review_leased_cases", "Open review cases a reviewer holds a live lease on.", registry=registry
+        )
+        self.review_oldest_open_age = Gauge(
+            "moderation_review_oldest_open_case_age_seconds",
+            "Age of the oldest open review case (0 when none); review_max_case_age_days expires it.",
+            registry=registry,
+        )
+        self.review_decisions = Counter(
+            "moderation_review_decisions_total",
+            "Review decisions by reviewer (a reviewer token's name) and outcome (violates, benign).",
+            ["reviewer", "outcome"],
+            registry=registry,
+        )
+        self.review_agreement = Counter(
+            "moderation_review_agreement_total",
+            "Review decisions by whether the reviewer agreed with CLIP on the case's category: agree when the reviewer "
+            "found a violation and CLIP's score was at or above the review threshold, or found none and it was below.",
+            ["policy", "policy_version", "category", "agreement"],
             registry=registry,
         )
 

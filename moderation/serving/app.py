@@ -29,12 +29,15 @@ from moderation.serving.listeners import (
     Listener,
     ListenerQueue,
     Listeners,
+    ReviewQueueListener,
     ShadowListener,
     ThumbnailListener,
 )
 from moderation.serving.bank_service import SERVICE_NAME as BANK_SERVICE_NAME
 from moderation.serving.bank_service import BankServicer
 from moderation.serving.builder import ServerBuilder, policy_reloader
+from moderation.serving.review_service import SERVICE_NAME as REVIEW_SERVICE_NAME
+from moderation.serving.review_service import ReviewServicer
 from moderation.serving.policy_reload import PolicyReloader
 from moderation.serving.shell import ServingShell
 from moderation.signals.clip.batcher import BatcherMetrics
@@ -42,7 +45,7 @@ from moderation.state.store import StateStore
 from moderation.state.thumbnails import Thumbnails
 from moderation.serving.recorder import RequestRecorder
 from moderation.serving.servicer import ModerationServicer
-from moderation.v1 import banks_pb2_grpc, moderation_pb2, moderation_pb2_grpc
+from moderation.v1 import banks_pb2_grpc, moderation_pb2, moderation_pb2_grpc, review_pb2_grpc
 
 if TYPE_CHECKING:
     from moderation.serving.bank_refresh import Banks
@@ -65,9 +68,27 @@ def configure_torch_threads(settings: Settings, device: str) -> None:
         torch.set_num_threads(1)
 
 
-def build_listeners(metrics: ModerationMetrics, store: StateStore | None, thumbnails: Thumbnails | None) -> Listeners:
-    """A bounded queue and a thread per listener: category metrics and shadows always, stores when configured."""
+def count_dropped(metrics: ModerationMetrics, kind: str, count: int) -> None:
+    """The store's drops: review cases in the review metric (queue full, or lost with the store), rows in the store's."""
+    if kind == "case_queue_full":
+        metrics.review_cases_dropped.labels("queue_full").inc(count)
+        return
+    if kind == "case":
+        metrics.review_cases_dropped.labels("store").inc(count)
+    metrics.store_dropped.labels(kind).inc(count)
+
+
+def build_listeners(
+    metrics: ModerationMetrics, store: StateStore | None, thumbnails: Thumbnails | None, review_queue: bool = False
+) -> Listeners:
+    """A bounded queue and a thread per listener: category metrics and shadows always, stores when configured.
+
+    The review queue listener comes before the embedding store's, whose close closes the store:
+    at shutdown the cases it still holds reach the store's buffer before its last flush.
+    """
     listeners: list[Listener] = [CategoryMetricsListener(metrics), ShadowListener(metrics)]
+    if store is not None and review_queue:
+        listeners.append(ReviewQueueListener(store))
     if store is not None:
         listeners.append(EmbeddingStoreListener(store))
     if thumbnails is not None:
@@ -107,7 +128,7 @@ def build_shell(
     )
     # Drops (the database away longer than the buffer lasts) are counted, never a failed request.
     evicted = metrics.thumbnails_evicted.inc
-    store = build_store(settings, on_dropped=lambda kind, count: metrics.store_dropped.labels(kind).inc(count), on_evicted=evicted)
+    store = build_store(settings, on_dropped=lambda kind, count: count_dropped(metrics, kind, count), on_evicted=evicted)
     banks = load_banks(settings, store, metrics)
     if banks is None:
         needing = sorted({f"{s.policy.id}@{s.policy.version}" for s in registry.all() if s.policy.banks})
@@ -130,7 +151,7 @@ def build_shell(
         core,
         scorer,
         registry,
-        build_listeners(metrics, store, thumbnails),
+        build_listeners(metrics, store, thumbnails, review_queue=settings.reviewer_tokens_file is not None),
         BatcherMetrics(
             queue_depth=metrics.queue_depth.set,
             queue_capacity=metrics.queue_capacity.set,
@@ -181,7 +202,7 @@ async def serve(settings: Settings) -> None:
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],
-        unmetered_services=(BANK_SERVICE_NAME,),
+        unmetered_services=(BANK_SERVICE_NAME, REVIEW_SERVICE_NAME),
     )
     metrics = builder.metrics
     servicer = ModerationServicer(
@@ -195,6 +216,9 @@ async def serve(settings: Settings) -> None:
     # Always served: without a state store it answers FAILED_PRECONDITION saying what to set.
     bank_servicer = BankServicer.from_settings(settings)
     banks_pb2_grpc.add_BankServiceServicer_to_server(bank_servicer, builder.server)
+    # Always served: without reviewer_tokens_file every call is refused (PERMISSION_DENIED) saying what to set.
+    review_servicer = ReviewServicer.from_settings(settings, metrics)
+    review_pb2_grpc.add_ReviewServiceServicer_to_server(review_servicer, builder.server)
 
     def load(cancellation: StartupCancellation) -> _Loaded:
         configure_torch_threads(settings, resolve_device(settings.device))
@@ -204,9 +228,11 @@ async def serve(settings: Settings) -> None:
         loaded.shell.start()
         servicer.shell = loaded.shell
         await bank_servicer.attach(loaded.shell)
+        await review_servicer.attach()
 
     async def close(loaded: _Loaded) -> None:
         await bank_servicer.close()
+        await review_servicer.close()
         await loaded.shell.close()
 
     await builder.run("moderation", load, attach, close)

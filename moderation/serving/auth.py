@@ -5,9 +5,11 @@ caller's identity in the audit log is the token's name, never the token.
 Comparison is constant-time over every configured token. Health checks and
 reflection stay open so probes and tooling work without credentials.
 
-Two scopes, each its own file: `auth_tokens_file` for moderating (ModerationService,
-ExplainerService) and `curation_tokens_file` for curating banks (BankService,
-`CURATION_SERVICES`). A token of one scope is refused by the other.
+Three scopes, each its own file: `auth_tokens_file` for moderating (ModerationService,
+ExplainerService), `curation_tokens_file` for curating banks (BankService,
+`CURATION_SERVICES`) and `reviewer_tokens_file` for working the review queue
+(ReviewService, `REVIEW_SERVICES`; one token per reviewer, its name the reviewer in the
+audit). A token of one scope is refused by the others.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import grpc
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Methods that take curation tokens only (and are refused when curation_tokens_file is unset).
 CURATION_SERVICES = ("/moderation.v1.BankService/",)
+# Methods that take reviewer tokens only (and are refused when reviewer_tokens_file is unset).
+REVIEW_SERVICES = ("/moderation.v1.ReviewService/",)
 
 # The authenticated caller of the current RPC ('token:NAME'), set by the auth interceptor
 # (moderation/serving/interceptors.py) around the handler, so the token is checked once per RPC.

@@ -92,8 +92,13 @@ class ServerBuilder(Generic[L]):
         curation = (
             TokenAuth(load_tokens(settings.curation_tokens_file, "MODERATION_CURATION_TOKENS_FILE")) if settings.curation_tokens_file else None
         )
-        # Always there: without any token file it still refuses curation (BankService) with a sentence.
-        interceptors.append(TokenAuthInterceptor(auth, self.metrics, settings.auth_failure_logs_per_minute, curation=curation))
+        review = (
+            TokenAuth(load_tokens(settings.reviewer_tokens_file, "MODERATION_REVIEWER_TOKENS_FILE")) if settings.reviewer_tokens_file else None
+        )
+        # Always there: without any token file it still refuses curation (BankService) and review (ReviewService) with a sentence.
+        interceptors.append(
+            TokenAuthInterceptor(auth, self.metrics, settings.auth_failure_logs_per_minute, curation=curation, review=review)
+        )
         # After auth, so a caller without a valid token learns nothing about parsing.
         interceptors.append(MalformedRequestInterceptor(MALFORMED_REQUEST_LOGS_PER_MINUTE))
         interceptors.append(

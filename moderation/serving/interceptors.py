@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from moderation.ops.logs import RateLimitedLog
 from moderation.ops.metrics import ModerationMetrics
 from moderation.serving.admission import UNARY, Admission
-from moderation.serving.auth import CURATION_SERVICES, OPEN_SERVICES, TokenAuth, authenticated_caller, caller_identity
+from moderation.serving.auth import CURATION_SERVICES, OPEN_SERVICES, REVIEW_SERVICES, TokenAuth, authenticated_caller, caller_identity
 
 UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -148,12 +148,14 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Bearer tokens, checked once per RPC, each method against its scope's tokens; the caller's token name goes
     into `authenticated_caller`.
 
-    Two scopes, two token files: BankService (`CURATION_SERVICES`) takes only curation
-    tokens (`curation`, from curation_tokens_file), every other service only moderation
-    tokens (`auth`, from auth_tokens_file), so a token that may moderate cannot change what
-    every request is matched against, and a curator's token cannot moderate. `auth` None
-    leaves the moderation scope open (no auth_tokens_file, as before); `curation` None
-    turns curation off: every BankService call is refused with PERMISSION_DENIED.
+    Three scopes, three token files: BankService (`CURATION_SERVICES`) takes only curation
+    tokens (`curation`, from curation_tokens_file), ReviewService (`REVIEW_SERVICES`) only
+    reviewer tokens (`review`, from reviewer_tokens_file), every other service only
+    moderation tokens (`auth`, from auth_tokens_file), so a token that may moderate cannot
+    change what every request is matched against nor decide cases, and a curator's or a
+    reviewer's token cannot moderate. `auth` None leaves the moderation scope open (no
+    auth_tokens_file, as before); `curation` None turns curation off and `review` None the
+    review queue: every call of that service is refused with PERMISSION_DENIED.
     Health and reflection stay open.
 
     Every refusal is counted in `moderation_auth_failures_total{reason}` and logged
@@ -174,6 +176,13 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     CURATION_TOKEN_CANNOT_MODERATE = (
         "this token may curate banks but not moderate: this service takes only tokens from the server's auth_tokens_file"
     )
+    REVIEW_MESSAGE = (
+        "the review queue needs a reviewer token (from the server's reviewer_tokens_file); "
+        "send metadata 'authorization: Bearer <reviewer token>'"
+    )
+    REVIEW_OFF = "the review queue is off: set MODERATION_REVIEWER_TOKENS_FILE (and a state store)"
+    TOKEN_CANNOT_REVIEW = "this token may not review: ReviewService takes only tokens from the server's reviewer_tokens_file"
+    REVIEWER_TOKEN_ELSEWHERE = "this token is a reviewer's: it may only call ReviewService (the review queue)"
 
     def __init__(
         self,
@@ -182,9 +191,11 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         logs_per_minute: int = 10,
         *,
         curation: TokenAuth | None = None,
+        review: TokenAuth | None = None,
     ):
         self._auth = auth
         self._curation = curation
+        self._review = review
         self._metrics = metrics
         self._log = RateLimitedLog(logging.getLogger(__name__), logs_per_minute)
 
@@ -202,31 +213,40 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         """(the token's name, '', OK, '') when the call may go on; else (None, reason, status code, sentence).
 
         Reasons (bounded, they label a counter): missing, malformed, duplicate, invalid,
-        wrong_scope (a valid token of the other scope), curation_off.
+        wrong_scope (a valid token of another scope), curation_off, review_off.
         """
         metadata = details.invocation_metadata
-        curating = details.method.startswith(CURATION_SERVICES)
-        if curating:
-            own, other, refusal, wrong_scope = self._curation, self._auth, self.CURATION_MESSAGE, self.MODERATION_TOKEN_CANNOT_CURATE
+        # Per scope: its tokens, the refusal for a bad token, and what to say to each other scope's token.
+        if details.method.startswith(CURATION_SERVICES):
+            own, refusal = self._curation, self.CURATION_MESSAGE
             if own is None:
                 return None, "curation_off", grpc.StatusCode.PERMISSION_DENIED, self.CURATION_OFF
+            others = ((self._auth, self.MODERATION_TOKEN_CANNOT_CURATE), (self._review, self.REVIEWER_TOKEN_ELSEWHERE))
+        elif details.method.startswith(REVIEW_SERVICES):
+            own, refusal = self._review, self.REVIEW_MESSAGE
+            if own is None:
+                return None, "review_off", grpc.StatusCode.PERMISSION_DENIED, self.REVIEW_OFF
+            others = ((self._auth, self.TOKEN_CANNOT_REVIEW), (self._curation, self.TOKEN_CANNOT_REVIEW))
         else:
-            own, other, refusal, wrong_scope = self._auth, self._curation, self.MESSAGE, self.CURATION_TOKEN_CANNOT_MODERATE
+            own, refusal = self._auth, self.MESSAGE
+            others = ((self._curation, self.CURATION_TOKEN_CANNOT_MODERATE), (self._review, self.REVIEWER_TOKEN_ELSEWHERE))
         assert own is not None  # an open scope is passed through before this check
         caller, reason = own.check(metadata)
         if caller is not None:
             return caller, "", grpc.StatusCode.OK, ""
-        if reason == "invalid" and other is not None and other.caller(metadata) is not None:
-            # Valid, but for the other scope: say so, the caller holds the token already.
-            return None, "wrong_scope", grpc.StatusCode.PERMISSION_DENIED, wrong_scope
+        if reason == "invalid":
+            for other, wrong_scope in others:
+                if other is not None and other.caller(metadata) is not None:
+                    # Valid, but for another scope: say so, the caller holds the token already.
+                    return None, "wrong_scope", grpc.StatusCode.PERMISSION_DENIED, wrong_scope
         return None, reason, grpc.StatusCode.UNAUTHENTICATED, self.MESSAGES.get(reason, refusal)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        curating = details.method.startswith(CURATION_SERVICES)
-        if details.method.startswith(OPEN_SERVICES) or (self._auth is None and not curating):
+        scoped = details.method.startswith(CURATION_SERVICES) or details.method.startswith(REVIEW_SERVICES)
+        if details.method.startswith(OPEN_SERVICES) or (self._auth is None and not scoped):
             return handler  # health and reflection, and moderation without auth_tokens_file, are open
         caller, reason, code, message = self._check(details)
 

@@ -2,7 +2,7 @@
 
 Every change to what the store keeps is a new `Migration` appended here (never an
 edit of one already released): the decisions table, the thumbnails table, and later
-the hash banks (4) and, later, the review queue. A store records what it has applied in
+the hash banks (4) and the review queue (5). A store records what it has applied in
 `schema_version` (one row per migration); opening a writable store applies the
 missing ones in order, in one transaction:
 
@@ -245,6 +245,94 @@ MIGRATIONS: tuple[Migration, ...] = (
                 version    BIGINT NOT NULL
             )""",
             "CREATE INDEX bank_audit_by_bank ON bank_audit (bank, id)",
+        ),
+    ),
+    Migration(
+        5,
+        "review queue: a case per REVIEW decision, its lease and decision, and the audit of every action (issue 22)",
+        sqlite=(
+            """CREATE TABLE review_cases (
+                case_id        TEXT PRIMARY KEY,
+                opened_at      REAL NOT NULL,  -- unix seconds
+                updated_at     REAL NOT NULL,  -- last open, decision or reopening: retention counts from here
+                caller         TEXT NOT NULL,  -- with request_id: the case's thumbnail, when one was kept
+                request_id     TEXT NOT NULL,
+                policy_id      TEXT NOT NULL,
+                policy_version TEXT NOT NULL,
+                model_id       TEXT NOT NULL,
+                reason         TEXT NOT NULL,  -- score, bank_match or explainer
+                category_id    TEXT NOT NULL,  -- the category that put it up for review
+                categories     TEXT NOT NULL,  -- JSON: scores, thresholds, bands, clauses (never image bytes)
+                bank_matches   TEXT NOT NULL DEFAULT '[]',  -- JSON: bank, content id, signal type
+                deciding_frame INTEGER NOT NULL DEFAULT 0,
+                rationale      TEXT NOT NULL DEFAULT '',
+                status         TEXT NOT NULL CHECK (status IN ('open', 'decided', 'expired')),
+                lease_holder   TEXT,
+                lease_expires  REAL,
+                decided_by     TEXT,
+                decided_at     REAL,
+                violates       INTEGER CHECK (violates IN (0, 1)),
+                clause_id      TEXT,
+                note           TEXT,            -- plain text as the reviewer typed it; escaped where shown
+                reopened       INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX review_cases_by_status ON review_cases (status, opened_at, case_id)",
+            "CREATE INDEX review_cases_by_lease ON review_cases (lease_holder)",
+            "CREATE INDEX review_cases_by_request ON review_cases (caller, request_id)",
+            "CREATE INDEX review_cases_by_update ON review_cases (updated_at)",
+            """CREATE TABLE review_audit (
+                id             INTEGER PRIMARY KEY,
+                case_id        TEXT NOT NULL,
+                at             REAL NOT NULL,
+                who            TEXT NOT NULL,
+                action         TEXT NOT NULL,  -- open, lease, decide, reopen, expire
+                policy_id      TEXT NOT NULL,
+                policy_version TEXT NOT NULL,
+                detail         TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX review_audit_by_case ON review_audit (case_id, id)",
+        ),
+        postgres=(
+            """CREATE TABLE review_cases (
+                case_id        TEXT PRIMARY KEY,
+                opened_at      DOUBLE PRECISION NOT NULL,
+                updated_at     DOUBLE PRECISION NOT NULL,
+                caller         TEXT NOT NULL,
+                request_id     TEXT NOT NULL,
+                policy_id      TEXT NOT NULL,
+                policy_version TEXT NOT NULL,
+                model_id       TEXT NOT NULL,
+                reason         TEXT NOT NULL,
+                category_id    TEXT NOT NULL,
+                categories     TEXT NOT NULL,
+                bank_matches   TEXT NOT NULL DEFAULT '[]',
+                deciding_frame INTEGER NOT NULL DEFAULT 0,
+                rationale      TEXT NOT NULL DEFAULT '',
+                status         TEXT NOT NULL CHECK (status IN ('open', 'decided', 'expired')),
+                lease_holder   TEXT,
+                lease_expires  DOUBLE PRECISION,
+                decided_by     TEXT,
+                decided_at     DOUBLE PRECISION,
+                violates       INTEGER CHECK (violates IN (0, 1)),
+                clause_id      TEXT,
+                note           TEXT,
+                reopened       INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX review_cases_by_status ON review_cases (status, opened_at, case_id)",
+            "CREATE INDEX review_cases_by_lease ON review_cases (lease_holder)",
+            "CREATE INDEX review_cases_by_request ON review_cases (caller, request_id)",
+            "CREATE INDEX review_cases_by_update ON review_cases (updated_at)",
+            """CREATE TABLE review_audit (
+                id             BIGSERIAL PRIMARY KEY,
+                case_id        TEXT NOT NULL,
+                at             DOUBLE PRECISION NOT NULL,
+                who            TEXT NOT NULL,
+                action         TEXT NOT NULL,
+                policy_id      TEXT NOT NULL,
+                policy_version TEXT NOT NULL,
+                detail         TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX review_audit_by_case ON review_audit (case_id, id)",
         ),
     ),
 )

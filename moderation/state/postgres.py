@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import psycopg
 
@@ -28,6 +28,7 @@ from moderation.state.migrations import (
     pending,
 )
 from moderation.state.records import StoreError
+from moderation.state.review import NewCase, write_cases
 from moderation.state.store import CaseKey, DecisionRow, RejectedRows, StateStore, ThumbnailRow, redact_url
 
 _COPY_DECISIONS = "COPY decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding, caller) FROM STDIN"
@@ -112,8 +113,9 @@ class PostgresStore(StateStore):
             raise StoreError(newer_than_code_message(self.where, version))
         return int(version)
 
-    def _write(self, decisions: list[DecisionRow], thumbnails: list[ThumbnailRow]) -> None:
+    def _write(self, decisions: list[DecisionRow], thumbnails: list[ThumbnailRow], cases: Sequence[NewCase] = ()) -> int:
         connection = self._connect()
+        queue_full = 0
         try:
             with connection.transaction(), connection.cursor() as cursor:
                 if decisions:
@@ -122,11 +124,14 @@ class PostgresStore(StateStore):
                             copy.write_row(row)
                 if thumbnails:
                     cursor.executemany(_UPSERT_THUMBNAIL, thumbnails)
+                if cases:
+                    queue_full = write_cases(PostgresTransaction(cursor), cases, self.max_open_cases)
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
             raise RejectedRows(f"state store {self.where} refused {len(decisions)} decisions and {len(thumbnails)} thumbnails: {_one_line(error)}") from None
         except psycopg.Error as error:
             self._reset_if_broken()
             raise StoreError(f"cannot write to state store {self.where}: {_one_line(error)}") from None
+        return queue_full
 
     def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[tuple]:
         if self.read_only and self._version < 2 and "thumbnails" in sql:

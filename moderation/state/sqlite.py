@@ -12,11 +12,12 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from moderation.state.migrations import SCHEMA_VERSION, SCHEMA_VERSION_TABLE, newer_than_code_message, pending
 from moderation.state.records import StoreError
+from moderation.state.review import NewCase, write_cases
 from moderation.state.store import CaseKey, DecisionRow, RejectedRows, StateStore, ThumbnailRow
 
 _INSERT_DECISION = (
@@ -119,14 +120,18 @@ class SQLiteStore(StateStore):
         except sqlite3.Error as error:
             raise StoreError(f"cannot open state store {self.path}: {error}") from error
 
-    def _write(self, decisions: list[DecisionRow], thumbnails: list[ThumbnailRow]) -> None:
+    def _write(self, decisions: list[DecisionRow], thumbnails: list[ThumbnailRow], cases: Sequence[NewCase] = ()) -> int:
+        queue_full = 0
         try:
-            self._connection.execute("BEGIN")
+            # IMMEDIATE when cases come: the count of open cases and the inserts it allows are one turn.
+            self._connection.execute("BEGIN IMMEDIATE" if cases else "BEGIN")
             try:
                 if decisions:
                     self._connection.executemany(_INSERT_DECISION, decisions)
                 if thumbnails:
                     self._connection.executemany(_UPSERT_THUMBNAIL, thumbnails)
+                if cases:
+                    queue_full = write_cases(SQLiteTransaction(self._connection), cases, self.max_open_cases)
                 self._connection.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -135,6 +140,7 @@ class SQLiteStore(StateStore):
             raise RejectedRows(f"state store {self.path} refused {len(decisions)} decisions and {len(thumbnails)} thumbnails: {error}") from error
         except sqlite3.Error as error:
             raise StoreError(f"cannot write to state store {self.path}: {error}") from error
+        return queue_full
 
     def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[tuple]:
         if self.read_only and self._version < 2 and "thumbnails" in sql:

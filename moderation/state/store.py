@@ -11,7 +11,11 @@ freshness, the model ids of a window, prune past the retention) and opt-in thumb
 (save, load and list by case: caller and request id; prune past the retention; evict the
 oldest past `thumbnail_max_bytes`, see `_evict_over_cap`). Banks are more tables in the
 same store (moderation/state/banks.py, schema 4), written through the backend's
-`_transaction`; the review queue will be another migration, not a new store.
+`_transaction`; so is the review queue (moderation/state/review.py, schema 5), except
+that *opening* a case rides the buffered path below (`open_case`): a REVIEW decision's
+case is written with the next batch, never by the request, and a queue already holding
+`max_open_cases` open cases takes no more: the new ones are dropped, counted
+(`dropped_cases_queue_full`, `on_dropped("case_queue_full", n)`) and logged.
 
 Writing never blocks a request and never fails one. `record` and `save_thumbnail`
 append to an in-memory buffer; the thread whose call fills a batch (or finds the
@@ -37,9 +41,10 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -55,6 +60,9 @@ from moderation.state.records import (
     unix_seconds,
 )
 
+if TYPE_CHECKING:
+    from moderation.state.review import NewCase
+
 log = logging.getLogger(__name__)
 
 # request_id, ts, policy_id, policy_version, action, model_id, embedding, caller
@@ -68,7 +76,9 @@ EvictCallback = Callable[[int], None]
 # At least this often (while thumbnails are written) the store measures their total bytes in the
 # database, so the writes of replicas sharing it count against one cap.
 THUMBNAIL_RECOUNT_S = 60.0
-# Called with ("decision" | "thumbnail", how many) whenever buffered rows are dropped.
+# Called with ("decision" | "thumbnail" | "case" | "case_queue_full", how many) whenever rows are dropped:
+# "case" when buffered cases are lost (the database away too long), "case_queue_full" when the review
+# queue already held max_open_cases open cases.
 DropCallback = Callable[[str, int], None]
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -103,11 +113,15 @@ class StateStore(ABC):
         thumbnail_max_bytes: int | None = None,
         on_evicted: EvictCallback | None = None,
         thumbnail_recount_s: float = THUMBNAIL_RECOUNT_S,
+        max_buffered_cases: int = 1024,
+        max_open_cases: int = 10_000,
     ):
         if batch_size < 1 or max_buffered < batch_size:
             raise ValueError(f"need 1 <= batch_size <= max_buffered, got {batch_size} and {max_buffered}")
         if max_buffered_thumbnails < 1:
             raise ValueError(f"max_buffered_thumbnails must be at least 1, got {max_buffered_thumbnails}")
+        if max_buffered_cases < 1 or max_open_cases < 1:
+            raise ValueError(f"max_buffered_cases and max_open_cases must be at least 1, got {max_buffered_cases} and {max_open_cases}")
         if thumbnail_max_bytes is not None and thumbnail_max_bytes < 1:
             raise ValueError(f"thumbnail_max_bytes must be at least 1, got {thumbnail_max_bytes}")
         self.thumbnail_max_bytes = thumbnail_max_bytes
@@ -130,6 +144,12 @@ class StateStore(ABC):
         self.warn_every_s = warn_every_s
         self.dropped = 0  # decisions lost because writes kept failing and the buffer was full
         self.dropped_thumbnails = 0
+        self.max_buffered_cases = max_buffered_cases
+        self.max_open_cases = max_open_cases
+        self.dropped_cases = 0  # cases lost from the buffer (writes kept failing, or rows refused)
+        self.dropped_cases_queue_full = 0  # cases not opened: the queue held max_open_cases open cases
+        self._last_queue_full_warning_at = -math.inf
+        self._cases: list[NewCase] = []
         self._on_dropped = on_dropped
         self._decisions: list[DecisionRow] = []
         self._thumbnails: dict[CaseKey, ThumbnailRow] = {}  # by case: a newer save replaces a buffered one
@@ -185,6 +205,10 @@ class StateStore(ABC):
 
         self._buffer(add)
 
+    def open_case(self, case: NewCase) -> None:
+        """Buffer one review case (moderation/state/review.py); written with the next batch. Never raises for storage trouble."""
+        self._buffer(lambda: self._cases.append(case))
+
     def _buffer(self, add: Callable[[], None]) -> None:
         if self.read_only:
             raise StoreError(f"{self.where} was opened read-only")
@@ -194,7 +218,7 @@ class StateStore(ABC):
             if self._oldest_buffered_at is None:
                 self._oldest_buffered_at = now
             self._drop_overflow()
-            pending = len(self._decisions) + len(self._thumbnails)
+            pending = len(self._decisions) + len(self._thumbnails) + len(self._cases)
             due = now >= self._retry_at and (pending >= self.batch_size or now - self._oldest_buffered_at >= self.max_delay_s)
         if due:
             try:
@@ -214,21 +238,25 @@ class StateStore(ABC):
             with self._buffer_lock:
                 decisions, self._decisions = self._decisions, []
                 thumbnails, self._thumbnails = self._thumbnails, {}
+                cases, self._cases = self._cases, []
                 self._oldest_buffered_at = None
-            if decisions or thumbnails:
+            if decisions or thumbnails or cases:
                 try:
-                    self._write(decisions, list(thumbnails.values()))
+                    queue_full = self._write(decisions, list(thumbnails.values()), cases)
                 except RejectedRows:
                     # Retrying rows the database refuses for what they are would block every later row:
                     # they are dropped and counted like an overflow.
                     self.dropped += len(decisions)
                     self.dropped_thumbnails += len(thumbnails)
+                    self.dropped_cases += len(cases)
                     self._count_dropped("decision", len(decisions))
                     self._count_dropped("thumbnail", len(thumbnails))
+                    self._count_dropped("case", len(cases))
                     raise
                 except StoreError:
                     with self._buffer_lock:
                         self._decisions[:0] = decisions  # oldest first, as they came
+                        self._cases[:0] = cases
                         newer, self._thumbnails = self._thumbnails, thumbnails
                         for case, row in newer.items():
                             self._thumbnails.pop(case, None)
@@ -243,11 +271,13 @@ class StateStore(ABC):
                 if self._failing_since is not None:
                     self._log_recovery()
                 self._retry_at = 0.0
+                if queue_full:
+                    self._queue_full(queue_full)
                 if thumbnails and self.thumbnail_max_bytes is not None:
                     self._evict_over_cap(self.thumbnail_max_bytes, sum(len(row[3]) for row in thumbnails.values()))
             if time.monotonic() - self._last_prune_at >= self.prune_every_s and (self.retention or self.thumbnail_retention):
                 self._prune_locked()
-            return len(decisions) + len(thumbnails)
+            return len(decisions) + len(thumbnails) + len(cases)
         finally:
             self._write_lock.release()
 
@@ -325,9 +355,13 @@ class StateStore(ABC):
                     self.flush()
                 except StoreError as error:
                     lost = len(self._decisions)
-                    log.warning("%s; %d buffered decisions and %d thumbnails are lost at close", error, lost, len(self._thumbnails))
+                    log.warning(
+                        "%s; %d buffered decisions, %d thumbnails and %d review cases are lost at close",
+                        error, lost, len(self._thumbnails), len(self._cases),
+                    )  # fmt: skip
                     self._count_dropped("decision", lost)
                     self._count_dropped("thumbnail", len(self._thumbnails))
+                    self._count_dropped("case", len(self._cases))
         finally:
             self._disconnect()
 
@@ -340,12 +374,12 @@ class StateStore(ABC):
     @property
     def buffered(self) -> int:
         with self._buffer_lock:
-            return len(self._decisions) + len(self._thumbnails)
+            return len(self._decisions) + len(self._thumbnails) + len(self._cases)
 
     def _flush_periodically(self) -> None:
         while not self._closed.wait(self._flush_interval_s):
             with self._buffer_lock:
-                due = bool(self._decisions or self._thumbnails) and time.monotonic() >= self._retry_at
+                due = bool(self._decisions or self._thumbnails or self._cases) and time.monotonic() >= self._retry_at
             if not due:
                 continue
             try:
@@ -377,6 +411,24 @@ class StateStore(ABC):
             del self._thumbnails[next(iter(self._thumbnails))]
             self.dropped_thumbnails += 1
             self._count_dropped("thumbnail", 1)
+        overflow = len(self._cases) - self.max_buffered_cases
+        if overflow > 0:
+            del self._cases[:overflow]
+            self.dropped_cases += overflow
+            self._count_dropped("case", overflow)
+
+    def _queue_full(self, count: int) -> None:
+        """New cases the full review queue did not take: counted always, logged at most every `warn_every_s`."""
+        self.dropped_cases_queue_full += count
+        self._count_dropped("case_queue_full", count)
+        now = time.monotonic()
+        if now - self._last_queue_full_warning_at >= self.warn_every_s:
+            self._last_queue_full_warning_at = now
+            log.warning(
+                "the review queue of %s is full (review_max_open_cases %d open cases): %d new cases were dropped "
+                "(%d so far); their decisions were answered as usual",
+                self.where, self.max_open_cases, count, self.dropped_cases_queue_full,
+            )  # fmt: skip
 
     def _count_dropped(self, kind: str, count: int) -> None:
         if count and self._on_dropped is not None:
@@ -482,8 +534,10 @@ class StateStore(ABC):
         """The schema version the database is at (after the migrations applied at open)."""
 
     @abstractmethod
-    def _write(self, decisions: list[DecisionRow], thumbnails: list[ThumbnailRow]) -> None:
-        """Write both lists in one transaction; StoreError (and a usable store afterwards) when it cannot."""
+    def _write(self, decisions: list[DecisionRow], thumbnails: list[ThumbnailRow], cases: Sequence[NewCase] = ()) -> int:
+        """Write the three lists in one transaction (cases through `review.write_cases`, up to `max_open_cases`
+        open); return how many cases the full queue did not take. StoreError (and a usable store afterwards)
+        when it cannot."""
 
     @abstractmethod
     def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[tuple]:
