@@ -247,9 +247,11 @@ class ModerationMetrics:
         )
         self.review_agreement = Counter(
             "moderation_review_agreement_total",
-            "Review decisions by whether the reviewer agreed with CLIP on the case's category: agree when the reviewer "
-            "found a violation and CLIP's score was at or above the review threshold, or found none and it was below.",
-            ["policy", "policy_version", "category", "agreement"],
+            "Review decisions by whether the reviewer agreed with a tier. tier=clip: on the case's category, agree when "
+            "the reviewer found a violation and CLIP's score was at or above the review threshold, or found none and it was "
+            "below. tier=explainer (cases SmolVLM2 judged): agree when the reviewer and SmolVLM2's verdict on the category "
+            "it cited both found a violation, or both found none.",
+            ["policy", "policy_version", "category", "tier", "agreement"],
             registry=registry,
         )
 

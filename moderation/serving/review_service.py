@@ -277,8 +277,13 @@ class ReviewServicer(rpb_grpc.ReviewServiceServicer):
             queue.decide, checked_case_id(request.case_id), who, violates=request.violates, clause_id=request.clause_id, note=request.note
         )
         self._metrics.review_decisions.labels(who.removeprefix("token:"), "violates" if case.violates else "benign").inc()
+        agreement = self._metrics.review_agreement
         agrees = bool(case.violates) == case.clip_flagged
-        self._metrics.review_agreement.labels(case.policy_id, case.policy_version, case.category_id, "agree" if agrees else "disagree").inc()
+        agreement.labels(case.policy_id, case.policy_version, case.category_id, "clip", "agree" if agrees else "disagree").inc()
+        if (said := case.explainer_verdict) is not None:
+            category, explainer_violates = said
+            agrees = bool(case.violates) == explainer_violates
+            agreement.labels(case.policy_id, case.policy_version, category, "explainer", "agree" if agrees else "disagree").inc()
         log.info("review case %s decided by %s (%s)", case.case_id, who, "violates" if case.violates else "does not violate")
         return rpb.DecideCaseResponse(case=case_to_pb(case, queue.clock()))
 

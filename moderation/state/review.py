@@ -78,6 +78,8 @@ class CaseCategory:
     action: str  # ALLOW, REVIEW, BLOCK: after bank rules
     clause_id: str
     forced_by: str = ""
+    # SmolVLM2's verdict when it judged this category: "violates", "clear" ("" when it did not).
+    explainer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,11 @@ class Case:
 
     def clause_category(self, clause_id: str) -> str | None:
         return next((c.category_id for c in self.categories if c.clause_id == clause_id), None)
+
+    @property
+    def explainer_verdict(self) -> tuple[str, bool] | None:
+        """(category, violates) of SmolVLM2's verdict on this case, when it gave one."""
+        return next(((c.category_id, c.explainer == "violates") for c in self.categories if c.explainer), None)
 
     @property
     def clip_flagged(self) -> bool:
@@ -404,13 +411,16 @@ def _new_row(c: NewCase) -> tuple[object, ...]:
 def _category_dict(c: CaseCategory) -> dict[str, Any]:
     return {
         "id": c.category_id, "score": c.score, "review": c.review_threshold, "block": c.block_threshold, "band": c.band,
-        "action": c.action, "clause": c.clause_id, "forced_by": c.forced_by,
+        "action": c.action, "clause": c.clause_id, "forced_by": c.forced_by, "explainer": c.explainer,
     }  # fmt: skip
 
 
 def _case(row: tuple) -> Case:
     categories = tuple(
-        CaseCategory(d["id"], float(d["score"]), float(d["review"]), float(d["block"]), d["band"], d["action"], d["clause"], d.get("forced_by", ""))
+        CaseCategory(
+            d["id"], float(d["score"]), float(d["review"]), float(d["block"]), d["band"], d["action"], d["clause"],
+            d.get("forced_by", ""), d.get("explainer", ""),
+        )  # fmt: skip
         for d in json.loads(row[10])
     )
     return Case(

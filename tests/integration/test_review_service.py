@@ -175,8 +175,8 @@ def test_a_review_decision_becomes_a_case_that_one_reviewer_at_a_time_decides(re
     metrics = {f.name: f for f in text_string_to_metric_families(urllib.request.urlopen(server.metrics_url, timeout=10).read().decode())}
     decisions = {(s.labels["reviewer"], s.labels["outcome"]): s.value for s in metrics["moderation_review_decisions"].samples if s.name.endswith("_total")}
     assert decisions == {("alice", "violates"): 1.0, ("bob", "benign"): 1.0}
-    agreement = {s.labels["agreement"]: s.value for s in metrics["moderation_review_agreement"].samples if s.name.endswith("_total")}
-    assert agreement == {"agree": 1.0, "disagree": 1.0}  # CLIP flagged it (review threshold 0): alice agreed, bob did not
+    agreement = {(s.labels["tier"], s.labels["agreement"]): s.value for s in metrics["moderation_review_agreement"].samples if s.name.endswith("_total")}
+    assert agreement == {("clip", "agree"): 1.0, ("clip", "disagree"): 1.0}  # CLIP flagged it (review threshold 0): alice agreed, bob did not
     assert any(s.labels.get("category") == "weapons" and s.labels.get("policy_version") == "3" for s in metrics["moderation_review_agreement"].samples)
     assert "moderation_review_queue_depth" in metrics and "moderation_review_oldest_open_case_age_seconds" in metrics
     assert not any(ALICE_TOKEN in line or BOB_TOKEN in line for line in server.log_text().splitlines()), "a token reached the log"

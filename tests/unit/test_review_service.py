@@ -188,3 +188,36 @@ async def test_export_without_thumbnails_writes_the_labels_and_says_why_there_ar
     assert [(r["case_id"], r["label"], r["clause_id"], r["decided_by"], r["image"]) for r in rows] == [(case_id, "weapons", "W1", "token:alice", "")]
     undecided = await asyncio.to_thread(invoke, "review", "decide", case_id)
     assert undecided.exit_code == 2 and "--violates or --benign" in undecided.output
+
+
+async def test_agreement_is_counted_against_clip_and_against_smolvlm2(running: Running, tmp_path: Path) -> None:
+    """docs/reviewing.md: tier="explainer" compares the reviewer with SmolVLM2's verdict on the category it cited."""
+    import dataclasses
+
+    from moderation.state.review import CaseCategory
+
+    judged = [
+        dataclasses.replace(
+            new_case(10 + i, request_id=f"judged-{i}"),
+            categories=(
+                CaseCategory("weapons", 0.31, 0.3, 0.4, "BORDERLINE", "REVIEW", "W1"),
+                CaseCategory("drugs", 0.1, 0.3, 0.4, "BELOW", "ALLOW", "D1", explainer=said),
+            ),
+        )
+        for i, said in enumerate(("violates", "clear"))
+    ]
+    with open_store(tmp_path / "store.db") as store:
+        for case in judged:
+            store.open_case(case)
+    review, alice = running.review, bearer("alice")
+    for case in judged:
+        await review.LeaseCase(rpb.LeaseCaseRequest(case_id=case.case_id), metadata=alice)
+        await review.DecideCase(rpb.DecideCaseRequest(case_id=case.case_id, violates=False), metadata=alice)
+    counted = {
+        (s.labels["tier"], s.labels["category"], s.labels["agreement"]): s.value
+        for family in running.metrics.registry.collect()
+        for s in family.samples
+        if s.name == "moderation_review_agreement_total"
+    }
+    # CLIP put weapons at review both times, the reviewer found no violation; SmolVLM2 said drugs violates once, clear once.
+    assert counted == {("clip", "weapons", "disagree"): 2.0, ("explainer", "drugs", "disagree"): 1.0, ("explainer", "drugs", "agree"): 1.0}

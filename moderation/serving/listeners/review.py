@@ -46,13 +46,22 @@ def new_case(result: ModerationResult) -> NewCase | None:
         reason=reason,
         category_id=top.category_id,
         categories=tuple(
-            CaseCategory(c.category_id, float(c.score), c.review_threshold, c.block_threshold, c.band.value, c.action.value, c.clause_id, c.forced_by)
+            CaseCategory(
+                c.category_id, float(c.score), c.review_threshold, c.block_threshold, c.band.value, c.action.value, c.clause_id,
+                c.forced_by, _explainer_said(verdict, c.category_id),
+            )  # fmt: skip
             for c in decision.categories
         ),
         bank_matches=matches,
         deciding_frame=int(result.judgement.deciding.get(top.category_id, 0)),
         rationale=verdict.rationale if verdict is not None else "",
     )
+
+
+def _explainer_said(verdict, category_id: str) -> str:  # noqa: ANN001 - ExplainerVerdict | None
+    if verdict is None or verdict.category_id != category_id:
+        return ""
+    return "violates" if verdict.violates else "clear"
 
 
 class ReviewQueueListener:
