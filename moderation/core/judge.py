@@ -127,12 +127,16 @@ class JudgingCore:
             # bytes: hostile GIFs grew the server by ~380 MB a call (bench/abuse.py). The
             # message is all a caller gets, so the traceback goes here.
             raise error.with_traceback(None) from None
+        return self.prepare(image, decoded, prepare_signals)
+
+    def prepare(self, data: bytes, decoded: DecodedImage, prepare_signals: bool = True) -> Sample:
+        """Frames decoded elsewhere (a video's sampled frames) as a Sample: the encoder's input and each signal's `prepare`."""
         prepared = {}
         for signal in self.signals if prepare_signals else ():
             prepare = getattr(signal, "prepare", None)  # PreparingSignal: once per request, whatever the policies
             if prepare is not None:
                 started = time.perf_counter()
-                prepared[signal.name] = prepare(image, decoded)
+                prepared[signal.name] = prepare(data, decoded)
                 self._metrics.signal_seconds(f"{signal.name}_prepare", time.perf_counter() - started)
         return Sample(decoded, self.encoder.prepare(decoded), prepared)
 

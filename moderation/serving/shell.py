@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from moderation.core.judge import Judgement, JudgingCore, Sample
+from moderation.escalation.tier import EscalationOutcome, EscalationStatus
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
 from moderation.policy.schema import Action
 from moderation.serving.listeners import Listeners
@@ -30,7 +31,8 @@ from moderation.signals.clip.batcher import BatcherMetrics, MicroBatcher
 from moderation.signals.clip.scorer import ClipScorer, PolicyTextIndex
 from moderation.state.thumbnails import make_thumbnail
 
-if TYPE_CHECKING:  # pdqhash and faiss load only where banks are on
+if TYPE_CHECKING:  # pdqhash and faiss load only where banks are on; PyAV only where videos are decoded
+    from moderation.video.decode import VideoLimits
     from moderation.serving.bank_refresh import Banks
     import numpy as np
 
@@ -54,8 +56,11 @@ class ServingShell:
         max_queue: int = 128,
         thumbnail_px: int | None = None,
         banks: Banks | None = None,
+        video_limits: VideoLimits | None = None,
     ):
         self.core = core
+        self.video_limits = video_limits  # None: the defaults of moderation/video/decode.py
+        self._max_batch = max_batch
         # Banks of known content (a state store is configured): this replica's live indexes, the shared store
         # (read here; BankService writes through a connection of its own, so no reader sees an
         # uncommitted import) and the refresher that follows it. None: no banks here.
@@ -133,6 +138,80 @@ class ServingShell:
         )
         result = ModerationResult(
             request_id, decision, self.core.model_id, timings, escalation, judgement, shadow_judgements, thumbnail, caller=caller
+        )
+        self.listeners.offer(result.without_pixels())
+        return result
+
+    async def moderate_video(
+        self,
+        video: bytes,
+        policy_id: str = "",
+        request_id: str = "",
+        sample_fps: float = 0.0,
+        deadline_s: float = 30.0,
+        caller: str = "anonymous",
+    ) -> ModerationResult:
+        """A short video: sampled frames judged together by the core, as an animation's are, plus when each
+        category was over its threshold (moderation/video/segments.py). Raises PolicyNotFound, ImageRejected
+        (VideoRejected), Overloaded and DeadlinePassed."""
+        import torch
+
+        from moderation.video.decode import VideoLimits, decode_video
+        from moderation.video.segments import video_answer
+
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        deadline = time.monotonic() + deadline_s
+        served, shadows = self.registry.with_shadows(policy_id)
+        limits = self.video_limits or VideoLimits()
+        abandoned = threading.Event()
+        try:
+            decoded_video = await loop.run_in_executor(
+                self._host_pool, decode_video, video, limits, sample_fps, lambda: abandoned.is_set() or time.monotonic() > deadline
+            )
+            # The signals' per-request work on the sampled frames (the banks hash each one, and the file's bytes).
+            sample = await loop.run_in_executor(self._host_pool, self.core.prepare, video, decoded_video.image)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+        decoded = time.perf_counter()
+        # In batches of at most max_batch frames, one after another: a video never holds the model
+        # for all its frames at once while other requests wait.
+        chunks = [await self.batcher.embed(chunk, deadline) for chunk in sample.pixels.split(self._max_batch)]
+        embeddings = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        embedded = time.perf_counter()
+        judgement, shadow_judgements, thumbnail = await loop.run_in_executor(
+            self._host_pool, self._judge, sample, embeddings, served, shadows, request_id
+        )
+        answer = video_answer(
+            judgement.evidence, served.policy, decoded_video.image.frame_indices, decoded_video.times_ms, decoded_video.info
+        )
+        judged = time.perf_counter()
+        # Borderline frames are already REVIEW (never ALLOW); the explainer does not watch videos yet.
+        escalation = (
+            EscalationOutcome(EscalationStatus.DISABLED, "videos are not escalated to the explainer; borderline segments stand as REVIEW")
+            if judgement.decision.borderline
+            else EscalationOutcome(EscalationStatus.NOT_NEEDED)
+        )
+        finished = time.perf_counter()
+        timings = StageTimings(
+            decode_ms=(decoded - started) * 1e3,
+            embed_ms=(embedded - decoded) * 1e3,
+            decide_ms=(judged - embedded) * 1e3,
+            escalation_ms=0.0,
+            total_ms=(finished - started) * 1e3,
+        )
+        result = ModerationResult(
+            request_id,
+            judgement.decision,
+            self.core.model_id,
+            timings,
+            escalation,
+            judgement,
+            shadow_judgements,
+            thumbnail,
+            caller=caller,
+            video=answer,
         )
         self.listeners.offer(result.without_pixels())
         return result

@@ -30,6 +30,7 @@ import av
 from PIL import Image
 
 from moderation.core.decode import DecodedImage, DecodeStopped, ImageRejected
+from moderation.video.segments import VideoInfo
 
 # Containers accepted by default (their first bytes decide which demuxer opens them).
 CONTAINERS = ("mp4", "mov", "webm", "matroska")
@@ -59,19 +60,6 @@ class VideoLimits:
     containers: tuple[str, ...] = CONTAINERS
     codecs: tuple[str, ...] = CODECS
     max_decode_s: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class VideoInfo:
-    container: str
-    codec: str
-    width: int
-    height: int
-    duration_ms: int
-    frame_rate: float
-    sample_fps: float
-    frames_decoded: int
-    rotation: int
 
 
 @dataclass(frozen=True, slots=True)
