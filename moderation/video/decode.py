@@ -193,7 +193,7 @@ def _decode(
         frames_decoded=decoded_count,
         rotation=rotation,
     )
-    return DecodedVideo(DecodedImage(images, tuple(range(len(images))), len(packets)), times, info)
+    return DecodedVideo(DecodedImage(images, tuple(range(len(images))), len(packets), times), times, info)
 
 
 class _Clock:
