@@ -169,3 +169,37 @@ def test_the_stream_must_start_with_options_and_carry_bytes(videos: Videos) -> N
             with pytest.raises(grpc.RpcError) as refused:
                 stub.ModerateVideo(iter(requests), timeout=10)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in refused.value.details()
+
+
+def test_the_cli_prints_the_segments_and_grpcurl_streams_a_video(videos: Videos, tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+    from tests.integration.test_grpcurl import grpcurl
+
+    data = make_video(25, fps=10, kind=MP4, frame_at=scene_between(10, 15))
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(data)
+    printed = CliRunner().invoke(app, ["moderate", str(clip), "--target", videos.server.target], env={"COLUMNS": "200"})
+    assert printed.exit_code == 0, printed.output
+    assert "BLOCK" in printed.stdout and "1 segment" in printed.stdout
+    assert re.search(r"0:10\.000-0:15\.000 .*gore", printed.stdout), printed.stdout
+
+    # grpcurl sends a client stream as several JSON messages: the options, then base64 chunks.
+    half = len(data) // 2
+    body = "\n".join(
+        json.dumps(message)
+        for message in (
+            {"options": {"request_id": "curl-video"}},
+            {"chunk": base64.b64encode(data[:half]).decode()},
+            {"chunk": base64.b64encode(data[half:]).decode()},
+        )
+    )
+    called = grpcurl(videos.server, "moderation.v1.ModerationService/ModerateVideo", data=body)
+    assert called.returncode == 0, called.stderr
+    answer = json.loads(called.stdout)
+    assert answer["request_id"] == "curl-video" and answer["action"] == "ACTION_BLOCK"
+    assert [(s["start_ms"], s["end_ms"]) for s in answer["segments"]] == [("10000", "15000")]
