@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     max_video_fps: float = Field(120.0, gt=0, le=1000, description="highest frame rate accepted, declared or counted")
     video_sample_fps: float = Field(1.0, gt=0, le=60, description="frames sampled per second of video when the request sets none")
     max_video_sample_fps: float = Field(10.0, gt=0, le=60, description="highest sample rate a request may ask for")
-    max_video_frames: int = Field(300, ge=1, le=3600, description="frames sampled from one video at most; the rate is lowered to fit")
+    max_video_frames: int = Field(120, ge=1, le=3600, description="frames sampled from one video at most; the rate is lowered to fit")
     video_containers: list[str] = Field(
         ["mp4", "mov", "webm", "matroska"], description="containers accepted (mp4 and mov are one demuxer, webm and matroska another)"
     )

@@ -36,8 +36,8 @@ from moderation.video.segments import VideoInfo
 CONTAINERS = ("mp4", "mov", "webm", "matroska")
 CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4")
 # Longest side of a sampled frame kept (scaled by FFmpeg while converting to RGB): CLIP
-# reads 224 px, thumbnails 256, PDQ 512; a 4K frame kept whole would be 25 MB each.
-FRAME_MAX_SIDE = 1024
+# reads 224 px, thumbnails 256, PDQ 512: 0.8 MB a frame kept, where a 4K frame whole would be 25 MB.
+FRAME_MAX_SIDE = 512
 # How often (in packets or frames) the loops check the wall-time bound and the caller.
 _CHECK_EVERY = 32
 _MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
@@ -54,7 +54,7 @@ class VideoLimits:
     max_duration_s: float = 180.0
     max_pixels: int = 3840 * 2160
     max_fps: float = 120.0
-    max_frames: int = 300  # sampled frames at most: the rate is lowered to fit
+    max_frames: int = 120  # sampled frames at most: the rate is lowered to fit
     default_sample_fps: float = 1.0
     max_sample_fps: float = 10.0
     containers: tuple[str, ...] = CONTAINERS
