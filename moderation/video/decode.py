@@ -116,7 +116,10 @@ def decode_video(
         return _decode(container, data, limits, rate, should_stop, started)
     except (VideoRejected, DecodeStopped):
         raise
-    except (av.FFmpegError, OSError, ValueError, MemoryError, OverflowError, ZeroDivisionError) as err:
+    except Exception as err:  # noqa: BLE001
+        # As for images (core/decode.py): FFmpeg through PyAV reports hostile data as FFmpegError,
+        # OSError, ValueError, and odd streams surface as AttributeError or TypeError (the fuzzer finds
+        # them); to the caller every one means the same thing.
         raise VideoRejected(f"the video data is truncated or corrupt ({type(err).__name__})") from None
     finally:
         container.close()
@@ -137,6 +140,8 @@ def _decode(
         what = "only audio" if container.streams.audio else "no streams"
         raise VideoRejected(f"the file has no video stream ({what}); send a video with at least one video track")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # a codec id FFmpeg has no decoder for (found by the fuzzer)
+        raise VideoRejected(f"the video codec is unknown to the decoder; accepted: {', '.join(limits.codecs)} (setting video_codecs)")
     codec = stream.codec_context.name
     if codec not in limits.codecs:
         raise VideoRejected(f"the video codec {codec!r} is not accepted ({', '.join(limits.codecs)}) (setting video_codecs)")

@@ -117,3 +117,11 @@ def test_audio_only_truncated_and_corrupt_files_are_refused_or_decoded_safely(sc
         assert "corrupt" in str(error) or "setting" in str(error)
     else:
         assert all(frame.size == (64, 48) for frame in video.image.frames)
+
+
+def test_earlier_fuzzer_findings_are_refused_with_a_sentence() -> None:
+    from tests.conftest import ROOT
+
+    for found in sorted((ROOT / "tests" / "fixtures" / "fuzz-video").iterdir()):
+        with pytest.raises(VideoRejected):
+            decode_video(found.read_bytes(), LIMITS)
