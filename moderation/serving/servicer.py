@@ -229,11 +229,13 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         options = pb.VideoOptions()
         code, result = grpc.StatusCode.OK, None
         try:
-            async with asyncio.timeout(deadline_s):
+            loop = asyncio.get_running_loop()
+            ends = loop.time() + deadline_s
+            async with asyncio.timeout_at(ends):
                 shell = self._loaded()
                 options, video = await self._read_video(aiter(request_iterator))
                 result = await shell.moderate_video(
-                    video, options.policy_id, options.request_id or uuid.uuid4().hex, options.sample_fps, deadline_s, caller
+                    video, options.policy_id, options.request_id or uuid.uuid4().hex, options.sample_fps, ends - loop.time(), caller
                 )
             return convert.video_result_to_pb(result)
         except asyncio.CancelledError:

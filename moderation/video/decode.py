@@ -171,7 +171,7 @@ def _decode(
         raise VideoRejected(f"the video has {real_fps:,.1f} frames per second; the limit is {limits.max_fps:g} (setting max_video_fps)")
 
     # The sampled times: every 1/rate s from the first frame, at most max_frames (the rate is lowered to fit).
-    count = max(1, math.floor(duration_s * rate + 1e-9))
+    count = max(1, math.ceil(duration_s * rate - 1e-6))  # every k/rate s before the end
     if count > limits.max_frames:
         count = limits.max_frames
         rate = count / duration_s

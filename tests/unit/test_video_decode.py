@@ -125,3 +125,34 @@ def test_earlier_fuzzer_findings_are_refused_with_a_sentence() -> None:
     for found in sorted((ROOT / "tests" / "fixtures" / "fuzz-video").iterdir()):
         with pytest.raises(VideoRejected):
             decode_video(found.read_bytes(), LIMITS)
+
+
+def test_variable_frame_rate_is_sampled_by_presentation_time() -> None:
+    """Frames 33 ms to 250 ms apart: each sample is the first frame shown at or after its second."""
+    import io
+    import random
+    from fractions import Fraction
+
+    import av
+
+    draw = scene_between(3, 5)
+    times, t, steps = [], 0, random.Random(1)
+    while t < 8000:
+        times.append(t)
+        t += steps.choice([33, 40, 100, 250])
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for ms in times:
+            frame = av.VideoFrame.from_image(draw(ms / 1000))
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    video = decode_video(out.getvalue(), LIMITS)
+    shown = [next(ms for ms in times if ms >= second * 1000) for second in range(8)]
+    assert list(video.times_ms) == shown
+    assert [ms for ms, frame in zip(video.times_ms, video.image.frames) if _red(frame)] == [ms for ms in shown if 3000 <= ms < 5000]
