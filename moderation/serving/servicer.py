@@ -235,7 +235,8 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
                 shell = self._loaded()
                 options, video = await self._read_video(aiter(request_iterator))
                 result = await shell.moderate_video(
-                    video, options.policy_id, options.request_id or uuid.uuid4().hex, options.sample_fps, ends - loop.time(), caller
+                    video, options.policy_id, options.request_id or uuid.uuid4().hex, options.sample_fps, ends - loop.time(), caller,
+                    force_escalation=options.force_escalation,
                 )
             return convert.video_result_to_pb(result)
         except asyncio.CancelledError:

@@ -15,14 +15,19 @@ PolicyNotFound, Overloaded, DeadlinePassed).
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
+from moderation.core.decision import Decision
 from moderation.core.judge import Judgement, JudgingCore, Sample
-from moderation.escalation.tier import EscalationOutcome, EscalationStatus
+from moderation.escalation.tier import EscalationOutcome
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
 from moderation.policy.schema import Action
 from moderation.serving.listeners import Listeners
@@ -33,6 +38,7 @@ from moderation.state.thumbnails import make_thumbnail
 
 if TYPE_CHECKING:  # pdqhash and faiss load only where banks are on; PyAV only where videos are decoded
     from moderation.video.decode import VideoLimits
+    from moderation.video.segments import VideoAnswer
     from moderation.serving.bank_refresh import Banks
     import numpy as np
 
@@ -150,6 +156,7 @@ class ServingShell:
         sample_fps: float = 0.0,
         deadline_s: float = 30.0,
         caller: str = "anonymous",
+        force_escalation: bool = False,
     ) -> ModerationResult:
         """A short video: sampled frames judged together by the core, as an animation's are, plus when each
         category was over its threshold (moderation/video/segments.py). Raises PolicyNotFound, ImageRejected
@@ -187,23 +194,18 @@ class ServingShell:
             judgement.evidence, served.policy, decoded_video.image.frame_indices, decoded_video.times_ms, decoded_video.info
         )
         judged = time.perf_counter()
-        # Borderline frames are already REVIEW (never ALLOW); the explainer does not watch videos yet.
-        escalation = (
-            EscalationOutcome(EscalationStatus.DISABLED, "videos are not escalated to the explainer; borderline segments stand as REVIEW")
-            if judgement.decision.borderline
-            else EscalationOutcome(EscalationStatus.NOT_NEEDED)
-        )
+        decision, escalation = await self._escalate_video(judgement, answer, served, request_id, force_escalation, deadline)
         finished = time.perf_counter()
         timings = StageTimings(
             decode_ms=(decoded - started) * 1e3,
             embed_ms=(embedded - decoded) * 1e3,
             decide_ms=(judged - embedded) * 1e3,
-            escalation_ms=0.0,
+            escalation_ms=(finished - judged) * 1e3,
             total_ms=(finished - started) * 1e3,
         )
         result = ModerationResult(
             request_id,
-            judgement.decision,
+            decision,
             self.core.model_id,
             timings,
             escalation,
@@ -215,6 +217,51 @@ class ServingShell:
         )
         self.listeners.offer(result.without_pixels())
         return result
+
+    async def _escalate_video(
+        self,
+        judgement: Judgement,
+        answer: VideoAnswer,
+        served: ServedPolicy[PolicyTextIndex],
+        request_id: str,
+        force: bool,
+        deadline: float,
+    ) -> tuple[Decision, EscalationOutcome]:
+        """The explainer's reading of a video's borderline (or forced) case, with the tier's bounds as for images.
+
+        It judges one frame: the one that set the first escalated category's score (the peak of that
+        category's worst segment), handed over as a still image (a PNG for a remote explainer), so
+        both backends judge exactly that frame. The reasons name its time and segment. Without an
+        answer the case is at least REVIEW, never ALLOW.
+        """
+        from moderation.core.decode import DecodedImage
+        from moderation.core.signal import SampledFrames
+        from moderation.escalation.tier import categories_to_escalate
+
+        policy = served.policy
+        borderline = [c.category_id for c in judgement.decision.borderline]
+        category_ids = categories_to_escalate(borderline, [c.id for c in policy.categories], force)
+        if not category_ids or self.core.escalation is None:
+            # Nothing to ask, or nobody to ask: the core says which, and never uses the bytes then.
+            return await self.core.escalate(judgement, policy, request_id, b"", force, deadline - time.monotonic())
+        position = judgement.deciding.get(category_ids[0], 0)
+        frame = judgement.frames.decoded.frames[position]
+        still = replace(
+            judgement,
+            frames=SampledFrames(DecodedImage((frame,), (0,), 1), None, {}),
+            deciding={category_id: 0 for category_id in judgement.deciding},
+        )
+        png = await asyncio.get_running_loop().run_in_executor(self._host_pool, _png, frame)
+        decision, outcome = await self.core.escalate(still, policy, request_id, png, force, deadline - time.monotonic())
+        outcome = replace(outcome, frame_index=position)
+        shown = answer.times_ms[position]
+        where = next(
+            (f" (its {s.band.value} segment {_video_time(s.start_ms)}-{_video_time(s.end_ms)})"
+             for s in answer.segments if s.category_id == category_ids[0] and s.start_ms <= shown < s.end_ms),
+            "",
+        )  # fmt: skip
+        note = f"The explainer judged the frame at {_video_time(shown)}, the peak of {category_ids[0]}{where}."
+        return replace(decision, reasons=(*decision.reasons, note)), outcome
 
     def _judge(
         self,
@@ -272,3 +319,15 @@ class ServingShell:
         self._model_pool.shutdown(wait=False, cancel_futures=True)
         # Listeners drain in a thread: an embedding store's last flush must not hold the event loop.
         await asyncio.to_thread(self.listeners.close)
+
+
+def _video_time(ms: int) -> str:
+    """Milliseconds as M:SS.mmm, as `moderation moderate` prints segments."""
+    minutes, rest = divmod(int(ms), 60_000)
+    return f"{minutes}:{rest / 1000:06.3f}"
+
+
+def _png(frame: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    frame.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -355,7 +355,7 @@ class ModerateVideoRequest(_message.Message):
     def __init__(self, options: _Optional[_Union[VideoOptions, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class VideoOptions(_message.Message):
-    __slots__ = ("request_id", "policy_id", "sample_fps", "metadata")
+    __slots__ = ("request_id", "policy_id", "sample_fps", "metadata", "force_escalation")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -367,11 +367,13 @@ class VideoOptions(_message.Message):
     POLICY_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FPS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    FORCE_ESCALATION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     policy_id: str
     sample_fps: float
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, request_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., sample_fps: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    force_escalation: bool
+    def __init__(self, request_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., sample_fps: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., force_escalation: _Optional[bool] = ...) -> None: ...
 
 class VideoSegment(_message.Message):
     __slots__ = ("category_id", "start_ms", "end_ms", "band", "peak_score", "peak_ms", "action", "clause_id", "forced_by")

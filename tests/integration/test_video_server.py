@@ -203,3 +203,22 @@ def test_the_cli_prints_the_segments_and_grpcurl_streams_a_video(videos: Videos,
     answer = json.loads(called.stdout)
     assert answer["request_id"] == "curl-video" and answer["action"] == "ACTION_BLOCK"
     assert [(s["start_ms"], s["end_ms"]) for s in answer["segments"]] == [("10000", "15000")]
+
+
+def test_a_forced_video_escalation_judges_the_peak_frame_and_names_its_time(tmp_path: Path) -> None:
+    """SmolVLM2 (tiny, random weights, in-process) gets the frame that set the escalated category's score."""
+    from tests.conftest import POLICIES, TINY_CLIP
+
+    args = ("--policies", str(POLICIES), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random",
+            "--explainer", "in-process", "--explainer-model", "tiny-smolvlm", "--explainer-weights", "random")  # fmt: skip
+    data = make_video(6, fps=10, kind=MP4, frame_at=scene_between(2, 4))
+    with running_server(tmp_path, *args) as server:
+        response = Videos(server).moderate(data, force_escalation=True, request_id="escalated")
+    escalation = response.escalation
+    assert escalation.status == pb.ESCALATION_STATUS_COMPLETED, escalation.reason
+    assert escalation.generated_tokens > 0 and escalation.clause_id
+    # The frame judged is the one behind the first escalated category's score (the policy's first category when forced).
+    first = response.categories[0]
+    assert escalation.frame_index == first.frame_index
+    shown = response.frame_times_ms[escalation.frame_index]
+    assert any(f"The explainer judged the frame at 0:{shown / 1000:06.3f}, the peak of {first.id}" in r for r in response.reasons), response.reasons
