@@ -156,3 +156,19 @@ def test_variable_frame_rate_is_sampled_by_presentation_time() -> None:
     shown = [next(ms for ms in times if ms >= second * 1000) for second in range(8)]
     assert list(video.times_ms) == shown
     assert [ms for ms, frame in zip(video.times_ms, video.image.frames) if _red(frame)] == [ms for ms in shown if 3000 <= ms < 5000]
+
+
+def test_a_header_claiming_ten_hours_gets_the_real_duration_and_1000_fps_is_refused() -> None:
+    """The issue's hostile headers, at the default limits: MP4 duration fields patched to claim 10 hours are
+    not believed (FFmpeg and the packet pass measure 3 s); a real 1,000 fps stream is refused."""
+    import struct
+
+    data = bytearray(make_video(3, fps=10))
+    for box in (b"mvhd", b"mdhd"):
+        at = data.index(box)
+        timescale = struct.unpack(">I", data[at + 16 : at + 20])[0]
+        data[at + 20 : at + 24] = struct.pack(">I", min(timescale * 36_000, 2**32 - 1))
+    video = decode_video(bytes(data), LIMITS)
+    assert video.info.duration_ms == 3000 and video.times_ms == (0, 1000, 2000)
+    with pytest.raises(VideoRejected, match=r"1,000\.0 frames per second; the limit is 120 \(setting max_video_fps\)"):
+        decode_video(make_video(1, fps=1000, size=(16, 16)), LIMITS)
