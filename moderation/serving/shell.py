@@ -47,6 +47,9 @@ if TYPE_CHECKING:  # pdqhash and faiss load only where banks are on; PyAV only w
 
 log = logging.getLogger(__name__)
 
+# Frames of a video segment the explainer watches at most (each costs SmolVLM2 one 512 px image's tokens).
+VIDEO_ESCALATION_FRAMES = 8
+
 
 class ServingShell:
     def __init__(
@@ -229,10 +232,12 @@ class ServingShell:
     ) -> tuple[Decision, EscalationOutcome]:
         """The explainer's reading of a video's borderline (or forced) case, with the tier's bounds as for images.
 
-        It judges one frame: the one that set the first escalated category's score (the peak of that
-        category's worst segment), handed over as a still image (a PNG for a remote explainer), so
-        both backends judge exactly that frame. The reasons name its time and segment. Without an
-        answer the case is at least REVIEW, never ALLOW.
+        The deciding frame is the one that set the first escalated category's score (the peak of that
+        category's worst segment). An in-process SmolVLM2 (`watches_video`) watches that segment: up
+        to VIDEO_ESCALATION_FRAMES of its sampled frames, each stamped with its time; a remote
+        explainer judges the peak frame alone, sent as a PNG (ExplainRequest carries one image).
+        The reasons say what was watched, with times. Without an answer the case is at least
+        REVIEW, never ALLOW.
         """
         from moderation.core.decode import DecodedImage
         from moderation.core.signal import SampledFrames
@@ -244,23 +249,45 @@ class ServingShell:
         if not category_ids or self.core.escalation is None:
             # Nothing to ask, or nobody to ask: the core says which, and never uses the bytes then.
             return await self.core.escalate(judgement, policy, request_id, b"", force, deadline - time.monotonic())
-        position = judgement.deciding.get(category_ids[0], 0)
-        frame = judgement.frames.decoded.frames[position]
+        category_id = category_ids[0]
+        position = judgement.deciding.get(category_id, 0)
+        frames = judgement.frames.decoded.frames
+        frame = frames[position]
         still = replace(
             judgement,
             frames=SampledFrames(DecodedImage((frame,), (0,), 1), None, {}),
-            deciding={category_id: 0 for category_id in judgement.deciding},
+            deciding={c: 0 for c in judgement.deciding},
         )
-        png = await asyncio.get_running_loop().run_in_executor(self._host_pool, _png, frame)
-        decision, outcome = await self.core.escalate(still, policy, request_id, png, force, deadline - time.monotonic())
-        outcome = replace(outcome, frame_index=position)
         shown = answer.times_ms[position]
-        where = next(
-            (f" (its {s.band.value} segment {_video_time(s.start_ms)}-{_video_time(s.end_ms)})"
-             for s in answer.segments if s.category_id == category_ids[0] and s.start_ms <= shown < s.end_ms),
-            "",
-        )  # fmt: skip
-        note = f"The explainer judged the frame at {_video_time(shown)}, the peak of {category_ids[0]}{where}."
+        segment = next(
+            (s for s in answer.segments if s.category_id == category_id and s.start_ms <= shown < s.end_ms), None
+        )
+        # A backend that watches video gets the segment's sampled frames (at most VIDEO_ESCALATION_FRAMES,
+        # spread over it, the peak among them), each with its time; any other the peak frame as a still.
+        watched: tuple[tuple[int, Image.Image], ...] = ()
+        if getattr(self.core.escalation.backend, "watches_video", False):
+            if segment is not None:
+                inside = [i for i, t in enumerate(answer.times_ms) if segment.start_ms <= t < segment.end_ms]
+            else:  # forced, nothing over a threshold: the frames around the peak
+                inside = list(range(max(0, position - 3), min(len(frames), position + 4)))
+            chosen = _spread(inside, VIDEO_ESCALATION_FRAMES)
+            if position not in chosen:  # the peak is always watched: it takes the place of the nearest frame
+                chosen[min(range(len(chosen)), key=lambda k: abs(chosen[k] - position))] = position
+                chosen.sort()
+            watched = tuple((answer.times_ms[i], frames[i]) for i in chosen)
+        png = await asyncio.get_running_loop().run_in_executor(self._host_pool, _png, frame)
+        decision, outcome = await self.core.escalate(
+            still, policy, request_id, png, force, deadline - time.monotonic(), video_frames=watched
+        )
+        outcome = replace(outcome, frame_index=position)
+        where = f" of its {segment.band.value} segment {_video_time(segment.start_ms)}-{_video_time(segment.end_ms)}" if segment else ""
+        if watched:
+            note = (
+                f"The explainer watched {len(watched)} frame{'s' if len(watched) != 1 else ''}{where} for {category_id}, "
+                f"from {_video_time(watched[0][0])} to {_video_time(watched[-1][0])}, the peak at {_video_time(shown)}."
+            )
+        else:
+            note = f"The explainer judged the frame at {_video_time(shown)}, the peak of {category_id}{where}."
         return replace(decision, reasons=(*decision.reasons, note)), outcome
 
     def _judge(
@@ -325,6 +352,15 @@ def _video_time(ms: int) -> str:
     """Milliseconds as M:SS.mmm, as `moderation moderate` prints segments."""
     minutes, rest = divmod(int(ms), 60_000)
     return f"{minutes}:{rest / 1000:06.3f}"
+
+
+def _spread(items: list[int], count: int) -> list[int]:
+    """Up to `count` of `items`, evenly spread from the first to the last."""
+    if count <= 0 or not items:
+        return []
+    if len(items) <= count:
+        return list(items)
+    return [items[round(k * (len(items) - 1) / max(1, count - 1))] for k in range(count)]
 
 
 def _png(frame: Image.Image) -> bytes:

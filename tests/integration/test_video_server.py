@@ -205,20 +205,56 @@ def test_the_cli_prints_the_segments_and_grpcurl_streams_a_video(videos: Videos,
     assert [(s["start_ms"], s["end_ms"]) for s in answer["segments"]] == [("10000", "15000")]
 
 
-def test_a_forced_video_escalation_judges_the_peak_frame_and_names_its_time(tmp_path: Path) -> None:
-    """SmolVLM2 (tiny, random weights, in-process) gets the frame that set the escalated category's score."""
-    from tests.conftest import POLICIES, TINY_CLIP
+EDGY = """\
+id: edgy
+version: "1"
+benign: ["a cat", "a landscape", "a person"]
+categories:
+  - id: gore
+    clause: {id: G-1, text: "No gore or mutilated bodies."}
+    positive: ["gore"]
+    thresholds: {review: 0.001, block: 0.9999}
+"""
 
-    args = ("--policies", str(POLICIES), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random",
+
+def test_video_escalation_watches_the_borderline_segment_or_the_frames_around_a_forced_peak(tmp_path: Path) -> None:
+    """SmolVLM2 (tiny, random weights, in-process) watches up to 8 sampled frames of the escalated category's
+    segment, each after its "Frame from MM:SS" stamp, the peak among them, and answers a verdict citing a clause.
+
+    `edgy` puts every frame in the borderline band (review 0.001, block 0.9999): one segment, the whole clip.
+    `video` (thresholds no score reaches) escalates only when forced: then the frames 3 s either side of the peak.
+    """
+    from tests.conftest import TINY_CLIP
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "video.yaml").write_text(POLICY.replace("banks:\n  - bank: known\n    category: gore\n    action: BLOCK\n", ""))
+    (policies / "edgy.yaml").write_text(EDGY)
+    args = ("--policies", str(policies), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random",
             "--explainer", "in-process", "--explainer-model", "tiny-smolvlm", "--explainer-weights", "random")  # fmt: skip
-    data = make_video(6, fps=10, kind=MP4, frame_at=scene_between(2, 4))
     with running_server(tmp_path, *args) as server:
-        response = Videos(server).moderate(data, force_escalation=True, request_id="escalated")
-    escalation = response.escalation
-    assert escalation.status == pb.ESCALATION_STATUS_COMPLETED, escalation.reason
-    assert escalation.generated_tokens > 0 and escalation.clause_id
-    # The frame judged is the one behind the first escalated category's score (the policy's first category when forced).
-    first = response.categories[0]
-    assert escalation.frame_index == first.frame_index
-    shown = response.frame_times_ms[escalation.frame_index]
-    assert any(f"The explainer judged the frame at 0:{shown / 1000:06.3f}, the peak of {first.id}" in r for r in response.reasons), response.reasons
+        videos = Videos(server)
+        borderline = videos.moderate(make_video(12, fps=5, kind=MP4, frame_at=scene_between(4, 8)), policy_id="edgy")
+        forced = videos.moderate(make_video(10, fps=5, kind=MP4), force_escalation=True)
+    for response in (borderline, forced):
+        escalation = response.escalation
+        assert escalation.status == pb.ESCALATION_STATUS_COMPLETED, escalation.reason
+        assert (escalation.category_id, escalation.clause_id) == ("gore", "G-1") and escalation.generated_tokens > 0
+        assert escalation.frame_index == response.categories[0].frame_index  # the peak frame
+
+    [segment] = borderline.segments
+    assert (segment.start_ms, segment.end_ms, segment.band) == (0, 12_000, pb.BAND_BORDERLINE)
+    peak = borderline.frame_times_ms[borderline.escalation.frame_index]
+    [note] = [r for r in borderline.reasons if r.startswith("The explainer watched")]
+    assert note.startswith("The explainer watched 8 frames of its BORDERLINE segment 0:00.000-0:12.000 for gore, from 0:00.000 to 0:11.000")
+    assert note.endswith(f"the peak at {_clock(peak)}."), note
+
+    assert not forced.segments
+    peak = forced.frame_times_ms[forced.escalation.frame_index]
+    around = [t for t in forced.frame_times_ms if abs(t - peak) <= 3000]
+    [note] = [r for r in forced.reasons if r.startswith("The explainer watched")]
+    assert note == f"The explainer watched {len(around)} frames for gore, from {_clock(around[0])} to {_clock(around[-1])}, the peak at {_clock(peak)}."
+
+
+def _clock(ms: int) -> str:
+    return f"0:{ms / 1000:06.3f}"
