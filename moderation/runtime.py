@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
     from moderation.signals.banks.matcher import LiveBanks
     from moderation.state.store import DropCallback, StateStore
     from moderation.state.thumbnails import Thumbnails
+    from moderation.video.decode import VideoLimits
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,23 @@ def decode_limits(settings: Settings, image_size: int | None) -> DecodeLimits:
         sample_frames=settings.sample_frames,
         max_frames=settings.max_frames,
         max_animation_pixels=settings.max_animation_pixels,
+    )
+
+
+def video_limits(settings: Settings) -> VideoLimits:
+    """The video bounds of every caller (server, bench), from settings: the one place VideoLimits are built."""
+    from moderation.video.decode import VideoLimits  # PyAV loads only where videos are decoded
+    return VideoLimits(
+        max_bytes=settings.max_video_bytes,
+        max_duration_s=settings.max_video_duration_s,
+        max_pixels=settings.max_video_pixels,
+        max_fps=settings.max_video_fps,
+        max_frames=settings.max_video_frames,
+        default_sample_fps=settings.video_sample_fps,
+        max_sample_fps=settings.max_video_sample_fps,
+        containers=tuple(settings.video_containers),
+        codecs=tuple(settings.video_codecs),
+        max_decode_s=settings.max_video_decode_s,
     )
 
 

@@ -74,6 +74,40 @@ def print_response(path: Path, response) -> None:  # noqa: ANN001 - generated me
         out.print(f"  {escape(reason)}", highlight=False)
 
 
+def print_video_response(path: Path, response) -> None:  # noqa: ANN001 - generated message type
+    """A ModerateVideo answer: the decision as for an image, then the segments (when each category was over its threshold)."""
+    from moderation.v1 import moderation_pb2 as pb
+
+    print_response(path, response)
+    video = response.video
+    out.print(
+        f"  {video.duration_ms / 1000:.1f} s {escape(video.codec)} {video.width}x{video.height}, "
+        f"{len(response.frame_times_ms)} frames sampled at {video.sample_fps:.3g}/s ({video.frames_decoded} decoded)",
+        highlight=False,
+    )
+    if not response.segments:
+        out.print("  no segment: no sampled frame reached a review threshold", highlight=False)
+        return
+    rows = [
+        [
+            f"{clock(s.start_ms)}-{clock(s.end_ms)}",
+            escape(s.category_id),
+            pb.Band.Name(s.band).removeprefix("BAND_"),
+            pb.Action.Name(s.action).removeprefix("ACTION_"),
+            f"{s.peak_score:.3f} at {clock(s.peak_ms)}",
+            escape(s.clause_id) + (f" ({escape(s.forced_by)})" if s.forced_by else ""),
+        ]
+        for s in response.segments
+    ]
+    print_rows(f"{len(rows)} segment{'s' if len(rows) != 1 else ''}", ["time", "category", "band", "action", "peak", "clause"], rows)
+
+
+def clock(ms: int) -> str:
+    """Milliseconds as M:SS.mmm, the way a reviewer scrubs to it."""
+    minutes, rest = divmod(int(ms), 60_000)
+    return f"{minutes}:{rest / 1000:06.3f}"
+
+
 def print_responses_summary(results: list[tuple[Path, object]]) -> None:
     """One row per image: its request id (to find it in the audit log) and action."""
     from moderation.v1 import moderation_pb2 as pb

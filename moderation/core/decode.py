@@ -53,6 +53,7 @@ class DecodedImage:
     frames: tuple[Image.Image, ...]  # RGB, upright; one for still images
     frame_indices: tuple[int, ...]  # position of each frame in the animation
     total_frames: int
+    times_ms: tuple[int, ...] = ()  # a video's sampled frames: when each is shown; empty for images
 
 
 def decode_image(data: bytes, limits: DecodeLimits) -> Image.Image:

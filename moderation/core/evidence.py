@@ -26,6 +26,9 @@ class CategoryScores:
     signal: str
     scores: Mapping[str, float]
     deciding_frames: Mapping[str, int] = field(default_factory=dict)
+    # Per category, every sampled frame's score in frame order, where the signal scores frames
+    # one by one (a video's timeline and segments are built from it); empty otherwise.
+    frame_scores: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

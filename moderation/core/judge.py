@@ -127,12 +127,16 @@ class JudgingCore:
             # bytes: hostile GIFs grew the server by ~380 MB a call (bench/abuse.py). The
             # message is all a caller gets, so the traceback goes here.
             raise error.with_traceback(None) from None
+        return self.prepare(image, decoded, prepare_signals)
+
+    def prepare(self, data: bytes, decoded: DecodedImage, prepare_signals: bool = True) -> Sample:
+        """Frames decoded elsewhere (a video's sampled frames) as a Sample: the encoder's input and each signal's `prepare`."""
         prepared = {}
         for signal in self.signals if prepare_signals else ():
             prepare = getattr(signal, "prepare", None)  # PreparingSignal: once per request, whatever the policies
             if prepare is not None:
                 started = time.perf_counter()
-                prepared[signal.name] = prepare(image, decoded)
+                prepared[signal.name] = prepare(data, decoded)
                 self._metrics.signal_seconds(f"{signal.name}_prepare", time.perf_counter() - started)
         return Sample(decoded, self.encoder.prepare(decoded), prepared)
 
@@ -163,9 +167,19 @@ class JudgingCore:
         return [item if isinstance(item, ImageRejected) else self.judge(item, next(embeddings), served) for item in decoded]
 
     async def escalate(
-        self, judgement: Judgement, policy: Policy, request_id: str, image: bytes, forced: bool, time_left_s: float
+        self,
+        judgement: Judgement,
+        policy: Policy,
+        request_id: str,
+        image: bytes,
+        forced: bool,
+        time_left_s: float,
+        video_frames: tuple[tuple[int, Any], ...] = (),
     ) -> tuple[Decision, EscalationOutcome]:
-        """The explainer's reading of a borderline (or forced) case; without an answer, at least REVIEW, never ALLOW."""
+        """The explainer's reading of a borderline (or forced) case; without an answer, at least REVIEW, never ALLOW.
+
+        `video_frames` (time in ms, frame): a video segment around the deciding frame, for a backend that watches video.
+        """
         decision = judgement.decision
         borderline = [c.category_id for c in decision.borderline]
         category_ids = categories_to_escalate(borderline, [c.id for c in policy.categories], forced)
@@ -178,7 +192,7 @@ class JudgingCore:
         frame_index = judgement.deciding.get(category_ids[0], decoded.frame_indices[0])
         frame = decoded.frames[decoded.frame_indices.index(frame_index)]
         # The frame's index travels too: a remote explainer re-decodes the bytes and must judge this frame.
-        request = EscalationRequest(request_id, image, frame, policy, category_ids, frame_index=frame_index)
+        request = EscalationRequest(request_id, image, frame, policy, category_ids, frame_index=frame_index, frames=video_frames)
         outcome = await self.escalation.escalate(request, time_left_s)
         if outcome.verdict is None:
             # No second opinion: a human looks at it. Never ALLOW by default.

@@ -16,6 +16,8 @@ from moderation.escalation.verdict import ExplainerVerdict
 class InProcessExplainer:
     """Runs `moderation.escalation.explainer.Explainer` in its own thread, beside the CLIP model."""
 
+    watches_video = True  # a video segment's frames go to SmolVLM2 together, each with its time
+
     def __init__(self, explainer, max_new_tokens: int = 96):  # noqa: ANN001 - Explainer, imported lazily (transformers)
         self._explainer = explainer
         self._max_new_tokens = max_new_tokens
@@ -28,7 +30,9 @@ class InProcessExplainer:
 
         instruction = request.policy.escalation.instruction
         try:
-            result = self._explainer.explain(request.frame, request.policy, request.category_ids, instruction, self._max_new_tokens)
+            result = self._explainer.explain(
+                request.frame, request.policy, request.category_ids, instruction, self._max_new_tokens, video_frames=request.frames
+            )
         except ExplanationFailed as err:
             raise ExplainerUnavailable(str(err)) from err
         # The pipeline decoded the frame already: the one it hands over is the one judged.
@@ -70,6 +74,8 @@ class RemoteExplainer:
     when it differs from the target's host; `token` is sent as
     `authorization: Bearer <token>` on every call.
     """
+
+    watches_video = False  # ExplainRequest carries one image: a video's peak frame, as a still
 
     def __init__(
         self,

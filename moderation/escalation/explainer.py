@@ -171,17 +171,25 @@ class Explainer:
         instruction: str | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         reuse_prefix: bool = True,
+        video_frames: Sequence[tuple[int, Image.Image]] = (),
     ) -> ExplanationResult:
         """A verdict on `image` for the borderline `category_ids` of `policy`.
 
         `instruction` replaces the default instruction text (a policy-level setting).
         `reuse_prefix=False` prefills the whole prompt from scratch (for checks).
+        `video_frames` (time in ms, frame), when given, replace `image`: the model sees them in
+        SmolVLM2's video layout, each after a "Frame from MM:SS" stamp (the prefix is unchanged,
+        so its cache serves images and videos alike).
         Raises ValueError for unknown categories and ExplanationFailed when no valid
         verdict fits in `max_new_tokens`.
         """
+        if video_frames:
+            images, placeholder = [frame for _, frame in video_frames], self._video_placeholder(video_frames)
+        else:
+            images, placeholder = [image], self._image_placeholder
         with self._lock, torch.inference_mode():
             started = time.perf_counter()
-            prefilled = self._prefill(image, policy, category_ids, instruction, reuse_prefix)
+            prefilled = self._prefill(images, policy, category_ids, instruction, reuse_prefix, placeholder)
             constraint = self._grammars.constraint(prefilled.grammar)
             outcome = greedy_decode(
                 self._model, prefilled.cache, prefilled.next_token_logits, max_new_tokens, constraint
@@ -221,7 +229,7 @@ class Explainer:
         the same work as `model.generate(min_new_tokens=max_new_tokens=new_tokens)`)."""
         with self._lock, torch.inference_mode():
             started = time.perf_counter()
-            prefilled = self._prefill(image, policy, category_ids, instruction, reuse_prefix=True)
+            prefilled = self._prefill([image], policy, category_ids, instruction, reuse_prefix=True)
             outcome = greedy_decode(self._model, prefilled.cache, prefilled.next_token_logits, new_tokens)
         return GenerationTiming(
             new_tokens=len(outcome.token_ids), prefill_ms=prefilled.prefill_ms, **_timings(started, outcome)
@@ -287,15 +295,16 @@ class Explainer:
 
     def _prefill(
         self,
-        image: Image.Image,
+        images: Sequence[Image.Image],
         policy: Policy,
         category_ids: Sequence[str],
         instruction: str | None,
         reuse_prefix: bool,
+        placeholder: str | None = None,
     ) -> _Prefilled:
         escalated_categories(policy, category_ids)  # refuse unknown ids before any work
-        pixels = self._pixels(image)
-        prompt = build_prompt(policy, category_ids, self._image_placeholder, instruction)
+        pixels = self._pixels(images)
+        prompt = build_prompt(policy, category_ids, placeholder or self._image_placeholder, instruction)
         suffix_ids = self._encode(prompt.suffix)
         started = time.perf_counter()
         if reuse_prefix:
@@ -339,9 +348,19 @@ class Explainer:
     def _encode(self, text: str) -> torch.Tensor:
         return self._tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
-    def _pixels(self, image: Image.Image) -> dict[str, torch.Tensor]:
+    def _video_placeholder(self, frames: Sequence[tuple[int, Image.Image]]) -> str:
+        """SmolVLM2's video layout: how many frames from how long a video, then each frame after its time stamp."""
+        last_s = frames[-1][0] // 1000
+        stamps = "".join(f"\nFrame from {ms // 60_000:02d}:{ms // 1000 % 60:02d}:{self._image_placeholder}" for ms, _ in frames)
+        return (
+            f"You are provided the following series of {len(frames)} frames from a "
+            f"{last_s // 3600}:{last_s // 60 % 60:02d}:{last_s % 60:02d} video segment.\n{stamps}\n\n"
+        )
+
+    def _pixels(self, image: Image.Image | Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        images = [image] if isinstance(image, Image.Image) else list(image)
         return self._processor.image_processor(
-            images=[[image.convert("RGB")]],
+            images=[[frame.convert("RGB") for frame in images]],
             do_image_splitting=False,
             size=self._frame,
             max_image_size=self._frame,

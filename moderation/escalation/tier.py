@@ -63,6 +63,9 @@ class EscalationRequest:
     # The animation frame `frame` is (the one that set the first category's score): the
     # remote explainer decodes this frame itself, so a harmless first frame cannot stand in.
     frame_index: int = 0
+    # A video segment's sampled frames with their times (ms), `frame` among them, for a backend
+    # that watches video (in-process SmolVLM2); others judge `frame` alone.
+    frames: tuple[tuple[int, Image.Image], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

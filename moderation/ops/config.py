@@ -132,6 +132,19 @@ class Settings(BaseSettings):
     max_animation_pixels: int = Field(
         400_000_000, ge=1024, description="pixels decoded in total to reach the sampled frames of an animation"
     )
+    # Video (ModerateVideo, moderation/video/): each bound is refused with INVALID_ARGUMENT naming it.
+    max_video_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="largest video file accepted (the sum of its streamed chunks)")
+    max_video_duration_s: float = Field(180.0, gt=0, le=3600, description="longest video accepted, by its header and by its packets")
+    max_video_pixels: int = Field(3840 * 2160, ge=1024, description="largest width x height of a video frame accepted")
+    max_video_fps: float = Field(120.0, gt=0, le=1000, description="highest frame rate accepted, declared or counted")
+    video_sample_fps: float = Field(1.0, gt=0, le=60, description="frames sampled per second of video when the request sets none")
+    max_video_sample_fps: float = Field(10.0, gt=0, le=60, description="highest sample rate a request may ask for")
+    max_video_frames: int = Field(120, ge=1, le=3600, description="frames sampled from one video at most; the rate is lowered to fit")
+    video_containers: list[str] = Field(
+        ["mp4", "mov", "webm", "matroska"], description="containers accepted (mp4 and mov are one demuxer, webm and matroska another)"
+    )
+    video_codecs: list[str] = Field(["h264", "hevc", "vp8", "vp9", "av1", "mpeg4"], description="video codecs accepted (FFmpeg names)")
+    max_video_decode_s: float = Field(60.0, gt=0, description="wall time one video's demux and decode may take")
     max_message_bytes: int | None = Field(
         None,
         ge=1024,

@@ -40,6 +40,18 @@ class ModerationMetrics:
             ["policy", "action", "code"],
             registry=registry,
         )
+        self.video_seconds = Counter(
+            "moderation_video_seconds",
+            "Seconds of video moderated (ModerateVideo answers), by policy.",
+            ["policy"],
+            registry=registry,
+        )
+        self.video_frames = Counter(
+            "moderation_video_frames",
+            "Video frames the decoder produced to reach the sampled ones (kind=decoded) and frames scored (kind=sampled).",
+            ["kind"],
+            registry=registry,
+        )
         self.stage_seconds = Histogram(
             "moderation_stage_seconds",
             "Latency of each stage of a request (decode, embed, decide, total).",

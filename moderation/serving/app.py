@@ -22,6 +22,7 @@ from moderation.runtime import (
     load_scorer,
     max_batch,
     resolve_device,
+    video_limits,
 )
 from moderation.serving.listeners import (
     CategoryMetricsListener,
@@ -164,6 +165,7 @@ def build_shell(
         max_queue=settings.max_queue,
         thumbnail_px=thumbnails.max_px if thumbnails is not None else None,
         banks=banks,
+        video_limits=video_limits(settings),
     )
     return shell, reloader
 
@@ -211,6 +213,7 @@ async def serve(settings: Settings) -> None:
         settings.default_deadline_s,
         builder.admission,
         stream_window=settings.stream_window,
+        max_video_bytes=settings.max_video_bytes,
     )
     moderation_pb2_grpc.add_ModerationServiceServicer_to_server(servicer, builder.server)
     # Always served: without a state store it answers FAILED_PRECONDITION saying what to set.

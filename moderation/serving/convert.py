@@ -65,6 +65,53 @@ def result_to_pb(result: ModerationResult) -> pb.ModerateResponse:
     )
 
 
+def video_result_to_pb(result: ModerationResult) -> pb.ModerateVideoResponse:
+    """A ModerateVideo answer: the image answer's decision, plus times, timeline, segments and what the file held."""
+    image = result_to_pb(result)
+    video = result.video
+    assert video is not None, "not a video result"
+    info = video.info
+    return pb.ModerateVideoResponse(
+        request_id=image.request_id,
+        action=image.action,
+        policy_id=image.policy_id,
+        policy_version=image.policy_version,
+        model=image.model,
+        categories=image.categories,
+        segments=[
+            pb.VideoSegment(
+                category_id=s.category_id,
+                start_ms=s.start_ms,
+                end_ms=s.end_ms,
+                band=BAND_TO_PB[s.band],
+                peak_score=s.peak_score,
+                peak_ms=s.peak_ms,
+                action=ACTION_TO_PB[s.action],
+                clause_id=s.clause_id,
+                forced_by=s.forced_by,
+            )
+            for s in video.segments
+        ],
+        frame_times_ms=list(video.times_ms),
+        timeline=[pb.CategoryTimeline(category_id=c, scores=list(scores)) for c, scores in video.timeline.items()],
+        reasons=image.reasons,
+        bank_matches=image.bank_matches,
+        video=pb.VideoInfo(
+            container=info.container,
+            codec=info.codec,
+            width=info.width,
+            height=info.height,
+            duration_ms=info.duration_ms,
+            frame_rate=info.frame_rate,
+            sample_fps=info.sample_fps,
+            frames_decoded=info.frames_decoded,
+            rotation=info.rotation,
+        ),
+        timings=image.timings,
+        escalation=image.escalation,
+    )
+
+
 def policy_summary_to_pb(served: ServedPolicy, is_default: bool) -> pb.PolicySummary:
     p = served.policy
     return pb.PolicySummary(

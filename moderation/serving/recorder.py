@@ -1,6 +1,6 @@
 """Per-request record: the request counter and one JSON audit line (ids, versions, outcome; never image bytes).
 
-Called once per Moderate request, unary or inside a ModerateStream, by the servicer.
+Called once per Moderate request, unary or inside a ModerateStream, and once per ModerateVideo call, by the servicer.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ class RequestRecorder:
         """`policy_label` must be a served policy id or 'unknown': a caller's typo must not mint a series."""
         action = result.decision.action.value if result is not None else "none"
         self._metrics.requests.labels(policy_label, action, code.name).inc()
+        if result is not None and result.video is not None:
+            info = result.video.info
+            self._metrics.video_seconds.labels(policy_label).inc(info.duration_ms / 1000)
+            self._metrics.video_frames.labels("decoded").inc(info.frames_decoded)
+            self._metrics.video_frames.labels("sampled").inc(len(result.video.times_ms))
         if result is not None:
             # Allow-listed keys only, each value cut to max_value_bytes of UTF-8 with a mark: an audit line stays small.
             allowed = {k: cut_utf8(v, self._max_value_bytes) for k, v in metadata.items() if k in self._audit_metadata_keys}
@@ -51,6 +56,11 @@ class RequestRecorder:
                     "clauses": list(decision.cited_clauses),
                     "escalation": result.escalation.status.value,
                     "total_ms": round(result.timings.total_ms, 1),
+                    **(
+                        {"video_ms": result.video.info.duration_ms, "segments": len(result.video.segments)}
+                        if result.video is not None
+                        else {}
+                    ),
                 }
             },
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from moderation.core.decision import Decision
 from moderation.core.judge import Judgement
 from moderation.escalation.tier import EscalationOutcome
+from moderation.video.segments import VideoAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,8 @@ class ModerationResult:
     # Who asked (token name, mTLS subject or 'anonymous'): a case is the caller's request id,
     # so another caller reusing the id can neither replace nor read it (issue 18, item 3).
     caller: str = "anonymous"
+    # ModerateVideo: the sampled frames' times, the timeline and the segments (None for images).
+    video: VideoAnswer | None = None
 
     def without_pixels(self) -> ModerationResult:
         """This result without its decoded frames: what listeners get, so a full listener queue holds

@@ -16,6 +16,7 @@ import grpc
 
 from moderation.signals.clip.batcher import Overloaded
 from moderation.core.decode import ImageRejected
+from moderation.video.decode import VideoRejected
 from moderation.serving.shell import ServingShell
 from moderation.policy.registry import PolicyNotFound
 from moderation.serving import convert
@@ -56,6 +57,8 @@ def check_policy_id(policy_id: str) -> None:
 def status_for(err: BaseException, request_id: str, deadline_s: float) -> ServiceError:
     if isinstance(err, ServiceError):
         return err
+    if isinstance(err, VideoRejected):
+        return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid video: {err}")
     if isinstance(err, ImageRejected):
         return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {err}")
     if isinstance(err, PolicyNotFound):
@@ -87,12 +90,14 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
         default_deadline_s: float,
         admission: Admission,
         stream_window: int = STREAM_WINDOW,
+        max_video_bytes: int = 50 * 1024 * 1024,
     ):
         self.shell: ServingShell | None = None  # set once models and policies are loaded
         self._recorder = recorder
         self._max_image_bytes = max_image_bytes
         self._default_deadline_s = default_deadline_s
         self._stream_window = stream_window
+        self._max_video_bytes = max_video_bytes
         # The server's one count of request slots, shared with unary calls (the admission
         # interceptor): a stream's next item waits for one, and the stream stops being read.
         self._admission = admission
@@ -213,6 +218,66 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
             reader.add_done_callback(_quietly)
             for task in list(tasks):
                 task.cancel()
+
+    async def ModerateVideo(
+        self, request_iterator: AsyncIterator[pb.ModerateVideoRequest], context: grpc.aio.ServicerContext
+    ) -> pb.ModerateVideoResponse:
+        # One request slot for the whole call (the admission interceptor, as for Moderate): reading the
+        # chunks, decoding and judging all count against the caller's deadline.
+        deadline_s = self._deadline(context)
+        caller = caller_identity(context)
+        options = pb.VideoOptions()
+        code, result = grpc.StatusCode.OK, None
+        try:
+            loop = asyncio.get_running_loop()
+            ends = loop.time() + deadline_s
+            async with asyncio.timeout_at(ends):
+                shell = self._loaded()
+                options, video = await self._read_video(aiter(request_iterator))
+                result = await shell.moderate_video(
+                    video, options.policy_id, options.request_id or uuid.uuid4().hex, options.sample_fps, ends - loop.time(), caller,
+                    force_escalation=options.force_escalation,
+                )
+            return convert.video_result_to_pb(result)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as err:  # noqa: BLE001 - every failure becomes a status
+            failure = status_for(err, options.request_id or "(none)", deadline_s)
+            code = failure.code
+            await context.abort(failure.code, failure.message)
+            raise  # unreachable: abort raises
+        finally:
+            self._recorder.record(self._policy_label(options.policy_id), code, result, caller, dict(options.metadata))
+
+    async def _read_video(self, requests: AsyncIterator[pb.ModerateVideoRequest]) -> tuple[pb.VideoOptions, bytes]:
+        """The options message, then the file's chunks, joined; refused as soon as they pass max_video_bytes."""
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "no messages: send the options first, then the file in chunks") from None
+        if first.WhichOneof("part") != "options":
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry options (policy, sample rate, request id)")
+        options = first.options
+        if len(options.request_id) > MAX_REQUEST_ID_LENGTH:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
+        check_policy_id(options.policy_id)
+        chunks: list[bytes] = []
+        total = 0
+        async for message in requests:
+            if message.WhichOneof("part") != "chunk":
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "only the first message may carry options; send the file in chunk messages")
+            chunk = message.chunk
+            total += len(chunk)
+            if total > self._max_video_bytes:
+                raise ServiceError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the video is over {self._max_video_bytes:,} bytes (setting max_video_bytes); it was not read further",
+                )
+            chunks.append(chunk)
+        if not total:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "the video is empty; send the file's bytes in chunk messages after the options")
+        return options, b"".join(chunks)
 
     async def ListPolicies(self, request: pb.ListPoliciesRequest, context: grpc.aio.ServicerContext) -> pb.ListPoliciesResponse:
         try:

@@ -373,3 +373,116 @@ class GetPolicyResponse(_message.Message):
     source_yaml: str
     content_sha256: str
     def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., templates: _Optional[_Iterable[str]] = ..., benign_prompts: _Optional[_Iterable[str]] = ..., categories: _Optional[_Iterable[_Union[PolicyCategory, _Mapping]]] = ..., source_yaml: _Optional[str] = ..., content_sha256: _Optional[str] = ...) -> None: ...
+
+class ModerateVideoRequest(_message.Message):
+    __slots__ = ("options", "chunk")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    options: VideoOptions
+    chunk: bytes
+    def __init__(self, options: _Optional[_Union[VideoOptions, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class VideoOptions(_message.Message):
+    __slots__ = ("request_id", "policy_id", "sample_fps", "metadata", "force_escalation")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FPS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    FORCE_ESCALATION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    policy_id: str
+    sample_fps: float
+    metadata: _containers.ScalarMap[str, str]
+    force_escalation: bool
+    def __init__(self, request_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., sample_fps: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., force_escalation: _Optional[bool] = ...) -> None: ...
+
+class VideoSegment(_message.Message):
+    __slots__ = ("category_id", "start_ms", "end_ms", "band", "peak_score", "peak_ms", "action", "clause_id", "forced_by")
+    CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
+    START_MS_FIELD_NUMBER: _ClassVar[int]
+    END_MS_FIELD_NUMBER: _ClassVar[int]
+    BAND_FIELD_NUMBER: _ClassVar[int]
+    PEAK_SCORE_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CLAUSE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCED_BY_FIELD_NUMBER: _ClassVar[int]
+    category_id: str
+    start_ms: int
+    end_ms: int
+    band: Band
+    peak_score: float
+    peak_ms: int
+    action: Action
+    clause_id: str
+    forced_by: str
+    def __init__(self, category_id: _Optional[str] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., band: _Optional[_Union[Band, str]] = ..., peak_score: _Optional[float] = ..., peak_ms: _Optional[int] = ..., action: _Optional[_Union[Action, str]] = ..., clause_id: _Optional[str] = ..., forced_by: _Optional[str] = ...) -> None: ...
+
+class CategoryTimeline(_message.Message):
+    __slots__ = ("category_id", "scores")
+    CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    category_id: str
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, category_id: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class VideoInfo(_message.Message):
+    __slots__ = ("container", "codec", "width", "height", "duration_ms", "frame_rate", "sample_fps", "frames_decoded", "rotation")
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FPS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_DECODED_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
+    container: str
+    codec: str
+    width: int
+    height: int
+    duration_ms: int
+    frame_rate: float
+    sample_fps: float
+    frames_decoded: int
+    rotation: int
+    def __init__(self, container: _Optional[str] = ..., codec: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., duration_ms: _Optional[int] = ..., frame_rate: _Optional[float] = ..., sample_fps: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., rotation: _Optional[int] = ...) -> None: ...
+
+class ModerateVideoResponse(_message.Message):
+    __slots__ = ("request_id", "action", "policy_id", "policy_version", "model", "categories", "segments", "frame_times_ms", "timeline", "reasons", "bank_matches", "video", "timings", "escalation")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_TIMES_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    BANK_MATCHES_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    action: Action
+    policy_id: str
+    policy_version: str
+    model: str
+    categories: _containers.RepeatedCompositeFieldContainer[CategoryResult]
+    segments: _containers.RepeatedCompositeFieldContainer[VideoSegment]
+    frame_times_ms: _containers.RepeatedScalarFieldContainer[int]
+    timeline: _containers.RepeatedCompositeFieldContainer[CategoryTimeline]
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    bank_matches: _containers.RepeatedCompositeFieldContainer[BankMatch]
+    video: VideoInfo
+    timings: StageTimings
+    escalation: Escalation
+    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., model: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[CategoryResult, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[VideoSegment, _Mapping]]] = ..., frame_times_ms: _Optional[_Iterable[int]] = ..., timeline: _Optional[_Iterable[_Union[CategoryTimeline, _Mapping]]] = ..., reasons: _Optional[_Iterable[str]] = ..., bank_matches: _Optional[_Iterable[_Union[BankMatch, _Mapping]]] = ..., video: _Optional[_Union[VideoInfo, _Mapping]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., escalation: _Optional[_Union[Escalation, _Mapping]] = ...) -> None: ...

@@ -56,6 +56,11 @@ class ModerationServiceStub:
                 request_serializer=moderation_dot_v1_dot_moderation__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=moderation_dot_v1_dot_moderation__pb2.GetPolicyResponse.FromString,
                 _registered_method=True)
+        self.ModerateVideo = channel.stream_unary(
+                '/moderation.v1.ModerationService/ModerateVideo',
+                request_serializer=moderation_dot_v1_dot_moderation__pb2.ModerateVideoRequest.SerializeToString,
+                response_deserializer=moderation_dot_v1_dot_moderation__pb2.ModerateVideoResponse.FromString,
+                _registered_method=True)
 
 
 class ModerationServiceServicer:
@@ -94,6 +99,18 @@ class ModerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModerateVideo(self, request_iterator, context):
+        """ModerateVideo moderates a short video (MP4, WebM, MOV, MKV). The client
+        streams the file: the first message carries the options, every later one
+        a chunk of the file's bytes, in order (total bounded by the server's
+        max_video_bytes). Frames are sampled over time (default 1 per second),
+        scored like images, and the answer says when each category was over its
+        threshold (segments) and how each scored over time (timeline).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +133,11 @@ def add_ModerationServiceServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=moderation_dot_v1_dot_moderation__pb2.GetPolicyRequest.FromString,
                     response_serializer=moderation_dot_v1_dot_moderation__pb2.GetPolicyResponse.SerializeToString,
+            ),
+            'ModerateVideo': grpc.stream_unary_rpc_method_handler(
+                    servicer.ModerateVideo,
+                    request_deserializer=moderation_dot_v1_dot_moderation__pb2.ModerateVideoRequest.FromString,
+                    response_serializer=moderation_dot_v1_dot_moderation__pb2.ModerateVideoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +250,33 @@ class ModerationService:
             '/moderation.v1.ModerationService/GetPolicy',
             moderation_dot_v1_dot_moderation__pb2.GetPolicyRequest.SerializeToString,
             moderation_dot_v1_dot_moderation__pb2.GetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModerateVideo(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/moderation.v1.ModerationService/ModerateVideo',
+            moderation_dot_v1_dot_moderation__pb2.ModerateVideoRequest.SerializeToString,
+            moderation_dot_v1_dot_moderation__pb2.ModerateVideoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,19 +50,19 @@ def test_policy_imports_nothing_of_the_project_but_itself(path: Path) -> None:
     assert not outside, f"{path.name} imports {sorted(outside)}"
 
 
-@pytest.mark.parametrize("path", files("policy", "core"), ids=ids)
+@pytest.mark.parametrize("path", files("policy", "core", "video"), ids=ids)
 def test_core_and_policy_import_no_torch_and_no_grpc(path: Path) -> None:
     heavy = {m for m in imported_modules(path) if m.split(".")[0] in {"torch", "open_clip", "transformers", "grpc"}}
     assert not heavy, f"{ids(path)} imports {sorted(heavy)}"
 
 
-@pytest.mark.parametrize("path", files("core", "signals", "escalation", "policy"), ids=ids)
+@pytest.mark.parametrize("path", files("core", "signals", "escalation", "policy", "video"), ids=ids)
 def test_the_core_and_below_import_nothing_above_them(path: Path) -> None:
     above = project_imports(path, "moderation.serving", "moderation.cli", "moderation.runtime", "moderation.offline", "moderation.state")
     assert not above, f"{ids(path)} imports {sorted(above)}"
 
 
-@pytest.mark.parametrize("path", files("runtime.py", "offline", "state", "ops", "core", "signals", "escalation", "policy"), ids=ids)
+@pytest.mark.parametrize("path", files("runtime.py", "offline", "state", "ops", "core", "signals", "escalation", "policy", "video"), ids=ids)
 def test_nothing_below_the_shell_imports_it(path: Path) -> None:
     shell = project_imports(path, "moderation.serving", "moderation.cli")
     assert not shell, f"{ids(path)} imports {sorted(shell)}"

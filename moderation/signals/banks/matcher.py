@@ -242,8 +242,12 @@ class BankMatcher:
         banks: Collection[str] | None = None,
         *,
         rollout: bool = True,
+        every_frame: bool = False,
     ) -> list[BankMatch]:
         """`match` for hashes already computed (the request computes them once for every policy); `banks`: only these.
+
+        An entry matched by several frames is one match, named by its closest frame; with `every_frame`
+        (a video's frames: when it was shown matters) one match per entry and frame.
 
         `rollout=False` ignores matching_ratio: for a curator's lookup of a hash alone, which has no upload
         whose SHA-256 could place it in or out of a bank's rollout.
@@ -262,9 +266,9 @@ class BankMatcher:
             if not config.enabled or (rollout and not in_rollout(hashes.sha256, config.name, config.matching_ratio)):
                 continue
             found.extend(self._exact(bank, hashes))
-            found.extend(self._pdq(bank, codes, qualities))
+            found.extend(self._pdq(bank, codes, qualities, every_frame))
             if vectors is not None and bank.embedding is not None:
-                found.extend(self._embedding(bank, vectors))
+                found.extend(self._embedding(bank, vectors, every_frame))
         return found
 
     def _exact(self, bank: _Bank, hashes: ContentHashes) -> list[BankMatch]:
@@ -274,20 +278,22 @@ class BankMatcher:
             for entry_id in index.search(value)
         ]
 
-    def _pdq(self, bank: _Bank, codes: np.ndarray, qualities: np.ndarray) -> list[BankMatch]:
+    def _pdq(self, bank: _Bank, codes: np.ndarray, qualities: np.ndarray, every_frame: bool = False) -> list[BankMatch]:
         if not len(bank.pdq) or not len(codes):
             return []
         # Flat frames (quality below the bank's bar) match too much to mean anything.
         usable = np.flatnonzero(qualities >= bank.config.pdq_min_quality)
-        best: dict[int, tuple[int, int]] = {}  # entry -> (distance, frame): the closest frame names the match
+        # entry (and frame, with every_frame) -> (distance, frame): the closest frame names the match
+        best: dict[tuple[int, int], tuple[int, int]] = {}
         for frame, hits in zip(usable.tolist(), bank.pdq.search(codes[usable]), strict=True):
             for entry_id, distance in hits:
-                if entry_id not in best or distance < best[entry_id][0]:
-                    best[entry_id] = (distance, frame)
+                key = (entry_id, frame if every_frame else 0)
+                if key not in best or distance < best[key][0]:
+                    best[key] = (distance, frame)
         threshold = bank.config.pdq_max_distance
-        return [self._hit(bank.config.name, i, "pdq", d, threshold, f) for i, (d, f) in best.items()]
+        return [self._hit(bank.config.name, i, "pdq", d, threshold, f) for (i, _), (d, f) in best.items()]
 
-    def _embedding(self, bank: _Bank, vectors: np.ndarray) -> list[BankMatch]:
+    def _embedding(self, bank: _Bank, vectors: np.ndarray, every_frame: bool = False) -> list[BankMatch]:
         index = bank.embedding
         assert index is not None
         if vectors.shape[1] != index.dim:
@@ -295,13 +301,14 @@ class BankMatcher:
             # and a curator's bank must never fail requests. Logged once per bank and dimension.
             _warn_dimension(bank.config.name, index.dim, vectors.shape[1])
             return []
-        best: dict[int, tuple[float, int]] = {}
+        best: dict[tuple[int, int], tuple[float, int]] = {}
         for frame, hits in enumerate(index.search(vectors)):
             for entry_id, cosine in hits:
-                if entry_id not in best or cosine > best[entry_id][0]:
-                    best[entry_id] = (cosine, frame)
+                key = (entry_id, frame if every_frame else 0)
+                if key not in best or cosine > best[key][0]:
+                    best[key] = (cosine, frame)
         threshold = bank.config.embedding_min_cosine
-        return [self._hit(bank.config.name, i, "embedding", c, threshold, f) for i, (c, f) in best.items()]
+        return [self._hit(bank.config.name, i, "embedding", c, threshold, f) for (i, _), (c, f) in best.items()]
 
     def _hit(self, bank: str, entry_id: int, kind: SignalType, distance: float, threshold: float, frame: int | None) -> BankMatch:
         return BankMatch(bank, self._entries[entry_id].content_id, kind, distance, threshold, frame)

@@ -72,7 +72,10 @@ class BankSignal:
         embeddings = None
         if "embedding" in prepared.matcher.signal_types and frames.embeddings is not None:
             embeddings = embeddings_array(frames.embeddings)
-        found = prepared.matcher.match_hashes(prepared.hashes, embeddings, banks=rules.keys() & known)
+        # A video's frames each count (when the content was shown makes its segments); an animation's
+        # frames name an entry once, by the closest.
+        timed = bool(frames.decoded.times_ms)
+        found = prepared.matcher.match_hashes(prepared.hashes, embeddings, banks=rules.keys() & known, every_frame=timed)
         by_bank: dict[str, list[BankMatch]] = {}
         for match in found:
             by_bank.setdefault(match.bank, []).append(match)
