@@ -372,6 +372,7 @@ def test_every_secret_the_prod_pods_read_has_a_create_command_in_the_deploy_docs
             if ref := variable.get("valueFrom", {}).get("secretKeyRef"):
                 needed.setdefault(ref["name"], set()).add(ref["key"])
     assert "moderation-curation-tokens" in needed, "the prod scorer turns bank curation on from its own Secret"
+    assert "moderation-reviewer-tokens" in needed, "the prod scorer turns the review queue on from its own Secret"
     docs = (ROOT / "docs" / "deploy.md").read_text()
     for name, keys in sorted(needed.items()):
         commands = re.findall(rf"create secret generic {re.escape(name)}\b[^`]*", docs)
