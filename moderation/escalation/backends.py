@@ -75,7 +75,7 @@ class RemoteExplainer:
     `authorization: Bearer <token>` on every call.
     """
 
-    watches_video = False  # ExplainRequest carries one image: a video's peak frame, as a still
+    watches_video = True  # a video segment's frames travel as JPEGs in ExplainRequest.video_frames
 
     def __init__(
         self,
@@ -131,6 +131,7 @@ class RemoteExplainer:
             policy_version=request.policy.version,
             category_ids=list(request.category_ids),
             frame_index=request.frame_index,
+            video_frames=[pb.ExplainVideoFrame(time_ms=time_ms, image=_jpeg(frame)) for time_ms, frame in request.frames],
         )
         reply = await self._call("Explain", message, timeout_s)
         if reply.category_id not in request.category_ids or reply.clause_id != request.policy.category(reply.category_id).clause.id:
@@ -168,3 +169,12 @@ class RemoteExplainer:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
+
+
+def _jpeg(frame) -> bytes:  # noqa: ANN001 - a PIL image
+    """A sampled video frame as the explain-serve hop carries it (the scorer already scaled it to 512 px at most)."""
+    import io
+
+    buffer = io.BytesIO()
+    frame.convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()

@@ -34,6 +34,11 @@ from moderation.policy.schema import Policy
 log = logging.getLogger(__name__)
 
 
+# Frames of a video segment one explanation watches at most (each costs SmolVLM2 one 512 px image's
+# tokens); the scorer sends no more, and explain-serve refuses more.
+MAX_WATCHED_FRAMES = 8
+
+
 class EscalationStatus(str, enum.Enum):
     NOT_NEEDED = "NOT_NEEDED"
     COMPLETED = "COMPLETED"

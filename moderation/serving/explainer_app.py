@@ -20,6 +20,7 @@ from PIL import Image
 
 from moderation.ops.config import Settings
 from moderation.core.decode import DecodeLimits, ImageRejected, decode_frames
+from moderation.escalation.tier import MAX_WATCHED_FRAMES
 from moderation.policy.registry import PolicyNotFound, PolicyRegistry
 from moderation.runtime import StartupCancellation, decode_limits, load_explainer, resolve_device
 from moderation.serving.builder import ServerBuilder
@@ -55,8 +56,15 @@ class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
 
     def _explain(self, request: pb.ExplainRequest, policy):  # noqa: ANN001, ANN202
         frame = decode_frame(request.image, self._limits, request.frame_index)
-        log.info("explaining request %s: frame %d", echo(request.request_id), request.frame_index)
-        return self.explainer.explain(frame, policy, list(request.category_ids), policy.escalation.instruction, self._max_new_tokens)
+        # A video segment's frames: each a still within the same decode limits, with its time.
+        watched = tuple((item.time_ms, decode_frame(item.image, self._limits, 0)) for item in request.video_frames)
+        if watched:
+            log.info("explaining request %s: %d video frames", echo(request.request_id), len(watched))
+        else:
+            log.info("explaining request %s: frame %d", echo(request.request_id), request.frame_index)
+        return self.explainer.explain(
+            frame, policy, list(request.category_ids), policy.escalation.instruction, self._max_new_tokens, video_frames=watched
+        )
 
     async def _served_policy(self, policy_id: str, version: str, context: grpc.aio.ServicerContext):  # noqa: ANN202
         """The policy the request names, at the version it names, or the call aborted with why not."""
@@ -110,6 +118,13 @@ class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
         from moderation.escalation.explainer import ExplanationFailed
 
         policy = await self._served_policy(request.policy_id, request.policy_version, context)
+        if len(request.video_frames) > MAX_WATCHED_FRAMES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"video_frames holds {len(request.video_frames)} frames; at most {MAX_WATCHED_FRAMES} are watched"
+            )
+        times = [item.time_ms for item in request.video_frames]
+        if any(t < 0 for t in times) or times != sorted(times):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "video_frames must be in time order, with times of 0 ms or more")
         unknown = [c for c in request.category_ids if c not in {k.id for k in policy.categories}]
         if not request.category_ids or unknown:
             await context.abort(

@@ -27,7 +27,7 @@ from PIL import Image
 
 from moderation.core.decision import Decision
 from moderation.core.judge import Judgement, JudgingCore, Sample
-from moderation.escalation.tier import EscalationOutcome
+from moderation.escalation.tier import MAX_WATCHED_FRAMES, EscalationOutcome
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
 from moderation.policy.schema import Action
 from moderation.serving.listeners import Listeners
@@ -47,8 +47,7 @@ if TYPE_CHECKING:  # pdqhash and faiss load only where banks are on; PyAV only w
 
 log = logging.getLogger(__name__)
 
-# Frames of a video segment the explainer watches at most (each costs SmolVLM2 one 512 px image's tokens).
-VIDEO_ESCALATION_FRAMES = 8
+VIDEO_ESCALATION_FRAMES = MAX_WATCHED_FRAMES  # frames of a video segment the explainer watches at most
 
 
 class ServingShell:
@@ -234,8 +233,8 @@ class ServingShell:
 
         The deciding frame is the one that set the first escalated category's score (the peak of that
         category's worst segment). An in-process SmolVLM2 (`watches_video`) watches that segment: up
-        to VIDEO_ESCALATION_FRAMES of its sampled frames, each stamped with its time; a remote
-        explainer judges the peak frame alone, sent as a PNG (ExplainRequest carries one image).
+        to VIDEO_ESCALATION_FRAMES of its sampled frames, each stamped with its time (a remote
+        explain-serve gets them as JPEGs in ExplainRequest.video_frames, beside the peak as a PNG).
         The reasons say what was watched, with times. Without an answer the case is at least
         REVIEW, never ALLOW.
         """

@@ -88,20 +88,30 @@ class AskResponse(_message.Message):
     def __init__(self, answer: _Optional[str] = ..., model: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("request_id", "image", "policy_id", "policy_version", "category_ids", "frame_index")
+    __slots__ = ("request_id", "image", "policy_id", "policy_version", "category_ids", "frame_index", "video_frames")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     POLICY_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_IDS_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FRAMES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     image: bytes
     policy_id: str
     policy_version: str
     category_ids: _containers.RepeatedScalarFieldContainer[str]
     frame_index: int
-    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., category_ids: _Optional[_Iterable[str]] = ..., frame_index: _Optional[int] = ...) -> None: ...
+    video_frames: _containers.RepeatedCompositeFieldContainer[ExplainVideoFrame]
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., category_ids: _Optional[_Iterable[str]] = ..., frame_index: _Optional[int] = ..., video_frames: _Optional[_Iterable[_Union[ExplainVideoFrame, _Mapping]]] = ...) -> None: ...
+
+class ExplainVideoFrame(_message.Message):
+    __slots__ = ("time_ms", "image")
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    time_ms: int
+    image: bytes
+    def __init__(self, time_ms: _Optional[int] = ..., image: _Optional[bytes] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("violates", "category_id", "clause_id", "rationale", "confidence", "model", "generated_tokens", "latency_ms", "frame_index")

@@ -258,3 +258,46 @@ def test_video_escalation_watches_the_borderline_segment_or_the_frames_around_a_
 
 def _clock(ms: int) -> str:
     return f"0:{ms / 1000:06.3f}"
+
+
+def test_a_remote_explainer_watches_the_segment_too(tmp_path: Path) -> None:
+    """explain-serve gets the segment's sampled frames as JPEGs in ExplainRequest.video_frames, each with its time."""
+    import io
+
+    from PIL import Image
+
+    from tests import images
+    from tests.conftest import TINY_CLIP
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "edgy.yaml").write_text(EDGY)
+    explainer_args = ("--policies", str(policies), "--explainer-model", "tiny-smolvlm", "--explainer-weights", "random")
+    with running_server(tmp_path, *explainer_args, command="explain-serve") as explainer:
+        args = ("--policies", str(policies), "--model", f"local-dir:{TINY_CLIP}", "--weights", "random",
+                "--explainer", "remote", "--explainer-target", explainer.target)  # fmt: skip
+        with running_server(tmp_path, *args) as server:
+            response = Videos(server).moderate(make_video(12, fps=5, kind=MP4, frame_at=scene_between(4, 8)), policy_id="edgy")
+        escalation = response.escalation
+        assert escalation.status == pb.ESCALATION_STATUS_COMPLETED, escalation.reason
+        assert (escalation.category_id, escalation.clause_id) == ("gore", "G-1")
+        [note] = [r for r in response.reasons if r.startswith("The explainer watched")]
+        assert note.startswith("The explainer watched 8 frames of its BORDERLINE segment 0:00.000-0:12.000 for gore")
+        assert f"explaining request {response.request_id}: 8 video frames" in explainer.log_text()
+
+        # More frames than one explanation watches, or frames out of time order: refused with a sentence.
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), (90, 20, 20)).save(buffer, format="JPEG")
+        frame = buffer.getvalue()
+        fields = {"image": images.astronaut_jpeg(), "policy_id": "edgy", "policy_version": "1", "category_ids": ["gore"]}
+        with explainer.channel() as channel:
+            stub = pb_grpc.ExplainerServiceStub(channel)
+            for times, says in [(range(9), "video_frames holds 9 frames; at most 8"), ([2000, 1000], "in time order")]:
+                frames = [pb.ExplainVideoFrame(time_ms=t, image=frame) for t in times]
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.Explain(pb.ExplainRequest(video_frames=frames, **fields), timeout=60)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in caught.value.details()
+            broken = [pb.ExplainVideoFrame(time_ms=0, image=b"not a jpeg")]
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Explain(pb.ExplainRequest(video_frames=broken, **fields), timeout=60)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "invalid image" in caught.value.details()
