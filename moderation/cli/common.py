@@ -82,6 +82,50 @@ def print_json(document: object) -> None:
     print(json.dumps(document, indent=2, default=str))
 
 
+def message_document(message: Any, **options: Any) -> dict:
+    """A protobuf message as a JSON-ready dict in the vocabulary of every other `--json` document.
+
+    The wire enums are prefixed (ACTION_ALLOW, BAND_BORDERLINE: protobuf's rule for enums in
+    one package); the commands' own documents say ALLOW, BORDERLINE, as the policies do. Every
+    enum value here loses its enum's prefix (the name of its *_UNSPECIFIED value), so
+    `moderate --json` and `compare --json` speak one vocabulary.
+    """
+    from google.protobuf.json_format import MessageToDict
+
+    document = MessageToDict(message, preserving_proto_field_name=True, **options)
+    _plain_enums(message.DESCRIPTOR, document)
+    return document
+
+
+def _enum_prefix(enum: Any) -> str:
+    unspecified = next((v.name for v in enum.values if v.number == 0 and v.name.endswith("UNSPECIFIED")), None)
+    return unspecified.removesuffix("UNSPECIFIED") if unspecified else ""
+
+
+def _plain_enums(descriptor: Any, document: dict) -> None:
+    for field in descriptor.fields:
+        if field.name not in document:
+            continue
+        value = document[field.name]
+        if field.enum_type is not None:
+            prefix = _enum_prefix(field.enum_type)
+            strip = lambda v: v.removeprefix(prefix) if isinstance(v, str) else v  # noqa: E731
+            document[field.name] = [strip(v) for v in value] if isinstance(value, list) else strip(value)
+        elif field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
+            if field.message_type.GetOptions().map_entry:
+                value_field = field.message_type.fields_by_name["value"]
+                if value_field.enum_type is not None:
+                    prefix = _enum_prefix(value_field.enum_type)
+                    document[field.name] = {k: v.removeprefix(prefix) if isinstance(v, str) else v for k, v in value.items()}
+                elif value_field.message_type is not None:
+                    for item in value.values():
+                        _plain_enums(value_field.message_type, item)
+            else:
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, dict):
+                        _plain_enums(field.message_type, item)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)

@@ -23,6 +23,9 @@ def test_moderate_names_each_request_id_whole(server: RunningServer, tmp_path: P
     args = ["moderate", str(first), str(second), "--target", server.target]
     document = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
     assert len(document) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", d["request_id"]) for d in document)
+    # One vocabulary with compare --json and the policies: ALLOW, not ACTION_ALLOW (issue 22).
+    assert all(d["action"] in {"ALLOW", "REVIEW", "BLOCK"} for d in document)
+    assert all(c["band"] in {"BELOW", "BORDERLINE", "ABOVE"} for d in document for c in d["categories"] if "band" in c)
 
     result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output

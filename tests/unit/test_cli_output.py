@@ -54,3 +54,20 @@ def test_compare_takes_several_images_and_ends_with_the_agreement_count(tmp_path
     assert [image["image"] for image in document["images"]] == [str(first), str(second)]
     agree = sum(c["agree"] for image in document["images"] for c in image["categories"])
     assert document["agreement"] == {"agree": agree, "compared": 12}
+
+
+def test_json_documents_name_actions_and_bands_as_the_policies_do() -> None:
+    """Issue 22: `moderate --json` said ACTION_ALLOW where `compare --json` says ALLOW; one vocabulary."""
+    from moderation.cli.common import message_document
+    from moderation.v1 import moderation_pb2 as pb
+
+    response = pb.ModerateResponse(
+        action=pb.ACTION_REVIEW,
+        categories=[pb.CategoryResult(id="weapons", score=0.5, band=pb.BAND_BORDERLINE)],
+        bank_matches=[pb.BankMatch(bank="known", content_id="x", signal_type=pb.BANK_SIGNAL_TYPE_PDQ)],
+    )
+    document = message_document(response)
+    assert document["action"] == "REVIEW"
+    assert document["categories"][0]["band"] == "BORDERLINE" and document["categories"][0]["id"] == "weapons"
+    assert document["bank_matches"][0]["signal_type"] == "PDQ"
+    assert "ACTION_" not in json.dumps(document) and "BAND_" not in json.dumps(document)
