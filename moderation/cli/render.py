@@ -215,6 +215,21 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumb
 
     from moderation.state.thumbnails import thumbnail_paths
 
+    # What qualifies every number below comes first: read after 150 lines of examples, it was missed (issue 22).
+    other_versions = {v: n for v, n in flips.stored_versions.items() if v != old.version}
+    if other_versions:
+        listed = ", ".join(f"{v} ({n})" for v, n in sorted(other_versions.items()))
+        out.print(
+            f"[yellow]![/] {sum(other_versions.values())} decisions were made under other versions than {escape(old.version)}: "
+            f"{escape(listed)}; their flips compare against {escape(old.version)}, not the version that served them",
+            highlight=False,
+        )
+    if flips.not_reproduced:
+        out.print(
+            f"[yellow]![/] {flips.not_reproduced} decisions made under {escape(old.version)} get another action from it now "
+            f"(e.g. {escape(', '.join(flips.not_reproduced_examples))}): OLD may differ from the file that served them",
+            highlight=False,
+        )
     share = flips.changed / flips.decisions if flips.decisions else 0.0
     out.print(
         f"re-scored {flips.decisions} {escape(what)} under {old.id}@{escape(old.version)} and {new.id}@{escape(new.version)}: "
@@ -256,16 +271,6 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumb
             f"examples: scores under {escape(old.version)} -> {escape(new.version)}",
             columns + (["thumbnail"] if thumbnails is not None else []),
             rows,
-        )
-    other_versions = {v: n for v, n in flips.stored_versions.items() if v != old.version}
-    if other_versions:
-        listed = ", ".join(f"{v} ({n})" for v, n in sorted(other_versions.items()))
-        out.print(f"[yellow]![/] {sum(other_versions.values())} decisions were made under other versions than {escape(old.version)}: {escape(listed)}", highlight=False)
-    if flips.not_reproduced:
-        out.print(
-            f"[yellow]![/] {flips.not_reproduced} decisions made under {escape(old.version)} get another action from it now "
-            f"(e.g. {escape(', '.join(flips.not_reproduced_examples))}): OLD may differ from the file that served them",
-            highlight=False,
         )
 
 
