@@ -274,21 +274,26 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumb
         )
 
 
-def print_comparison(
-    image: Path, clip_model: str, explainer_id: str, decision: Decision, verdicts: dict[str, ExplainerVerdict], random_weights: bool
-) -> None:
+def print_comparison(image: Path, decision: Decision, verdicts: dict[str, ExplainerVerdict]) -> None:
+    """One image, both tiers side by side in 80 columns: a narrow table of verdicts, then each rationale as text.
+
+    The rationale is the one wide thing; in a table it forced ~230 columns (issue 22), so it
+    follows the table, one wrapped paragraph per category.
+    """
     from moderation.core.decision import clip_leans_violating
 
-    title = f"{escape(str(image))}: CLIP {escape(clip_model)} -> {decision.action.value}; explainer {escape(explainer_id)}"
+    out.print(f"{escape(str(image))}: [bold]{decision.action.value}[/]", highlight=False)
     rows = []
     for c in decision.categories:
         leans = "violates" if clip_leans_violating(c) else "ok"
         verdict = verdicts.get(c.category_id)
-        said = ("violates" if verdict.violates else "ok") if verdict else "-"
-        agree = ("yes" if (verdict.violates == (leans == "violates")) else "no") if verdict else "-"
-        rows.append([
-            escape(c.category_id), escape(c.clause_id), f"{c.score:.3f}", c.band.value, leans, said,
-            f"{verdict.confidence:.2f}" if verdict else "-", agree, escape(verdict.rationale) if verdict else "",
-        ])  # fmt: skip
-    columns = ["category", "clause", Column("CLIP score", "right"), "band", "CLIP leans", "explainer", Column("confidence", "right"), "agree", "rationale"]
-    print_rows(title, columns, rows)
+        said = f"{'violates' if verdict.violates else 'ok'} {verdict.confidence:.2f}" if verdict else "-"
+        agree = ("yes" if verdict.violates == (leans == "violates") else "[bold]no[/]") if verdict else "-"
+        rows.append([escape(f"{c.category_id} ({c.clause_id})"), f"{c.score:.3f} {c.band.value}", leans, said, agree])
+    columns = ["category (clause)", Column("CLIP score, band", "right"), "CLIP leans", "explainer", "agree"]
+    print_rows(None, columns, rows)
+    said_why = [(c.category_id, verdicts[c.category_id].rationale) for c in decision.categories if c.category_id in verdicts]
+    if said_why:
+        out.print("explainer's rationale:", highlight=False)
+        for category_id, rationale in said_why:
+            out.print(f"  {escape(category_id)}: {escape(rationale) or '(none given)'}", highlight=False)
