@@ -2,7 +2,7 @@
 
 Every change to what the store keeps is a new `Migration` appended here (never an
 edit of one already released): the decisions table, the thumbnails table, and later
-the hash banks (4) and, later, the review queue. A store records what it has applied in
+the hash banks (4), what decided each decision (5) and, later, the review queue. A store records what it has applied in
 `schema_version` (one row per migration); opening a writable store applies the
 missing ones in order, in one transaction:
 
@@ -246,6 +246,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX bank_audit_by_bank ON bank_audit (bank, id)",
         ),
+    ),
+    Migration(
+        5,
+        "decisions: what decided each one (scores, thresholds, bands, clauses, shadow results, the explainer's rationale) "
+        "for `case show`",
+        # JSON (moderation/state/records.py, decision_details); '' for rows written before.
+        sqlite=("ALTER TABLE decisions ADD COLUMN details TEXT NOT NULL DEFAULT ''",),
+        postgres=("ALTER TABLE decisions ADD COLUMN details TEXT NOT NULL DEFAULT ''",),
     ),
 )
 

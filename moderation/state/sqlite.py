@@ -20,7 +20,8 @@ from moderation.state.records import StoreError
 from moderation.state.store import CaseKey, DecisionRow, RejectedRows, StateStore, ThumbnailRow
 
 _INSERT_DECISION = (
-    "INSERT INTO decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding, caller) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding, caller, details) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_THUMBNAIL = (
     "INSERT INTO thumbnails (caller, request_id, saved_at, jpeg) VALUES (?, ?, ?, ?) "
