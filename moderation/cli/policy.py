@@ -359,7 +359,10 @@ def policy_calibrate(
     proposed_path.write_text(result.proposed_text, encoding="utf-8")
     _write_scores_csv(out_dir / "scores.csv", [image.path for image, _ in kept], result)
     report_path = out_dir / "report.html"
-    report_path.write_text(render_report(result, str(labels), scorer.random_weights, unreadable, str(proposed_path)), encoding="utf-8")
+    import shlex
+
+    command = f"moderation policy calibrate {shlex.quote(str(policy_file))} --labels {shlex.quote(str(labels))}"
+    report_path.write_text(render_report(result, str(labels), scorer.random_weights, unreadable, str(proposed_path), command), encoding="utf-8")
 
     diff = list(difflib.unified_diff(policy_text.splitlines(), result.proposed_text.splitlines(), str(policy_file), str(proposed_path), lineterm=""))
     if as_json:
@@ -369,7 +372,7 @@ def policy_calibrate(
         document["diff"] = "\n".join(diff)
         print_json(document)
     else:
-        print_calibration(result)
+        print_calibration(result, command)
         for line in diff:
             style = "bold" if line.startswith(("---", "+++")) else {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
             out.print(escape(line), style=style, highlight=False)

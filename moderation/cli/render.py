@@ -116,63 +116,66 @@ def print_case_outcomes(policy_path: Path, policy: Policy, cases_file: CasesFile
 
 
 
-def print_calibration(result: PolicyCalibration) -> None:
+def print_calibration(result: PolicyCalibration, command: str) -> None:
+    """The calibration for an analyst (issue 22): counts of images rather than rates, findings grouped, commands that run.
+
+    `command`: the calibrate command up to its targets, for the examples (moderation/offline/advice.py).
+    """
+    from moderation.offline.advice import WORDS, findings, threshold_sentences
     from moderation.policy.schema import Action
 
-    def number(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}"
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
 
     title = escape(
         f"{result.policy.id}: {result.policy.version} -> {result.proposed.version} "
         f"({len(result.labels)} labelled images, scored with {result.model_id})"
     )
+    # Narrow enough for 80 columns: proposed thresholds (* where they move; the sentences below say from what).
     columns = [
-        "category", Column("positives", "right"), Column("review", "right"), Column("block", "right"),
-        Column("precision at review", "right"), Column("precision at block", "right"), Column("recall at review", "right"),
-        Column("review load", "right"),
+        "category", Column("images", "right"), Column("review", "right"), Column("block", "right"),
+        Column("right", "right"), Column("caught", "right"), Column("to review", "right"),
     ]  # fmt: skip
     rows = [
         [
             escape(c.category_id),
             str(c.positives),
-            f"{c.current.review:g} -> {c.proposed.review:g}",
-            f"{c.current.block:g} -> {c.proposed.block:g}",
-            number(c.proposed.precision_at_review),
-            number(c.proposed.precision_at_block),
-            number(c.proposed.recall_at_review),
-            f"{c.current.review_load:.1%} -> {c.proposed.review_load:.1%}",
+            f"{c.proposed.review:g}" + ("*" if c.current.review != c.proposed.review else ""),
+            f"{c.proposed.block:g}" + ("*" if c.current.block != c.proposed.block else ""),
+            share(c.proposed.precision_at_review),
+            share(c.proposed.recall_at_review),
+            f"{c.proposed.review_load:.1%}",
         ]
         for c in result.categories
     ]
     print_rows(title, columns, rows)
-    out.print("why:", highlight=False)
+    out.print(
+        f"[dim]images: labelled images of the category; review, block: proposed thresholds (* moved); at the review "
+        f"threshold: {escape(WORDS)}[/]",
+        highlight=False,
+    )
+    out.print("what the proposed thresholds do to the labelled images:", highlight=False)
     for c in result.categories:
-        if not c.changed and not c.collapse_refused:
-            reason = c.why.get("review", "kept")
-            out.print(escape(f"  {c.category_id}: unchanged ({reason})"), highlight=False)
-            continue
-        for name in ("review", "block"):
-            before, after = getattr(c.current, name), getattr(c.proposed, name)
-            out.print(escape(f"  {c.category_id} {name} {before:g} -> {after:g}: {c.why.get(name, '')}"), highlight=False)
-    # Notes that restate a reason above ("thresholds kept", "block threshold kept at") are left out.
-    restated = ("no labelled", "no threshold reaches precision", "on_block is REVIEW and the block threshold alone")
-    for c in result.categories:
-        for note in c.notes:
-            if not note.startswith(restated):
-                out.print(f"[yellow]![/] {escape(f'{c.category_id}: {note}')}", highlight=False)
+        for sentence in threshold_sentences(result, c):
+            out.print(f"  {escape(sentence)}", highlight=False)
     budget = result.targets.max_review_rate
     review_before, review_after = result.current_actions[Action.REVIEW], result.proposed_actions[Action.REVIEW]
     out.print(
-        f"REVIEW in total: {review_before:.1%} -> {review_after:.1%} of labelled images"
-        + (f" (budget {budget:.1%} per category)" if budget is not None else " (no --max-review-rate)"),
+        f"images sent to REVIEW in total: {review_before:.1%} -> {review_after:.1%} of the labelled images"
+        + (f" (budget {budget:.1%} per category)" if budget is not None else ""),
         highlight=False,
     )
     shares = ", ".join(f"{a.value} {result.current_actions[a]:.1%} -> {result.proposed_actions[a]:.1%}" for a in result.current_actions)
     out.print(f"image actions on the labelled set: {shares}", highlight=False)
     out.print(escape(result.model_note), highlight=False)
-    warnings = [*(f"{c.category_id}: {w}" for c in result.categories for w in c.warnings), *result.warnings]
-    for warning in warnings:
-        out.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    found = findings(result, command)
+    if found:
+        out.print(f"[bold yellow]read before taking the proposal ({len(found)}):[/]", highlight=False)
+    for finding in found:
+        out.print(f"[bold yellow]![/] {escape(finding.headline)}", highlight=False)
+        out.print(f"  what to do: {escape(finding.todo)}", highlight=False)
+        if finding.example:
+            out.print(f"  for example: {escape(finding.example)}", highlight=False)
 
 
 def age(seconds: float) -> str:
