@@ -60,9 +60,10 @@ def print_response(path: Path, response) -> None:  # noqa: ANN001 - generated me
 
     action = pb.Action.Name(response.action).removeprefix("ACTION_")
     colour = {"ALLOW": "green", "REVIEW": "yellow", "BLOCK": "red"}.get(action, "white")
+    # The request id on a line of its own: whole, and where the eye (and grep) finds it at any width.
     title = (
         f"{escape(str(path))}: [bold {colour}]{action}[/] under {escape(response.policy_id)}@{escape(response.policy_version)} "
-        f"({escape(response.model)}), request {escape(response.request_id)}"
+        f"({escape(response.model)})\n  request id: {escape(response.request_id)}"
     )
     columns = ["category", Column("score", "right"), Column("review at", "right"), Column("block at", "right"), "band", "clause"]
     rows = [
