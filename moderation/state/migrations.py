@@ -2,7 +2,7 @@
 
 Every change to what the store keeps is a new `Migration` appended here (never an
 edit of one already released): the decisions table, the thumbnails table, and later
-the hash banks (4), what decided each decision (5) and, later, the review queue. A store records what it has applied in
+the hash banks (4), what decided each decision (DECISION_DETAILS) and, later, the review queue. A store records what it has applied in
 `schema_version` (one row per migration); opening a writable store applies the
 missing ones in order, in one transaction:
 
@@ -36,6 +36,9 @@ class Migration:
     sqlite: tuple[str, ...]
     postgres: tuple[str, ...]
 
+
+# The migration that adds decisions.details (readers of older stores read '' instead).
+DECISION_DETAILS = 5
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -248,7 +251,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        5,
+        DECISION_DETAILS,
         "decisions: what decided each one (scores, thresholds, bands, clauses, shadow results, the explainer's rationale) "
         "for `case show`",
         # JSON (moderation/state/records.py, decision_details); '' for rows written before.

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from moderation.policy.schema import Action
+from moderation.state.migrations import DECISION_DETAILS
 from moderation.state.records import (
     StoredDecisions,
     StoreError,
@@ -455,7 +456,7 @@ class StateStore(ABC):
         key = self._row_key
         # A reader never migrates: a store from before callers were kept reads them as '' (unknown).
         callers = "caller" if self.schema_version >= 3 else "''"
-        details = "details" if self.schema_version >= 5 else "''"  # likewise what decided it, before it was kept
+        details = "details" if self.schema_version >= DECISION_DETAILS else "''"  # likewise what decided it, before it was kept
         where, params = ("request_id = ?", (request_id,)) if caller is None else (f"request_id = ? AND {callers} = ?", (request_id, caller))
         rows = self._fetchall(
             f"SELECT ts, {key}, request_id, policy_id, policy_version, action, model_id, embedding, {callers}, {details} FROM decisions "
