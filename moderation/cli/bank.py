@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 import typer
 
 from moderation.cli.app import bank_app
-from moderation.cli.common import JsonOption, err, escape, fail, out, print_json
+from moderation.cli.common import JsonOption, err, escape, fail, message_document, out, print_json
 from moderation.cli.connect import ClientSecurity, TlsCaOption, TlsClientCertOption, TlsClientKeyOption, TlsServerNameOption
 from moderation.cli.render import Column, print_rows
 
@@ -182,14 +182,13 @@ def list_banks(
     token_file: CurationTokenFileOption = None,
 ) -> None:
     """List every bank: settings and entries per signal."""
-    from google.protobuf.json_format import MessageToDict
 
     from moderation.v1 import banks_pb2 as bpb
 
     with connection(target, tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file).stub() as (stub, metadata):
         response = called(lambda: stub.ListBanks(bpb.ListBanksRequest(), timeout=timeout, metadata=metadata))
     if as_json:
-        print_json(MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+        print_json(message_document(response, always_print_fields_with_no_presence=True))
         return
     rows = [
         [
@@ -360,7 +359,6 @@ def lookup(
     token_file: CurationTokenFileOption = None,
 ) -> None:
     """Which bank entries an image or a hash matches, as this server's requests would see them."""
-    from google.protobuf.json_format import MessageToDict
 
     from moderation.v1 import banks_pb2 as bpb
 
@@ -368,7 +366,7 @@ def lookup(
     with connection(target, tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file).stub() as (stub, metadata):
         response = called(lambda: stub.Lookup(request, timeout=timeout, metadata=metadata))
     if as_json:
-        print_json(MessageToDict(response, preserving_proto_field_name=True))
+        print_json(message_document(response))
         return
     rows = [
         [escape(m.bank), escape(m.content_id), signal_name(m.signal_type), f"{m.distance:g}", f"{m.threshold:g}", str(m.frame_index)]
@@ -489,7 +487,6 @@ def audit(
     token_file: CurationTokenFileOption = None,
 ) -> None:
     """Who changed which bank, when, and how many entries: newest first."""
-    from google.protobuf.json_format import MessageToDict
 
     from moderation.v1 import banks_pb2 as bpb
 
@@ -497,7 +494,7 @@ def audit(
     with connection(target, tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file).stub() as (stub, metadata):
         response = called(lambda: stub.GetAudit(request, timeout=timeout, metadata=metadata))
     if as_json:
-        print_json(MessageToDict(response, preserving_proto_field_name=True))
+        print_json(message_document(response))
         return
     rows = [
         [when(e.at_unix), escape(e.who), escape(e.action), escape(e.bank), escape(e.content_id), str(e.count), escape(e.detail), str(e.version)]

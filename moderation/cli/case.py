@@ -25,7 +25,7 @@ from moderation.cli.common import (
     print_json,
     settings_or_fail,
 )
-from moderation.cli.render import age, print_rows
+from moderation.cli.render import Column, age, print_rows
 
 
 @case_app.command("show")
@@ -98,9 +98,16 @@ def case_show(
     elif kept:
         thumbnail_note = f"{len(kept)} callers used this request id, one thumbnail each: pick one with --caller"
     elif thumbnails is not None or in_database:
-        thumbnail_note = "none (only flagged cases get one, and only while thumbnails are on and within their retention)"
+        thumbnail_note = (
+            "none (only flagged cases get one, only while the server keeps thumbnails: keep_thumbnails / "
+            "MODERATION_KEEP_THUMBNAILS with a database_url, or thumbnail_store, and only within thumbnail_retention_days)"
+        )
     else:
-        thumbnail_note = "thumbnail store not given"
+        thumbnail_note = (
+            "off: no thumbnail store. To keep a small JPEG of each flagged case, set keep_thumbnails: true "
+            "(MODERATION_KEEP_THUMBNAILS=true) on a server with database_url, or thumbnail_store: DIR "
+            "(MODERATION_THUMBNAIL_STORE) on one with a SQLite file; here, pass --thumbnails DIR for a directory"
+        )
     if copy_to is not None and len(kept) > 1:
         raise fail(f"{len(kept)} callers used request id {request_id!r}: pass --caller to say whose thumbnail --out copies")
 
@@ -119,6 +126,9 @@ def case_show(
                     "policy_version": decisions.policy_versions[i],
                     "action": decisions.actions[i].value,
                     "model": decisions.model_ids[i],
+                    # What decided it: categories (score, thresholds, band, clause, action), reasons, the
+                    # explainer's answer, each shadow policy's action; {} for decisions stored before these were kept.
+                    "details": decisions.details[i] if decisions.details else {},
                 }
             )
     if jpeg is not None and copy_to is not None:
@@ -152,6 +162,8 @@ def case_show(
                     for r in rows
                 ],
             )
+        for r in rows:
+            _print_details(r, several=len(rows) > 1)
         out.print(f"thumbnail: {escape(thumbnail_note)}", highlight=False)
         if len(kept) > 1:
             for owner, where, _ in kept:
@@ -160,3 +172,47 @@ def case_show(
             out.print(f"copied to {escape(str(copy_to))}", highlight=False)
     if not rows and not kept:
         raise typer.Exit(1)
+
+
+def _print_details(row: dict, several: bool) -> None:
+    """Scores against thresholds, reasons, the explainer's rationale and the shadows' actions of one stored decision."""
+    details = row["details"]
+    whose = f" ({escape(row['caller'] or 'caller not recorded')})" if several else ""
+    if not details.get("categories"):
+        why = details.get("omitted") or "decided before this release kept scores, thresholds and rationales"
+        out.print(f"scores{whose}: not stored ({escape(why)})", highlight=False)
+        return
+    columns = ["category (clause)", Column("score", "right"), Column("review at", "right"), Column("block at", "right"), "band", "action"]
+    cells = [
+        [
+            escape(f"{c['id']} ({c['clause']})"), f"{c['score']:.3f}", f"{c['review']:.6g}", f"{c['block']:.6g}", escape(c["band"]),
+            escape(c["action"] + (f" (by {c['forced_by']})" if c.get("forced_by") else "")),
+        ]  # fmt: skip
+        for c in details["categories"]
+    ]
+    print_rows(f"scores against thresholds{whose}", columns, cells)
+    for reason in details.get("reasons", []):
+        out.print(f"  {escape(reason)}", highlight=False)
+    escalation = details.get("escalation")
+    if escalation is not None:
+        if "rationale" in escalation:
+            said = "violates" if escalation.get("violates") else "does not violate"
+            out.print(
+                f"explainer ({escape(escalation.get('model', ''))}, {escape(escalation.get('category', ''))}): {said}, "
+                f"confidence {float(escalation.get('confidence', 0)):.2f}; rationale: {escape(escalation['rationale'])}",
+                highlight=False,
+            )
+        else:
+            out.print(f"explainer: {escape(escalation['status'])}{': ' + escape(escalation['reason']) if escalation.get('reason') else ''}", highlight=False)
+    else:
+        out.print("explainer: not asked (no category was borderline)", highlight=False)
+    shadows = details.get("shadows", [])
+    for shadow in shadows:
+        disagree = shadow.get("disagree") or []
+        verdict = f"disagrees on {', '.join(disagree)}" if disagree else "agrees on every category"
+        out.print(
+            escape(f"shadow {shadow['policy_id']}@{shadow['version']}: {shadow['action']}, {verdict}"),
+            highlight=False,
+        )
+    if not shadows:
+        out.print("shadow: none served beside this policy then", highlight=False)

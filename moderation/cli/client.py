@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from moderation.cli.app import app
-from moderation.cli.common import err, escape
+from moderation.cli.common import err, escape, message_document
 from moderation.cli.connect import (
     ClientSecurity,
     TlsCaOption,
@@ -60,8 +60,6 @@ def moderate(
 ) -> None:
     """Send images and videos to a running server and print its decisions (for videos, the segments too)."""
     import grpc
-    from google.protobuf.json_format import MessageToDict
-
     from moderation.v1 import moderation_pb2 as pb
     from moderation.v1 import moderation_pb2_grpc as pb_grpc
 
@@ -84,7 +82,7 @@ def moderate(
                 err.print(escape(f"{path}: {error.code().name}: {error.details()}"), highlight=False)
                 continue
             if as_json:
-                documents.append({"video" if video else "image": str(path), **MessageToDict(response, preserving_proto_field_name=True)})
+                documents.append({"video" if video else "image": str(path), **message_document(response)})
             elif video:
                 print_video_response(path, response)
                 answered.append((path, response))

@@ -8,13 +8,16 @@ commands score with what the server would run.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
+from rich.cells import cell_len
 from rich.console import Console
+from rich.text import Text
 from rich.markup import escape as escape_markup
 
 from moderation.ops.config import Device, LogFormat, Settings, load_settings
@@ -44,6 +47,33 @@ def escape(value: object) -> str:
     return escape_markup(printable(value))
 
 
+def wrap_words(line: Text, width: int) -> list[Text]:
+    """`line` cut at spaces to fit `width`, continuation lines indented under it; a word never split.
+
+    A word (a request id, a path) longer than the line stays whole on a line of its own: the
+    terminal may fold it, but it can be selected and copied as one. rich's own wrapping
+    folds such words ("fold") or cuts them ("crop", "ellipsis").
+    """
+    plain = line.plain
+    leading = len(plain) - len(plain.lstrip(" "))
+    indent = min(leading + 2, max(0, width // 3))
+    offsets: list[int] = []
+    limit, used, first = width, leading, True
+    for word in re.finditer(r"\S+\s*", plain):
+        size = cell_len(word.group().rstrip())
+        if not first and used + size > limit:
+            offsets.append(word.start())
+            limit, used = width, indent
+        used += cell_len(word.group())
+        first = False
+    pieces = line.divide(offsets) if offsets else [line]
+    wrapped = []
+    for i, piece in enumerate(pieces):
+        piece.rstrip()
+        wrapped.append(Text(" " * indent) + piece if i else piece)
+    return wrapped
+
+
 class _LiveConsole:
     """A rich Console made for the streams and COLUMNS of the moment it prints, not of import time.
 
@@ -58,16 +88,35 @@ class _LiveConsole:
     def current(self) -> Console:
         key = (sys.stdout, sys.stderr, os.environ.get("COLUMNS"))
         if self._made is None or self._made[0] != key:
-            self._made = (key, Console(**self._options))
+            console = Console(**self._options)
+            # Width unknown (a pipe, no COLUMNS): lines stay whole, so they grep and a reader's
+            # own tools wrap them. Width known: rich wraps at spaces, so the terminal never
+            # breaks a word or a request id mid-way (issue 22).
+            console.soft_wrap = not (console.is_terminal or (os.environ.get("COLUMNS") or "").isdigit())
+            self._made = (key, console)
         return self._made[1]
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        console = self.current()
+        wrappable = set(options) <= {"highlight", "markup", "style", "end"} and all(isinstance(o, str) for o in objects)
+        if console.soft_wrap or not wrappable or not objects:
+            console.print(*objects, **options)
+            return
+        text = console.render_str(
+            " ".join(objects), style=options.get("style", ""), markup=options.get("markup"), highlight=options.get("highlight")
+        )
+        end = options.get("end", "\n")
+        lines = text.split("\n", allow_blank=True)
+        for n, line in enumerate(lines):
+            for piece in wrap_words(line, console.width):
+                console.print(piece, soft_wrap=True, end=end if n == len(lines) - 1 else "\n")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.current(), name)
 
 
-# soft_wrap: long lines stay whole so file:line prefixes can be grepped.
-out: Console = _LiveConsole(soft_wrap=True)  # type: ignore[assignment]
-err: Console = _LiveConsole(stderr=True, soft_wrap=True)  # type: ignore[assignment]
+out: Console = _LiveConsole()  # type: ignore[assignment]
+err: Console = _LiveConsole(stderr=True)  # type: ignore[assignment]
 JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout instead of tables")]
 
 
@@ -80,6 +129,50 @@ def print_json(document: object) -> None:
     import json
 
     print(json.dumps(document, indent=2, default=str))
+
+
+def message_document(message: Any, **options: Any) -> dict:
+    """A protobuf message as a JSON-ready dict in the vocabulary of every other `--json` document.
+
+    The wire enums are prefixed (ACTION_ALLOW, BAND_BORDERLINE: protobuf's rule for enums in
+    one package); the commands' own documents say ALLOW, BORDERLINE, as the policies do. Every
+    enum value here loses its enum's prefix (the name of its *_UNSPECIFIED value), so
+    `moderate --json` and `compare --json` speak one vocabulary.
+    """
+    from google.protobuf.json_format import MessageToDict
+
+    document = MessageToDict(message, preserving_proto_field_name=True, **options)
+    _plain_enums(message.DESCRIPTOR, document)
+    return document
+
+
+def _enum_prefix(enum: Any) -> str:
+    unspecified = next((v.name for v in enum.values if v.number == 0 and v.name.endswith("UNSPECIFIED")), None)
+    return unspecified.removesuffix("UNSPECIFIED") if unspecified else ""
+
+
+def _plain_enums(descriptor: Any, document: dict) -> None:
+    for field in descriptor.fields:
+        if field.name not in document:
+            continue
+        value = document[field.name]
+        if field.enum_type is not None:
+            prefix = _enum_prefix(field.enum_type)
+            strip = lambda v: v.removeprefix(prefix) if isinstance(v, str) else v  # noqa: E731
+            document[field.name] = [strip(v) for v in value] if isinstance(value, list) else strip(value)
+        elif field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
+            if field.message_type.GetOptions().map_entry:
+                value_field = field.message_type.fields_by_name["value"]
+                if value_field.enum_type is not None:
+                    prefix = _enum_prefix(value_field.enum_type)
+                    document[field.name] = {k: v.removeprefix(prefix) if isinstance(v, str) else v for k, v in value.items()}
+                elif value_field.message_type is not None:
+                    for item in value.values():
+                        _plain_enums(value_field.message_type, item)
+            else:
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, dict):
+                        _plain_enums(field.message_type, item)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

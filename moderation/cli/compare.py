@@ -66,6 +66,8 @@ def compare(
         explainer = load_explainer(explainer_settings, resolve_device(settings.device))
         explainer_id = explainer.info.model_id
 
+    if not as_json:  # once, not per image: the models are the same for all
+        out.print(f"CLIP {escape(scorer.model_id)}; explainer {escape(explainer_id)}", highlight=False)
     documents = []
     agree = compared = 0
     failures = 0
@@ -91,7 +93,7 @@ def compare(
         if as_json:
             documents.append(comparison_document(image, decision, verdicts))
         else:
-            print_comparison(image, scorer.model_id, explainer_id, decision, verdicts, scorer.random_weights)
+            print_comparison(image, decision, verdicts)
     random = scorer.random_weights or explainer_id.endswith("/random")
     if as_json:
         print_json(

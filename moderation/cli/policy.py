@@ -158,29 +158,66 @@ def policy_test(
     """
     from moderation.offline.scoring import check_golden_cases, offline_policy
     from moderation.policy import PolicyFileError, load_policy_file
+    from moderation.policy.loader import PolicyProblem
+    from moderation.runtime import ConfigurationError, clip_spec
     from moderation.policy.golden import cases_path_for, load_cases_file, problems_against_policy
     from moderation.policy.schema import normalise_model_id
 
     if cases is not None and len(files) != 1:
         raise fail("--cases names the cases of one policy; give exactly one policy file with it")
+    # Everything that can be checked without the model is checked first, for every file, and
+    # reported at once: policy YAML and schema, cases YAML and schema, cases against their policy,
+    # the policy's `model:` against this run's. A model loads (tens of seconds) only after, and
+    # only for files worth scoring (issue 22: 3 mistakes took 3 runs).
+    settings = offline_settings(model, weights, device, config)
+    try:
+        spec = clip_spec(settings)
+    except ConfigurationError:
+        spec = None  # said when the model loads, after the files' problems
+    check_only = check_only or (spec is not None and spec.random)
     suites = []
     documents: list[dict] = []
-    failed = 0
+    problems: list[PolicyProblem] = []
+    failed_files: set[Path] = set()
     for path in files:
+        policy = cases_file = None
         try:
             policy, _ = load_policy_file(path)
-            cases_file = load_cases_file(cases or cases_path_for(path))
-            problems = problems_against_policy(cases_file, policy)
-            if problems:
-                raise PolicyFileError(problems)
         except PolicyFileError as error:
-            failed += 1
-            for problem in error.problems:
-                err.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
+            problems.extend(error.problems)
+        try:
+            cases_file = load_cases_file(cases or cases_path_for(path))
+        except PolicyFileError as error:
+            problems.extend(error.problems)
+        if policy is None or cases_file is None:
+            failed_files.add(path)
+            continue
+        against = problems_against_policy(cases_file, policy)
+        if spec is not None and not check_only and policy.model and normalise_model_id(policy.model) != normalise_model_id(spec.model_id):
+            against.append(
+                PolicyProblem(
+                    str(path), None, "model",
+                    f"thresholds were calibrated for model {policy.model!r} but this run uses {spec.model_id!r}; "
+                    "pass --model/--weights for it, or --check-only",
+                )  # fmt: skip
+            )
+        if against:
+            problems.extend(against)
+            failed_files.add(path)
             continue
         suites.append((path, policy, cases_file))
+    for problem in problems:
+        err.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
+    if problems and suites and not as_json:
+        err.print(
+            f"{len(problems)} problems in {len(failed_files)} of {len(files)} files, found before loading the model; "
+            f"scoring the cases of the other {len(suites)}",
+            highlight=False,
+        )
+    failed = len(failed_files)
+    scorer = None
     if suites:
-        core, scorer = load_offline_core(offline_settings(model, weights, device, config))
+        core, scorer = load_offline_core(settings)
         if scorer.random_weights:
             check_only = True
         if check_only and not as_json:
@@ -191,14 +228,6 @@ def policy_test(
                 highlight=False,
             )
     for path, policy, cases_file in suites:
-        if not check_only and policy.model and normalise_model_id(policy.model) != normalise_model_id(scorer.model_id):
-            failed += 1
-            err.print(
-                f"[red]✗[/] {escape(str(path))}: thresholds were calibrated for model {escape(policy.model)!r} but this run uses "
-                f"{escape(scorer.model_id)!r}; pass --model/--weights for it, or --check-only",
-                highlight=False,
-            )
-            continue
         outcomes = check_golden_cases(core, offline_policy(scorer, policy, path), cases_file, compare=not check_only)
         if as_json:
             documents.append(_cases_document(path, policy, cases_file, outcomes))
@@ -206,7 +235,15 @@ def policy_test(
             print_case_outcomes(path, policy, cases_file, outcomes, check_only)
         failed += any(not outcome.passed for outcome in outcomes)
     if as_json:
-        print_json({"check_only": check_only, "model": scorer.model_id if suites else None, "policies": documents, "failed": failed})
+        print_json(
+            {
+                "check_only": check_only,
+                "model": scorer.model_id if scorer is not None else None,
+                "policies": documents,
+                "problems": [str(problem) for problem in problems],
+                "failed": failed,
+            }
+        )
     if failed:
         err.print(f"{failed} of {len(files)} policies failed their tests", highlight=False)
         raise typer.Exit(1)
@@ -322,7 +359,10 @@ def policy_calibrate(
     proposed_path.write_text(result.proposed_text, encoding="utf-8")
     _write_scores_csv(out_dir / "scores.csv", [image.path for image, _ in kept], result)
     report_path = out_dir / "report.html"
-    report_path.write_text(render_report(result, str(labels), scorer.random_weights, unreadable, str(proposed_path)), encoding="utf-8")
+    import shlex
+
+    command = f"moderation policy calibrate {shlex.quote(str(policy_file))} --labels {shlex.quote(str(labels))}"
+    report_path.write_text(render_report(result, str(labels), scorer.random_weights, unreadable, str(proposed_path), command), encoding="utf-8")
 
     diff = list(difflib.unified_diff(policy_text.splitlines(), result.proposed_text.splitlines(), str(policy_file), str(proposed_path), lineterm=""))
     if as_json:
@@ -332,7 +372,7 @@ def policy_calibrate(
         document["diff"] = "\n".join(diff)
         print_json(document)
     else:
-        print_calibration(result)
+        print_calibration(result, command)
         for line in diff:
             style = "bold" if line.startswith(("---", "+++")) else {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
             out.print(escape(line), style=style, highlight=False)

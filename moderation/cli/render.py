@@ -60,9 +60,10 @@ def print_response(path: Path, response) -> None:  # noqa: ANN001 - generated me
 
     action = pb.Action.Name(response.action).removeprefix("ACTION_")
     colour = {"ALLOW": "green", "REVIEW": "yellow", "BLOCK": "red"}.get(action, "white")
+    # The request id on a line of its own: whole, and where the eye (and grep) finds it at any width.
     title = (
         f"{escape(str(path))}: [bold {colour}]{action}[/] under {escape(response.policy_id)}@{escape(response.policy_version)} "
-        f"({escape(response.model)}), request {escape(response.request_id)}"
+        f"({escape(response.model)})\n  request id: {escape(response.request_id)}"
     )
     columns = ["category", Column("score", "right"), Column("review at", "right"), Column("block at", "right"), "band", "clause"]
     rows = [
@@ -150,63 +151,66 @@ def print_case_outcomes(policy_path: Path, policy: Policy, cases_file: CasesFile
 
 
 
-def print_calibration(result: PolicyCalibration) -> None:
+def print_calibration(result: PolicyCalibration, command: str) -> None:
+    """The calibration for an analyst (issue 22): counts of images rather than rates, findings grouped, commands that run.
+
+    `command`: the calibrate command up to its targets, for the examples (moderation/offline/advice.py).
+    """
+    from moderation.offline.advice import WORDS, findings, threshold_sentences
     from moderation.policy.schema import Action
 
-    def number(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}"
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
 
     title = escape(
         f"{result.policy.id}: {result.policy.version} -> {result.proposed.version} "
         f"({len(result.labels)} labelled images, scored with {result.model_id})"
     )
+    # Narrow enough for 80 columns: proposed thresholds (* where they move; the sentences below say from what).
     columns = [
-        "category", Column("positives", "right"), Column("review", "right"), Column("block", "right"),
-        Column("precision at review", "right"), Column("precision at block", "right"), Column("recall at review", "right"),
-        Column("review load", "right"),
+        "category", Column("images", "right"), Column("review", "right"), Column("block", "right"),
+        Column("right", "right"), Column("caught", "right"), Column("to review", "right"),
     ]  # fmt: skip
     rows = [
         [
             escape(c.category_id),
             str(c.positives),
-            f"{c.current.review:g} -> {c.proposed.review:g}",
-            f"{c.current.block:g} -> {c.proposed.block:g}",
-            number(c.proposed.precision_at_review),
-            number(c.proposed.precision_at_block),
-            number(c.proposed.recall_at_review),
-            f"{c.current.review_load:.1%} -> {c.proposed.review_load:.1%}",
+            f"{c.proposed.review:g}" + ("*" if c.current.review != c.proposed.review else ""),
+            f"{c.proposed.block:g}" + ("*" if c.current.block != c.proposed.block else ""),
+            share(c.proposed.precision_at_review),
+            share(c.proposed.recall_at_review),
+            f"{c.proposed.review_load:.1%}",
         ]
         for c in result.categories
     ]
     print_rows(title, columns, rows)
-    out.print("why:", highlight=False)
+    out.print(
+        f"[dim]images: labelled images of the category; review, block: proposed thresholds (* moved); at the review "
+        f"threshold: {escape(WORDS)}[/]",
+        highlight=False,
+    )
+    out.print("what the proposed thresholds do to the labelled images:", highlight=False)
     for c in result.categories:
-        if not c.changed and not c.collapse_refused:
-            reason = c.why.get("review", "kept")
-            out.print(escape(f"  {c.category_id}: unchanged ({reason})"), highlight=False)
-            continue
-        for name in ("review", "block"):
-            before, after = getattr(c.current, name), getattr(c.proposed, name)
-            out.print(escape(f"  {c.category_id} {name} {before:g} -> {after:g}: {c.why.get(name, '')}"), highlight=False)
-    # Notes that restate a reason above ("thresholds kept", "block threshold kept at") are left out.
-    restated = ("no labelled", "no threshold reaches precision", "on_block is REVIEW and the block threshold alone")
-    for c in result.categories:
-        for note in c.notes:
-            if not note.startswith(restated):
-                out.print(f"[yellow]![/] {escape(f'{c.category_id}: {note}')}", highlight=False)
+        for sentence in threshold_sentences(result, c):
+            out.print(f"  {escape(sentence)}", highlight=False)
     budget = result.targets.max_review_rate
     review_before, review_after = result.current_actions[Action.REVIEW], result.proposed_actions[Action.REVIEW]
     out.print(
-        f"REVIEW in total: {review_before:.1%} -> {review_after:.1%} of labelled images"
-        + (f" (budget {budget:.1%} per category)" if budget is not None else " (no --max-review-rate)"),
+        f"images sent to REVIEW in total: {review_before:.1%} -> {review_after:.1%} of the labelled images"
+        + (f" (budget {budget:.1%} per category)" if budget is not None else ""),
         highlight=False,
     )
     shares = ", ".join(f"{a.value} {result.current_actions[a]:.1%} -> {result.proposed_actions[a]:.1%}" for a in result.current_actions)
     out.print(f"image actions on the labelled set: {shares}", highlight=False)
     out.print(escape(result.model_note), highlight=False)
-    warnings = [*(f"{c.category_id}: {w}" for c in result.categories for w in c.warnings), *result.warnings]
-    for warning in warnings:
-        out.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    found = findings(result, command)
+    if found:
+        out.print(f"[bold yellow]read before taking the proposal ({len(found)}):[/]", highlight=False)
+    for finding in found:
+        out.print(f"[bold yellow]![/] {escape(finding.headline)}", highlight=False)
+        out.print(f"  what to do: {escape(finding.todo)}", highlight=False)
+        if finding.example:
+            out.print(f"  for example: {escape(finding.example)}", highlight=False)
 
 
 def age(seconds: float) -> str:
@@ -249,6 +253,21 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumb
 
     from moderation.state.thumbnails import thumbnail_paths
 
+    # What qualifies every number below comes first: read after 150 lines of examples, it was missed (issue 22).
+    other_versions = {v: n for v, n in flips.stored_versions.items() if v != old.version}
+    if other_versions:
+        listed = ", ".join(f"{v} ({n})" for v, n in sorted(other_versions.items()))
+        out.print(
+            f"[yellow]![/] {sum(other_versions.values())} decisions were made under other versions than {escape(old.version)}: "
+            f"{escape(listed)}; their flips compare against {escape(old.version)}, not the version that served them",
+            highlight=False,
+        )
+    if flips.not_reproduced:
+        out.print(
+            f"[yellow]![/] {flips.not_reproduced} decisions made under {escape(old.version)} get another action from it now "
+            f"(e.g. {escape(', '.join(flips.not_reproduced_examples))}): OLD may differ from the file that served them",
+            highlight=False,
+        )
     share = flips.changed / flips.decisions if flips.decisions else 0.0
     out.print(
         f"re-scored {flips.decisions} {escape(what)} under {old.id}@{escape(old.version)} and {new.id}@{escape(new.version)}: "
@@ -291,33 +310,28 @@ def print_flips(flips: DecisionFlips, old: Policy, new: Policy, what: str, thumb
             columns + (["thumbnail"] if thumbnails is not None else []),
             rows,
         )
-    other_versions = {v: n for v, n in flips.stored_versions.items() if v != old.version}
-    if other_versions:
-        listed = ", ".join(f"{v} ({n})" for v, n in sorted(other_versions.items()))
-        out.print(f"[yellow]![/] {sum(other_versions.values())} decisions were made under other versions than {escape(old.version)}: {escape(listed)}", highlight=False)
-    if flips.not_reproduced:
-        out.print(
-            f"[yellow]![/] {flips.not_reproduced} decisions made under {escape(old.version)} get another action from it now "
-            f"(e.g. {escape(', '.join(flips.not_reproduced_examples))}): OLD may differ from the file that served them",
-            highlight=False,
-        )
 
 
-def print_comparison(
-    image: Path, clip_model: str, explainer_id: str, decision: Decision, verdicts: dict[str, ExplainerVerdict], random_weights: bool
-) -> None:
+def print_comparison(image: Path, decision: Decision, verdicts: dict[str, ExplainerVerdict]) -> None:
+    """One image, both tiers side by side in 80 columns: a narrow table of verdicts, then each rationale as text.
+
+    The rationale is the one wide thing; in a table it forced ~230 columns (issue 22), so it
+    follows the table, one wrapped paragraph per category.
+    """
     from moderation.core.decision import clip_leans_violating
 
-    title = f"{escape(str(image))}: CLIP {escape(clip_model)} -> {decision.action.value}; explainer {escape(explainer_id)}"
+    out.print(f"{escape(str(image))}: [bold]{decision.action.value}[/]", highlight=False)
     rows = []
     for c in decision.categories:
         leans = "violates" if clip_leans_violating(c) else "ok"
         verdict = verdicts.get(c.category_id)
-        said = ("violates" if verdict.violates else "ok") if verdict else "-"
-        agree = ("yes" if (verdict.violates == (leans == "violates")) else "no") if verdict else "-"
-        rows.append([
-            escape(c.category_id), escape(c.clause_id), f"{c.score:.3f}", c.band.value, leans, said,
-            f"{verdict.confidence:.2f}" if verdict else "-", agree, escape(verdict.rationale) if verdict else "",
-        ])  # fmt: skip
-    columns = ["category", "clause", Column("CLIP score", "right"), "band", "CLIP leans", "explainer", Column("confidence", "right"), "agree", "rationale"]
-    print_rows(title, columns, rows)
+        said = f"{'violates' if verdict.violates else 'ok'} {verdict.confidence:.2f}" if verdict else "-"
+        agree = ("yes" if verdict.violates == (leans == "violates") else "[bold]no[/]") if verdict else "-"
+        rows.append([escape(f"{c.category_id} ({c.clause_id})"), f"{c.score:.3f} {c.band.value}", leans, said, agree])
+    columns = ["category (clause)", Column("CLIP score, band", "right"), "CLIP leans", "explainer", "agree"]
+    print_rows(None, columns, rows)
+    said_why = [(c.category_id, verdicts[c.category_id].rationale) for c in decision.categories if c.category_id in verdicts]
+    if said_why:
+        out.print("explainer's rationale:", highlight=False)
+        for category_id, rationale in said_why:
+            out.print(f"  {escape(category_id)}: {escape(rationale) or '(none given)'}", highlight=False)

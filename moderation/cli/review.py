@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 import typer
 
 from moderation.cli.app import review_app
-from moderation.cli.common import JsonOption, err, escape, fail, out, print_json
+from moderation.cli.common import JsonOption, err, escape, fail, message_document, out, print_json
 from moderation.cli.connect import ClientSecurity, TlsCaOption, TlsClientCertOption, TlsClientKeyOption, TlsServerNameOption
 from moderation.cli.render import Column, print_rows
 
@@ -104,9 +104,8 @@ def status_name(value: int) -> str:
 
 
 def as_dict(message: Any) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
-
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """Every `--json` document speaks one vocabulary (CASE_STATUS_OPEN is OPEN): common.message_document."""
+    return message_document(message, always_print_fields_with_no_presence=True)
 
 
 def case_label(case: Any) -> str | None:

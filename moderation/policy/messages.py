@@ -40,6 +40,10 @@ _OWNERS = {
 }
 
 
+# Fields whose type is wider than what they accept (a validator refuses the rest): what they do accept.
+_NARROWED = {"on_block": "BLOCK or REVIEW (crossing the block threshold can never ALLOW)"}
+
+
 def describe_value(value: object) -> str:
     """What staff wrote, in words: 'a list', 'the text \"W-1\"', 'nothing'."""
     if value is None:
@@ -115,6 +119,9 @@ def error_sentence(error: Mapping[str, Any], model: Any | None) -> str:
         pattern = str(ctx.get("pattern", ""))
         return f"{_PATTERNS.get(pattern, f'does not have the expected form ({pattern})')}, not {got}"
     if kind in ("enum", "literal_error"):
+        field = error["loc"][-1] if error.get("loc") else None
+        if field in _NARROWED:  # the type takes more than the field accepts: list only what the field accepts
+            return f"must be {_NARROWED[field]}, not {got}"
         return f"must be one of {_alternatives(str(ctx.get('expected', '')))}, not {got}"
     if kind in ("value_error", "assertion_error"):
         return str(ctx.get("error", error["msg"])).removeprefix("Value error, ")

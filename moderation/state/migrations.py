@@ -2,7 +2,7 @@
 
 Every change to what the store keeps is a new `Migration` appended here (never an
 edit of one already released): the decisions table, the thumbnails table, and later
-the hash banks (4) and the review queue (5). A store records what it has applied in
+the hash banks (4), the review queue (5) and what decided each decision (6). A store records what it has applied in
 `schema_version` (one row per migration); opening a writable store applies the
 missing ones in order, in one transaction:
 
@@ -36,6 +36,9 @@ class Migration:
     sqlite: tuple[str, ...]
     postgres: tuple[str, ...]
 
+
+# The migration that adds decisions.details (readers of older stores read '' instead).
+DECISION_DETAILS = 6
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -334,6 +337,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX review_audit_by_case ON review_audit (case_id, id)",
         ),
+    ),
+    Migration(
+        DECISION_DETAILS,
+        "decisions: what decided each one (scores, thresholds, bands, clauses, shadow results, the explainer's rationale) "
+        "for `case show`",
+        # JSON (moderation/state/records.py, decision_details); '' for rows written before.
+        sqlite=("ALTER TABLE decisions ADD COLUMN details TEXT NOT NULL DEFAULT ''",),
+        postgres=("ALTER TABLE decisions ADD COLUMN details TEXT NOT NULL DEFAULT ''",),
     ),
 )
 

@@ -31,7 +31,7 @@ from moderation.state.records import StoreError
 from moderation.state.review import NewCase, write_cases
 from moderation.state.store import CaseKey, DecisionRow, RejectedRows, StateStore, ThumbnailRow, redact_url
 
-_COPY_DECISIONS = "COPY decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding, caller) FROM STDIN"
+_COPY_DECISIONS = "COPY decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding, caller, details) FROM STDIN"
 _UPSERT_THUMBNAIL = (
     "INSERT INTO thumbnails (caller, request_id, saved_at, jpeg) VALUES (%s, %s, %s, %s) "
     "ON CONFLICT (caller, request_id) DO UPDATE SET saved_at = EXCLUDED.saved_at, jpeg = EXCLUDED.jpeg"

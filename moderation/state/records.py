@@ -7,7 +7,9 @@ either database.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,6 +37,7 @@ class StoredDecisions:
     model_ids: tuple[str, ...]
     embeddings: np.ndarray  # [n, dim] float32
     callers: tuple[str, ...] = ()  # who asked, when the read selected it (find_decisions); '' for rows from before
+    details: tuple[dict, ...] = ()  # what decided each (find_decisions; decision_details' form); {} for rows from before
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -86,4 +89,58 @@ def decisions_batch(rows: list[tuple[object, ...]], where: str) -> StoredDecisio
         # One frombuffer over the joined bytes: a 4096-row page is one copy, not 4096 small arrays.
         embeddings=np.frombuffer(b"".join(bytes(row[7]) for row in rows), dtype="<f4").reshape(len(rows), -1).astype(np.float32),  # type: ignore[arg-type]
         callers=tuple(str(row[8]) for row in rows) if rows and len(rows[0]) > 8 else (),
+        details=tuple(_details(row[9]) for row in rows) if rows and len(rows[0]) > 9 else (),
     )
+
+
+# What decided a decision, kept beside it for `case show`: a few hundred bytes for a policy of
+# six categories; a rationale is bounded by the explainer's token budget, and the whole by this.
+MAX_DETAILS_CHARS = 16_384
+MAX_RATIONALE_CHARS = 2_000
+
+
+def decision_details(
+    categories: list[dict[str, object]],
+    *,
+    reasons: list[str] = (),  # type: ignore[assignment]
+    escalation: dict[str, object] | None = None,
+    shadows: list[dict[str, object]] = (),  # type: ignore[assignment]
+) -> dict[str, object]:
+    """The stored form of what decided a decision (plain values; never image bytes).
+
+    categories: [{id, clause, score, review, block, band, action, forced_by}]; escalation:
+    {status, reason, violates, confidence, rationale, model} when the explainer was asked;
+    shadows: [{policy_id, version, action, disagree: [category ids]}].
+    """
+    details: dict[str, object] = {"categories": categories, "reasons": list(reasons)}
+    if escalation is not None:
+        details["escalation"] = escalation
+    if shadows:
+        details["shadows"] = list(shadows)
+    return details
+
+
+def details_json(details: Mapping[str, object]) -> str:
+    """`details` as compact JSON of at most MAX_DETAILS_CHARS: a long rationale is cut first, then reasons."""
+    text = json.dumps(details, separators=(",", ":"), ensure_ascii=False)
+    if len(text) <= MAX_DETAILS_CHARS:
+        return text
+    trimmed = dict(details)
+    escalation = trimmed.get("escalation")
+    if isinstance(escalation, dict) and isinstance(escalation.get("rationale"), str):
+        trimmed["escalation"] = {**escalation, "rationale": escalation["rationale"][:MAX_RATIONALE_CHARS] + " [cut]"}
+    trimmed["reasons"] = []
+    text = json.dumps(trimmed, separators=(",", ":"), ensure_ascii=False)
+    if len(text) <= MAX_DETAILS_CHARS:
+        return text
+    return json.dumps({"omitted": f"over {MAX_DETAILS_CHARS} characters"})
+
+
+def _details(stored: object) -> dict:
+    if not stored:
+        return {}
+    try:
+        details = json.loads(str(stored))
+    except ValueError:
+        return {"omitted": "unreadable"}
+    return details if isinstance(details, dict) else {"omitted": "unreadable"}

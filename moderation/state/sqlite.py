@@ -21,7 +21,8 @@ from moderation.state.review import NewCase, write_cases
 from moderation.state.store import CaseKey, DecisionRow, RejectedRows, StateStore, ThumbnailRow
 
 _INSERT_DECISION = (
-    "INSERT INTO decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding, caller) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO decisions (request_id, ts, policy_id, policy_version, action, model_id, embedding, caller, details) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_THUMBNAIL = (
     "INSERT INTO thumbnails (caller, request_id, saved_at, jpeg) VALUES (?, ?, ?, ?) "

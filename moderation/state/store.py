@@ -41,7 +41,7 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,12 +50,14 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from moderation.policy.schema import Action
+from moderation.state.migrations import DECISION_DETAILS
 from moderation.state.records import (
     StoredDecisions,
     StoreError,
     StoreFreshness,
     Timestamp,
     decisions_batch,
+    details_json,
     embedding_bytes,
     unix_seconds,
 )
@@ -65,8 +67,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# request_id, ts, policy_id, policy_version, action, model_id, embedding, caller
-DecisionRow = tuple[str, float, str, str, str, str, bytes, str]
+# request_id, ts, policy_id, policy_version, action, model_id, embedding, caller, details
+DecisionRow = tuple[str, float, str, str, str, str, bytes, str, str]  # ..., caller, details (JSON or '')
 ThumbnailRow = tuple[str, str, float, bytes]  # caller, request_id, saved_at, jpeg
 # A case is a caller's request id: another caller reusing the id neither replaces nor reads it.
 CaseKey = tuple[str, str]  # caller, request_id
@@ -184,11 +186,16 @@ class StateStore(ABC):
         image_embedding: np.ndarray,
         model_id: str,
         caller: str = ANONYMOUS,
+        details: Mapping[str, object] | None = None,
     ) -> None:
-        """Buffer one decision; write a batch when one is due. Never raises for storage trouble."""
+        """Buffer one decision; write a batch when one is due. Never raises for storage trouble.
+
+        `details`: what decided it, for `case show` (records.decision_details: scores, thresholds,
+        shadow results, rationale; never image bytes), kept as bounded JSON.
+        """
         row = (
             _text(request_id), unix_seconds(timestamp), _text(policy_id), _text(policy_version), Action(action).value, _text(model_id),
-            embedding_bytes(image_embedding), _text(caller),
+            embedding_bytes(image_embedding), _text(caller), _text(details_json(details)) if details else "",
         )  # fmt: skip
         self._buffer(lambda: self._decisions.append(row))
 
@@ -501,9 +508,10 @@ class StateStore(ABC):
         key = self._row_key
         # A reader never migrates: a store from before callers were kept reads them as '' (unknown).
         callers = "caller" if self.schema_version >= 3 else "''"
+        details = "details" if self.schema_version >= DECISION_DETAILS else "''"  # likewise what decided it, before it was kept
         where, params = ("request_id = ?", (request_id,)) if caller is None else (f"request_id = ? AND {callers} = ?", (request_id, caller))
         rows = self._fetchall(
-            f"SELECT ts, {key}, request_id, policy_id, policy_version, action, model_id, embedding, {callers} FROM decisions "
+            f"SELECT ts, {key}, request_id, policy_id, policy_version, action, model_id, embedding, {callers}, {details} FROM decisions "
             f"WHERE {where} ORDER BY ts, {key} LIMIT 100",
             params,
         )

@@ -113,6 +113,9 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "moderation_escalations_total",
         "moderation_tier_agreement_total",
         "moderation_batch_size",
+        "moderation_shadow_disagreements_total",  # a shadow policy against the active one (issue 22)
+        "moderation_shadow_decisions_total",
+        "moderation_auth_failures_total",  # refused credentials, by reason
     } <= read
 
 

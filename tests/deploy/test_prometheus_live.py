@@ -355,6 +355,9 @@ DASHBOARD_RESULTS = {
     "Policy reloads [A]": reloads,
     "Served policies and models [A]": served_policy,
     "Served policies and models [B]": served_model,
+    "Shadow disagreements by category [A]": nothing,  # no shadow policy served
+    "Shadow disagreement share [A]": nothing,
+    "Authentication failures by reason [A]": nothing,  # no auth configured: nothing refused
 }
 
 

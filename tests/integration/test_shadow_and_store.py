@@ -112,6 +112,20 @@ def test_shadow_decisions_go_to_metrics_and_audit_and_store_feeds_diff(tmp_path:
     case = json.loads(shown.stdout)
     assert [(d["policy_id"], d["action"]) for d in case["decisions"]] == [("default", pb.Action.Name(by_id["r1"].action).removeprefix("ACTION_"))]
     assert case["thumbnail"] == str(thumbnail_path(thumbnails, "r1"))
+    # What decided it, as the server stored it (issue 22): scores against thresholds, reasons, the shadow's action.
+    (stored,) = case["decisions"]
+    details, answered = stored["details"], by_id["r1"]
+    assert [(c["id"], c["band"]) for c in details["categories"]] == [(c.id, pb.Band.Name(c.band).removeprefix("BAND_")) for c in answered.categories]
+    for c, sent in zip(details["categories"], answered.categories, strict=True):
+        assert c["score"] == pytest.approx(sent.score, abs=1e-5) and c["review"] == pytest.approx(sent.review_threshold)
+        assert c["block"] == pytest.approx(sent.block_threshold) and c["clause"] == sent.clause_id
+    assert details["reasons"] == list(answered.reasons)
+    (shadow,) = details["shadows"]
+    assert shadow["policy_id"] == "default_strict" and shadow["action"] != "ALLOW"
+    assert set(shadow["disagree"]) == {c.id for c in answered.categories if c.band == pb.BAND_BELOW}
+    readable = CliRunner().invoke(app, ["case", "show", "r1", "--store", str(store), "--thumbnails", str(thumbnails)], env={"COLUMNS": "80"})
+    assert readable.exit_code == 0 and "scores against thresholds" in readable.output
+    assert f"shadow default_strict@{shadow['version']}: {shadow['action']}" in " ".join(readable.output.split())
     with Image.open(copy) as thumbnail:
         assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 256
     assert not re.search(r"[A-Za-z0-9+/=]{200,}", server.log_text()), "no image data (base64 or otherwise) in the logs"

@@ -272,7 +272,7 @@ def test_ids_with_nul_are_stored_and_rows_the_database_refuses_are_dropped_not_r
         assert store.find_decisions("evil\ufffdid") is not None and store.load_thumbnail("evil\ufffdid") == b"\xff\xd8jpeg"
         # A batch with a row no schema accepts (a thumbnail without bytes): the whole batch is refused and
         # counted, and the writer goes on with the next rows instead of retrying it forever.
-        store._decisions.append(("bad", NOW.timestamp(), "p", "1", "ALLOW", "m", vector(1).tobytes(), "anonymous"))
+        store._decisions.append(("bad", NOW.timestamp(), "p", "1", "ALLOW", "m", vector(1).tobytes(), "anonymous", ""))
         store._thumbnails["anonymous", "bad"] = ("anonymous", "bad", NOW.timestamp(), None)  # type: ignore[assignment] - NOT NULL violated
         with pytest.raises(RejectedRows, match="refused 1 decisions and 1 thumbnails"):
             store.flush()
@@ -384,3 +384,59 @@ def test_case_show_lists_every_callers_case_and_caller_picks_one(store_location:
     assert copy.read_bytes() == b"\xff\xd8token:b"
     code, _ = show("--caller", "token:nobody")
     assert code == 1, "no such case"
+
+
+def test_case_show_gives_scores_thresholds_rationale_and_shadows(store_location: str) -> None:
+    """Issue 22: `case show` gave time, version, action and thumbnail only. What decided the case is kept beside it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+    from moderation.state.records import decision_details
+
+    categories = [
+        {"id": "weapons", "clause": "W-1", "score": 0.4123, "review": 0.264, "block": 0.75, "band": "BORDERLINE", "action": "REVIEW"},
+        {"id": "drugs", "clause": "D-4", "score": 0.01, "review": 0.3, "block": 0.6, "band": "BELOW", "action": "ALLOW"},
+    ]
+    details = decision_details(
+        categories,
+        reasons=["weapons scored 0.412, between its review threshold 0.264 and block threshold 0.75 (clause W-1)"],
+        escalation={"status": "COMPLETED", "reason": "", "category": "weapons", "violates": False, "confidence": 0.8,
+                    "rationale": "a toy <b>water pistol</b> on a beach towel", "model": "smolvlm2", "changed_action": False},
+        shadows=[{"policy_id": "default_next", "version": "2026-11-24.1", "action": "BLOCK", "disagree": ["weapons"]}],
+    )  # fmt: skip
+    with open_store(store_location) as store:
+        store.record("case-1", NOW, "default", "2026-11-23.1", "REVIEW", vector(0), "m", caller="token:a", details=details)
+        store.record("case-0", NOW, "default", "2026-11-23.1", "ALLOW", vector(1), "m")  # without details: older servers
+    url = store_location if "://" in store_location else f"sqlite:///{store_location}"
+    shown = CliRunner().invoke(app, ["case", "show", "case-1", "--store", url], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "weapons (W-1)" in text and "0.412" in text and "0.264" in text and "0.75" in text and "BORDERLINE" in text
+    assert "between its review threshold 0.264" in text
+    assert "does not violate, confidence 0.80; rationale: a toy <b>water pistol</b> on a beach towel" in text
+    assert "shadow default_next@2026-11-24.1: BLOCK, disagrees on weapons" in text
+    assert all(len(line) <= 80 for line in shown.output.splitlines())
+    document = json.loads(CliRunner().invoke(app, ["case", "show", "case-1", "--store", url, "--json"]).stdout)
+    (decision,) = document["decisions"]
+    assert decision["details"]["categories"] == categories and decision["details"]["shadows"][0]["disagree"] == ["weapons"]
+    assert decision["details"]["escalation"]["rationale"].startswith("a toy")
+    old = CliRunner().invoke(app, ["case", "show", "case-0", "--store", url])
+    assert "scores: not stored (decided before this release kept" in " ".join(old.output.split())
+
+
+def test_case_show_without_thumbnails_says_which_setting_keeps_them(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+
+    path = tmp_path / "store.db"
+    with open_store(path) as store:
+        store.record("r", NOW, "default", "1", "REVIEW", vector(0), "m")
+    env = {"MODERATION_THUMBNAIL_STORE": None, "MODERATION_DATABASE_URL": None, "MODERATION_KEEP_THUMBNAILS": None}
+    shown = CliRunner().invoke(app, ["case", "show", "r", "--store", str(path)], env=env)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "thumbnail: off: no thumbnail store" in text and "keep_thumbnails: true (MODERATION_KEEP_THUMBNAILS=true)" in text
+    assert "thumbnail_store: DIR (MODERATION_THUMBNAIL_STORE)" in text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shlex
 from pathlib import Path
 
 import skimage.data
@@ -76,10 +78,27 @@ def test_a_budget_that_would_empty_the_review_band_is_refused_and_explained(tmp_
             "--max-review-rate", "0.02", "--target-precision", "0.8", *TINY]  # fmt: skip
     narrow = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
     assert narrow.exit_code == 0, narrow.output
-    assert "warning: weapons: the proposal would EMPTY the REVIEW band (review 0.35 -> 0.75 = block 0.75)" in narrow.stdout
-    assert "the 2.0% review budget admits no threshold below block" in narrow.stdout
-    assert "  precision at review: " in narrow.stdout and "…" not in narrow.stdout  # vertical at 80 columns, nothing cut
-    assert "model: left as 'ViT-B-32/laion2b_s34b_b79k'" in narrow.stdout
+    text = " ".join(narrow.stdout.split())
+    # For an analyst (issue 22): one finding for the budget, not one per category, in plain words, with a command that works.
+    assert text.count("would lose their review step") == 1, narrow.stdout
+    assert "The review budget, 2.0% of the labelled images per category, is less than one image: with 12 labelled images, one image is 8.3%." in text
+    assert "weapons and drugs would lose their review step" in text and "Their current review thresholds were kept instead." in text
+    assert "Label more images (at least 50 for a 2.0% budget)" in text
+    assert "warning:" not in text and "EMPTY the REVIEW band" not in text
+    assert "…" not in narrow.stdout and "┃ category" in narrow.stdout  # a table at 80 columns, nothing cut
+    assert all(len(line) <= 80 or " " not in line.strip() for line in narrow.stdout.splitlines())
+    assert re.search(r"weapons review at [\d.]+( \(unchanged\)| -> [\d.]+): \d of 4 labelled weapons images score at or above it", text)
+    assert "model: left as 'ViT-B-32/laion2b_s34b_b79k'" in text
+    example = re.search(r"for example: (moderation policy calibrate .*? --max-review-rate (0\.\d+))(?: !| what|$)", text)
+    assert example and float(example.group(2)) >= 1 / 12, text
+    # The example runs as printed, and with it no category loses its review step.
+    suggested = shlex.split(example.group(1))[1:]
+    again = CliRunner().invoke(app, [*suggested, "--out", str(tmp_path / "again"), *TINY], env={"COLUMNS": "80"})
+    assert again.exit_code == 0, again.output
+    assert "review step" not in " ".join(again.stdout.split()) and "--max-review-rate 0.02" not in again.stdout
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Read before taking the proposal (" in report and report.count("would lose their review step") == 1
+    assert "<b>Words used.</b>" in report and "How the rule chose them" in report
     proposed, _ = load_policy_file(tmp_path / "out" / "default.yaml")
     current, _ = load_policy_file(POLICIES / "default.yaml")
     assert all(c.thresholds.review < c.thresholds.block for c in proposed.categories), "no REVIEW band emptied"

@@ -49,8 +49,31 @@ def test_compare_takes_several_images_and_ends_with_the_agreement_count(tmp_path
     lines = text.strip().splitlines()
     assert re.fullmatch(r"\d+ of 12 categories agree over 2 images", lines[-2]), lines[-2:]
     assert lines[-1] == "random weights: these outputs mean nothing"
-    assert "…" not in text and "  confidence: " in text  # no header cut to "confid…"
+    assert "…" not in text  # no header cut to "confid…"
+    assert text.startswith("CLIP ") and "/random; explainer tiny-smolvlm/random" in " ".join(text.split()[:4])  # the models once
+    # Designed for 80 columns (issue 22): both tiers side by side in a table, each rationale wrapped below it.
+    assert BOX.search(text) and "explainer's rationale:" in text
+    assert all(len(line) <= 80 or " " not in line.strip() for line in lines), [line for line in lines if len(line) > 80]
+    header = next(line for line in lines if "category (clause)" in line)
+    assert "CLIP leans" in header and "explainer" in header and "agree" in header
     document = json.loads(run([*args, "--json"]))
     assert [image["image"] for image in document["images"]] == [str(first), str(second)]
     agree = sum(c["agree"] for image in document["images"] for c in image["categories"])
     assert document["agreement"] == {"agree": agree, "compared": 12}
+
+
+def test_json_documents_name_actions_and_bands_as_the_policies_do() -> None:
+    """Issue 22: `moderate --json` said ACTION_ALLOW where `compare --json` says ALLOW; one vocabulary."""
+    from moderation.cli.common import message_document
+    from moderation.v1 import moderation_pb2 as pb
+
+    response = pb.ModerateResponse(
+        action=pb.ACTION_REVIEW,
+        categories=[pb.CategoryResult(id="weapons", score=0.5, band=pb.BAND_BORDERLINE)],
+        bank_matches=[pb.BankMatch(bank="known", content_id="x", signal_type=pb.BANK_SIGNAL_TYPE_PDQ)],
+    )
+    document = message_document(response)
+    assert document["action"] == "REVIEW"
+    assert document["categories"][0]["band"] == "BORDERLINE" and document["categories"][0]["id"] == "weapons"
+    assert document["bank_matches"][0]["signal_type"] == "PDQ"
+    assert "ACTION_" not in json.dumps(document) and "BAND_" not in json.dumps(document)

@@ -85,6 +85,13 @@ def test_on_block_allow_is_rejected() -> None:
     assert "on_block must be BLOCK or REVIEW" in problem
 
 
+def test_on_block_typo_lists_only_what_on_block_accepts() -> None:
+    # Issue 22: "must be one of ALLOW, REVIEW or BLOCK", then ALLOW was refused.
+    (problem,) = problems_of(VALID + "    on_block: BLOK\n")
+    assert "must be BLOCK or REVIEW" in problem and "'BLOK'" in problem
+    assert "one of ALLOW" not in problem
+
+
 def test_template_needs_one_slot() -> None:
     text = VALID.replace("id: test\n", "id: test\ntemplates: ['a photo']\n")
     (problem,) = problems_of(text)

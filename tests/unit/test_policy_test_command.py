@@ -85,3 +85,26 @@ def test_compared_cases_pass_and_fail_on_real_decisions(tiny_scorer: ClipScorer,
     (failing,) = check_golden_cases(core, served, load_cases_file(tmp_path / "cases.yaml"), compare=True)
     assert failing.problems[0] == "action BLOCK, expected ALLOW"
     assert failing.problems[1] == "flagged ['drugs', 'sexual_content'], expected none"
+
+
+def test_every_problem_of_every_file_is_reported_in_one_run_before_a_model_loads(tmp_path: Path) -> None:
+    """Issue 22: a policy error, then a cases error, then a model mismatch took 3 runs of ~40 s each."""
+    broken = (POLICIES / "default.yaml").read_text().replace("on_block: BLOCK", "on_block: BLOK", 1)
+    assert "BLOK" in broken
+    (tmp_path / "broken.yaml").write_text(broken)
+    shutil.copy(POLICIES / "default.yaml", tmp_path / "other.yaml")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "broken.tests.yaml").write_text("policy: default\ncases:\n  - {image: a.jpg, expect: BLOK}\n")
+    (tmp_path / "tests" / "other.tests.yaml").write_text(
+        "policy: other\ncases:\n  - {image: a.jpg, expect: BLOCK, flagged: [weapon]}\n"
+    )
+    # Weights that cannot load: every problem must be reported without them.
+    result = run("policy", "test", str(tmp_path / "broken.yaml"), str(tmp_path / "other.yaml"), "--weights", str(tmp_path / "none.bin"))
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert "broken.yaml" in output and "on_block: must be BLOCK or REVIEW" in output and "not the text 'BLOK'" in output  # the policy's schema
+    assert "broken.tests.yaml:3" in output and "expect" in output  # its cases file's schema, in the same run
+    assert "cases are for policy 'other', not 'default'" in output  # the other file's cases against its policy
+    assert "category 'weapon' is not in policy 'default'" in output
+    assert "thresholds were calibrated for model 'ViT-B-32/laion2b_s34b_b79k' but this run uses 'ViT-B-32/none.bin'" in output
+    assert "cannot load CLIP model" not in output and "2 of 2 policies failed their tests" in output
