@@ -1,4 +1,4 @@
-"""The `moderation` command: serve, explain-serve, moderate, compare, policy validate|test|calibrate|diff, case show,
+"""The `moderation` command: serve, explain-serve, moderate, compare, policy validate|test|calibrate|train|diff, case show,
 bank create|list|enable|disable|set|add|remove|lookup|import|export|audit,
 review list|lease|show|decide|reopen|audit|export.
 
@@ -11,6 +11,7 @@ from moderation.cli import serve  # noqa: F401, I001
 from moderation.cli import client  # noqa: F401
 from moderation.cli import compare  # noqa: F401
 from moderation.cli import policy  # noqa: F401
+from moderation.cli import train  # noqa: F401
 from moderation.cli import case  # noqa: F401
 from moderation.cli import bank  # noqa: F401
 from moderation.cli import review  # noqa: F401

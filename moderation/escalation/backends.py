@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from moderation.escalation.tier import EscalationRequest, Explanation, ExplainerUnavailable
+from moderation.escalation.tier import Answer, EscalationRequest, Explanation, ExplainerUnavailable, ReviewerQuestion
 from moderation.escalation.verdict import ExplainerVerdict
 
 
@@ -34,12 +34,27 @@ class InProcessExplainer:
         # The pipeline decoded the frame already: the one it hands over is the one judged.
         return Explanation(result.verdict, self.model_id, result.generated_tokens, request.frame_index)
 
+    def _ask(self, question: ReviewerQuestion) -> Answer:
+        from moderation.escalation.explainer import ExplanationFailed
+
+        try:
+            result = self._explainer.answer(question.frame, question.question, question.policy, question.category_id)
+        except ExplanationFailed as err:
+            raise ExplainerUnavailable(str(err)) from err
+        return Answer(result.text, self.model_id, result.generated_tokens)
+
     async def explain(self, request: EscalationRequest, timeout_s: float) -> Explanation:
-        # A timed-out explanation cannot be interrupted inside torch; until it ends
+        return await self._run(self._explain, request, timeout_s)
+
+    async def ask(self, question: ReviewerQuestion, timeout_s: float) -> Answer:
+        return await self._run(self._ask, question, timeout_s)
+
+    async def _run(self, work, argument, timeout_s: float):  # noqa: ANN001, ANN202 - Explanation or Answer
+        # A timed-out generation cannot be interrupted inside torch; until it ends
         # the thread is taken, and queueing behind it would only time out too.
         if self._running is not None and not self._running.done():
             raise ExplainerUnavailable("the explainer is still finishing an explanation that timed out")
-        self._running = asyncio.get_running_loop().run_in_executor(self._pool, self._explain, request)
+        self._running = asyncio.get_running_loop().run_in_executor(self._pool, work, argument)
         # shield: a timeout answers the caller now; the thread finishes its work.
         return await asyncio.wait_for(asyncio.shield(self._running), timeout_s)
 
@@ -111,12 +126,7 @@ class RemoteExplainer:
             category_ids=list(request.category_ids),
             frame_index=request.frame_index,
         )
-        try:
-            reply = await self._connect().Explain(message, timeout=timeout_s, metadata=self._metadata)
-        except self._grpc.aio.AioRpcError as err:
-            if err.code() == self._grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimeoutError("the remote explainer did not answer in time") from err
-            raise ExplainerUnavailable(f"remote explainer: {err.code().name}: {err.details()}") from err
+        reply = await self._call("Explain", message, timeout_s)
         if reply.category_id not in request.category_ids or reply.clause_id != request.policy.category(reply.category_id).clause.id:
             raise ExplainerUnavailable(f"remote explainer cited {reply.category_id!r}/{reply.clause_id!r}, which is not an escalated clause")
         if reply.frame_index != request.frame_index:
@@ -126,6 +136,28 @@ class RemoteExplainer:
             )
         verdict = ExplainerVerdict(reply.violates, reply.category_id, reply.clause_id, reply.rationale, reply.confidence)
         return Explanation(verdict, reply.model, reply.generated_tokens, reply.frame_index)
+
+    async def ask(self, question: ReviewerQuestion, timeout_s: float) -> Answer:
+        from moderation.v1 import moderation_pb2 as pb
+
+        message = pb.AskRequest(
+            case_id=question.case_id,
+            image=question.image,
+            policy_id=question.policy.id,
+            policy_version=question.policy.version,
+            category_id=question.category_id or "",
+            question=question.question,
+        )
+        reply = await self._call("Ask", message, timeout_s)
+        return Answer(reply.answer, reply.model, reply.generated_tokens)
+
+    async def _call(self, method: str, message, timeout_s: float):  # noqa: ANN001, ANN202 - protobuf messages
+        try:
+            return await getattr(self._connect(), method)(message, timeout=timeout_s, metadata=self._metadata)
+        except self._grpc.aio.AioRpcError as err:
+            if err.code() == self._grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError("the remote explainer did not answer in time") from err
+            raise ExplainerUnavailable(f"remote explainer: {err.code().name}: {err.details()}") from err
 
     async def close(self) -> None:
         if self._channel is not None:

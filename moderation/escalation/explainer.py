@@ -28,6 +28,7 @@ from PIL import Image
 from transformers import Cache
 from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
+from moderation.escalation.answer import ANSWER_MAX_NEW_TOKENS, CLOSE_ANSWER, InvalidAnswer, check_question, parse_answer
 from moderation.escalation.decoding import DecodeOutcome, greedy_decode
 from moderation.escalation.grammar import VerdictGrammars
 from moderation.escalation.loading import ExplainerSpec, LoadedExplainer, load_explainer
@@ -35,6 +36,7 @@ from moderation.escalation.prefix_cache import PrefilledPrefix, PrefixCache, Pre
 from moderation.escalation.prompt import (
     END_OF_UTTERANCE,
     build_prompt,
+    build_question_prompt,
     escalated_categories,
 )
 from moderation.escalation.verdict import (
@@ -71,6 +73,16 @@ class ExplanationResult:
     prefill_ms: float  # this request's prefill: the image and question, plus the prefix on a cache miss
     ttft_ms: float  # from the call to the first output token, image preprocessing included
     decode_ms_per_token: float  # after the first token
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerResult:
+    """A reviewer's question answered: advisory text, never a decision."""
+
+    text: str
+    generated_tokens: int
+    truncated: bool  # the token budget ran out inside a sentence, which was cut and closed there
     total_ms: float
 
 
@@ -213,6 +225,45 @@ class Explainer:
             outcome = greedy_decode(self._model, prefilled.cache, prefilled.next_token_logits, new_tokens)
         return GenerationTiming(
             new_tokens=len(outcome.token_ids), prefill_ms=prefilled.prefill_ms, **_timings(started, outcome)
+        )
+
+    def answer(
+        self,
+        image: Image.Image,
+        question: str,
+        policy: Policy,
+        category_id: str | None = None,
+        max_new_tokens: int = ANSWER_MAX_NEW_TOKENS,
+    ) -> AnswerResult:
+        """SmolVLM2's advisory answer to a reviewer's `question` about `image` (a case's frame or thumbnail).
+
+        The case's clause (`category_id` of `policy`) is given as context. Raises InvalidQuestion
+        (asked nothing), ValueError (unknown category) and ExplanationFailed (no answer within
+        `max_new_tokens`). Questions are rare and each is different: no prefix cache.
+        """
+        question = check_question(question)
+        prompt = build_question_prompt(policy, category_id, self._image_placeholder, question)
+        with self._lock, torch.inference_mode():
+            started = time.perf_counter()
+            pixels = self._pixels(image)
+            output = self._model(
+                input_ids=self._encode(prompt).to(self._spec.device),
+                pixel_values=pixels["pixel_values"].to(self._spec.device, self._spec.torch_dtype),
+                pixel_attention_mask=pixels["pixel_attention_mask"].to(self._spec.device),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            constraint = self._grammars.constraint(self._grammars.answer, closing=CLOSE_ANSWER)
+            outcome = greedy_decode(self._model, output.past_key_values, output.logits[0, -1], max_new_tokens, constraint)
+        if not outcome.complete:
+            raise ExplanationFailed(f"the token budget of {max_new_tokens} ran out before the answer could be closed")
+        text = self._tokenizer.decode(outcome.token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        try:
+            answer = parse_answer(text + outcome.closing_text)
+        except InvalidAnswer as err:
+            raise ExplanationFailed(f"the explainer's answer is not valid: {err}") from err
+        return AnswerResult(
+            answer, len(outcome.token_ids), bool(outcome.closing_text), (time.perf_counter() - started) * 1000.0
         )
 
     def prompt_inputs(

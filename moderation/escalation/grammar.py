@@ -12,12 +12,15 @@ instead of one pass each.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 import xgrammar
 from transformers import PreTrainedTokenizerBase
 
+from moderation.escalation.answer import answer_json_schema
 from moderation.escalation.verdict import verdict_json_schema
 from moderation.policy.schema import Policy
 
@@ -45,20 +48,28 @@ class VerdictGrammars:
         schema = verdict_json_schema(policy, category_ids)
         return self._compiler.compile_json_schema(schema, any_whitespace=False, separators=(",", ":"))
 
-    def constraint(self, compiled: xgrammar.CompiledGrammar) -> JsonConstraint:
-        return JsonConstraint(compiled, self._tokenizer, self.vocab_size)
+    @cached_property
+    def answer(self) -> xgrammar.CompiledGrammar:
+        """The grammar of a reviewer's question's answer (answer.py): the same for every policy, compiled once."""
+        return self._compiler.compile_json_schema(json.dumps(answer_json_schema()), any_whitespace=False, separators=(",", ":"))
+
+    def constraint(self, compiled: xgrammar.CompiledGrammar, closing: str = _CLOSE_RATIONALE) -> JsonConstraint:
+        return JsonConstraint(compiled, self._tokenizer, self.vocab_size, closing)
 
 
 class JsonConstraint:
     """The grammar state of one generation. Not shared between requests."""
 
-    def __init__(self, compiled: xgrammar.CompiledGrammar, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
+    def __init__(
+        self, compiled: xgrammar.CompiledGrammar, tokenizer: PreTrainedTokenizerBase, vocab_size: int, closing: str = _CLOSE_RATIONALE
+    ) -> None:
         # terminate_without_stop_token: the verdict is complete at its closing brace;
         # waiting for an end-of-utterance token would cost one more forward pass.
         self._matcher = xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=True)
         self._bitmask = xgrammar.allocate_token_bitmask(1, vocab_size)
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
+        self._closing = closing  # what ends the last, open string field and the object (see close_after_budget)
         self._closing_text = ""
 
     def mask(self, logits: torch.Tensor) -> None:
@@ -111,7 +122,7 @@ class JsonConstraint:
         """
         if self.complete:
             return True
-        for closing in (self._matcher.find_jump_forward_string(), _CLOSE_RATIONALE):
+        for closing in (self._matcher.find_jump_forward_string(), self._closing):
             trial = self._matcher.fork()
             if closing and trial.accept_string(closing) and trial.is_completed():
                 self._matcher = trial

@@ -75,6 +75,24 @@ def build_prompt(
     return EscalationPrompt(prefix=prefix, suffix=suffix)
 
 
+ASK_INSTRUCTION = (
+    "A trust-and-safety reviewer has a question about this image, which an automatic classifier flagged. "
+    "Answer the question in one to three short sentences, in JSON only. Say what you see; the reviewer decides."
+)
+
+
+def build_question_prompt(policy: Policy, category_id: str | None, image_placeholder: str, question: str) -> str:
+    """The whole prompt of a reviewer's question: the case's clause (when known), the image, the question."""
+    context = f"Policy {policy.id} version {policy.version}."
+    if category_id:
+        (category,) = escalated_categories(policy, [category_id])
+        context += f" The case was flagged under clause {category.clause.id} ({category.id}): {_one_line(category.clause.text)}"
+    return (
+        f"{BEGIN_TURN}User: {ASK_INSTRUCTION}\n\n{context}\n\nImage:"
+        f"{image_placeholder}Question: {_one_line(question)}{END_OF_UTTERANCE}\nAssistant:"
+    )
+
+
 def _one_line(text: str) -> str:
     # Policy YAML folds clauses over several lines; the model should read them as written prose.
     return re.sub(r"\s+", " ", text).strip()

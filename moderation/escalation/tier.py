@@ -11,6 +11,9 @@ Bounds, in the order a request meets them:
   queue            at most `max_waiting` requests wait for a free slot
   concurrency      at most `max_concurrent` explanations run at once
   timeout          each explanation gets min(timeout_s, the request's time left)
+
+Reviewers' questions (`ask`, answer.py) go through the same bounds: they share the
+explainer, its budget and its breaker with escalations.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from PIL import Image
 
@@ -75,6 +78,46 @@ class EscalationOutcome:
     changed_action: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ReviewerQuestion:
+    """A reviewer's question about a case's image (answer.py), asked through the tier like an escalation."""
+
+    case_id: str  # for logs only
+    image: bytes  # encoded, for the remote explainer (it decodes it itself)
+    frame: Image.Image  # decoded, for the in-process explainer
+    policy: Policy
+    category_id: str | None  # the case's category: its clause is given as context
+    question: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+    model_id: str
+    generated_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerOutcome:
+    """COMPLETED with an advisory answer, or SHED / TIMED_OUT / FAILED with the reason."""
+
+    status: EscalationStatus
+    reason: str = ""
+    answer: Answer | None = None
+    latency_ms: float = 0.0
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt(Generic[T]):
+    status: EscalationStatus
+    reason: str = ""
+    result: T | None = None
+    latency_ms: float = 0.0
+
+
 class ExplainerUnavailable(RuntimeError):
     """The explainer could not answer (remote down, invalid verdict, ...): FAILED."""
 
@@ -85,6 +128,8 @@ class ExplainerBackend(Protocol):
     model_id: str
 
     async def explain(self, request: EscalationRequest, timeout_s: float) -> Explanation: ...
+
+    async def ask(self, question: ReviewerQuestion, timeout_s: float) -> Answer: ...
 
     async def close(self) -> None: ...
 
@@ -183,11 +228,31 @@ class EscalationTier:
         return outcome
 
     async def _escalate(self, request: EscalationRequest, time_left_s: float) -> EscalationOutcome:
+        attempt = await self._call(lambda timeout: self.backend.explain(request, timeout), time_left_s, request.request_id)
+        explanation = attempt.result
+        if explanation is None:
+            return EscalationOutcome(attempt.status, attempt.reason, latency_ms=attempt.latency_ms)
+        return EscalationOutcome(
+            EscalationStatus.COMPLETED,
+            verdict=explanation.verdict,
+            model_id=explanation.model_id,
+            generated_tokens=explanation.generated_tokens,
+            frame_index=explanation.frame_index,
+            latency_ms=attempt.latency_ms,
+        )
+
+    async def ask(self, question: ReviewerQuestion, time_left_s: float) -> AnswerOutcome:
+        """A reviewer's question, under the same bounds as escalations (breaker, budget, queue, slots, timeout)."""
+        attempt = await self._call(lambda timeout: self.backend.ask(question, timeout), time_left_s, f"question on {question.case_id}")
+        return AnswerOutcome(attempt.status, attempt.reason, attempt.result, attempt.latency_ms)
+
+    async def _call(self, call: Callable[[float], Awaitable[T]], time_left_s: float, what: str) -> _Attempt[T]:
+        """`call(timeout_s)` on the backend once every bound admits it; COMPLETED with its result, or why not."""
         if not self._breaker.allow():
-            return EscalationOutcome(EscalationStatus.SHED, f"the explainer failed {self._breaker.failures} times in a row; not calling it for now")
+            return _Attempt(EscalationStatus.SHED, f"the explainer failed {self._breaker.failures} times in a row; not calling it for now")
         if not self._budget.take():
             self._breaker.release_trial()
-            return EscalationOutcome(EscalationStatus.SHED, "the escalation budget is used up for now (setting explainer_budget_per_minute)")
+            return _Attempt(EscalationStatus.SHED, "the escalation budget is used up for now (setting explainer_budget_per_minute)")
         started = time.monotonic()
         timeout = min(self.timeout_s, time_left_s)
         if not self._slots.locked():
@@ -195,7 +260,7 @@ class EscalationTier:
         else:
             if self._waiting >= self.max_waiting:
                 self._breaker.release_trial()
-                return EscalationOutcome(
+                return _Attempt(
                     EscalationStatus.SHED, f"{self._waiting} escalations already wait for the explainer (setting explainer_max_waiting)"
                 )
             self._waiting += 1
@@ -204,31 +269,24 @@ class EscalationTier:
                 await asyncio.wait_for(self._slots.acquire(), timeout)
             except TimeoutError:
                 self._breaker.release_trial()
-                return EscalationOutcome(EscalationStatus.TIMED_OUT, "no explainer slot became free within the time left", latency_ms=_ms(started))
+                return _Attempt(EscalationStatus.TIMED_OUT, "no explainer slot became free within the time left", latency_ms=_ms(started))
             finally:
                 self._waiting -= 1
                 self.metrics.queue_depth(self._waiting)
         try:
             remaining = timeout - (time.monotonic() - started)
-            explanation = await self.backend.explain(request, max(remaining, 0.001))
+            result = await call(max(remaining, 0.001))
         except TimeoutError:
             self._breaker.record(False)
-            return EscalationOutcome(EscalationStatus.TIMED_OUT, f"the explainer did not answer within {timeout:.1f} s", latency_ms=_ms(started))
+            return _Attempt(EscalationStatus.TIMED_OUT, f"the explainer did not answer within {timeout:.1f} s", latency_ms=_ms(started))
         except Exception as err:  # noqa: BLE001 - any explainer failure falls back to REVIEW
             self._breaker.record(False)
-            log.warning("escalation of %s failed: %s", request.request_id, err)
-            return EscalationOutcome(EscalationStatus.FAILED, f"the explainer failed: {err}"[:300], latency_ms=_ms(started))
+            log.warning("escalation of %s failed: %s", what, err)
+            return _Attempt(EscalationStatus.FAILED, f"the explainer failed: {err}"[:300], latency_ms=_ms(started))
         finally:
             self._slots.release()
         self._breaker.record(True)
-        return EscalationOutcome(
-            EscalationStatus.COMPLETED,
-            verdict=explanation.verdict,
-            model_id=explanation.model_id,
-            generated_tokens=explanation.generated_tokens,
-            frame_index=explanation.frame_index,
-            latency_ms=_ms(started),
-        )
+        return _Attempt(EscalationStatus.COMPLETED, result=result, latency_ms=_ms(started))
 
     async def close(self) -> None:
         await self.backend.close()

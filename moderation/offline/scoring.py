@@ -13,9 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from moderation.core.decision import Band, Decision
 from moderation.core.decode import ImageRejected
-from moderation.core.judge import JudgingCore
+from moderation.core.judge import Judgement, JudgingCore
 from moderation.policy.golden import CasesFile, GoldenCase
 from moderation.policy.registry import ServedPolicy
 from moderation.policy.schema import Policy
@@ -27,6 +29,9 @@ class FileScores:
     path: Path
     decision: Decision | None  # None when the file could not be read or decoded
     error: str = ""
+    # The image's normalised CLIP embedding (float32 [dim]): the representative frame's, as the
+    # server stores it for `policy diff`, so a probe is trained on what it will score.
+    embedding: np.ndarray | None = None
 
     @property
     def scores(self) -> dict[str, float] | None:
@@ -53,7 +58,7 @@ def score_image_files(
     results: list[FileScores] = []
     for start in range(0, len(paths), OFFLINE_BATCH):
         batch = paths[start : start + OFFLINE_BATCH]
-        outcomes: dict[Path, Decision | str] = {}  # a decision, or why there is none
+        outcomes: dict[Path, Judgement | str] = {}  # a judgement, or why there is none
         read: dict[Path, bytes] = {}
         for path in batch:
             try:
@@ -61,10 +66,14 @@ def score_image_files(
             except OSError as error:
                 outcomes[path] = f"cannot read file: {error.strerror or error}"
         for path, judged in zip(read, core.judge_images(list(read.values()), served), strict=True):
-            outcomes[path] = str(judged) if isinstance(judged, ImageRejected) else judged.decision
+            outcomes[path] = str(judged) if isinstance(judged, ImageRejected) else judged
         for path in batch:
             outcome = outcomes[path]
-            results.append(FileScores(path, outcome) if isinstance(outcome, Decision) else FileScores(path, None, outcome))
+            if isinstance(outcome, str):
+                results.append(FileScores(path, None, outcome))
+            else:
+                row = outcome.frames.embeddings[outcome.representative_row()]
+                results.append(FileScores(path, outcome.decision, embedding=np.asarray(row, dtype=np.float32)))
         if on_scored is not None:
             on_scored(len(batch))
     return results

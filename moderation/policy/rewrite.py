@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from moderation.policy.loader import load_policy_text
+from moderation.policy.schema import Probe
 
 _DATED_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:\.(\d+))?$")
 _TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
@@ -62,21 +63,7 @@ def rewrite_policy_text(
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if not isinstance(root, yaml.MappingNode):
         raise RewriteError(f"{source}: a policy must be a YAML mapping")
-    edits: list[tuple[int, int, str]] = []  # (start, end, replacement) spans of `text`
-
-    version_key, version_node = _entry(root, "version", source)
-    edits.append(_replace_scalar(version_node, version))
-
-    if model is not None:
-        model_entry = _find(root, "model")
-        if model_entry is not None:
-            edits.append(_replace_scalar(model_entry[1], model))
-        else:
-            # Insert a line after the version's: the file keeps its order otherwise.
-            line_end = text.find("\n", version_node.end_mark.index)
-            at = len(text) if line_end == -1 else line_end + 1
-            prefix = "\n" if line_end == -1 else ""
-            edits.append((at, at, f"{prefix}{' ' * version_key.start_mark.column}model: {json.dumps(model)}\n"))
+    edits = _version_and_model_edits(root, text, version, model, source)  # (start, end, replacement) spans of `text`
 
     _, categories = _entry(root, "categories", source)
     if not isinstance(categories, yaml.SequenceNode):
@@ -108,6 +95,23 @@ def rewrite_policy_text(
         edited = edited[:start] + replacement + edited[end:]
     _check(edited, version, thresholds, model, source)
     return edited
+
+
+def _version_and_model_edits(root: yaml.MappingNode, text: str, version: str, model: str | None, source: str) -> list[tuple[int, int, str]]:
+    edits = []
+    version_key, version_node = _entry(root, "version", source)
+    edits.append(_replace_scalar(version_node, version))
+    if model is not None:
+        model_entry = _find(root, "model")
+        if model_entry is not None:
+            edits.append(_replace_scalar(model_entry[1], model))
+        else:
+            # Insert a line after the version's: the file keeps its order otherwise.
+            line_end = text.find("\n", version_node.end_mark.index)
+            at = len(text) if line_end == -1 else line_end + 1
+            prefix = "\n" if line_end == -1 else ""
+            edits.append((at, at, f"{prefix}{' ' * version_key.start_mark.column}model: {json.dumps(model)}\n"))
+    return edits
 
 
 def _find(node: yaml.MappingNode, key: str) -> tuple[yaml.Node, yaml.Node] | None:
@@ -149,3 +153,64 @@ def _check(edited: str, version: str, thresholds: Mapping[str, tuple[float, floa
             wrong.append(f"{category_id}.thresholds")
     if wrong:
         raise RewriteError(f"{source}: editing the text did not give the intended {', '.join(wrong)}; edit the file by hand")
+
+
+def rewrite_policy_probe(
+    text: str, *, version: str, category_id: str, probe: Probe, model: str, source: str = "<policy>"
+) -> str:
+    """`text` with a new version, `model`, and `probe` as category `category_id`'s probe (replaced or added).
+
+    The probe is written as a block under the category, at its keys' indentation; the
+    rest of the file is kept as it was (the same span edits as `rewrite_policy_text`).
+    """
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode):
+        raise RewriteError(f"{source}: a policy must be a YAML mapping")
+    _, categories = _entry(root, "categories", source)
+    if not isinstance(categories, yaml.SequenceNode):
+        raise RewriteError(f"{source}: categories must be a list")
+    target = next(
+        (c for c in categories.value if isinstance(c, yaml.MappingNode) and (found := _find(c, "id")) and found[1].value == category_id),
+        None,
+    )
+    if target is None:
+        raise RewriteError(f"{source}: no category {category_id!r} in the policy")
+    if target.flow_style:
+        raise RewriteError(f"{source}:{target.start_mark.line + 1}: category {category_id!r} is written in flow style ({{...}}); write it as a block to add a probe")
+    indent = target.value[0][0].start_mark.column
+    document = probe.model_dump(mode="json", exclude_none=True)
+    body = yaml.safe_dump({"probe": document}, default_flow_style=False, sort_keys=False, width=1_000_000, allow_unicode=True)
+    block = "".join(" " * indent + line + "\n" for line in body.splitlines())
+
+    edits: list[tuple[int, int, str]] = []
+    existing = _find(target, "probe")
+    if existing is not None:
+        key_node, value_node = existing
+        start = text.rfind("\n", 0, key_node.start_mark.index) + 1
+        end = _line_end(text, _last_scalar(value_node).end_mark.index)
+        edits.append((start, end, block))
+    else:
+        at = _line_end(text, _last_scalar(target).end_mark.index)
+        edits.append((at, at, block if at == len(text) or text[at - 1] == "\n" else "\n" + block))
+    edits += _version_and_model_edits(root, text, version, model, source)
+    edited = text
+    for start, end, replacement in sorted(edits, reverse=True):
+        edited = edited[:start] + replacement + edited[end:]
+    policy = load_policy_text(edited, source=f"{source} (proposed)")
+    if policy.version != version or policy.category(category_id).probe != probe:
+        raise RewriteError(f"{source}: editing the text did not give the intended probe; edit the file by hand")
+    return edited
+
+
+def _line_end(text: str, index: int) -> int:
+    """Just past the newline ending the line that `index` is on (the end of the text without one)."""
+    newline = text.find("\n", index)
+    return len(text) if newline == -1 else newline + 1
+
+
+def _last_scalar(node: yaml.Node) -> yaml.Node:
+    """The last scalar inside `node`: where a block collection's own text really ends (its end mark can lie past comments)."""
+    while isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.value:
+        last = node.value[-1]
+        node = last[1] if isinstance(node, yaml.MappingNode) else last
+    return node

@@ -6,10 +6,14 @@ Pure pydantic: no torch, no I/O. Field descriptions double as the error hints
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hashlib
 import json
+import math
 import re
+import struct
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -117,6 +121,71 @@ class EscalationSettings(_Strict):
 
 ExplainerRoleField = Annotated[ExplainerRole, BeforeValidator(_lower)]
 
+# The widest CLIP embedding open_clip ships (ViT-bigG-14: 1280); a probe is one weight per dimension.
+MAX_PROBE_DIM = 2048
+
+
+class ProbeTraining(_Strict):
+    """What `moderation policy train` measured: for the reader of a policy diff, not used to decide."""
+
+    examples: int = Field(ge=2, description="labelled images the probe was fitted on")
+    positives: int = Field(ge=1, description="of which labelled with this category")
+    held_out: int = Field(ge=0, description="labelled images kept apart to measure it")
+    held_out_auc: float | None = Field(default=None, ge=0.0, le=1.0, description="ROC AUC of the probe on the held-out images")
+    zero_shot_auc: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="ROC AUC of the category's prompts on the same held-out images"
+    )
+    labels: str = Field(default="", max_length=500, description="where the labelled images came from")
+    trained_at: str = Field(default="", max_length=40, description="when it was trained (ISO 8601)")
+
+
+class Probe(_Strict):
+    """A category learnt from labelled examples: score = sigmoid(weights . x + bias) on the image's normalised CLIP embedding.
+
+    Written by `moderation policy train`; it replaces the prompts' zero-shot score for
+    its category. It lives in the policy text, so a policy version names exactly one
+    probe and every path that carries a policy (reload, ConfigMap, `policy diff`,
+    golden tests, shadows) carries it too.
+    """
+
+    model: str = Field(min_length=1, max_length=200, description="the CLIP model whose embeddings it was trained on")
+    weights: str = Field(
+        min_length=4, max_length=4 * ((4 * MAX_PROBE_DIM + 2) // 3), description="base64 of the float32 little-endian weights, one per embedding dimension"
+    )
+    bias: float = Field(allow_inf_nan=False, description="the intercept")
+    training: ProbeTraining | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_decode(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("probe weights must be base64 text, as `moderation policy train` writes them") from None
+        if len(raw) % 4 or not 1 <= len(raw) // 4 <= MAX_PROBE_DIM:
+            raise ValueError(f"probe weights must be 1 to {MAX_PROBE_DIM} float32 values; these are {len(raw)} bytes")
+        if any(math.isnan(w) or math.isinf(w) for w in _unpack_floats(raw)):
+            raise ValueError("probe weights must be finite numbers")
+        return value
+
+    @property
+    def dim(self) -> int:
+        return len(base64.b64decode(self.weights)) // 4
+
+    def vector(self) -> list[float]:
+        """The weights as numbers (numpy/torch callers wrap them)."""
+        return list(_unpack_floats(base64.b64decode(self.weights)))
+
+
+def _unpack_floats(raw: bytes) -> tuple[float, ...]:
+    return struct.unpack(f"<{len(raw) // 4}f", raw)
+
+
+def encode_probe_weights(values: Any) -> str:
+    """base64 of float32 little-endian: what Probe.weights holds."""
+    floats = [float(v) for v in values]
+    return base64.b64encode(struct.pack(f"<{len(floats)}f", *floats)).decode("ascii")
+
 
 class Category(_Strict):
     id: Identifier = Field(description="lower_snake_case id, unique in the policy")
@@ -133,6 +202,11 @@ class Category(_Strict):
         default=ExplainerRole.ADVISORY,
         description="'advisory' (default: SmolVLM2's verdict only informs the reviewer) or 'decisive' "
         "(its verdict settles borderline cases)",
+    )
+    probe: Probe | None = Field(
+        default=None,
+        description="a linear probe trained on labelled examples (`moderation policy train`); when present it, not the "
+        "prompts, scores the category",
     )
 
     @field_validator("on_block")
@@ -315,6 +389,7 @@ def policy_rule_problems(data: Mapping[str, Any]) -> list[RuleProblem]:
                 first_seen[value] = number
 
     problems.extend(_bank_rule_problems(data, categories))
+    problems.extend(_probe_model_problems(data, categories))
 
     templates = _items(data.get("templates")) if "templates" in data else [None]
     prompts = len(_items(data.get("benign")))
@@ -375,6 +450,33 @@ def _bank_rule_problems(data: Mapping[str, Any], categories: list[Mapping[str, A
                 )
             else:
                 first_seen[bank] = number
+    return problems
+
+
+def _probe_model_problems(data: Mapping[str, Any], categories: list[Mapping[str, Any]]) -> list[RuleProblem]:
+    """A probe is only meaningful on the embeddings it was trained on: the policy names that model (the server checks it)."""
+    problems: list[RuleProblem] = []
+    model = _text(data.get("model"))
+    for number, category in enumerate(categories):
+        probe = category.get("probe")
+        probe_model = _text(probe.get("model")) if isinstance(probe, Mapping) else None
+        if probe_model is None:
+            continue
+        if model is None:
+            problems.append(
+                RuleProblem(
+                    ("categories", number, "probe", "model"),
+                    f"a policy with a probe must name its model: add `model: {probe_model}` (the model the probe was trained on)",
+                )
+            )
+        elif normalise_model_id(model) != normalise_model_id(probe_model):
+            problems.append(
+                RuleProblem(
+                    ("categories", number, "probe", "model"),
+                    f"the probe was trained on model {probe_model!r} but the policy is for {model!r}; "
+                    "retrain it with `moderation policy train` on the policy's model",
+                )
+            )
     return problems
 
 

@@ -58,21 +58,58 @@ class ExplainerServicer(pb_grpc.ExplainerServiceServicer):
         log.info("explaining request %s: frame %d", echo(request.request_id), request.frame_index)
         return self.explainer.explain(frame, policy, list(request.category_ids), policy.escalation.instruction, self._max_new_tokens)
 
+    async def _served_policy(self, policy_id: str, version: str, context: grpc.aio.ServicerContext):  # noqa: ANN202
+        """The policy the request names, at the version it names, or the call aborted with why not."""
+        if len(policy_id) > MAX_POLICY_ID_CHARS:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no policy {echo(policy_id)!r} is served")
+        try:
+            policy = self.registry.get(policy_id).policy
+        except PolicyNotFound as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, status_message(str(err)))
+        if policy.version != version:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the explainer serves {policy.id}@{policy.version}, not version {echo(version)!r}; "
+                "retry after the policy rollout",
+            )
+        return policy
+
+    def _ask(self, request: pb.AskRequest, policy):  # noqa: ANN001, ANN202
+        frame = decode_frame(request.image, self._limits, 0)
+        log.info("answering a reviewer's question on case %s", echo(request.case_id))
+        return self.explainer.answer(frame, request.question, policy, request.category_id or None)
+
+    async def Ask(self, request: pb.AskRequest, context: grpc.aio.ServicerContext) -> pb.AskResponse:
+        from moderation.escalation.answer import InvalidQuestion, check_question
+        from moderation.escalation.explainer import ExplanationFailed
+
+        policy = await self._served_policy(request.policy_id, request.policy_version, context)
+        if request.category_id and request.category_id not in {c.id for c in policy.categories}:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, status_message(f"category_id {echo(request.category_id)!r} is not a category of {policy.id}")
+            )
+        try:
+            check_question(request.question)
+        except InvalidQuestion as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid question: {err}")
+        started = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, self._ask, request, policy)
+        except ImageRejected as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {err}")
+        except ExplanationFailed as err:
+            await context.abort(grpc.StatusCode.INTERNAL, f"no valid answer: {err}")
+        return pb.AskResponse(
+            answer=result.text,
+            model=self.explainer.info.model_id,
+            generated_tokens=result.generated_tokens,
+            latency_ms=(time.perf_counter() - started) * 1e3,
+        )
+
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         from moderation.escalation.explainer import ExplanationFailed
 
-        if len(request.policy_id) > MAX_POLICY_ID_CHARS:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no policy {echo(request.policy_id)!r} is served")
-        try:
-            policy = self.registry.get(request.policy_id).policy
-        except PolicyNotFound as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, status_message(str(err)))
-        if policy.version != request.policy_version:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"the explainer serves {policy.id}@{policy.version}, not version {echo(request.policy_version)!r}; "
-                "retry after the policy rollout",
-            )
+        policy = await self._served_policy(request.policy_id, request.policy_version, context)
         unknown = [c for c in request.category_ids if c not in {k.id for k in policy.categories}]
         if not request.category_ids or unknown:
             await context.abort(

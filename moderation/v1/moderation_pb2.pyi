@@ -59,6 +59,34 @@ BANK_SIGNAL_TYPE_MD5: BankSignalType
 BANK_SIGNAL_TYPE_SHA256: BankSignalType
 BANK_SIGNAL_TYPE_EMBEDDING: BankSignalType
 
+class AskRequest(_message.Message):
+    __slots__ = ("case_id", "image", "policy_id", "policy_version", "category_id", "question")
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    case_id: str
+    image: bytes
+    policy_id: str
+    policy_version: str
+    category_id: str
+    question: str
+    def __init__(self, case_id: _Optional[str] = ..., image: _Optional[bytes] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., category_id: _Optional[str] = ..., question: _Optional[str] = ...) -> None: ...
+
+class AskResponse(_message.Message):
+    __slots__ = ("answer", "model", "generated_tokens", "latency_ms")
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    answer: str
+    model: str
+    generated_tokens: int
+    latency_ms: float
+    def __init__(self, answer: _Optional[str] = ..., model: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
 class ExplainRequest(_message.Message):
     __slots__ = ("request_id", "image", "policy_id", "policy_version", "category_ids", "frame_index")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

@@ -256,6 +256,11 @@ class ExplainerServiceStub:
                 request_serializer=moderation_dot_v1_dot_moderation__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=moderation_dot_v1_dot_moderation__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.Ask = channel.unary_unary(
+                '/moderation.v1.ExplainerService/Ask',
+                request_serializer=moderation_dot_v1_dot_moderation__pb2.AskRequest.SerializeToString,
+                response_deserializer=moderation_dot_v1_dot_moderation__pb2.AskResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainerServiceServicer:
@@ -270,6 +275,15 @@ class ExplainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ask(self, request, context):
+        """A reviewer's question about a case's image ("is the knife being sold?"):
+        an advisory answer of one to three sentences, never a decision. The
+        scorer's review queue calls it under the escalation tier's bounds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +291,11 @@ def add_ExplainerServiceServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=moderation_dot_v1_dot_moderation__pb2.ExplainRequest.FromString,
                     response_serializer=moderation_dot_v1_dot_moderation__pb2.ExplainResponse.SerializeToString,
+            ),
+            'Ask': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ask,
+                    request_deserializer=moderation_dot_v1_dot_moderation__pb2.AskRequest.FromString,
+                    response_serializer=moderation_dot_v1_dot_moderation__pb2.AskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +328,33 @@ class ExplainerService:
             '/moderation.v1.ExplainerService/Explain',
             moderation_dot_v1_dot_moderation__pb2.ExplainRequest.SerializeToString,
             moderation_dot_v1_dot_moderation__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moderation.v1.ExplainerService/Ask',
+            moderation_dot_v1_dot_moderation__pb2.AskRequest.SerializeToString,
+            moderation_dot_v1_dot_moderation__pb2.AskResponse.FromString,
             options,
             channel_credentials,
             insecure,

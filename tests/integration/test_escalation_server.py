@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -292,3 +293,49 @@ def test_an_explainer_that_cannot_answer_never_lets_an_image_through(tmp_path: P
                 assert reply.action == pb.ACTION_REVIEW, f"{policy_id}/{name}: {pb.Action.Name(reply.action)} after {reply.escalation.reason}"
                 statuses.append(reply.escalation.status)
     assert statuses[0] == pb.ESCALATION_STATUS_FAILED, "the explainer was really called, and failed"
+
+
+def test_a_reviewers_question_is_answered_by_explain_serve_and_through_the_tier(tmp_path: Path) -> None:
+    """ExplainerService.Ask: an advisory answer within the schema's bounds; bad questions refused with a sentence."""
+    import asyncio
+
+    from moderation.escalation.backends import RemoteExplainer
+    from moderation.escalation.tier import EscalationStatus, EscalationTier, ReviewerQuestion
+
+    with running_server(tmp_path, "--policies", str(POLICIES), *EXPLAINER, command="explain-serve") as explainer:
+        with explainer.channel() as channel:
+            stub = pb_grpc.ExplainerServiceStub(channel)
+            fields = {"case_id": "case-1", "image": images.astronaut_jpeg(), "policy_id": "default", "policy_version": POLICY.version}
+            reply = stub.Ask(pb.AskRequest(category_id="weapons", question="Is the knife being sold?", **fields), timeout=120)
+            assert reply.answer and reply.generated_tokens > 0 and reply.model.endswith("random")
+            # One to three sentences of the documented characters, joined by single spaces.
+            assert re.fullmatch(r"[?!A-Za-z0-9 ,.;:'()-]{1,362}", reply.answer), reply.answer
+            for changes, code, says in [
+                ({"question": "x" * 301}, grpc.StatusCode.INVALID_ARGUMENT, "the question is 301 characters; at most 300"),
+                ({"question": "   "}, grpc.StatusCode.INVALID_ARGUMENT, "the question is empty"),
+                ({"question": "two\nlines"}, grpc.StatusCode.INVALID_ARGUMENT, "ask it on one line"),
+                ({"question": "ok?", "category_id": "knives"}, grpc.StatusCode.INVALID_ARGUMENT, "category_id 'knives' is not a category of default"),
+                ({"question": "ok?", "policy_version": "old"}, grpc.StatusCode.FAILED_PRECONDITION, "not version 'old'"),
+                ({"question": "ok?", "image": b"not an image"}, grpc.StatusCode.INVALID_ARGUMENT, "invalid image"),
+            ]:
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.Ask(pb.AskRequest(**{**fields, **changes}), timeout=60)
+                assert caught.value.code() == code and says in caught.value.details(), caught.value.details()
+
+        async def through_the_tier() -> tuple:
+            from PIL import Image
+
+            tier = EscalationTier(RemoteExplainer(explainer.target), timeout_s=120)
+            frame = Image.open(__import__("io").BytesIO(images.astronaut_jpeg()))
+            question = ReviewerQuestion("case-2", images.astronaut_jpeg(), frame, POLICY, "weapons", "<script>alert(1)</script> sold?")
+            try:
+                return await tier.ask(question, 120), await tier.ask(ReviewerQuestion("case-3", b"", frame, POLICY, None, "x" * 400), 120)
+            finally:
+                await tier.close()
+
+        answered, refused = asyncio.run(through_the_tier())
+    assert answered.status is EscalationStatus.COMPLETED and answered.answer.text, answered.reason
+    assert "<" not in answered.answer.text and ">" not in answered.answer.text, "answers carry no markup"
+    assert refused.status is EscalationStatus.FAILED and "at most 300" in refused.reason
+    assert "answering a reviewer's question on case case-1" in explainer.log_text()
+    assert "alert(1)" not in explainer.log_text(), "questions are not logged"

@@ -227,3 +227,70 @@ def test_missing_weights_offline_fail_fast_naming_the_setting(tmp_path, monkeypa
 def test_random_weights_for_an_unshipped_architecture_say_what_to_set():
     with pytest.raises(ExplainerWeightsUnavailable, match="MODERATION_EXPLAINER_MODEL"):
         Explainer.load(ExplainerSpec(model="HuggingFaceTB/SmolVLM2-2.2B-Instruct", weights="random"))
+
+
+# Reviewers' questions (answer.py) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_an_answer_is_one_to_three_bounded_sentences_whatever_the_model(explainers, policy, seed):
+    from moderation.escalation.answer import MAX_SENTENCES, SENTENCE_MAX_CHARS, answer_json_schema
+
+    for image in make_images():
+        result = explainers[seed].answer(image, "Is the knife being sold?", policy, "weapons", max_new_tokens=400)
+        assert result.text and result.generated_tokens > 0
+        assert len(result.text) <= MAX_SENTENCES * (SENTENCE_MAX_CHARS + 1)
+        assert set(result.text) <= set("?!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 ,.;:'()-")
+    jsonschema.validate({"answer": ["One.", "Two?"]}, answer_json_schema())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"answer": ["a", "b", "c", "d"]}, answer_json_schema())
+
+
+def test_an_answer_cut_by_its_budget_is_closed_and_marked(explainer, policy):
+    result = explainer.answer(make_images()[0], "What is shown?", policy, None, max_new_tokens=8)
+    assert result.truncated and result.text
+
+
+def test_a_budget_too_small_for_any_answer_fails_instead_of_inventing_one(explainer, policy):
+    with pytest.raises(ExplanationFailed):
+        explainer.answer(make_images()[0], "What is shown?", policy, None, max_new_tokens=1)
+
+
+@pytest.mark.parametrize(
+    ("question", "says"),
+    [("", "the question is empty"), ("  \t ", "the question is empty"), ("y" * 301, "at most 300"), ("a\nb", "on one line")],
+)
+def test_questions_are_checked_before_the_model_runs(explainer, policy, question, says):
+    from moderation.escalation.answer import InvalidQuestion
+
+    with pytest.raises(InvalidQuestion, match=says):
+        explainer.answer(make_images()[0], question, policy, None)
+
+
+def test_the_parser_refuses_answers_outside_the_schema():
+    from moderation.escalation.answer import InvalidAnswer, parse_answer
+
+    assert parse_answer('{"answer":["It is a knife.","Not sold."]}') == "It is a knife. Not sold."
+    for text in ('{"answer":[]}', '{"answer":["<b>x</b>"]}', '{"answer":["a"],"extra":1}', "[]", "not json", '{"answer":["a","b","c","d"]}'):
+        with pytest.raises(InvalidAnswer):
+            parse_answer(text)
+
+
+def test_questions_share_the_tiers_budget_with_escalations(explainer, policy):
+    """docs/reviewing.md: questions go through the escalation tier's bounds; with its budget spent they are SHED."""
+    import asyncio
+
+    from moderation.escalation.backends import InProcessExplainer
+    from moderation.escalation.tier import EscalationStatus, EscalationTier, ReviewerQuestion
+
+    async def ask_twice():
+        tier = EscalationTier(InProcessExplainer(explainer), budget_per_minute=1, timeout_s=120)
+        question = ReviewerQuestion("case-1", b"", make_images()[2], policy, "weapons", "Is the knife being sold?")
+        try:
+            return await tier.ask(question, 120), await tier.ask(question, 120)
+        finally:
+            await tier.close()
+
+    first, second = asyncio.run(ask_twice())
+    assert first.status is EscalationStatus.COMPLETED and first.answer.text and first.answer.model_id == explainer.info.model_id
+    assert second.status is EscalationStatus.SHED and "explainer_budget_per_minute" in second.reason

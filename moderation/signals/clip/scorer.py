@@ -10,6 +10,10 @@ is the normalised mean over the policy's templates (open_clip's zero-shot
 recipe). The score is a probability in [0, 1] and every category competes
 against the same benign set, so thresholds are comparable across categories.
 
+A category with a `probe` (learnt from labelled examples by `moderation policy train`)
+scores sigmoid(w . x + b) instead, on the same normalised image embedding x: also a
+probability in [0, 1], thresholded the same way.
+
 Text embeddings are computed once per policy version (`PolicyTextIndex`), never
 per request. Every caller (server, offline commands, compare, bench) goes
 decode -> `prepare` -> embed -> `score_frames`; only the embed step differs
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from moderation.signals.clip.encoder import ImageTextEncoder, host_batch_buffer
 from moderation.core.decode import DecodedImage
 from moderation.policy.compile import CompileCancelled
+from moderation.policy.loader import PolicyFileError, PolicyProblem
 from moderation.policy.schema import Policy
 
 # Texts per encoder call while compiling a policy; between chunks a compile can be cancelled.
@@ -45,6 +50,9 @@ class PolicyTextIndex:
     embeddings: torch.Tensor  # [prompts, dim], float32 CPU, L2-normalised
     # Per category: (row indices of positive + contrast + benign prompts, number of positives first).
     competitions: tuple[tuple[str, torch.Tensor, int], ...]
+    # Categories learnt from labelled examples (`policy train`): (id, weights [dim], bias); these
+    # replace the category's zero-shot score with sigmoid(weights . x + bias).
+    probes: tuple[tuple[str, torch.Tensor, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +116,27 @@ class ClipScorer:
             rows = torch.tensor(positive_rows + contrast_rows + benign_rows)
             competitions.append((category.id, rows, len(positive_rows)))
         embeddings = self.encode_prompts(prompts, policy.templates, should_stop)
-        return PolicyTextIndex(policy.id, policy.version, embeddings, tuple(competitions))
+        return PolicyTextIndex(policy.id, policy.version, embeddings, tuple(competitions), self._probes(policy, embeddings.shape[1]))
+
+    def _probes(self, policy: Policy, dim: int) -> tuple[tuple[str, torch.Tensor, float], ...]:
+        probes = []
+        for category in policy.categories:
+            if category.probe is None:
+                continue
+            if category.probe.dim != dim:
+                # Only reachable with random weights (the model rule refuses another named model):
+                # a probe of another architecture cannot score these embeddings at all.
+                raise PolicyFileError(
+                    [
+                        PolicyProblem(
+                            f"policy {policy.id}@{policy.version}", None, f"categories.{category.id}.probe",
+                            f"the probe has {category.probe.dim} weights but model {self.model_id}'s embeddings have {dim} "
+                            "dimensions: retrain it with `moderation policy train` on this model",
+                        )  # fmt: skip
+                    ]
+                )
+            probes.append((category.id, torch.tensor(category.probe.vector(), dtype=torch.float32), category.probe.bias))
+        return tuple(probes)
 
     def batch_buffer(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Where the micro-batcher stacks a batch: page-locked when the encoder runs on CUDA."""
@@ -131,6 +159,8 @@ class ClipScorer:
         for category_id, rows, positives in index.competitions:
             probabilities = logits[:, rows].softmax(dim=-1)
             columns[category_id] = probabilities[:, :positives].sum(dim=-1).clamp(0.0, 1.0).numpy()
+        for category_id, weights, bias in index.probes:
+            columns[category_id] = torch.sigmoid(image_embeddings.float().cpu() @ weights + bias).numpy()
         return columns
 
     def score_frames(self, embeddings: torch.Tensor, frame_indices: Sequence[int], index: PolicyTextIndex) -> FrameScores:
