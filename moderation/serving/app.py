@@ -228,7 +228,7 @@ async def serve(settings: Settings) -> None:
         loaded.shell.start()
         servicer.shell = loaded.shell
         await bank_servicer.attach(loaded.shell)
-        await review_servicer.attach()
+        await review_servicer.attach(loaded.shell)
 
     async def close(loaded: _Loaded) -> None:
         await bank_servicer.close()

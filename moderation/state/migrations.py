@@ -335,6 +335,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX review_audit_by_case ON review_audit (case_id, id)",
         ),
     ),
+    Migration(
+        6,
+        "review questions: a reviewer's question about a case and the explainer's advisory answer, kept with the case (issue 22)",
+        sqlite=(
+            """CREATE TABLE review_questions (
+                id             INTEGER PRIMARY KEY,
+                case_id        TEXT NOT NULL,
+                asked_at       REAL NOT NULL,  -- unix seconds
+                asked_by       TEXT NOT NULL,
+                question       TEXT NOT NULL,  -- plain text as the reviewer typed it; escaped where shown
+                answer         TEXT NOT NULL,  -- advisory, never a decision
+                model_id       TEXT NOT NULL
+            )""",
+            "CREATE INDEX review_questions_by_case ON review_questions (case_id, id)",
+        ),
+        postgres=(
+            """CREATE TABLE review_questions (
+                id             BIGSERIAL PRIMARY KEY,
+                case_id        TEXT NOT NULL,
+                asked_at       DOUBLE PRECISION NOT NULL,
+                asked_by       TEXT NOT NULL,
+                question       TEXT NOT NULL,
+                answer         TEXT NOT NULL,
+                model_id       TEXT NOT NULL
+            )""",
+            "CREATE INDEX review_questions_by_case ON review_questions (case_id, id)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from moderation.v1 import moderation_pb2 as moderation_dot_v1_dot_moderation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amoderation/v1/review.proto\x12\rmoderation.v1\x1a\x1emoderation/v1/moderation.proto\"\xd5\x01\n\x0c\x43\x61seCategory\x12\x13\n\x0b\x63\x61tegory_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x18\n\x10review_threshold\x18\x03 \x01(\x01\x12\x17\n\x0f\x62lock_threshold\x18\x04 \x01(\x01\x12!\n\x04\x62\x61nd\x18\x05 \x01(\x0e\x32\x13.moderation.v1.Band\x12%\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\x15.moderation.v1.Action\x12\x11\n\tclause_id\x18\x07 \x01(\t\x12\x11\n\tforced_by\x18\x08 \x01(\t\"w\n\rCaseBankMatch\x12\x0c\n\x04\x62\x61nk\x18\x01 \x01(\t\x12\x12\n\ncontent_id\x18\x02 \x01(\t\x12\x32\n\x0bsignal_type\x18\x03 \x01(\x0e\x32\x1d.moderation.v1.BankSignalType\x12\x10\n\x08\x64istance\x18\x04 \x01(\x01\"i\n\x0c\x43\x61seDecision\x12\x10\n\x08violates\x18\x01 \x01(\x08\x12\x11\n\tclause_id\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x12\n\ndecided_by\x18\x04 \x01(\t\x12\x12\n\ndecided_at\x18\x05 \x01(\x01\"\xdc\x03\n\x04\x43\x61se\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.moderation.v1.CaseStatus\x12\x11\n\topened_at\x18\x03 \x01(\x01\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\tpolicy_id\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\t\x12\x10\n\x08model_id\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x13\n\x0b\x63\x61tegory_id\x18\n \x01(\t\x12/\n\ncategories\x18\x0b \x03(\x0b\x32\x1b.moderation.v1.CaseCategory\x12\x32\n\x0c\x62\x61nk_matches\x18\x0c \x03(\x0b\x32\x1c.moderation.v1.CaseBankMatch\x12\x16\n\x0e\x64\x65\x63iding_frame\x18\r \x01(\x05\x12\x11\n\trationale\x18\x0e \x01(\t\x12\x14\n\x0clease_holder\x18\x0f \x01(\t\x12\x18\n\x10lease_expires_at\x18\x10 \x01(\x01\x12-\n\x08\x64\x65\x63ision\x18\x11 \x01(\x0b\x32\x1b.moderation.v1.CaseDecision\x12\x10\n\x08reopened\x18\x12 \x01(\x05\"w\n\x10ListCasesRequest\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.moderation.v1.CaseStatus\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"d\n\x11ListCasesResponse\x12\"\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x13.moderation.v1.Case\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\nopen_cases\x18\x03 \x01(\x03\"%\n\x10LeaseNextRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"6\n\x11LeaseNextResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\"#\n\x10LeaseCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"6\n\x11LeaseCaseResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\"<\n\x0eGetCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x19\n\x11include_thumbnail\x18\x02 \x01(\x08\"e\n\x0fGetCaseResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\x12\x16\n\x0ethumbnail_jpeg\x18\x02 \x01(\x0c\x12\x17\n\x0fthumbnails_kept\x18\x03 \x01(\x08\"i\n\x11\x44\x65\x63ideCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x15\n\x08violates\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tclause_id\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\tB\x0b\n\t_violates\"7\n\x12\x44\x65\x63ideCaseResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\"2\n\x11ReopenCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"7\n\x12ReopenCaseResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\"&\n\x13GetCaseAuditRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"t\n\x0e\x43\x61seAuditEntry\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0b\n\x03who\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x11\n\tpolicy_id\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"F\n\x14GetCaseAuditResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.moderation.v1.CaseAuditEntry*q\n\nCaseStatus\x12\x1b\n\x17\x43\x41SE_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41SE_STATUS_OPEN\x10\x01\x12\x17\n\x13\x43\x41SE_STATUS_DECIDED\x10\x02\x12\x17\n\x13\x43\x41SE_STATUS_EXPIRED\x10\x03\x32\xc8\x04\n\rReviewService\x12N\n\tListCases\x12\x1f.moderation.v1.ListCasesRequest\x1a .moderation.v1.ListCasesResponse\x12N\n\tLeaseNext\x12\x1f.moderation.v1.LeaseNextRequest\x1a .moderation.v1.LeaseNextResponse\x12N\n\tLeaseCase\x12\x1f.moderation.v1.LeaseCaseRequest\x1a .moderation.v1.LeaseCaseResponse\x12H\n\x07GetCase\x12\x1d.moderation.v1.GetCaseRequest\x1a\x1e.moderation.v1.GetCaseResponse\x12Q\n\nDecideCase\x12 .moderation.v1.DecideCaseRequest\x1a!.moderation.v1.DecideCaseResponse\x12Q\n\nReopenCase\x12 .moderation.v1.ReopenCaseRequest\x1a!.moderation.v1.ReopenCaseResponse\x12W\n\x0cGetCaseAudit\x12\".moderation.v1.GetCaseAuditRequest\x1a#.moderation.v1.GetCaseAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amoderation/v1/review.proto\x12\rmoderation.v1\x1a\x1emoderation/v1/moderation.proto\"\xd5\x01\n\x0c\x43\x61seCategory\x12\x13\n\x0b\x63\x61tegory_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x18\n\x10review_threshold\x18\x03 \x01(\x01\x12\x17\n\x0f\x62lock_threshold\x18\x04 \x01(\x01\x12!\n\x04\x62\x61nd\x18\x05 \x01(\x0e\x32\x13.moderation.v1.Band\x12%\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\x15.moderation.v1.Action\x12\x11\n\tclause_id\x18\x07 \x01(\t\x12\x11\n\tforced_by\x18\x08 \x01(\t\"w\n\rCaseBankMatch\x12\x0c\n\x04\x62\x61nk\x18\x01 \x01(\t\x12\x12\n\ncontent_id\x18\x02 \x01(\t\x12\x32\n\x0bsignal_type\x18\x03 \x01(\x0e\x32\x1d.moderation.v1.BankSignalType\x12\x10\n\x08\x64istance\x18\x04 \x01(\x01\"i\n\x0c\x43\x61seDecision\x12\x10\n\x08violates\x18\x01 \x01(\x08\x12\x11\n\tclause_id\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x12\n\ndecided_by\x18\x04 \x01(\t\x12\x12\n\ndecided_at\x18\x05 \x01(\x01\"\x8c\x04\n\x04\x43\x61se\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.moderation.v1.CaseStatus\x12\x11\n\topened_at\x18\x03 \x01(\x01\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\tpolicy_id\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\t\x12\x10\n\x08model_id\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x13\n\x0b\x63\x61tegory_id\x18\n \x01(\t\x12/\n\ncategories\x18\x0b \x03(\x0b\x32\x1b.moderation.v1.CaseCategory\x12\x32\n\x0c\x62\x61nk_matches\x18\x0c \x03(\x0b\x32\x1c.moderation.v1.CaseBankMatch\x12\x16\n\x0e\x64\x65\x63iding_frame\x18\r \x01(\x05\x12\x11\n\trationale\x18\x0e \x01(\t\x12\x14\n\x0clease_holder\x18\x0f \x01(\t\x12\x18\n\x10lease_expires_at\x18\x10 \x01(\x01\x12-\n\x08\x64\x65\x63ision\x18\x11 \x01(\x0b\x32\x1b.moderation.v1.CaseDecision\x12\x10\n\x08reopened\x18\x12 \x01(\x05\x12.\n\tquestions\x18\x13 \x03(\x0b\x32\x1b.moderation.v1.CaseQuestion\"u\n\x0c\x43\x61seQuestion\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\x10\n\x08\x61\x64visory\x18\x03 \x01(\x08\x12\x10\n\x08\x61sked_by\x18\x04 \x01(\t\x12\x10\n\x08\x61sked_at\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t\"w\n\x10ListCasesRequest\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.moderation.v1.CaseStatus\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"d\n\x11ListCasesResponse\x12\"\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x13.moderation.v1.Case\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\nopen_cases\x18\x03 \x01(\x03\"%\n\x10LeaseNextRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"6\n\x11LeaseNextResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\"#\n\x10LeaseCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"6\n\x11LeaseCaseResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\"<\n\x0eGetCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x19\n\x11include_thumbnail\x18\x02 \x01(\x08\"e\n\x0fGetCaseResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\x12\x16\n\x0ethumbnail_jpeg\x18\x02 \x01(\x0c\x12\x17\n\x0fthumbnails_kept\x18\x03 \x01(\x08\"i\n\x11\x44\x65\x63ideCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x15\n\x08violates\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tclause_id\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\tB\x0b\n\t_violates\"7\n\x12\x44\x65\x63ideCaseResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\"2\n\x11ReopenCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"7\n\x12ReopenCaseResponse\x12!\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x13.moderation.v1.Case\"&\n\x13GetCaseAuditRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"t\n\x0e\x43\x61seAuditEntry\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0b\n\x03who\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x11\n\tpolicy_id\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"F\n\x14GetCaseAuditResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.moderation.v1.CaseAuditEntry\"3\n\x0e\x41skCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\"c\n\x0f\x41skCaseResponse\x12-\n\x08question\x18\x01 \x01(\x0b\x32\x1b.moderation.v1.CaseQuestion\x12!\n\x04\x63\x61se\x18\x02 \x01(\x0b\x32\x13.moderation.v1.Case*q\n\nCaseStatus\x12\x1b\n\x17\x43\x41SE_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41SE_STATUS_OPEN\x10\x01\x12\x17\n\x13\x43\x41SE_STATUS_DECIDED\x10\x02\x12\x17\n\x13\x43\x41SE_STATUS_EXPIRED\x10\x03\x32\x92\x05\n\rReviewService\x12N\n\tListCases\x12\x1f.moderation.v1.ListCasesRequest\x1a .moderation.v1.ListCasesResponse\x12N\n\tLeaseNext\x12\x1f.moderation.v1.LeaseNextRequest\x1a .moderation.v1.LeaseNextResponse\x12N\n\tLeaseCase\x12\x1f.moderation.v1.LeaseCaseRequest\x1a .moderation.v1.LeaseCaseResponse\x12H\n\x07GetCase\x12\x1d.moderation.v1.GetCaseRequest\x1a\x1e.moderation.v1.GetCaseResponse\x12Q\n\nDecideCase\x12 .moderation.v1.DecideCaseRequest\x1a!.moderation.v1.DecideCaseResponse\x12Q\n\nReopenCase\x12 .moderation.v1.ReopenCaseRequest\x1a!.moderation.v1.ReopenCaseResponse\x12W\n\x0cGetCaseAudit\x12\".moderation.v1.GetCaseAuditRequest\x1a#.moderation.v1.GetCaseAuditResponse\x12H\n\x07\x41skCase\x12\x1d.moderation.v1.AskCaseRequest\x1a\x1e.moderation.v1.AskCaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'moderation.v1.review_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CASESTATUS']._serialized_start=2079
-  _globals['_CASESTATUS']._serialized_end=2192
+  _globals['_CASESTATUS']._serialized_start=2400
+  _globals['_CASESTATUS']._serialized_end=2513
   _globals['_CASECATEGORY']._serialized_start=78
   _globals['_CASECATEGORY']._serialized_end=291
   _globals['_CASEBANKMATCH']._serialized_start=293
@@ -41,37 +41,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CASEDECISION']._serialized_start=414
   _globals['_CASEDECISION']._serialized_end=519
   _globals['_CASE']._serialized_start=522
-  _globals['_CASE']._serialized_end=998
-  _globals['_LISTCASESREQUEST']._serialized_start=1000
-  _globals['_LISTCASESREQUEST']._serialized_end=1119
-  _globals['_LISTCASESRESPONSE']._serialized_start=1121
-  _globals['_LISTCASESRESPONSE']._serialized_end=1221
-  _globals['_LEASENEXTREQUEST']._serialized_start=1223
-  _globals['_LEASENEXTREQUEST']._serialized_end=1260
-  _globals['_LEASENEXTRESPONSE']._serialized_start=1262
-  _globals['_LEASENEXTRESPONSE']._serialized_end=1316
-  _globals['_LEASECASEREQUEST']._serialized_start=1318
-  _globals['_LEASECASEREQUEST']._serialized_end=1353
-  _globals['_LEASECASERESPONSE']._serialized_start=1355
-  _globals['_LEASECASERESPONSE']._serialized_end=1409
-  _globals['_GETCASEREQUEST']._serialized_start=1411
-  _globals['_GETCASEREQUEST']._serialized_end=1471
-  _globals['_GETCASERESPONSE']._serialized_start=1473
-  _globals['_GETCASERESPONSE']._serialized_end=1574
-  _globals['_DECIDECASEREQUEST']._serialized_start=1576
-  _globals['_DECIDECASEREQUEST']._serialized_end=1681
-  _globals['_DECIDECASERESPONSE']._serialized_start=1683
-  _globals['_DECIDECASERESPONSE']._serialized_end=1738
-  _globals['_REOPENCASEREQUEST']._serialized_start=1740
-  _globals['_REOPENCASEREQUEST']._serialized_end=1790
-  _globals['_REOPENCASERESPONSE']._serialized_start=1792
-  _globals['_REOPENCASERESPONSE']._serialized_end=1847
-  _globals['_GETCASEAUDITREQUEST']._serialized_start=1849
-  _globals['_GETCASEAUDITREQUEST']._serialized_end=1887
-  _globals['_CASEAUDITENTRY']._serialized_start=1889
-  _globals['_CASEAUDITENTRY']._serialized_end=2005
-  _globals['_GETCASEAUDITRESPONSE']._serialized_start=2007
-  _globals['_GETCASEAUDITRESPONSE']._serialized_end=2077
-  _globals['_REVIEWSERVICE']._serialized_start=2195
-  _globals['_REVIEWSERVICE']._serialized_end=2779
+  _globals['_CASE']._serialized_end=1046
+  _globals['_CASEQUESTION']._serialized_start=1048
+  _globals['_CASEQUESTION']._serialized_end=1165
+  _globals['_LISTCASESREQUEST']._serialized_start=1167
+  _globals['_LISTCASESREQUEST']._serialized_end=1286
+  _globals['_LISTCASESRESPONSE']._serialized_start=1288
+  _globals['_LISTCASESRESPONSE']._serialized_end=1388
+  _globals['_LEASENEXTREQUEST']._serialized_start=1390
+  _globals['_LEASENEXTREQUEST']._serialized_end=1427
+  _globals['_LEASENEXTRESPONSE']._serialized_start=1429
+  _globals['_LEASENEXTRESPONSE']._serialized_end=1483
+  _globals['_LEASECASEREQUEST']._serialized_start=1485
+  _globals['_LEASECASEREQUEST']._serialized_end=1520
+  _globals['_LEASECASERESPONSE']._serialized_start=1522
+  _globals['_LEASECASERESPONSE']._serialized_end=1576
+  _globals['_GETCASEREQUEST']._serialized_start=1578
+  _globals['_GETCASEREQUEST']._serialized_end=1638
+  _globals['_GETCASERESPONSE']._serialized_start=1640
+  _globals['_GETCASERESPONSE']._serialized_end=1741
+  _globals['_DECIDECASEREQUEST']._serialized_start=1743
+  _globals['_DECIDECASEREQUEST']._serialized_end=1848
+  _globals['_DECIDECASERESPONSE']._serialized_start=1850
+  _globals['_DECIDECASERESPONSE']._serialized_end=1905
+  _globals['_REOPENCASEREQUEST']._serialized_start=1907
+  _globals['_REOPENCASEREQUEST']._serialized_end=1957
+  _globals['_REOPENCASERESPONSE']._serialized_start=1959
+  _globals['_REOPENCASERESPONSE']._serialized_end=2014
+  _globals['_GETCASEAUDITREQUEST']._serialized_start=2016
+  _globals['_GETCASEAUDITREQUEST']._serialized_end=2054
+  _globals['_CASEAUDITENTRY']._serialized_start=2056
+  _globals['_CASEAUDITENTRY']._serialized_end=2172
+  _globals['_GETCASEAUDITRESPONSE']._serialized_start=2174
+  _globals['_GETCASEAUDITRESPONSE']._serialized_end=2244
+  _globals['_ASKCASEREQUEST']._serialized_start=2246
+  _globals['_ASKCASEREQUEST']._serialized_end=2297
+  _globals['_ASKCASERESPONSE']._serialized_start=2299
+  _globals['_ASKCASERESPONSE']._serialized_end=2398
+  _globals['_REVIEWSERVICE']._serialized_start=2516
+  _globals['_REVIEWSERVICE']._serialized_end=3174
 # @@protoc_insertion_point(module_scope)
