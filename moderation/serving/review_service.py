@@ -291,7 +291,7 @@ class ReviewServicer(rpb_grpc.ReviewServiceServicer):
         jpeg = await self._run(self._load_thumbnail, case) if request.include_thumbnail else None
         questions = await self._run(queue.questions, case.case_id)
         return rpb.GetCaseResponse(
-            case=case_to_pb(case, queue.clock(), questions), thumbnail_jpeg=jpeg or b"", thumbnails_kept=self._thumbnails_kept
+            case=case_to_pb(case, queue.clock(), questions, self._clauses(case)), thumbnail_jpeg=jpeg or b"", thumbnails_kept=self._thumbnails_kept
         )
 
     async def DecideCase(self, request: rpb.DecideCaseRequest, context: grpc.aio.ServicerContext) -> rpb.DecideCaseResponse:
@@ -372,7 +372,17 @@ class ReviewServicer(rpb_grpc.ReviewServiceServicer):
         assert kept is not None
         log.info("review case %s: %s asked the explainer (%s, %d tokens)", case_id, who, answer.model_id, answer.generated_tokens)
         questions = await self._run(queue.questions, case_id)
-        return rpb.AskCaseResponse(question=question_to_pb(kept), case=case_to_pb(await self._run(queue.get_case, case_id), queue.clock(), questions))
+        case = await self._run(queue.get_case, case_id)
+        return rpb.AskCaseResponse(question=question_to_pb(kept), case=case_to_pb(case, queue.clock(), questions, self._clauses(case)))
+
+    def _clauses(self, case: Case) -> dict[str, str]:
+        """Clause id -> text in the policy version the case was judged under (empty when no longer served)."""
+        if self._shell is None:
+            return {}
+        for served in self._shell.registry.all():
+            if served.policy.id == case.policy_id and served.policy.version == case.policy_version:
+                return {c.clause.id: c.clause.text for c in served.policy.categories}
+        return {}
 
     def _policy_of(self, case: Case) -> Policy:
         """The policy (active or shadow) at the version the case was judged under."""
@@ -421,7 +431,9 @@ def parse_page_token(token: str) -> tuple[float, str]:
         raise ValueError("page_token is not one this server gave; pass the next_page_token of the previous page") from None
 
 
-def case_to_pb(case: Case, now: float, questions: Sequence[CaseQuestion] = ()) -> rpb.Case:
+def case_to_pb(case: Case, now: float, questions: Sequence[CaseQuestion] = (), clauses: dict[str, str] | None = None) -> rpb.Case:
+    """The case as ReviewService returns it; `clauses`: clause id -> text, from the policy version it was judged under."""
+    clauses = clauses or {}
     holder = case.leased_by(now)
     message = rpb.Case(
         case_id=case.case_id, status=STATUS_TO_PB[case.status], opened_at=case.opened_at, caller=case.caller, request_id=case.request_id,
@@ -432,7 +444,7 @@ def case_to_pb(case: Case, now: float, questions: Sequence[CaseQuestion] = ()) -
             rpb.CaseCategory(
                 category_id=c.category_id, score=c.score, review_threshold=c.review_threshold, block_threshold=c.block_threshold,
                 band=BAND_TO_PB.get(c.band, pb.BAND_UNSPECIFIED), action=ACTION_TO_PB.get(c.action, pb.ACTION_UNSPECIFIED),
-                clause_id=c.clause_id, forced_by=c.forced_by,
+                clause_id=c.clause_id, forced_by=c.forced_by, clause_text=clauses.get(c.clause_id, ""),
             )
             for c in case.categories
         ],

@@ -20,7 +20,7 @@ CASE_STATUS_DECIDED: CaseStatus
 CASE_STATUS_EXPIRED: CaseStatus
 
 class CaseCategory(_message.Message):
-    __slots__ = ("category_id", "score", "review_threshold", "block_threshold", "band", "action", "clause_id", "forced_by")
+    __slots__ = ("category_id", "score", "review_threshold", "block_threshold", "band", "action", "clause_id", "forced_by", "clause_text")
     CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class CaseCategory(_message.Message):
     ACTION_FIELD_NUMBER: _ClassVar[int]
     CLAUSE_ID_FIELD_NUMBER: _ClassVar[int]
     FORCED_BY_FIELD_NUMBER: _ClassVar[int]
+    CLAUSE_TEXT_FIELD_NUMBER: _ClassVar[int]
     category_id: str
     score: float
     review_threshold: float
@@ -37,7 +38,8 @@ class CaseCategory(_message.Message):
     action: _moderation_pb2.Action
     clause_id: str
     forced_by: str
-    def __init__(self, category_id: _Optional[str] = ..., score: _Optional[float] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., band: _Optional[_Union[_moderation_pb2.Band, str]] = ..., action: _Optional[_Union[_moderation_pb2.Action, str]] = ..., clause_id: _Optional[str] = ..., forced_by: _Optional[str] = ...) -> None: ...
+    clause_text: str
+    def __init__(self, category_id: _Optional[str] = ..., score: _Optional[float] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., band: _Optional[_Union[_moderation_pb2.Band, str]] = ..., action: _Optional[_Union[_moderation_pb2.Action, str]] = ..., clause_id: _Optional[str] = ..., forced_by: _Optional[str] = ..., clause_text: _Optional[str] = ...) -> None: ...
 
 class CaseBankMatch(_message.Message):
     __slots__ = ("bank", "content_id", "signal_type", "distance")
