@@ -199,6 +199,8 @@ def test_a_reviewer_reveals_asks_and_decides_in_the_browser_and_another_cannot_t
         assert driver.find_elements(By.CSS_SELECTOR, "#questions i") == [], "the question's markup is text, not HTML"
         if os.environ.get("CONSOLE_SCREENSHOT"):
             driver.find_element(By.ID, "note").send_keys("A price tag is visible: for sale.")
+            driver.set_window_size(1280, 1700)
+            driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(os.environ["CONSOLE_SCREENSHOT"])
             driver.find_element(By.ID, "note").clear()
         driver.save_screenshot(str(tmp_path / "console.png"))
