@@ -123,6 +123,8 @@ def test_the_http_layer_forwards_to_review_service_with_its_statuses_and_sentenc
     assert status == 404 and body["code"] == "NOT_FOUND" and "no case 'no-such-case'" in body["message"]
     status, body, _ = api(url, "ListCases", {"page_size": 501}, ALICE_TOKEN)
     assert status == 400 and "page_size must be between 1 and 500" in body["message"]
+    status, body, _ = api(url, "DecideCase", {"case_id": "x", "note": "n" * 70_000}, ALICE_TOKEN)
+    assert status == 413 and "over 65536 bytes" in body["message"]
     status, body, _ = api(url, "ListCases", {"page_size": 10}, ALICE_TOKEN)
     assert status == 200 and "open_cases" in body and isinstance(body["cases"], list)
 
@@ -229,6 +231,10 @@ def test_a_reviewer_reveals_asks_and_decides_in_the_browser_and_another_cannot_t
         assert "Violates clause W-1, decided by token:alice" in decision.text and NOTE in decision.text
         assert decision.find_elements(By.TAG_NAME, "b") == [] and decision.find_elements(By.TAG_NAME, "img") == []
         assert driver.execute_script("return window.pwned === undefined")
+        keys("c")  # decided twice: refused with the service's sentence, the first decision kept
+        wait.until(lambda _: "Refused" in status())
+        assert "400 FAILED_PRECONDITION" in status() and "already decided by token:alice" in status()
+        assert "Violates clause W-1" in driver.find_element(By.ID, "decision").text
         audit = driver.find_element(By.ID, "audit").text
         for action in ("open", "lease", "ask", "decide"):
             assert action in audit
