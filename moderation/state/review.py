@@ -57,7 +57,8 @@ SERVICE = "service"  # who opens and expires cases in the audit
 MAX_NOTE_CHARS = 2000
 MAX_CLAUSE_CHARS = 128
 MAX_REVIEWER_CHARS = 256
-MAX_LIST = 500
+MAX_LIST = 500  # cases a page of ListCases may ask for
+MAX_READ = 2 * MAX_LIST  # cases one read may return (a page and one more, to know whether there is a next)
 # Any constant the replicas agree on: the lock every replica takes to count open cases and insert new ones.
 POSTGRES_REVIEW_LOCK = 0x6D6F64_7265_7669  # "mod" "re" "vi"
 
@@ -211,8 +212,8 @@ class ReviewStore:
         """Cases oldest first (by opening), `after` the (opened_at, case_id) of the last one of the previous page."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
-        if not 1 <= limit <= MAX_LIST + 1:  # + 1: ListCases asks for one more than a full page, to know whether another follows
-            raise ValueError(f"limit must be between 1 and {MAX_LIST + 1}; got {limit}")
+        if not 1 <= limit <= MAX_READ:
+            raise ValueError(f"limit must be between 1 and {MAX_READ}; got {limit}")
         clauses, params = ["1 = 1"], []
         if status is not None:
             clauses.append("status = ?")
