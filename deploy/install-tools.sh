@@ -5,6 +5,8 @@
 #   debootstrap  builds a Debian base image when python:3.11-slim cannot be pulled
 #   postgresql   the server binaries (initdb, pg_ctl under /usr/lib/postgresql/*/bin) the state
 #                store tests and bench start their own throwaway PostgreSQL with (tests/postgres.py)
+#   chromium, chromium-driver   the headless browser and its WebDriver the review console's browser
+#                test drives (tests/integration/test_console_browser.py, through selenium)
 # kubectl (kustomize) is not packaged in Debian bookworm; it must already be on PATH.
 #
 # Idempotent: packages already installed are left alone and apt is not touched.
@@ -12,7 +14,7 @@
 # checks start their own, on loopback ports, with temporary storage.
 set -euo pipefail
 
-PACKAGES=(prometheus podman buildah runc containernetworking-plugins debootstrap debian-archive-keyring postgresql)
+PACKAGES=(prometheus podman buildah runc containernetworking-plugins debootstrap debian-archive-keyring postgresql chromium chromium-driver)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -46,6 +46,9 @@ def serve(
     explainer_model: ExplainerModelOption = None,
     explainer_weights: ExplainerWeightsOption = None,
     explainer_target: Annotated[Optional[str], typer.Option(help="host:port of explain-serve (remote mode)")] = None,
+    console_port: Annotated[
+        Optional[int], typer.Option(help="port of the review console web page (needs reviewer_tokens_file); 0 (default) turns it off")
+    ] = None,
 ) -> None:
     """Run the gRPC moderation server until SIGTERM."""
     from moderation.serving.app import serve as run_server
@@ -64,6 +67,7 @@ def serve(
         explainer_model=explainer_model,
         explainer_weights=explainer_weights,
         explainer_target=explainer_target,
+        console_port=console_port,
     )
     run_logged(settings, run_server)
 

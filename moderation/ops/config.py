@@ -225,6 +225,12 @@ class Settings(BaseSettings):
     )
     review_lease_s: float = Field(600.0, ge=10, le=86400, description="how long a reviewer's lease on a case lasts before anyone may take it")
     review_max_leases_per_reviewer: int = Field(5, ge=1, le=1000, description="live leases one reviewer may hold at once")
+    console_port: int = Field(
+        0, ge=0, le=65535,
+        description="port of the review console, a web page for reviewers (docs/reviewing.md) that calls ReviewService over "
+        "loopback with the reviewer's own token; plain HTTP: keep it behind a TLS proxy; 0 (the default) turns it off",
+    )  # fmt: skip
+    console_host: str | None = Field(None, description="address the review console binds; default: the gRPC host")
     explainer_insecure: bool = Field(
         False,
         description="explain-serve only: serve plaintext without tokens on `host` as given; unset, such a server binds loopback only",
@@ -316,6 +322,17 @@ class Settings(BaseSettings):
             raise ValueError("reviewer_tokens_file turns the review queue on, which needs a state store: set database_url (or embedding_store)")
         return self
 
+    @model_validator(mode="after")
+    def _console_needs_reviewers(self) -> Settings:
+        if self.console_port and self.reviewer_tokens_file is None:
+            raise ValueError("console_port serves the review console, which needs the review queue: set reviewer_tokens_file too")
+        if self.console_port and self.tls_cert is not None:
+            raise ValueError(
+                "console_port: the review console calls ReviewService over plaintext loopback and cannot yet with tls_cert set; "
+                "run the console on a replica without TLS behind your proxy, or use `moderation review`"
+            )
+        return self
+
     @property
     def thumbnails_on(self) -> bool:
         return self.keep_thumbnails or self.thumbnail_store is not None
@@ -347,6 +364,10 @@ class Settings(BaseSettings):
     @property
     def metrics_bind_host(self) -> str:
         return self.metrics_host or self.host
+
+    @property
+    def console_bind_host(self) -> str:
+        return self.console_host or self.host
 
     @classmethod
     def settings_customise_sources(

@@ -37,6 +37,7 @@ from moderation.serving.listeners import (
 from moderation.serving.bank_service import SERVICE_NAME as BANK_SERVICE_NAME
 from moderation.serving.bank_service import BankServicer
 from moderation.serving.builder import ServerBuilder, policy_reloader
+from moderation.serving.console import ConsoleServer, loopback_target
 from moderation.serving.review_service import SERVICE_NAME as REVIEW_SERVICE_NAME
 from moderation.serving.review_service import ReviewServicer
 from moderation.serving.policy_reload import PolicyReloader
@@ -227,13 +228,22 @@ async def serve(settings: Settings) -> None:
         configure_torch_threads(settings, resolve_device(settings.device))
         return _Loaded(*build_shell(settings, metrics, cancellation))
 
+    console: ConsoleServer | None = None
+
     async def attach(loaded: _Loaded) -> None:
+        nonlocal console
         loaded.shell.start()
         servicer.shell = loaded.shell
         await bank_servicer.attach(loaded.shell)
-        await review_servicer.attach()
+        await review_servicer.attach(loaded.shell)
+        if settings.console_port:
+            # The review console: a web page over ReviewService, called over loopback with each reviewer's token.
+            console = ConsoleServer(settings.console_bind_host, settings.console_port, loopback_target(settings.host, builder.lifecycle.port))
+            await console.start()
 
     async def close(loaded: _Loaded) -> None:
+        if console is not None:
+            await console.close()
         await bank_servicer.close()
         await review_servicer.close()
         await loaded.shell.close()

@@ -141,6 +141,7 @@ class GrpcServerLifecycle(Generic[Loaded]):
         if settings.reflection:
             enable_reflection((*self.services, health.SERVICE_NAME), self.server)
         self._health_server: grpc.aio.Server | None = None
+        self.port = 0  # the gRPC port bound (settings.port, or the one picked for 0), once `run` bound it
 
     async def _set_health(self, status: int) -> None:
         for name in ("", *self.services):
@@ -156,6 +157,7 @@ class GrpcServerLifecycle(Generic[Loaded]):
             port = 0
         if port == 0:
             raise ConfigurationError(f"cannot bind gRPC port {address}; set MODERATION_PORT (--port) to a free port")
+        self.port = port
         return f"{settings.host}:{port}"
 
     async def _start_health_port(self) -> None:

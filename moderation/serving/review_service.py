@@ -13,10 +13,17 @@ work runs in a small thread pool, off the event loop. A maintenance task, every
 `MAINTAIN_S`, expires open cases past review_max_case_age_days, deletes cases past the
 retention (the thumbnails') and sets the queue gauges (depth, leased, oldest open age).
 
+AskCase asks the explainer about a case's kept thumbnail through the shell's escalation tier
+(`attach` hands the shell over), under the case's policy version and category; the question
+and the advisory answer are kept with the case (`review_questions`) and the asking audited.
+Questions are never logged.
+
 Statuses: unknown case NOT_FOUND; a case decided twice, a lease that expired, a decision
 without a lease, reopening an open case, an expired case FAILED_PRECONDITION; a case
 another reviewer holds ABORTED; more than review_max_leases_per_reviewer leases
-RESOURCE_EXHAUSTED; a note over 2000 characters, an unknown clause, a bad page token or
+RESOURCE_EXHAUSTED; the explainer off, no thumbnail kept, a policy version no longer served
+FAILED_PRECONDITION; a question the tier sheds or fails on UNAVAILABLE, one it times out on
+DEADLINE_EXCEEDED; a question empty, over 300 characters or on several lines, a note over 2000 characters, an unknown clause, a bad page token or
 case id INVALID_ARGUMENT; the store unreachable UNAVAILABLE. Notes and rationales are
 stored and returned as plain text: whatever shows them escapes them.
 """
@@ -26,17 +33,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from moderation.escalation.answer import check_question
 from moderation.serving.auth import caller_identity
 from moderation.serving.limits import status_message
 from moderation.state.records import StoreError
-from moderation.state.review import MAX_LIST, Case, CaseConflict, CaseNotFound, ReviewStore
+from moderation.state.review import MAX_LIST, Case, CaseConflict, CaseNotFound, CaseQuestion, ReviewStore
 from moderation.v1 import moderation_pb2 as pb
 from moderation.v1 import review_pb2 as rpb
 from moderation.v1 import review_pb2_grpc as rpb_grpc
@@ -44,6 +52,8 @@ from moderation.v1 import review_pb2_grpc as rpb_grpc
 if TYPE_CHECKING:
     from moderation.ops.config import Settings
     from moderation.ops.metrics import ModerationMetrics
+    from moderation.policy.schema import Policy
+    from moderation.serving.shell import ServingShell
     from moderation.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +65,15 @@ MAINTAIN_S = 10.0
 DEFAULT_PAGE = 50
 MAX_CASE_ID = 64
 QUEUE_OFF = "the review queue is off: set MODERATION_REVIEWER_TOKENS_FILE and a state store"
+EXPLAINER_OFF = (
+    "the explainer is off on this server, so questions cannot be asked: run it in-process (MODERATION_EXPLAINER_MODE=in-process) "
+    "or point the server at explain-serve (MODERATION_EXPLAINER_MODE=remote, MODERATION_EXPLAINER_TARGET)"
+)
+NO_THUMBNAILS = (
+    "this server keeps no thumbnails, and the explainer answers about the case's thumbnail: turn on MODERATION_KEEP_THUMBNAILS "
+    "(with MODERATION_DATABASE_URL) or set MODERATION_THUMBNAIL_STORE; cases opened from then on can be asked about"
+)
+ASK_TIME_S = 60.0  # a question without a deadline: the tier's own timeout still applies
 
 STATUS_TO_PB = {"open": rpb.CASE_STATUS_OPEN, "decided": rpb.CASE_STATUS_DECIDED, "expired": rpb.CASE_STATUS_EXPIRED}
 STATUS_FROM_PB = {value: name for name, value in STATUS_TO_PB.items()}
@@ -106,6 +125,7 @@ class ReviewServicer(rpb_grpc.ReviewServiceServicer):
         self._store: StateStore | None = None
         self.queue: ReviewStore | None = None
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="review")
+        self._shell: ServingShell | None = None
         self._maintenance: asyncio.Task[None] | None = None
 
     @classmethod
@@ -123,11 +143,16 @@ class ReviewServicer(rpb_grpc.ReviewServiceServicer):
             thumbnail_directory=settings.thumbnail_store if settings.database_url is None else None,
         )
 
-    async def attach(self) -> None:
-        """Open this service's connection to the store and start the maintenance task (before SERVING)."""
+    async def attach(self, shell: ServingShell | None = None) -> None:
+        """Open this service's connection to the store and start the maintenance task (before SERVING).
+
+        `shell`: the serving shell, whose escalation tier answers reviewers' questions and whose
+        registry holds the policies cases were judged under.
+        """
         from moderation.runtime import ConfigurationError
         from moderation.state.store import open_store
 
+        self._shell = shell
         if not self._enabled:
             return
         try:
@@ -264,7 +289,10 @@ class ReviewServicer(rpb_grpc.ReviewServiceServicer):
         queue = self._queue()
         case = await self._run(queue.get_case, checked_case_id(request.case_id))
         jpeg = await self._run(self._load_thumbnail, case) if request.include_thumbnail else None
-        return rpb.GetCaseResponse(case=case_to_pb(case, queue.clock()), thumbnail_jpeg=jpeg or b"", thumbnails_kept=self._thumbnails_kept)
+        questions = await self._run(queue.questions, case.case_id)
+        return rpb.GetCaseResponse(
+            case=case_to_pb(case, queue.clock(), questions, self._clauses(case)), thumbnail_jpeg=jpeg or b"", thumbnails_kept=self._thumbnails_kept
+        )
 
     async def DecideCase(self, request: rpb.DecideCaseRequest, context: grpc.aio.ServicerContext) -> rpb.DecideCaseResponse:
         return await self._answer(context, "DecideCase", self._decide(request, caller_identity(context)))
@@ -309,6 +337,89 @@ class ReviewServicer(rpb_grpc.ReviewServiceServicer):
         )
 
 
+    async def AskCase(self, request: rpb.AskCaseRequest, context: grpc.aio.ServicerContext) -> rpb.AskCaseResponse:
+        time_left = context.time_remaining()
+        return await self._answer(context, "AskCase", self._ask(request, caller_identity(context), ASK_TIME_S if time_left is None else time_left))
+
+    async def _ask(self, request: rpb.AskCaseRequest, who: str, time_left_s: float) -> rpb.AskCaseResponse:
+        from moderation.escalation.tier import EscalationStatus, ReviewerQuestion
+
+        queue = self._queue()
+        case_id = checked_case_id(request.case_id)
+        question = check_question(request.question)  # InvalidQuestion is a ValueError: INVALID_ARGUMENT
+        tier = self._shell.core.escalation if self._shell is not None else None
+        if tier is None:
+            raise ReviewServiceError(grpc.StatusCode.FAILED_PRECONDITION, EXPLAINER_OFF)
+        case = await self._run(queue.check_asker, case_id, who)
+        if not self._thumbnails_kept:
+            raise ReviewServiceError(grpc.StatusCode.FAILED_PRECONDITION, NO_THUMBNAILS)
+        jpeg = await self._run(self._load_thumbnail, case)
+        if not jpeg:
+            raise ReviewServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"no thumbnail is kept for case {case_id} (not made, or evicted past thumbnail_retention_days or thumbnail_max_bytes), "
+                "and the explainer answers about the case's thumbnail: keep them on (MODERATION_KEEP_THUMBNAILS or "
+                "MODERATION_THUMBNAIL_STORE) with room enough",
+            )
+        frame = await self._run(decode_thumbnail, jpeg)
+        policy = self._policy_of(case)
+        category = case.category_id if any(c.id == case.category_id for c in policy.categories) else None
+        outcome = await tier.ask(ReviewerQuestion(case.case_id, jpeg, frame, policy, category, question), time_left_s)
+        if outcome.status is not EscalationStatus.COMPLETED or outcome.answer is None:
+            detail = f"question of {len(question)} characters; not answered ({outcome.status.value}): {outcome.reason}"
+            await self._run(queue.record_question, case_id, who, question, detail[:500])
+            log.info("review case %s: %s's question was not answered (%s)", case_id, who, outcome.status.value)
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if outcome.status is EscalationStatus.TIMED_OUT else grpc.StatusCode.UNAVAILABLE
+            raise ReviewServiceError(code, f"the explainer did not answer ({outcome.status.value}): {outcome.reason}")
+        answer = outcome.answer
+        detail = f"question of {len(question)} characters; advisory answer by {answer.model_id}"
+        kept = await self._run(queue.record_question, case_id, who, question, detail, answer=answer.text, model_id=answer.model_id)
+        assert kept is not None
+        log.info("review case %s: %s asked the explainer (%s, %d tokens)", case_id, who, answer.model_id, answer.generated_tokens)
+        questions = await self._run(queue.questions, case_id)
+        case = await self._run(queue.get_case, case_id)
+        return rpb.AskCaseResponse(question=question_to_pb(kept), case=case_to_pb(case, queue.clock(), questions, self._clauses(case)))
+
+    def _clauses(self, case: Case) -> dict[str, str]:
+        """Clause id -> text in the policy version the case was judged under (empty when no longer served)."""
+        if self._shell is None:
+            return {}
+        for served in self._shell.registry.all():
+            if served.policy.id == case.policy_id and served.policy.version == case.policy_version:
+                return {c.clause.id: c.clause.text for c in served.policy.categories}
+        return {}
+
+    def _policy_of(self, case: Case) -> Policy:
+        """The policy (active or shadow) at the version the case was judged under."""
+        assert self._shell is not None
+        served = [s.policy for s in self._shell.registry.all() if s.policy.id == case.policy_id]
+        for policy in served:
+            if policy.version == case.policy_version:
+                return policy
+        now = ", ".join(f"version {p.version!r}" for p in served) or "not at all"
+        raise ReviewServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"case {case.case_id} was judged under policy {case.policy_id!r} version {case.policy_version!r}, which this server no "
+            f"longer serves ({case.policy_id!r}: {now}); the explainer answers only under the version the case was judged by",
+        )
+
+
+def decode_thumbnail(jpeg: bytes):  # noqa: ANN201 - PIL.Image.Image
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as image:
+        return image.convert("RGB")
+
+
+def question_to_pb(question: CaseQuestion) -> rpb.CaseQuestion:
+    return rpb.CaseQuestion(
+        question=question.question, answer=question.answer, advisory=True, asked_by=question.asked_by, asked_at=question.asked_at,
+        model=question.model_id,
+    )
+
+
 def checked_case_id(case_id: str) -> str:
     if not case_id or len(case_id) > MAX_CASE_ID or not case_id.isascii() or not case_id.isprintable():
         raise ValueError(f"case_id must be a case's id (printable ASCII, 1 to {MAX_CASE_ID} characters)")
@@ -325,7 +436,9 @@ def parse_page_token(token: str) -> tuple[float, str]:
         raise ValueError("page_token is not one this server gave; pass the next_page_token of the previous page") from None
 
 
-def case_to_pb(case: Case, now: float) -> rpb.Case:
+def case_to_pb(case: Case, now: float, questions: Sequence[CaseQuestion] = (), clauses: dict[str, str] | None = None) -> rpb.Case:
+    """The case as ReviewService returns it; `clauses`: clause id -> text, from the policy version it was judged under."""
+    clauses = clauses or {}
     holder = case.leased_by(now)
     message = rpb.Case(
         case_id=case.case_id, status=STATUS_TO_PB[case.status], opened_at=case.opened_at, caller=case.caller, request_id=case.request_id,
@@ -336,7 +449,7 @@ def case_to_pb(case: Case, now: float) -> rpb.Case:
             rpb.CaseCategory(
                 category_id=c.category_id, score=c.score, review_threshold=c.review_threshold, block_threshold=c.block_threshold,
                 band=BAND_TO_PB.get(c.band, pb.BAND_UNSPECIFIED), action=ACTION_TO_PB.get(c.action, pb.ACTION_UNSPECIFIED),
-                clause_id=c.clause_id, forced_by=c.forced_by,
+                clause_id=c.clause_id, forced_by=c.forced_by, clause_text=clauses.get(c.clause_id, ""),
             )
             for c in case.categories
         ],
@@ -347,6 +460,7 @@ def case_to_pb(case: Case, now: float) -> rpb.Case:
             )
             for m in case.bank_matches
         ],
+        questions=[question_to_pb(q) for q in questions],
     )  # fmt: skip
     if case.status == "decided":
         message.decision.CopyFrom(

@@ -2,7 +2,7 @@
 
 Every change to what the store keeps is a new `Migration` appended here (never an
 edit of one already released): the decisions table, the thumbnails table, and later
-the hash banks (4), the review queue (5) and what decided each decision (6). A store records what it has applied in
+the hash banks (4), the review queue (5), what decided each decision (6) and reviewers' questions (7). A store records what it has applied in
 `schema_version` (one row per migration); opening a writable store applies the
 missing ones in order, in one transaction:
 
@@ -39,6 +39,8 @@ class Migration:
 
 # The migration that adds decisions.details (readers of older stores read '' instead).
 DECISION_DETAILS = 6
+# The migration that adds review_questions (a reviewer's questions to the explainer, kept with the case).
+REVIEW_QUESTIONS = 7
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -345,6 +347,34 @@ MIGRATIONS: tuple[Migration, ...] = (
         # JSON (moderation/state/records.py, decision_details); '' for rows written before.
         sqlite=("ALTER TABLE decisions ADD COLUMN details TEXT NOT NULL DEFAULT ''",),
         postgres=("ALTER TABLE decisions ADD COLUMN details TEXT NOT NULL DEFAULT ''",),
+    ),
+    Migration(
+        REVIEW_QUESTIONS,
+        "review questions: a reviewer's question about a case and the explainer's advisory answer, kept with the case (issue 22)",
+        sqlite=(
+            """CREATE TABLE review_questions (
+                id             INTEGER PRIMARY KEY,
+                case_id        TEXT NOT NULL,
+                asked_at       REAL NOT NULL,  -- unix seconds
+                asked_by       TEXT NOT NULL,
+                question       TEXT NOT NULL,  -- plain text as the reviewer typed it; escaped where shown
+                answer         TEXT NOT NULL,  -- advisory, never a decision
+                model_id       TEXT NOT NULL
+            )""",
+            "CREATE INDEX review_questions_by_case ON review_questions (case_id, id)",
+        ),
+        postgres=(
+            """CREATE TABLE review_questions (
+                id             BIGSERIAL PRIMARY KEY,
+                case_id        TEXT NOT NULL,
+                asked_at       DOUBLE PRECISION NOT NULL,
+                asked_by       TEXT NOT NULL,
+                question       TEXT NOT NULL,
+                answer         TEXT NOT NULL,
+                model_id       TEXT NOT NULL
+            )""",
+            "CREATE INDEX review_questions_by_case ON review_questions (case_id, id)",
+        ),
     ),
 )
 

@@ -10,8 +10,10 @@ match whose rule says review) opens a *case* (schema 5, moderation/state/migrati
   clause (JSON), bank matches, the deciding frame and the explainer's rationale; then
   its status (open, decided, expired), its lease (holder, expiry) and its decision
   (violates or not, clause id, note, who, when).
-- `review_audit`: one row per action on a case (open, lease, decide, reopen, expire):
+- `review_audit`: one row per action on a case (open, lease, decide, reopen, expire, ask):
   who, when, under which policy id and version (the case's), and a short detail.
+- `review_questions` (schema 7): a reviewer's question about the case and the explainer's
+  advisory answer (ReviewService.AskCase), kept with the case and deleted with it.
 
 **Opening is off the request path.** The review listener (moderation/serving/listeners/
 review.py) hands a `NewCase` to `StateStore.open_case`, which buffers it with the
@@ -167,6 +169,17 @@ class CaseAudit:
 
 
 @dataclass(frozen=True, slots=True)
+class CaseQuestion:
+    """A reviewer's question about a case and the explainer's advisory answer (plain text both: escape where shown)."""
+
+    asked_at: float
+    asked_by: str
+    question: str
+    answer: str
+    model_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     open: int
     oldest_open_at: float | None
@@ -227,6 +240,14 @@ class ReviewStore:
             _existing(tx, case_id)
             rows = tx.execute(f"SELECT {_AUDIT_COLUMNS} FROM review_audit WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
         return [CaseAudit(float(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6])) for r in rows]
+
+    def questions(self, case_id: str) -> list[CaseQuestion]:
+        """The questions asked about a case and their answers, oldest first."""
+        with self.store._transaction() as tx:
+            rows = tx.execute(
+                "SELECT asked_at, asked_by, question, answer, model_id FROM review_questions WHERE case_id = ? ORDER BY id", (case_id,)
+            ).fetchall()
+        return [CaseQuestion(float(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
 
     def stats(self) -> QueueStats:
         now = self.clock()
@@ -311,6 +332,42 @@ class ReviewStore:
             _audit(tx, case, now, reviewer, "decide", detail + (f"; note of {len(note)} characters" if note else ""))
             return _existing(tx, case_id)
 
+    def check_asker(self, case_id: str, reviewer: str) -> Case:
+        """The case, when `reviewer` holds its live lease (only they may ask the explainer about it); else CaseConflict."""
+        _check_reviewer(reviewer)
+        now = self.clock()
+        with self.store._transaction() as tx:
+            case = _existing(tx, case_id)
+        if case.status != "open":
+            raise CaseConflict(case.status, f"case {case_id} is {case.status}; questions are asked while deciding an open case you lease")
+        holder = case.leased_by(now)
+        if holder is not None and holder != reviewer:
+            raise CaseConflict("leased_by_other", f"case {case_id} is leased by another reviewer until {_when(case.lease_expires)}")
+        if holder is None:
+            if case.lease_holder == reviewer:
+                raise CaseConflict("lease_expired", f"your lease on case {case_id} expired at {_when(case.lease_expires)}; lease it again to ask")
+            raise CaseConflict("not_leased", f"case {case_id} is not leased by you; lease it first")
+        return case
+
+    def record_question(
+        self, case_id: str, reviewer: str, question: str, detail: str, *, answer: str | None = None, model_id: str = ""
+    ) -> CaseQuestion | None:
+        """Keep a question and its answer with the case (None: not answered) and audit the asking with `detail`."""
+        _check_reviewer(reviewer)
+        question = _plain(question, "question", MAX_NOTE_CHARS)
+        now = self.clock()
+        with self.store._transaction() as tx:
+            case = _existing(tx, case_id)
+            kept = None
+            if answer is not None:
+                kept = CaseQuestion(now, reviewer, question, _nul(answer), _nul(model_id))
+                tx.execute(
+                    "INSERT INTO review_questions (case_id, asked_at, asked_by, question, answer, model_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    (case_id, kept.asked_at, reviewer, kept.question, kept.answer, kept.model_id),
+                )
+            _audit(tx, case, now, reviewer, "ask", detail)
+        return kept
+
     def reopen(self, case_id: str, who: str, *, note: str = "") -> Case:
         """Put a decided (or expired) case back in the queue, on appeal; the earlier decision stays in the audit."""
         _check_reviewer(who)
@@ -353,6 +410,7 @@ class ReviewStore:
             if self.retention_s is not None:
                 cutoff = now - self.retention_s
                 tx.execute("DELETE FROM review_audit WHERE case_id IN (SELECT case_id FROM review_cases WHERE updated_at < ?)", (cutoff,))
+                tx.execute("DELETE FROM review_questions WHERE case_id IN (SELECT case_id FROM review_cases WHERE updated_at < ?)", (cutoff,))
                 deleted = tx.execute("DELETE FROM review_cases WHERE updated_at < ?", (cutoff,)).rowcount
         return len(stale), max(deleted, 0)
 

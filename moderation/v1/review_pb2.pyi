@@ -20,7 +20,7 @@ CASE_STATUS_DECIDED: CaseStatus
 CASE_STATUS_EXPIRED: CaseStatus
 
 class CaseCategory(_message.Message):
-    __slots__ = ("category_id", "score", "review_threshold", "block_threshold", "band", "action", "clause_id", "forced_by")
+    __slots__ = ("category_id", "score", "review_threshold", "block_threshold", "band", "action", "clause_id", "forced_by", "clause_text")
     CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class CaseCategory(_message.Message):
     ACTION_FIELD_NUMBER: _ClassVar[int]
     CLAUSE_ID_FIELD_NUMBER: _ClassVar[int]
     FORCED_BY_FIELD_NUMBER: _ClassVar[int]
+    CLAUSE_TEXT_FIELD_NUMBER: _ClassVar[int]
     category_id: str
     score: float
     review_threshold: float
@@ -37,7 +38,8 @@ class CaseCategory(_message.Message):
     action: _moderation_pb2.Action
     clause_id: str
     forced_by: str
-    def __init__(self, category_id: _Optional[str] = ..., score: _Optional[float] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., band: _Optional[_Union[_moderation_pb2.Band, str]] = ..., action: _Optional[_Union[_moderation_pb2.Action, str]] = ..., clause_id: _Optional[str] = ..., forced_by: _Optional[str] = ...) -> None: ...
+    clause_text: str
+    def __init__(self, category_id: _Optional[str] = ..., score: _Optional[float] = ..., review_threshold: _Optional[float] = ..., block_threshold: _Optional[float] = ..., band: _Optional[_Union[_moderation_pb2.Band, str]] = ..., action: _Optional[_Union[_moderation_pb2.Action, str]] = ..., clause_id: _Optional[str] = ..., forced_by: _Optional[str] = ..., clause_text: _Optional[str] = ...) -> None: ...
 
 class CaseBankMatch(_message.Message):
     __slots__ = ("bank", "content_id", "signal_type", "distance")
@@ -66,7 +68,7 @@ class CaseDecision(_message.Message):
     def __init__(self, violates: _Optional[bool] = ..., clause_id: _Optional[str] = ..., note: _Optional[str] = ..., decided_by: _Optional[str] = ..., decided_at: _Optional[float] = ...) -> None: ...
 
 class Case(_message.Message):
-    __slots__ = ("case_id", "status", "opened_at", "caller", "request_id", "policy_id", "policy_version", "model_id", "reason", "category_id", "categories", "bank_matches", "deciding_frame", "rationale", "lease_holder", "lease_expires_at", "decision", "reopened")
+    __slots__ = ("case_id", "status", "opened_at", "caller", "request_id", "policy_id", "policy_version", "model_id", "reason", "category_id", "categories", "bank_matches", "deciding_frame", "rationale", "lease_holder", "lease_expires_at", "decision", "reopened", "questions")
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     OPENED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +87,7 @@ class Case(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REOPENED_FIELD_NUMBER: _ClassVar[int]
+    QUESTIONS_FIELD_NUMBER: _ClassVar[int]
     case_id: str
     status: CaseStatus
     opened_at: float
@@ -103,7 +106,24 @@ class Case(_message.Message):
     lease_expires_at: float
     decision: CaseDecision
     reopened: int
-    def __init__(self, case_id: _Optional[str] = ..., status: _Optional[_Union[CaseStatus, str]] = ..., opened_at: _Optional[float] = ..., caller: _Optional[str] = ..., request_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., model_id: _Optional[str] = ..., reason: _Optional[str] = ..., category_id: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[CaseCategory, _Mapping]]] = ..., bank_matches: _Optional[_Iterable[_Union[CaseBankMatch, _Mapping]]] = ..., deciding_frame: _Optional[int] = ..., rationale: _Optional[str] = ..., lease_holder: _Optional[str] = ..., lease_expires_at: _Optional[float] = ..., decision: _Optional[_Union[CaseDecision, _Mapping]] = ..., reopened: _Optional[int] = ...) -> None: ...
+    questions: _containers.RepeatedCompositeFieldContainer[CaseQuestion]
+    def __init__(self, case_id: _Optional[str] = ..., status: _Optional[_Union[CaseStatus, str]] = ..., opened_at: _Optional[float] = ..., caller: _Optional[str] = ..., request_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., policy_version: _Optional[str] = ..., model_id: _Optional[str] = ..., reason: _Optional[str] = ..., category_id: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[CaseCategory, _Mapping]]] = ..., bank_matches: _Optional[_Iterable[_Union[CaseBankMatch, _Mapping]]] = ..., deciding_frame: _Optional[int] = ..., rationale: _Optional[str] = ..., lease_holder: _Optional[str] = ..., lease_expires_at: _Optional[float] = ..., decision: _Optional[_Union[CaseDecision, _Mapping]] = ..., reopened: _Optional[int] = ..., questions: _Optional[_Iterable[_Union[CaseQuestion, _Mapping]]] = ...) -> None: ...
+
+class CaseQuestion(_message.Message):
+    __slots__ = ("question", "answer", "advisory", "asked_by", "asked_at", "model")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ADVISORY_FIELD_NUMBER: _ClassVar[int]
+    ASKED_BY_FIELD_NUMBER: _ClassVar[int]
+    ASKED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    question: str
+    answer: str
+    advisory: bool
+    asked_by: str
+    asked_at: float
+    model: str
+    def __init__(self, question: _Optional[str] = ..., answer: _Optional[str] = ..., advisory: _Optional[bool] = ..., asked_by: _Optional[str] = ..., asked_at: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ListCasesRequest(_message.Message):
     __slots__ = ("status", "policy_id", "page_size", "page_token")
@@ -228,3 +248,19 @@ class GetCaseAuditResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[CaseAuditEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[CaseAuditEntry, _Mapping]]] = ...) -> None: ...
+
+class AskCaseRequest(_message.Message):
+    __slots__ = ("case_id", "question")
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    case_id: str
+    question: str
+    def __init__(self, case_id: _Optional[str] = ..., question: _Optional[str] = ...) -> None: ...
+
+class AskCaseResponse(_message.Message):
+    __slots__ = ("question", "case")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    CASE_FIELD_NUMBER: _ClassVar[int]
+    question: CaseQuestion
+    case: Case
+    def __init__(self, question: _Optional[_Union[CaseQuestion, _Mapping]] = ..., case: _Optional[_Union[Case, _Mapping]] = ...) -> None: ...

@@ -77,6 +77,11 @@ class ReviewServiceStub:
                 request_serializer=moderation_dot_v1_dot_review__pb2.GetCaseAuditRequest.SerializeToString,
                 response_deserializer=moderation_dot_v1_dot_review__pb2.GetCaseAuditResponse.FromString,
                 _registered_method=True)
+        self.AskCase = channel.unary_unary(
+                '/moderation.v1.ReviewService/AskCase',
+                request_serializer=moderation_dot_v1_dot_review__pb2.AskCaseRequest.SerializeToString,
+                response_deserializer=moderation_dot_v1_dot_review__pb2.AskCaseResponse.FromString,
+                _registered_method=True)
 
 
 class ReviewServiceServicer:
@@ -145,6 +150,21 @@ class ReviewServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AskCase(self, request, context):
+        """AskCase asks the explainer (SmolVLM2) one short question about the
+        case's image, for the reviewer holding the case's live lease. The answer
+        is advisory: it decides nothing. It reads the case's kept thumbnail
+        (FAILED_PRECONDITION when none is kept: keep_thumbnails) under the
+        case's policy version and category, within the escalation tier's budget
+        and timeout (UNAVAILABLE when shed or failed, DEADLINE_EXCEEDED when it
+        timed out). The question and answer are kept with the case and audited.
+        FAILED_PRECONDITION when the explainer is off; INVALID_ARGUMENT for an
+        empty question, one over 300 characters, or one with line breaks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReviewServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +202,11 @@ def add_ReviewServiceServicer_to_server(servicer, server):
                     servicer.GetCaseAudit,
                     request_deserializer=moderation_dot_v1_dot_review__pb2.GetCaseAuditRequest.FromString,
                     response_serializer=moderation_dot_v1_dot_review__pb2.GetCaseAuditResponse.SerializeToString,
+            ),
+            'AskCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.AskCase,
+                    request_deserializer=moderation_dot_v1_dot_review__pb2.AskCaseRequest.FromString,
+                    response_serializer=moderation_dot_v1_dot_review__pb2.AskCaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -381,6 +406,33 @@ class ReviewService:
             '/moderation.v1.ReviewService/GetCaseAudit',
             moderation_dot_v1_dot_review__pb2.GetCaseAuditRequest.SerializeToString,
             moderation_dot_v1_dot_review__pb2.GetCaseAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AskCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moderation.v1.ReviewService/AskCase',
+            moderation_dot_v1_dot_review__pb2.AskCaseRequest.SerializeToString,
+            moderation_dot_v1_dot_review__pb2.AskCaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
