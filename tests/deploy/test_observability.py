@@ -116,6 +116,10 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "moderation_shadow_disagreements_total",  # a shadow policy against the active one (issue 22)
         "moderation_shadow_decisions_total",
         "moderation_auth_failures_total",  # refused credentials, by reason
+        "moderation_review_queue_depth",  # the review queue (issue 22): depth, oldest case, decisions, agreement
+        "moderation_review_oldest_open_case_age_seconds",
+        "moderation_review_decisions_total",
+        "moderation_review_agreement_total",
     } <= read
 
 
