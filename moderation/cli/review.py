@@ -145,6 +145,9 @@ def print_case(case: Any) -> None:
             lines.append(f"note: {escape(d.note)}")
     if case.reopened:
         lines.append(f"reopened {case.reopened} time{'s' if case.reopened != 1 else ''}")
+    for asked in case.questions:
+        lines.append(f"asked by {escape(asked.asked_by)} at {when(asked.asked_at)}: {escape(asked.question)}")
+        lines.append(f"  answer (advisory, {escape(asked.model)}): {escape(asked.answer)}")
     for line in lines:
         out.print(line, highlight=False)
     rows = [
@@ -268,6 +271,31 @@ def show(
     print_case(response.case)
     if thumbnail_out is not None and response.thumbnail_jpeg:
         out.print(f"thumbnail written to {escape(str(thumbnail_out))}", highlight=False)
+
+
+@review_app.command("ask")
+def ask(
+    case_id: CaseIdArgument,
+    question: Annotated[str, typer.Argument(help="a short question about the case's image, one line, at most 300 characters")],
+    as_json: JsonOption = False,
+    target: TargetOption = "localhost:50051",
+    timeout: TimeoutOption = 60.0,
+    tls_ca: TlsCaOption = None,
+    tls_client_cert: TlsClientCertOption = None,
+    tls_client_key: TlsClientKeyOption = None,
+    tls_server_name: TlsServerNameOption = None,
+    token_file: ReviewerTokenFileOption = None,
+) -> None:
+    """Ask SmolVLM2 about a case you hold the lease on; the answer is advisory and kept with the case."""
+    from moderation.v1 import review_pb2 as rpb
+
+    request = rpb.AskCaseRequest(case_id=case_id, question=question)
+    with connection(target, tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file).stub() as (stub, metadata):
+        response = called(lambda: stub.AskCase(request, timeout=timeout, metadata=metadata))
+    if as_json:
+        print_json(as_dict(response))
+        return
+    out.print(f"answer (advisory: it decides nothing): {escape(response.question.answer)}", highlight=False)
 
 
 @review_app.command("decide")

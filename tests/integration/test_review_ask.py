@@ -157,3 +157,26 @@ def test_without_the_explainer_questions_are_refused_with_a_sentence(tmp_path_fa
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "the explainer is off" in message, message
         # The server is still up and the case still decidable.
         assert review.DecideCase(rpb.DecideCaseRequest(case_id=case.case_id, violates=True), metadata=ALICE, timeout=10).case.decision.violates
+
+
+def test_the_cli_asks_and_shows_the_questions(ask_server: tuple[RunningServer, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+
+    server, _ = ask_server
+    token_file = tmp_path / "alice.token"
+    token_file.write_text(ALICE_TOKEN + "\n")
+    cli = ["--target", server.target, "--token-file", str(token_file)]
+    with server.channel() as channel:
+        case = open_case(channel, "ask-cli")
+        rpb_grpc.ReviewServiceStub(channel).LeaseCase(rpb.LeaseCaseRequest(case_id=case.case_id), metadata=ALICE, timeout=10)
+    asked = CliRunner().invoke(app, ["review", "ask", case.case_id, "Is it <i>for sale</i>?", *cli])
+    assert asked.exit_code == 0, asked.output
+    assert asked.output.startswith("answer (advisory: it decides nothing): ")
+    shown = CliRunner().invoke(app, ["review", "show", case.case_id, *cli])
+    assert shown.exit_code == 0, shown.output
+    assert "asked by token:alice at " in shown.output and ": Is it <i>for sale</i>?" in shown.output
+    assert "answer (advisory, tiny-smolvlm" in shown.output
+    refused = CliRunner().invoke(app, ["review", "ask", case.case_id, "x" * 301, *cli])
+    assert refused.exit_code == 1 and "at most 300" in refused.output
