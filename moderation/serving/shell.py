@@ -262,7 +262,8 @@ class ServingShell:
             (s for s in answer.segments if s.category_id == category_id and s.start_ms <= shown < s.end_ms), None
         )
         # A backend that watches video gets the segment's sampled frames (at most VIDEO_ESCALATION_FRAMES,
-        # spread over it, the peak among them), each with its time; any other the peak frame as a still.
+        # spread over it, the peak among them), each with its time; any other the peak frame as a still
+        # (both backends shipped here watch video: in-process, and remote via ExplainRequest.video_frames).
         watched: tuple[tuple[int, Image.Image], ...] = ()
         if getattr(self.core.escalation.backend, "watches_video", False):
             if segment is not None:
