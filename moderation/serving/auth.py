@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextvars
 import hmac
+import logging
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -29,6 +32,13 @@ REVIEW_SERVICES = ("/moderation.v1.ReviewService/",)
 # The authenticated caller of the current RPC ('token:NAME'), set by the auth interceptor
 # (moderation/serving/interceptors.py) around the handler, so the token is checked once per RPC.
 authenticated_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("authenticated_caller", default=None)
+
+
+log = logging.getLogger(__name__)
+
+# How often a token file is checked for changes (see ReloadingTokenAuth): a revoked token
+# is refused within this long. A stat per check, at most once per interval.
+TOKEN_FILE_RECHECK_S = 5.0
 
 
 class TokenFileError(ValueError):
@@ -59,6 +69,12 @@ class TokenAuth:
     def __init__(self, tokens: dict[str, bytes]):
         self._tokens = tokens
 
+    @classmethod
+    def from_file(cls, path: Path, variable: str, recheck_s: float = TOKEN_FILE_RECHECK_S) -> TokenAuth:
+        """Tokens from `path`, read again when the file changes: a token removed from it (a reviewer who
+        left, a leaked token) is refused within `recheck_s`, without a restart. See ReloadingTokenAuth."""
+        return ReloadingTokenAuth(path, variable, recheck_s)
+
     def check(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> tuple[str | None, str]:
         """(the token's name, '') for one valid `authorization: Bearer <token>` header, else (None, reason).
 
@@ -85,6 +101,56 @@ class TokenAuth:
     def caller(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
         """The token's name for a valid header, else None."""
         return self.check(metadata)[0]
+
+
+class ReloadingTokenAuth(TokenAuth):
+    """A token file that is read again when it changes (a Kubernetes Secret update swaps the mounted file).
+
+    At most every `recheck_s` a check stats the file (size, mtime, inode: a Secret update
+    replaces the file behind a symlink); when they changed, the file is read again. A file
+    that cannot be read or parsed keeps the tokens in force (refusing everyone would stop
+    the service on a bad edit) and logs why, once per change. Removed tokens are refused
+    from the next check on: revocation without a restart.
+    """
+
+    def __init__(self, path: Path, variable: str, recheck_s: float):
+        super().__init__(load_tokens(path, variable))
+        self._path, self._variable, self._recheck_s = path, variable, recheck_s
+        self._seen = _file_identity(path)
+        self._next_check = time.monotonic() + recheck_s
+        self._lock = threading.Lock()
+
+    def check(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> tuple[str | None, str]:
+        if time.monotonic() >= self._next_check:
+            self._reload_if_changed()
+        return super().check(metadata)
+
+    def _reload_if_changed(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_check:
+                return  # another caller checked meanwhile
+            self._next_check = now + self._recheck_s
+            seen = _file_identity(self._path)
+            if seen == self._seen:
+                return
+            self._seen = seen
+            try:
+                tokens = load_tokens(self._path, self._variable)
+            except TokenFileError as err:
+                log.error("%s changed but cannot be used (%s); the tokens read before stay in force", self._variable, err)
+                return
+            removed, added = len(self._tokens.keys() - tokens.keys()), len(tokens.keys() - self._tokens.keys())
+            self._tokens = tokens  # one assignment: a concurrent check sees the old or the new set
+            log.info("%s read again: %d tokens (%d added, %d removed)", self._variable, len(tokens), added, removed)
+
+
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def caller_identity(context: grpc.aio.ServicerContext) -> str:

@@ -21,7 +21,7 @@ from moderation.ops.metrics import ModerationMetrics
 from moderation.policy.registry import PolicyRegistry, ServedPolicy
 from moderation.runtime import StartupCancellation
 from moderation.serving.admission import Admission
-from moderation.serving.auth import TokenAuth, load_tokens
+from moderation.serving.auth import TokenAuth
 from moderation.serving.interceptors import AdmissionInterceptor, MalformedRequestInterceptor, RpcMetricsInterceptor, TokenAuthInterceptor
 from moderation.serving.lifecycle import GrpcServerLifecycle, new_metrics
 from moderation.serving.policy_reload import PolicyReloader
@@ -88,12 +88,12 @@ class ServerBuilder(Generic[L]):
         self.admission = Admission(limit, self.metrics.in_flight, self.metrics.in_flight_limit, self.metrics.admission_waiting)
         self.cancellation = StartupCancellation()
         interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor(self.metrics)]
-        auth = TokenAuth(load_tokens(settings.auth_tokens_file)) if settings.auth_tokens_file else None
+        auth = TokenAuth.from_file(settings.auth_tokens_file, "MODERATION_AUTH_TOKENS_FILE") if settings.auth_tokens_file else None
         curation = (
-            TokenAuth(load_tokens(settings.curation_tokens_file, "MODERATION_CURATION_TOKENS_FILE")) if settings.curation_tokens_file else None
+            TokenAuth.from_file(settings.curation_tokens_file, "MODERATION_CURATION_TOKENS_FILE") if settings.curation_tokens_file else None
         )
         review = (
-            TokenAuth(load_tokens(settings.reviewer_tokens_file, "MODERATION_REVIEWER_TOKENS_FILE")) if settings.reviewer_tokens_file else None
+            TokenAuth.from_file(settings.reviewer_tokens_file, "MODERATION_REVIEWER_TOKENS_FILE") if settings.reviewer_tokens_file else None
         )
         # Always there: without any token file it still refuses curation (BankService) and review (ReviewService) with a sentence.
         interceptors.append(
