@@ -13,26 +13,32 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from moderation.cli.app import bank_app
 from moderation.cli.common import JsonOption, err, escape, fail, message_document, out, print_json
-from moderation.cli.connect import ClientSecurity, TlsCaOption, TlsClientCertOption, TlsClientKeyOption, TlsServerNameOption
+from moderation.cli.connect import (
+    ClientSecurity,
+    TlsCaOption,
+    TlsClientCertOption,
+    TlsClientKeyOption,
+    TlsServerNameOption,
+    called,
+    refused,
+)
 from moderation.cli.render import Column, print_rows
 
 if TYPE_CHECKING:
     import grpc
 
     from moderation.v1 import banks_pb2_grpc
-
-T = TypeVar("T")
 
 SIGNALS = ("pdq", "md5", "sha256", "embedding")
 IMPORT_CHUNK_BYTES = 64 * 1024
@@ -74,23 +80,6 @@ def connection(
     token_file: Path | None,
 ) -> Connection:
     return Connection(target, ClientSecurity(tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file))
-
-
-def called(call: Callable[[], T]) -> T:
-    """The answer, or exit 1 with the server's code and sentence."""
-    import grpc
-
-    try:
-        return call()
-    except grpc.RpcError as error:
-        raise refused(error) from None
-
-
-def refused(error: grpc.RpcError) -> typer.Exit:
-    code = error.code()
-    name = code.name if code is not None else "UNKNOWN"
-    err.print(f"[bold red]error:[/] {escape(f'{name}: {error.details()}')}", highlight=False)
-    return typer.Exit(1)
 
 
 def signal_pb(name: str | None) -> int:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
-from moderation.cli.common import fail
+from moderation.cli.common import err, escape, fail
 
 if TYPE_CHECKING:
     import grpc
@@ -90,3 +91,23 @@ def _read(path: Path, option: str) -> bytes:
         return read_setting_file(path, option)
     except ConfigurationError as error:
         raise fail(str(error)) from None
+
+
+T = TypeVar("T")
+
+
+def called(call: Callable[[], T]) -> T:
+    """The answer of a client command's call, or exit 1 with the server's code and sentence."""
+    import grpc
+
+    try:
+        return call()
+    except grpc.RpcError as error:
+        raise refused(error) from None
+
+
+def refused(error: grpc.RpcError) -> typer.Exit:
+    code = error.code()
+    name = code.name if code is not None else "UNKNOWN"
+    err.print(f"[bold red]error:[/] {escape(f'{name}: {error.details()}')}", highlight=False)
+    return typer.Exit(1)
