@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -34,6 +35,14 @@ def serve(
     policies: PoliciesOption = None,
     model: ModelOption = None,
     weights: WeightsOption = None,
+    model_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model-dir",
+            help="an exported model folder (`moderation export`): serve CLIP with onnxruntime, numpy and PIL, without torch; "
+            "--model and --weights are then ignored",
+        ),
+    ] = None,
     device: DeviceOption = None,
     log_format: LogFormatOption = None,
     explainer: Annotated[
@@ -58,6 +67,7 @@ def serve(
         policies=policies,
         clip_model=model,
         clip_weights=weights,
+        clip_model_dir=model_dir,
         device=device,
         log_format=log_format,
         explainer_mode=explainer,
