@@ -144,7 +144,7 @@ def run_logged(settings, run, warnings: list[str] | None = None) -> None:  # noq
     import asyncio
 
     from moderation.signals.clip import UnknownBackend, WeightsUnavailable
-    from moderation.escalation.loading import ExplainerWeightsUnavailable
+    from moderation.escalation.errors import ExplainerWeightsUnavailable
     from moderation.ops.logs import configure_logging
     from moderation.policy import PolicyFileError
     from moderation.runtime import ConfigurationError
