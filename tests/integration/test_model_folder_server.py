@@ -3,6 +3,7 @@ policy edit, and the server process never imports torch, open_clip or transforme
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -51,12 +52,32 @@ def mapped_libraries(pid: int) -> set[str]:
     return {Path(line.split()[-1]).name for line in lines if ".so" in line.split()[-1]}
 
 
+# Installed in the server process through PYTHONPATH: importing these fails as if they were not installed,
+# so the test shows the lean install (`pip install moderation`, no torch extra) serves a folder.
+BLOCKER = """
+import importlib.abc, sys
+class _NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {names!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test: the lean install has no torch)")
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def without_heavy_packages(tmp_path: Path) -> dict[str, str]:
+    site = tmp_path / "blocker"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER.format(names=set(HEAVY) | {"torchvision"}))
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))}
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps")
 def test_serves_from_folder_without_torch(model_dir: Path, tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "default.yaml").write_text(with_version("v1", (POLICIES / "default.yaml").read_text()))
-    with running_server(tmp_path, "--policies", str(policies), "--model-dir", str(model_dir)) as server:
+    with running_server(tmp_path, "--policies", str(policies), "--model-dir", str(model_dir), env=without_heavy_packages(tmp_path)) as server:
         log = server.log_text()
         assert re.search(r"CLIP model folder .*image tower (int8|fp32) \(int8 (accepted|refused)", log), log[-3000:]
         assert "onnx-folder backend" in log
