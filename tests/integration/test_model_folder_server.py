@@ -109,3 +109,23 @@ def test_torch_backend_is_seen_by_the_same_checks(tmp_path: Path) -> None:
         assert loaded_modules(server)["torch"] == 1.0 and loaded_modules(server)["open_clip"] == 1.0
         if Path("/proc/self/maps").exists():
             assert any(name.startswith("libtorch") for name in mapped_libraries(server.process.pid))
+
+
+def test_a_missing_or_damaged_folder_stops_the_start_with_one_line(model_dir: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for item in model_dir.iterdir():
+        if item.is_file():
+            (damaged / item.name).write_bytes(item.read_bytes())
+    cases = {
+        tmp_path / "absent": "has no manifest.json: it is not a `moderation export` folder",
+        damaged: "lacks tokenizer/bpe_simple_vocab_16e6.txt.gz",
+    }
+    for folder, expected in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "moderation", "serve", "--model-dir", str(folder), "--port", "0", "--metrics-port", "0",
+             "--policies", str(POLICIES), "--explainer", "off"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert expected in done.stderr and f"moderation export {folder}" in done.stderr, done.stderr[-2000:]
