@@ -279,9 +279,13 @@ def export_model_folder(
         manifest["exported_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         _write_manifest(work, manifest, variants)
         work.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
+        if out_dir.exists():  # --force: move the old folder aside first, so OUT_DIR is never half of either
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(work, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, out_dir)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
