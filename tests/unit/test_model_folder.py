@@ -156,7 +156,7 @@ def test_int8_guard_refuses_planted_outliers(tmp_path: Path) -> None:
         OnnxFolderEncoder(read_folder(out), "int8")
 
 
-def test_damaged_or_foreign_folders_are_refused(folder: Path, tmp_path: Path) -> None:
+def test_damaged_or_foreign_folders_are_refused(folder: Path, tmp_path: Path, clip) -> None:  # noqa: ANN001
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     with (copy / "text-fp32.onnx").open("r+b") as handle:
@@ -169,3 +169,7 @@ def test_damaged_or_foreign_folders_are_refused(folder: Path, tmp_path: Path) ->
         read_folder(copy)
     with pytest.raises(ExportFailed, match="not empty"):
         export_model_folder(ClipModelSpec(model=TINY, weights="random"), folder, POLICIES)
+    # --force replaces the damaged folder with a whole one; nothing is left beside it.
+    export_model_folder(ClipModelSpec(model=TINY, weights="random"), copy, POLICIES, force=True, int8=False, clip=clip)
+    assert read_folder(copy).image_variant == "fp32" and "--no-int8" in read_folder(copy).int8_verdict
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
