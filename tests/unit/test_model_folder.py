@@ -173,3 +173,28 @@ def test_damaged_or_foreign_folders_are_refused(folder: Path, tmp_path: Path, cl
     export_model_folder(ClipModelSpec(model=TINY, weights="random"), copy, POLICIES, force=True, int8=False, clip=clip)
     assert read_folder(copy).image_variant == "fp32" and "--no-int8" in read_folder(copy).int8_verdict
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+def test_text_embeddings_are_kept_across_starts(folder: Path, tmp_path: Path) -> None:
+    from moderation.signals.clip.text_cache import TextEmbeddingCache
+
+    texts = policy_texts()[:40]
+    uncached = OnnxFolderEncoder(read_folder(folder), "fp32").encode_texts(texts)
+    first = OnnxFolderEncoder(read_folder(folder), "fp32", text_cache=tmp_path / "cache")
+    assert np.array_equal(first.encode_texts(texts), uncached)
+    entries = sorted((tmp_path / "cache" / "text-embeddings").rglob("*.npy"))
+    assert len(entries) == len(set(texts))
+    # A second start reads the rows instead of computing them: a marked entry comes back as stored.
+    marked = np.zeros(uncached.shape[1], np.float32)
+    marked[0] = 1.0
+    np.save(first._text_cache._path(texts[0]), marked)  # type: ignore[union-attr]
+    second = OnnxFolderEncoder(read_folder(folder), "fp32", text_cache=tmp_path / "cache")
+    again = second.encode_texts(texts)
+    assert np.array_equal(again[0], marked) and np.array_equal(again[1:], uncached[1:])
+    assert second._text is None, "every text was cached: the text tower was never loaded"
+    # A malformed entry is computed again; a cache others can write is not used at all.
+    np.save(first._text_cache._path(texts[0]), np.zeros(3, np.float32))  # type: ignore[union-attr]
+    assert np.array_equal(second.encode_texts(texts[:1]), uncached[:1])
+    (tmp_path / "cache").chmod(0o777)
+    assert TextEmbeddingCache.open(tmp_path / "cache", "key", uncached.shape[1]) is None
+    assert OnnxFolderEncoder(read_folder(folder), "fp32", text_cache=tmp_path / "cache")._text_cache is None

@@ -17,8 +17,10 @@ depends on the other images in a batch), as the 'onnxruntime-int8' backend does.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -36,6 +38,7 @@ from moderation.signals.clip.model_folder import (
     session_for,
 )
 from moderation.signals.clip.preprocess import ImagePreprocessor
+from moderation.signals.clip.text_cache import TextEmbeddingCache, model_key
 from moderation.signals.clip.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,7 @@ class OnnxFolderEncoder:
     backend = "onnx-folder"
     uses_numpy = True
 
-    def __init__(self, folder: ModelFolder, variant: str | None = None, threads: int | None = None):
+    def __init__(self, folder: ModelFolder, variant: str | None = None, threads: int | None = None, text_cache: Path | None = None):
         manifest = folder.manifest
         self.folder = folder
         self.variant = variant or folder.image_variant
@@ -73,8 +76,20 @@ class OnnxFolderEncoder:
         self._preprocess = ImagePreprocessor(folder.preprocess)
         self._tokenizer = ClipTokenizer(folder.file(MERGES_FILE), int(manifest["context_length"]))
         self._image = session_for(folder.file(IMAGE_FILES[self.variant]), threads)
-        self._text = session_for(folder.file(TEXT_FILE), threads)
+        # Built on the first text the cache lacks: a restart with every prompt cached never loads it (~250 MB for ViT-B-32).
+        self._text: object | None = None
+        self._text_lock = threading.Lock()
+        self._threads = threads
         self._per_image = self.variant == "int8"
+        # Text embeddings kept across starts (clip/text_cache.py), keyed by the text graph and tokenizer.
+        files = manifest["files"]
+        self._text_cache = (
+            TextEmbeddingCache.open(
+                text_cache, model_key(files[TEXT_FILE], files[MERGES_FILE], int(manifest["context_length"])), int(manifest["embed_dim"])
+            )
+            if text_cache is not None
+            else None
+        )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self._preprocess(image)
@@ -89,8 +104,25 @@ class OnnxFolderEncoder:
         return self._tokenizer(texts)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        cached = self._text_cache.get(texts) if self._text_cache is not None else {}
+        missing = list(dict.fromkeys(t for t in texts if t not in cached))
+        if missing:
+            computed = self._run_text(missing)
+            if self._text_cache is not None:
+                self._text_cache.put(missing, computed)
+            cached.update(zip(missing, computed, strict=True))
+        return np.stack([cached[t] for t in texts]).astype(np.float32, copy=False) if texts else np.zeros((0, 0), np.float32)
+
+    def _text_session(self) -> object:
+        with self._text_lock:
+            if self._text is None:
+                self._text = session_for(self.folder.file(TEXT_FILE), self._threads)
+            return self._text
+
+    def _run_text(self, texts: Sequence[str]) -> np.ndarray:
+        session = self._text_session()
         chunks = [
-            self._text.run([OUTPUT], {TEXT_INPUT: self._tokenizer(list(texts[start : start + TEXT_BATCH]))})[0]
+            session.run([OUTPUT], {TEXT_INPUT: self._tokenizer(list(texts[start : start + TEXT_BATCH]))})[0]
             for start in range(0, len(texts), TEXT_BATCH)
         ]
         return np.concatenate(chunks).astype(np.float32, copy=False)
@@ -102,7 +134,7 @@ def load(spec) -> OnnxFolderEncoder:  # noqa: ANN001 - ClipModelSpec
     if spec.device != "cpu":
         raise ModelFolderError(f"an exported model folder runs on the CPU only, not device {spec.device!r}; set MODERATION_DEVICE=cpu")
     folder = read_folder(spec.model_dir)
-    encoder = OnnxFolderEncoder(folder)
+    encoder = OnnxFolderEncoder(folder, text_cache=spec.export_dir)
     log.info(
         "CLIP model folder %s: %s, image tower %s (%s)", folder.path, folder.model_id, encoder.variant, folder.int8_verdict,
         extra={"fields": {"clip_image_variant": encoder.variant}},
