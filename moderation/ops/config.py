@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     )
     clip_export_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moderation" / "clip-export",
-        description="where CPU backends keep the image tower they export (once per model and weights); must be writable",
+        description="where CPU backends keep the image tower they export (once per model and weights), and --model-dir its text "
+        "embeddings across starts; must be writable",
     )
     clip_model_dir: Path | None = Field(
         None,
