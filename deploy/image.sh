@@ -118,9 +118,9 @@ image_size() { podman image inspect --format '{{.Size}}' "$1" | awk '{printf "%.
 fill_wheelhouse() {
   [ -x "$PYTHON" ] || die "$PYTHON not found; run scripts/install.sh (or set PYTHON)"
   local requirements="$WORKDIR/requirements.txt"
-  # The image serves banks too: its requirements are the dependencies plus the banks extra
+  # The image serves banks and exports models too: its requirements are the dependencies plus the torch and banks extras
   # (the same list the Containerfile's build stage writes).
-  "$PYTHON" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["banks"]))' >"$requirements"
+  "$PYTHON" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["torch"] + p["optional-dependencies"]["banks"]))' >"$requirements"
   # pdqhash is published as source only, and the image's stages have no compiler: build
   # its wheel here, once (g++ from scripts/install.sh), for the wheelhouse the build reads.
   if ! find "$WHEELHOUSE" -name 'pdqhash-*.whl' | grep -q .; then

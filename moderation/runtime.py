@@ -76,7 +76,12 @@ class StartupCancellation:
             reloader.cancel("the server is shutting down")
 
 
-def resolve_device(device: Device) -> str:
+def resolve_device(device: Device, model_dir: Path | None = None) -> str:
+    """The device the CLIP tier runs on. An exported model folder runs on the CPU and never imports torch."""
+    if model_dir is not None:
+        if device is Device.CUDA:
+            raise ConfigurationError("an exported model folder (clip_model_dir) runs on the CPU only; set MODERATION_DEVICE=cpu or auto")
+        return "cpu"
     import torch
 
     if device is Device.AUTO:
@@ -120,6 +125,8 @@ def decode_workers(settings: Settings) -> int:
 def clip_backend(settings: Settings, device: str) -> str:
     """The backend `clip_backend` names; auto: ONNX Runtime int8 on the CPU (4x eager fp32 here,
     scores within 0.02: README, Performance), eager PyTorch on CUDA."""
+    if settings.clip_model_dir is not None:
+        return "onnx-folder"
     if settings.clip_backend != "auto":
         return settings.clip_backend
     # The ONNX backends run fp32 on the CPU only; CUDA and half precision are torch's.
@@ -129,7 +136,7 @@ def clip_backend(settings: Settings, device: str) -> str:
 
 def clip_spec(settings: Settings, device: str | None = None) -> ClipModelSpec:
     """The CLIP model these settings name, on `device` (default: resolved from the settings)."""
-    device = device or resolve_device(settings.device)
+    device = device or resolve_device(settings.device, settings.clip_model_dir)
     return ClipModelSpec(
         model=settings.clip_model,
         weights=settings.clip_weights,
@@ -139,12 +146,13 @@ def clip_spec(settings: Settings, device: str | None = None) -> ClipModelSpec:
         backend=clip_backend(settings, device),
         precision=settings.clip_precision.value,
         export_dir=settings.clip_export_dir,
+        model_dir=settings.clip_model_dir,
     )
 
 
 def load_scorer(spec: ClipModelSpec) -> ClipScorer:
     """Load the encoder behind `spec`. Raises WeightsUnavailable with one actionable line."""
-    if not spec.random:
+    if not spec.random or spec.model_dir is not None:  # a folder's weights are fixed at export
         return ClipScorer(load_encoder(spec))
     import torch
 

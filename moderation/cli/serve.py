@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -34,6 +35,14 @@ def serve(
     policies: PoliciesOption = None,
     model: ModelOption = None,
     weights: WeightsOption = None,
+    model_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model-dir",
+            help="an exported model folder (`moderation export`): serve CLIP with onnxruntime, numpy and PIL, without torch; "
+            "--model and --weights are then ignored",
+        ),
+    ] = None,
     device: DeviceOption = None,
     log_format: LogFormatOption = None,
     explainer: Annotated[
@@ -61,6 +70,7 @@ def serve(
         policies=policies,
         clip_model=model,
         clip_weights=weights,
+        clip_model_dir=model_dir,
         device=device,
         log_format=log_format,
         explainer_mode=explainer,
@@ -138,7 +148,7 @@ def run_logged(settings, run, warnings: list[str] | None = None) -> None:  # noq
     import asyncio
 
     from moderation.signals.clip import UnknownBackend, WeightsUnavailable
-    from moderation.escalation.loading import ExplainerWeightsUnavailable
+    from moderation.escalation.errors import ExplainerWeightsUnavailable
     from moderation.ops.logs import configure_logging
     from moderation.policy import PolicyFileError
     from moderation.runtime import ConfigurationError

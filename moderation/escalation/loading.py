@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from moderation.ops.config import RANDOM_WEIGHTS
+from moderation.escalation.errors import ExplainerWeightsUnavailable  # noqa: F401 - re-exported: it was defined here
 from moderation.escalation.availability import DEFAULT_EXPLAINER_MODEL, SHIPPED_ARCHITECTURES, TINY_TEST_MODEL  # noqa: F401 - re-exported
 from moderation.escalation.local_processor import IMAGE, build_local_processor
 
@@ -38,10 +39,6 @@ PRETRAINED_WEIGHTS = "pretrained"
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class ExplainerWeightsUnavailable(RuntimeError):
-    """The explainer's weights cannot be found locally or fetched. One line, says what to change."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -79,11 +79,18 @@ class Settings(BaseSettings):
     clip_backend: str = Field(
         "auto",
         description="CLIP runtime: auto (onnxruntime-int8 on CPU, torch on CUDA), torch (eager PyTorch, CPU or CUDA), "
-        "onnxruntime (CPU fp32), onnxruntime-int8 (CPU, dynamic int8); the names in moderation/signals/clip/backends",
+        "onnxruntime (CPU fp32), onnxruntime-int8 (CPU, dynamic int8), onnx-folder (clip_model_dir set); "
+        "the names in moderation/signals/clip/backends",
     )
     clip_export_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moderation" / "clip-export",
-        description="where CPU backends keep the image tower they export (once per model and weights); must be writable",
+        description="where CPU backends keep the image tower they export (once per model and weights), and --model-dir its text "
+        "embeddings across starts; must be writable",
+    )
+    clip_model_dir: Path | None = Field(
+        None,
+        description="an exported model folder (`moderation export`): serve CLIP from it with onnxruntime, numpy and PIL, "
+        "without torch (CPU; clip_model, clip_weights and clip_backend are then ignored)",
     )
     clip_precision: ClipPrecision = Field(
         ClipPrecision.AUTO, description="CLIP weights and inputs: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16"

@@ -9,6 +9,7 @@ stays bounded by the served shadows, not by how many versions a server has seen.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -16,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 # *_created series double the series count and no dashboard here uses them.
 disable_created_metrics()
 
+# The heavy training-stack modules whose presence moderation_python_module_loaded reports.
+WATCHED_MODULES = ("torch", "open_clip", "transformers")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 # 0.05-wide buckets: the resolution thresholds are tuned at.
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -90,6 +93,15 @@ class ModerationMetrics:
             ["model", "random"],
             registry=registry,
         )
+        self.module_loaded = Gauge(
+            "moderation_python_module_loaded",
+            "1 when this process has imported the module (read at scrape time): a server from an exported model folder "
+            "(--model-dir) runs without torch, open_clip and transformers, and this shows it.",
+            ["module"],
+            registry=registry,
+        )
+        for module in WATCHED_MODULES:
+            self.module_loaded.labels(module).set_function(lambda module=module: float(module in sys.modules))
         self.batch_size = Histogram(
             "moderation_batch_size",
             "Images per CLIP forward pass (dynamic micro-batching).",

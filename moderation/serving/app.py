@@ -58,7 +58,10 @@ SERVICE_NAME = moderation_pb2.DESCRIPTOR.services_by_name["ModerationService"].f
 
 
 def configure_torch_threads(settings: Settings, device: str) -> None:
-    """Serving startup: torch's process-wide intra-op thread count, set once, before any model loads."""
+    """Serving startup: torch's process-wide intra-op thread count, set once, before any model loads.
+    An exported model folder serves without torch: nothing to set, and torch stays unimported."""
+    if settings.clip_model_dir is not None:
+        return
     import torch
 
     if settings.torch_threads:
@@ -225,7 +228,7 @@ async def serve(settings: Settings) -> None:
     review_pb2_grpc.add_ReviewServiceServicer_to_server(review_servicer, builder.server)
 
     def load(cancellation: StartupCancellation) -> _Loaded:
-        configure_torch_threads(settings, resolve_device(settings.device))
+        configure_torch_threads(settings, resolve_device(settings.device, settings.clip_model_dir))
         return _Loaded(*build_shell(settings, metrics, cancellation))
 
     console: ConsoleServer | None = None

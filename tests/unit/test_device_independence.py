@@ -42,10 +42,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("runtime.py", 'DEFAULT_MAX_BATCH["cpu"]'): "unknown device types get the conservative default",
     ("serving/app.py", 'elif not device.startswith("cpu"):'): "torch threads: 1 when the model is off the CPU",
     ("runtime.py", 'cpu_fp32 = device == "cpu" and'): "clip_backend auto picks the CPU-only ONNX backend only on the CPU",
-    ("signals/clip/encoder.py", "dtype: torch.dtype = torch.float32) -> torch.Tensor:"): "the seam's pixels are float32 by contract",
     ("signals/clip/encoder.py", 'pin_memory=encoder.device.type == "cuda"'): "pinned staging buffers for CUDA encoders only",
-    ("signals/clip/scorer.py", "dtype: torch.dtype = torch.float32) -> torch.Tensor:"): "the seam's pixels are float32 by contract",
-    ("signals/clip/loading.py", 'PRECISIONS = {"fp32": torch.float32'): "the precision setting's names",
     ("signals/clip/loading.py", 'device: str = "cpu"'): "library default; the server resolves it in runtime.clip_spec",
     ("signals/clip/loading.py", 'return torch.float16 if self.device.startswith("cuda") else torch.float32'): "precision auto",
     ("signals/clip/loading.py", "return {torch.float32: \"fp32\""): "open_clip's precision names",
@@ -59,13 +56,12 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("escalation/grammar.py", 'if logits.device.type != "cpu" or logits.dtype != torch.float32:'): "the grammar's input check",
     ("escalation/grammar.py", "move them with .to('cpu', torch.float32) first"): "an error message",
     ("signals/clip/scorer.py", "columns[category_id] = probabilities[:, :positives].sum(dim=-1).clamp(0.0, 1.0).numpy()"): "logits are computed from .float().cpu() embeddings two lines above",
-    ("signals/clip/scorer.py", "probes.append((category.id, torch.tensor(category.probe.vector(), dtype=torch.float32), category.probe.bias))"): (
-        "a probe's weights are host data from the policy text, scored against .float().cpu() embeddings"
+    ("signals/clip/scorer.py", "columns[category_id] = torch.sigmoid(image_embeddings.float().cpu() @ weights + bias).numpy()"): "a probe's score, from .float().cpu() embeddings on the same line",
+    ("signals/clip/arrays.py", "return values.detach().float().cpu().numpy()"): "the explicit move of a torch tensor to host float32 numpy",
+    ("runtime.py", 'return "cpu"'): "an exported model folder (clip_model_dir) runs on the CPU only; cuda is refused two lines above",
+    ("cli/export.py", 'spec = clip_spec(settings.model_copy(update={"clip_model_dir": None, "clip_backend": "torch"}), device="cpu")'): (
+        "export traces the fp32 towers on the CPU, whatever device serving uses"
     ),
-    ("signals/clip/scorer.py", "columns[category_id] = torch.sigmoid(image_embeddings.float().cpu() @ weights + bias).numpy()"): (
-        "moved to the CPU in float32 on the same line"
-    ),
-    ("serving/listeners/embedding_store.py", "vector = result.judgement.frames.embeddings[result.judgement.representative_row()].numpy().copy()"): "embeddings cross the encoder seam as float32 CPU tensors",
 }
 
 

@@ -3,6 +3,8 @@ and what decided it (scores, thresholds, shadow results, the explainer's rationa
 
 from __future__ import annotations
 
+import numpy as np
+
 from moderation.core.decision import Decision
 from moderation.escalation.tier import EscalationStatus
 from moderation.serving.listeners.shadow import category_actions
@@ -20,7 +22,7 @@ class EmbeddingStoreListener:
     def handle(self, result: ModerationResult) -> None:
         decision = result.judgement.decision  # what the policy decided on the embedding, as `policy diff` re-decides it
         # For animations, the frame behind the highest-scoring category stands for the image.
-        vector = result.judgement.frames.embeddings[result.judgement.representative_row()].numpy().copy()  # encoder contract: float32 CPU
+        vector = np.array(result.judgement.frames.embeddings[result.judgement.representative_row()], dtype=np.float32)  # a copy; torch or numpy rows
         self._store.record(
             result.request_id, result.decided_at, decision.policy_id, decision.policy_version, decision.action.value, vector, result.model_id,
             caller=result.caller, details=result_details(result),

@@ -32,8 +32,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+from moderation.signals.clip import arrays
+
+if TYPE_CHECKING:  # batches are torch tensors or numpy arrays, whatever the encoder takes (arrays.py)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,8 @@ class _Batch:
     buffer: torch.Tensor | None = None  # written by the staging thread only, read once the copies are done
 
 
-def _empty_like_frames(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype)
+def _empty_like_frames(shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
+    return arrays.empty(shape, dtype)
 
 
 class MicroBatcher:
@@ -198,10 +202,10 @@ class MicroBatcher:
         if batch.buffer is None or batch.buffer.shape[0] < needed:
             grown = self._allocate((max(needed, self.max_batch), *first.shape[1:]), first.dtype)
             if batch.buffer is not None:
-                grown[:filled].copy_(batch.buffer[:filled])
+                grown[:filled] = batch.buffer[:filled]
             batch.buffer = grown
         for offset, pixels in copies:
-            batch.buffer[offset : offset + pixels.shape[0]].copy_(pixels)
+            batch.buffer[offset : offset + pixels.shape[0]] = pixels
 
     def _release(self, buffer: torch.Tensor | None) -> None:
         """A batch buffer the model no longer reads: kept for the next batches (two at most)."""
@@ -259,7 +263,7 @@ class MicroBatcher:
             return [p for p, _ in live], batch.buffer[: batch.frames], batch.buffer
         # Some left while waiting: their rows go (rare; a copy of the rest).
         rows = [batch.buffer[offset : offset + p.pixels.shape[0]] for p, offset in live]
-        pixels = await asyncio.get_running_loop().run_in_executor(self._stager, torch.cat, rows)
+        pixels = await asyncio.get_running_loop().run_in_executor(self._stager, arrays.concat, rows)
         self._release(batch.buffer)
         return [p for p, _ in live], pixels, None
 

@@ -4,6 +4,8 @@ Every caller scores through `ClipScorer` (moderation/signals/clip/scorer.py), wh
 talks to this protocol; nobody reaches into a backend's model. Tensors cross the
 seam as float32 on the CPU, so device, dtype and runtime stay inside the backend:
     preprocess(PIL image)            -> [3, S, S] float32 (the model's own transform)
+(torch tensors from the torch backends; numpy arrays from an exported model folder, whose
+encoder sets `uses_numpy`: moderation/signals/clip/arrays.py serves both kinds)
     encode_images([B, 3, S, S] f32)  -> [B, D] float32, CPU, L2-normalised
     encode_texts(list of N strings)  -> [N, D] float32, CPU, L2-normalised
 
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
 from PIL import Image
 
-from moderation.signals.clip.loading import ClipModelSpec
+if TYPE_CHECKING:  # torch is imported by the torch backends, never by an exported model folder's
+    import torch
+
+    from moderation.signals.clip.loading import ClipModelSpec
 
 
 @runtime_checkable
@@ -49,9 +53,17 @@ class UnknownBackend(ValueError):
     pass
 
 
-def host_batch_buffer(encoder: ImageTextEncoder, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """An uninitialised CPU tensor to stack a batch of prepared pixels into, page-locked for a CUDA encoder."""
-    return torch.empty(shape, dtype=dtype, pin_memory=encoder.device.type == "cuda")
+def host_batch_buffer(encoder: ImageTextEncoder, shape: tuple[int, ...], dtype: Any = None) -> Any:
+    """An uninitialised CPU array to stack a batch of prepared pixels into: numpy for an encoder
+    that takes numpy (`uses_numpy`, an exported model folder), else a torch tensor, page-locked
+    for a CUDA encoder."""
+    if getattr(encoder, "uses_numpy", False):
+        import numpy as np
+
+        return np.empty(shape, dtype=np.float32)
+    import torch
+
+    return torch.empty(shape, dtype=dtype or torch.float32, pin_memory=encoder.device.type == "cuda")
 
 
 def load_encoder(spec: ClipModelSpec, backends: Mapping[str, str] | None = None) -> ImageTextEncoder:

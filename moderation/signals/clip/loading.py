@@ -24,18 +24,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from moderation.ops.config import RANDOM_WEIGHTS
+
+if TYPE_CHECKING:  # torch loads with a backend that needs it, never with the spec (an exported folder serves without it)
+    import torch
 
 log = logging.getLogger(__name__)
 
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 # The files of an open_clip model repository on the hub (config, weights, tokenizer).
 HUB_MODEL_FILES = ["*.json", "*.txt", "*.model", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # torch dtype names
 
 
 class WeightsUnavailable(RuntimeError):
@@ -57,6 +58,8 @@ class ClipModelSpec:
     # 'auto': fp16 on CUDA (half the memory traffic), fp32 on the CPU (bf16 measured
     # 5x slower for the vision tower on this project's CPU).
     precision: str = "auto"
+    # An exported model folder (`moderation export`): backend 'onnx-folder' serves it without torch.
+    model_dir: Path | None = None
 
     @property
     def random(self) -> bool:
@@ -64,9 +67,11 @@ class ClipModelSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         if self.precision == "auto":
             return torch.float16 if self.device.startswith("cuda") else torch.float32
-        return PRECISIONS[self.precision]
+        return getattr(torch, PRECISIONS[self.precision])
 
     @property
     def model_id(self) -> str:
@@ -123,6 +128,8 @@ def build_open_clip(spec: ClipModelSpec) -> OpenClipModel:
 
 
 def _open_clip_precision(dtype: torch.dtype) -> str:
+    import torch
+
     # open_clip's fp16/bf16 keep LayerNorms in fp32 and cast the rest (its GPU inference default).
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 

@@ -25,15 +25,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from moderation.signals.clip import arrays
 from moderation.signals.clip.encoder import ImageTextEncoder, host_batch_buffer
 from moderation.core.decode import DecodedImage
 from moderation.policy.compile import CompileCancelled
 from moderation.policy.loader import PolicyFileError, PolicyProblem
 from moderation.policy.schema import Policy
+
+if TYPE_CHECKING:  # torch backends hand over torch tensors; an exported model folder, numpy arrays (arrays.py)
+    import torch
 
 # Texts per encoder call while compiling a policy; between chunks a compile can be cancelled.
 TEXT_CHUNK = 64
@@ -47,12 +51,12 @@ class PolicyTextIndex:
 
     policy_id: str
     policy_version: str
-    embeddings: torch.Tensor  # [prompts, dim], float32 CPU, L2-normalised
+    embeddings: torch.Tensor | np.ndarray  # [prompts, dim], float32 CPU, L2-normalised (the encoder's array kind)
     # Per category: (row indices of positive + contrast + benign prompts, number of positives first).
-    competitions: tuple[tuple[str, torch.Tensor, int], ...]
+    competitions: tuple[tuple[str, Any, int], ...]
     # Categories learnt from labelled examples (`policy train`): (id, weights [dim], bias); these
     # replace the category's zero-shot score with sigmoid(weights . x + bias).
-    probes: tuple[tuple[str, torch.Tensor, float], ...] = ()
+    probes: tuple[tuple[str, Any, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +89,7 @@ class ClipScorer:
 
     def prepare(self, decoded: DecodedImage) -> torch.Tensor:
         """[frames, 3, S, S] model inputs for a decoded image's sampled frames (host work, any thread)."""
-        return torch.stack([self.encoder.preprocess(frame) for frame in decoded.frames])
+        return arrays.stack([self.encoder.preprocess(frame) for frame in decoded.frames])
 
     def encode_prompts(
         self, prompts: Sequence[str], templates: Sequence[str], should_stop: Callable[[], bool] | None = None
@@ -101,8 +105,8 @@ class ClipScorer:
             if should_stop is not None and should_stop():
                 raise CompileCancelled(f"stopped after {start} of {len(texts)} texts")
             chunks.append(self.encoder.encode_texts(texts[start : start + TEXT_CHUNK]))
-        per_text = torch.cat(chunks).reshape(len(prompts), len(templates), -1)
-        return F.normalize(per_text.mean(dim=1), dim=-1)
+        per_text = arrays.concat(chunks).reshape(len(prompts), len(templates), -1)
+        return arrays.normalize(per_text.mean(1))
 
     def index_policy(self, policy: Policy, should_stop: Callable[[], bool] | None = None) -> PolicyTextIndex:
         prompts: list[str] = list(policy.benign)
@@ -113,12 +117,13 @@ class ClipScorer:
             prompts.extend(category.positive)
             contrast_rows = list(range(len(prompts), len(prompts) + len(category.contrast)))
             prompts.extend(category.contrast)
-            rows = torch.tensor(positive_rows + contrast_rows + benign_rows)
-            competitions.append((category.id, rows, len(positive_rows)))
+            competitions.append((category.id, positive_rows + contrast_rows + benign_rows, len(positive_rows)))
         embeddings = self.encode_prompts(prompts, policy.templates, should_stop)
-        return PolicyTextIndex(policy.id, policy.version, embeddings, tuple(competitions), self._probes(policy, embeddings.shape[1]))
+        competitions = [(cid, arrays.like(embeddings, rows, "int64"), positives) for cid, rows, positives in competitions]
+        return PolicyTextIndex(policy.id, policy.version, embeddings, tuple(competitions), self._probes(policy, embeddings))
 
-    def _probes(self, policy: Policy, dim: int) -> tuple[tuple[str, torch.Tensor, float], ...]:
+    def _probes(self, policy: Policy, embeddings: Any) -> tuple[tuple[str, Any, float], ...]:
+        dim = embeddings.shape[1]
         probes = []
         for category in policy.categories:
             if category.probe is None:
@@ -135,10 +140,10 @@ class ClipScorer:
                         )  # fmt: skip
                     ]
                 )
-            probes.append((category.id, torch.tensor(category.probe.vector(), dtype=torch.float32), category.probe.bias))
+            probes.append((category.id, arrays.like(embeddings, category.probe.vector()), category.probe.bias))
         return tuple(probes)
 
-    def batch_buffer(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def batch_buffer(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
         """Where the micro-batcher stacks a batch: page-locked when the encoder runs on CUDA."""
         return host_batch_buffer(self.encoder, shape, dtype)
 
@@ -146,7 +151,6 @@ class ClipScorer:
         """[batch, 3, S, S] prepared pixels -> [batch, dim] float32 CPU normalised embeddings."""
         return self.encoder.encode_images(pixels)
 
-    @torch.inference_mode()
     def score(self, image_embeddings: torch.Tensor, index: PolicyTextIndex) -> list[dict[str, float]]:
         """Per embedding row, {category id: score in [0, 1]}."""
         per_category = {cid: values.tolist() for cid, values in self.score_columns(image_embeddings, index).items()}
@@ -154,6 +158,28 @@ class ClipScorer:
 
     def score_columns(self, image_embeddings: torch.Tensor, index: PolicyTextIndex) -> dict[str, np.ndarray]:
         """Per category id, every row's score (float32, in [0, 1]): `score` without a dict per row, for bulk re-scoring."""
+        if arrays.is_numpy(index.embeddings):
+            return self._score_columns_numpy(arrays.to_numpy(image_embeddings), index)
+        import torch
+
+        with torch.inference_mode():
+            return self._score_columns_torch(image_embeddings, index)
+
+    def _score_columns_numpy(self, image_embeddings: np.ndarray, index: PolicyTextIndex) -> dict[str, np.ndarray]:
+        logits = np.float32(self.logit_scale) * image_embeddings @ index.embeddings.T  # [batch, prompts]
+        columns = {}
+        for category_id, rows, positives in index.competitions:
+            probabilities = arrays.softmax(logits[:, rows])
+            columns[category_id] = np.clip(probabilities[:, :positives].sum(axis=-1), 0.0, 1.0).astype(np.float32)
+        for category_id, weights, bias in index.probes:
+            columns[category_id] = arrays.sigmoid(image_embeddings @ weights + np.float32(bias))
+        return columns
+
+    def _score_columns_torch(self, image_embeddings: torch.Tensor, index: PolicyTextIndex) -> dict[str, np.ndarray]:
+        import torch
+
+        if arrays.is_numpy(image_embeddings):  # e.g. stored embeddings re-scored against a torch encoder's index
+            image_embeddings = torch.from_numpy(image_embeddings)
         logits = self.logit_scale * image_embeddings.float().cpu() @ index.embeddings.T  # [batch, prompts]
         columns = {}
         for category_id, rows, positives in index.competitions:
@@ -175,9 +201,9 @@ class ClipScorer:
         """
         if not pixels:
             return []
-        stacked = torch.cat(list(pixels))
-        embeddings = torch.cat([self.embed_images(stacked[i : i + OFFLINE_BATCH]) for i in range(0, stacked.shape[0], OFFLINE_BATCH)])
-        return list(embeddings.split([frames.shape[0] for frames in pixels]))
+        stacked = arrays.concat(list(pixels))
+        embeddings = arrays.concat([self.embed_images(stacked[i : i + OFFLINE_BATCH]) for i in range(0, stacked.shape[0], OFFLINE_BATCH)])
+        return arrays.split(embeddings, [frames.shape[0] for frames in pixels])
 
     def score_decoded(self, images: Sequence[DecodedImage], index: PolicyTextIndex) -> list[FrameScores]:
         """Score decoded images in-process, sharing forward passes (tests and benchmarks of the scorer alone)."""

@@ -16,5 +16,7 @@ BACKENDS: Mapping[str, str] = MappingProxyType(
         # ONNX Runtime, CPU only: the image tower exported once (cached), text on torch.
         "onnxruntime": "moderation.signals.clip.backends.onnx_runtime:load_fp32",
         "onnxruntime-int8": "moderation.signals.clip.backends.onnx_runtime:load_int8",
+        # An exported model folder (`moderation export`), CPU: onnxruntime + numpy + PIL, no torch.
+        "onnx-folder": "moderation.signals.clip.backends.onnx_folder:load",
     }
 )
