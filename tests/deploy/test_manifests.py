@@ -381,3 +381,56 @@ def test_every_secret_the_prod_pods_read_has_a_create_command_in_the_deploy_docs
             assert any(f"--from-literal={key}=" in c or f"--from-file={key}" in c for c in commands), (
                 f"the create command for {name} does not set the key {key!r} the pod reads"
             )
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_the_scorer_serves_the_folder_its_init_container_exports(rendered: dict[str, list[dict]], overlay: str) -> None:
+    """issue 19: no export inside the serving container; the init container's settings are the scorer's."""
+    deployment = by_kind(rendered[overlay], "Deployment")["moderation-scorer"]
+    spec = deployment["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    scorer = container(deployment)
+    assert init["command"] == ["moderation"] and init["args"][:2] == ["export", env(deployment)["MODERATION_CLIP_MODEL_DIR"]]
+    init_env = {e["name"]: e.get("value") for e in init.get("env", [])}
+    for name, value in env(deployment).items():
+        if name.startswith(("MODERATION_CLIP_", "MODERATION_WEIGHTS_", "MODERATION_ALLOW_DOWNLOADS")) and name != "MODERATION_CLIP_MODEL_DIR":
+            assert init_env.get(name) == value, f"{overlay}: the init container must export what the scorer would load: {name}"
+    mounts = {m["name"]: m for m in scorer["volumeMounts"]}
+    init_mounts = {m["name"]: m for m in init["volumeMounts"]}
+    assert mounts["model"].get("readOnly") and not init_mounts["model"].get("readOnly")
+    assert mounts["model"]["mountPath"] == init_mounts["model"]["mountPath"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] and init["resources"]["limits"]["memory"]
+    if overlay == "prod":
+        assert init_mounts["models"]["readOnly"] and init_env["MODERATION_WEIGHTS_CACHE"] == "/models"
+
+
+def test_the_dev_overlays_init_container_and_scorer_commands_work_together(rendered: dict[str, list[dict]], tmp_path: Path) -> None:
+    """Run the dev overlay's init container command line, then the scorer on its folder, with their env (tiny model, paths here)."""
+    import os
+    import sys
+
+    from tests.conftest import TINY_CLIP
+    from tests.integration.server import running_server
+
+    deployment = by_kind(rendered["dev"], "Deployment")["moderation-scorer"]
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    here = {"/model": str(tmp_path / "model"), "/etc/moderation/policies": str(POLICIES)}
+
+    def local(value: str) -> str:
+        for mount, path in here.items():
+            value = value.replace(mount, path)
+        return value
+
+    (tmp_path / "model").mkdir()
+    tiny = {"MODERATION_CLIP_MODEL": f"local-dir:{TINY_CLIP}", "MODERATION_LOG_FORMAT": "text"}
+    init_env = {e["name"]: local(e["value"]) for e in init["env"]} | tiny
+    exported = subprocess.run(
+        [sys.executable, "-m", "moderation", *(local(a) for a in init["args"])],
+        env={**os.environ, **init_env}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    scorer_env = {name: local(value) for name, value in env(deployment).items() if value is not None and name.startswith("MODERATION_CLIP")}
+    with running_server(tmp_path, "--policies", str(POLICIES), env={**scorer_env, **tiny}) as server:
+        log = server.log_text()
+    assert f"CLIP model folder {tmp_path / 'model' / 'clip'}: " in log, log[-2000:]
+    assert "holds RANDOM WEIGHTS" in log, "the dev overlay's random weights went into the folder"
