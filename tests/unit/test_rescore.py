@@ -326,3 +326,22 @@ def test_examples_stop_at_the_limit_and_not_reproduced_counts_only_the_old_versi
     assert set(flips.example_details) == {"r0", "r1", "blocked-by-1"}
     assert (flips.not_reproduced, flips.not_reproduced_examples) == (1, ["blocked-by-1"])
     assert flips.stored_versions == {"1": 4, "0": 1}
+
+
+def test_a_whole_window_counts_every_flip_of_a_category_added_or_dropped(tiny_scorer: ClipScorer, scenario: dict) -> None:
+    """docs/policies.md: a category only one version has counts as ALLOW in the other, for every stored
+    decision, not only the few kept as examples. Forced by thresholds, whatever the random model scores:
+    review 0.0 puts every image in the band (block 1.0 is never reached by a softmax over several prompts)."""
+    old_data = policy_with("1", {"drugs": (0.0, 1.0)})  # OLD: every image REVIEW on drugs; NEW drops drugs
+    new_data = policy_with("2", {"self_harm": (0.0, 1.0)})  # NEW: every image REVIEW on self_harm; OLD lacks it
+    old_data["categories"] = [c for c in old_data["categories"] if c["id"] != "self_harm"]
+    new_data["categories"] = [c for c in new_data["categories"] if c["id"] != "drugs"]
+    old, new = Policy.model_validate(old_data), Policy.model_validate(new_data)
+    flips = rescore_stored_decisions(scenario["store"], tiny_scorer, old, new, NOW - timedelta(days=7), policy_id="default", examples_per_change=1)
+    assert flips.decisions == IMAGES
+    assert dict(flips.category_changes) == {
+        "drugs": {(Action.REVIEW, Action.ALLOW): IMAGES},
+        "self_harm": {(Action.ALLOW, Action.REVIEW): IMAGES},
+    }
+    assert flips.action_changes == {}  # REVIEW under both: the image's action does not change
+    assert len(flips.category_examples[("self_harm", (Action.ALLOW, Action.REVIEW))]) == 1
