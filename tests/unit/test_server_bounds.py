@@ -288,6 +288,13 @@ async def test_stream_items_waiting_do_not_fill_the_unary_queue_and_a_unary_wait
         task.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
     assert admission.waiting == 0
+    # Stream items that left gave back no place in the unary queue they never took: it holds one.
+    third = asyncio.create_task(admission.acquire("d", UNARY, timeout=5))
+    fourth = asyncio.create_task(admission.acquire("e", UNARY, timeout=5))
+    await settle()
+    assert not third.done() and fourth.done() and fourth.result() is None
+    third.cancel()
+    await asyncio.gather(third, return_exceptions=True)
 
 
 async def test_the_fairest_of_three_waiting_callers_is_served_wherever_it_stands() -> None:
