@@ -462,3 +462,29 @@ def test_counting_a_column_gives_each_row_the_action_decide_gives_and_refuses_sc
             _category_severities({"weapons": column, "gore": np.array([0.5, 0.5])}, _V1)
         with pytest.raises(ValueError, match="must be numbers in \\[0, 1\\]"):
             _category_severities({"weapons": np.array([bad, bad]), "gore": np.array([0.5, 0.5])}, _V1)
+
+
+def test_stored_embeddings_as_wide_as_a_real_clip_models_are_rescored(tmp_path: Path) -> None:
+    """Dimensions are compared by value: a model of 512 dimensions (ViT-B-32's), as tiny as the
+    other test model otherwise, re-scores its own stored embeddings (Python caches small ints
+    only, so a 32-dimension model cannot tell `!=` from `is not`)."""
+    import json
+
+    from moderation.runtime import load_scorer
+    from moderation.signals.clip import ClipModelSpec
+
+    config = json.loads((TINY_CLIP / "open_clip_config.json").read_text())
+    config["model_cfg"]["embed_dim"] = 512
+    model_dir = tmp_path / "wide-clip"
+    model_dir.mkdir()
+    (model_dir / "open_clip_config.json").write_text(json.dumps(config))
+    scorer = load_scorer(ClipModelSpec(model=f"local-dir:{model_dir}", weights="random"))
+    vectors = embeddings(512)
+    path = tmp_path / "store.db"
+    with open_store(path) as store:
+        for i in range(3):
+            store.record(f"r{i}", NOW - timedelta(minutes=i + 1), "default", "1", Action.ALLOW, vectors[i], scorer.model_id)
+    old = Policy.model_validate(policy_with("1", {}))
+    new = Policy.model_validate(policy_with("2", {"weapons": (0.0, 1.0)}))
+    flips = rescore_stored_decisions(path, scorer, old, new, NOW - timedelta(days=1))
+    assert flips.decisions == 3 and flips.category_changes == {"weapons": {(Action.ALLOW, Action.REVIEW): 3}}
