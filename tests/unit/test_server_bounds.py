@@ -293,8 +293,13 @@ async def test_stream_items_waiting_do_not_fill_the_unary_queue_and_a_unary_wait
     fourth = asyncio.create_task(admission.acquire("e", UNARY, timeout=5))
     await settle()
     assert not third.done() and fourth.done() and fourth.result() is None
-    third.cancel()
-    await asyncio.gather(third, return_exceptions=True)
+    # ... and a full unary queue does not refuse a stream item: it waits for its slot.
+    item = asyncio.create_task(admission.acquire("f", STREAM))
+    await settle()
+    assert not item.done() and admission.waiting == 2
+    for task in (third, item):
+        task.cancel()
+    await asyncio.gather(third, item, return_exceptions=True)
 
 
 async def test_the_fairest_of_three_waiting_callers_is_served_wherever_it_stands() -> None:
