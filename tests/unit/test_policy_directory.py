@@ -139,3 +139,101 @@ def test_the_server_refuses_what_validate_refuses(tmp_path: Path) -> None:
         "bump the version so every decision names the rules it used"
     ]
     assert registry.get().compiled == "1"
+
+
+# -- the registry: what a reload compiles, which policy is the default (docs/policies.md) ----------
+
+
+def counting_compiler(calls: list[str]):  # noqa: ANN201
+    """A compile function as the server passes one (registry.py: `compile_policy(policy, should_stop)`), recording its calls."""
+
+    def compile_policy(p, should_stop):  # noqa: ANN001, ANN202
+        calls.append(f"{p.id}@{p.version}")
+        return f"compiled {p.id}@{p.version}"
+
+    return compile_policy
+
+
+def test_a_reload_compiles_only_the_policies_whose_content_changed(tmp_path: Path) -> None:
+    import dataclasses
+
+    names = ["a", "b", "c", "d", "e"]
+    for name in names:
+        (tmp_path / f"{name}.yaml").write_text(policy(name, "1", "default: true\n" if name == "a" else ""))
+    calls: list[str] = []
+    registry = PolicyRegistry(counting_compiler(calls), model_id="m", random_weights=True)
+    assert (registry.model_id, registry.random_weights, registry.default_id) == ("m", True, None)
+    first = registry.load_directory(tmp_path)
+    assert first.compiled == tuple(f"{n}@1" for n in names) and first.served == first.compiled and first.removed == ()
+    assert calls == list(first.compiled) and registry.default_id == "a"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.removed = ("a",)  # type: ignore[misc]
+
+    # Unchanged (a comment is not content): nothing compiled, every policy still served with its compiled form.
+    (tmp_path / "b.yaml").write_text("# reviewed\n" + policy("b", "1"))
+    again = registry.load_directory(tmp_path)
+    assert again.compiled == () and again.served == first.served and calls == list(first.compiled)
+    assert [s.compiled for s in registry.all()] == [f"compiled {n}@1" for n in names]
+    served = registry.get("b")
+    assert served.source_text.startswith("# reviewed") and served.content_sha256 == registry.get("b").content_sha256
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        served.compiled = "other"  # type: ignore[misc]
+
+    # Every policy but one changed (version bumped): those are compiled again, in directory order.
+    for name in names[1:]:
+        (tmp_path / f"{name}.yaml").write_text(policy(name, "2").replace("a gun", f"a gun ({name})"))
+    changed = registry.load_directory(tmp_path)
+    assert changed.compiled == tuple(f"{n}@2" for n in names[1:])
+    assert calls == [*first.compiled, *changed.compiled]
+    assert [s.compiled for s in registry.all()] == ["compiled a@1", *(f"compiled {n}@2" for n in names[1:])]
+
+    (tmp_path / "e.yaml").unlink()
+    assert registry.load_directory(tmp_path).removed == ("e",)
+
+
+def test_the_default_is_the_marked_policy_or_the_only_active_one(tmp_path: Path) -> None:
+    from moderation.policy.registry import PolicyNotFound
+
+    registry = PolicyRegistry(counting_compiler([]), model_id=None)
+    registry.replace_all([])
+    assert registry.default_id is None
+    with pytest.raises(PolicyNotFound, match="served policies: none"):
+        registry.get()
+
+    (tmp_path / "only.yaml").write_text(policy("only"))
+    registry.load_directory(tmp_path)
+    assert registry.default_id == "only" and registry.get().policy.id == "only"
+
+    (tmp_path / "second.yaml").write_text(policy("second"))  # two active, none marked: no default
+    registry.load_directory(tmp_path)
+    assert registry.default_id is None
+    with pytest.raises(PolicyNotFound) as caught:
+        registry.get()
+    assert str(caught.value) == "no policy '(default)' is served; served policies: only, second"
+    assert registry.get("second").policy.id == "second"
+
+
+def test_a_compile_stopped_through_its_control_names_the_policy_and_the_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from moderation.policy.compile import CompileCancelled, CompileControl
+
+    (tmp_path / "p.yaml").write_text(policy(extra="model: ViT-B-32/laion2b_s34b_b79k\n"))
+    control = CompileControl()
+
+    def cancelled_midway(p, should_stop):  # noqa: ANN001, ANN202
+        control.cancel("a newer edit")
+        assert should_stop()
+        raise CompileCancelled("stopped between chunks")
+
+    registry = PolicyRegistry(cancelled_midway, model_id="ViT-L-14/random", random_weights=True)
+    with caplog.at_level("WARNING", logger="moderation.policy.registry"), pytest.raises(CompileCancelled) as caught:
+        registry.load_directory(tmp_path, control)
+    assert str(caught.value).startswith("p@1: ") and "a newer edit" in str(caught.value)
+    assert registry.all() == []  # nothing swapped in
+    # The directory's warnings are logged as it is loaded (random weights: the model rule only warns).
+    assert any("ignored: random weights mean nothing anyway" in r.getMessage() for r in caplog.records)
+
+    def not_stopped(p, should_stop):  # noqa: ANN001, ANN202
+        raise CompileCancelled("the compiler's own reason")
+
+    with pytest.raises(CompileCancelled, match="^the compiler's own reason$"):
+        PolicyRegistry(not_stopped, model_id=None).load_directory(tmp_path, CompileControl())
