@@ -304,3 +304,43 @@ def test_content_hash_ignores_comments_layout_and_defaults() -> None:
     commented = load_policy_text("# a note\n" + VALID.replace("{review: 0.3, block: 0.6}", "\n      review: 0.30\n      block: 0.6") + "    on_block: BLOCK\n")
     assert content_sha256(plain) == content_sha256(commented)
     assert content_sha256(plain) != content_sha256(load_policy_text(VALID.replace("a gun", "a rifle")))
+
+
+# -- the loader's edges (moderation/policy/loader.py, docs/policies.md "limits") ----------------------
+
+
+def test_a_policy_file_of_exactly_the_byte_limit_is_read_and_one_byte_more_is_refused(tmp_path: Path) -> None:
+    from tests.policies import one_category_yaml
+
+    text = one_category_yaml("1")
+    path = tmp_path / "p.yaml"
+    path.write_text(text + "#" * (1_000_000 - len(text.encode())))
+    assert path.stat().st_size == 1_000_000
+    assert load_policy_file(path)[0].id == "p"
+    path.write_text(text + "#" * (1_000_001 - len(text.encode())))
+    with pytest.raises(PolicyFileError) as caught:
+        load_policy_file(path)
+    assert [str(p) for p in caught.value.problems] == [f"{path}: file is 1000001 bytes; a policy must be under 1000000"]
+
+
+def test_a_location_names_items_by_id_or_by_their_1_based_position() -> None:
+    """loader.dotted's documented form: `categories[weapons].thresholds.review`, `positive[#2]`."""
+    from moderation.policy.loader import dotted
+
+    data = {"categories": [{"id": "weapons", "positive": ["a", "b"]}], "Benign": {"x": 1}}
+    assert dotted(("categories", 0, "thresholds", "review"), data) == "categories[weapons].thresholds.review"
+    assert dotted(("categories", 0, "positive", 1), data) == "categories[weapons].positive[#2]"
+    assert dotted(("categories", 0, "positive", 2), data) == "categories[weapons].positive[#3]"  # past the end
+    assert dotted(("categories", 0, "positive", 7), data) == "categories[weapons].positive[#8]"
+    assert dotted(("Benign", 0), data) == "Benign[#1]"  # an index into a mapping: by position only
+    assert dotted(("Benign", "[key]", "x"), data) == "Benign.x"  # pydantic's key marker is not shown
+
+
+def test_whole_file_problems_come_first_and_the_count_of_hidden_ones_last() -> None:
+    from moderation.policy.loader import PolicyProblem, problem_order
+
+    line_one = PolicyProblem("p.yaml", 1, "id", "bad id")
+    whole = PolicyProblem("p.yaml", None, "", "file is not UTF-8 text")
+    more = PolicyProblem("p.yaml", None, "", "and more problems not shown: 3 of them; fix these first")
+    line_nine = PolicyProblem("p.yaml", 9, "version", "bad version")
+    assert sorted([more, line_one, line_nine, whole], key=problem_order) == [whole, line_one, line_nine, more]
