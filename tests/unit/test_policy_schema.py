@@ -314,9 +314,10 @@ def test_a_policy_file_of_exactly_the_byte_limit_is_read_and_one_byte_more_is_re
 
     text = one_category_yaml("1")
     path = tmp_path / "p.yaml"
-    path.write_text(text + "#" * (1_000_000 - len(text.encode())))
+    # The padding first and no final newline: the last byte read is the policy's own closing brace.
+    path.write_text("#" * (1_000_000 - len(text.encode())) + "\n" + text.rstrip("\n"))
     assert path.stat().st_size == 1_000_000
-    assert load_policy_file(path)[0].id == "p"
+    assert load_policy_file(path)[0].categories[0].thresholds.block == 0.6
     path.write_text(text + "#" * (1_000_001 - len(text.encode())))
     with pytest.raises(PolicyFileError) as caught:
         load_policy_file(path)
@@ -344,3 +345,22 @@ def test_whole_file_problems_come_first_and_the_count_of_hidden_ones_last() -> N
     more = PolicyProblem("p.yaml", None, "", "and more problems not shown: 3 of them; fix these first")
     line_nine = PolicyProblem("p.yaml", 9, "version", "bad version")
     assert sorted([more, line_one, line_nine, whole], key=problem_order) == [whole, line_one, line_nine, more]
+
+
+def test_loader_problems_say_where_and_why(tmp_path: Path) -> None:
+    import dataclasses
+
+    from moderation.policy.loader import PolicyProblem
+
+    with pytest.raises(PolicyFileError) as caught:
+        load_policy_file(tmp_path)  # a directory, not a file
+    assert [str(p) for p in caught.value.problems] == [f"{tmp_path}: cannot read file: Is a directory"]
+    with pytest.raises(PolicyFileError) as caught:
+        load_policy_text("- a\n- b\n", source="list.yaml")
+    (problem,) = caught.value.problems
+    assert (problem.path, problem.line) == ("list.yaml", 1)
+    warning = PolicyProblem("p.yaml", 3, "model", "calibrated for another model")
+    assert PolicyFileError([problem], [warning]).warnings == [warning]
+    assert PolicyFileError([problem]).warnings == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        problem.line = 2  # type: ignore[misc]
