@@ -364,3 +364,16 @@ def test_loader_problems_say_where_and_why(tmp_path: Path) -> None:
     assert PolicyFileError([problem]).warnings == []
     with pytest.raises(dataclasses.FrozenInstanceError):
         problem.line = 2  # type: ignore[misc]
+
+
+def test_a_problem_points_at_the_deepest_line_its_location_reaches() -> None:
+    """loader.line_of: the value's key line; a location that leaves the file stops at the last line it reached."""
+    from moderation.policy.loader import line_of
+
+    text = "version: '1'\nid: p\npositive:\n  - a\n  - b\n"
+    assert line_of(text, ("positive", 1)) == 5
+    assert line_of(text, ("positive", 2)) == line_of(text, ("positive", 9)) == 3  # past the end: the list's key
+    assert line_of(text, ("positive", "x")) == 3
+    assert line_of(text, ("id", 0)) == 2  # a scalar has no items
+    assert line_of(text, ("nothere", "id")) == 1  # not found: not looked for again one level up
+    assert line_of("id: [broken\n", ("id",)) is None
