@@ -311,3 +311,76 @@ def test_content_hash_ignores_comments_layout_and_defaults() -> None:
     commented = load_policy_text("# a note\n" + VALID.replace("{review: 0.3, block: 0.6}", "\n      review: 0.30\n      block: 0.6") + "    on_block: BLOCK\n")
     assert content_sha256(plain) == content_sha256(commented)
     assert content_sha256(plain) != content_sha256(load_policy_text(VALID.replace("a gun", "a rifle")))
+
+
+# -- the loader's edges (moderation/policy/loader.py, docs/policies.md "limits") ----------------------
+
+
+def test_a_policy_file_of_exactly_the_byte_limit_is_read_and_one_byte_more_is_refused(tmp_path: Path) -> None:
+    from tests.policies import one_category_yaml
+
+    text = one_category_yaml("1")
+    path = tmp_path / "p.yaml"
+    # The padding first and no final newline: the last byte read is the policy's own closing brace.
+    path.write_text("#" * (1_000_000 - len(text.encode())) + "\n" + text.rstrip("\n"))
+    assert path.stat().st_size == 1_000_000
+    assert load_policy_file(path)[0].categories[0].thresholds.block == 0.6
+    path.write_text(text + "#" * (1_000_001 - len(text.encode())))
+    with pytest.raises(PolicyFileError) as caught:
+        load_policy_file(path)
+    assert [str(p) for p in caught.value.problems] == [f"{path}: file is 1000001 bytes; a policy must be under 1000000"]
+
+
+def test_a_location_names_items_by_id_or_by_their_1_based_position() -> None:
+    """loader.dotted's documented form: `categories[weapons].thresholds.review`, `positive[#2]`."""
+    from moderation.policy.loader import dotted
+
+    data = {"categories": [{"id": "weapons", "positive": ["a", "b"]}], "Benign": {"x": 1}}
+    assert dotted(("categories", 0, "thresholds", "review"), data) == "categories[weapons].thresholds.review"
+    assert dotted(("categories", 0, "positive", 1), data) == "categories[weapons].positive[#2]"
+    assert dotted(("categories", 0, "positive", 2), data) == "categories[weapons].positive[#3]"  # past the end
+    assert dotted(("categories", 0, "positive", 7), data) == "categories[weapons].positive[#8]"
+    assert dotted(("Benign", 0), data) == "Benign[#1]"  # an index into a mapping: by position only
+    assert dotted(("Benign", "[key]", "x"), data) == "Benign.x"  # pydantic's key marker is not shown
+
+
+def test_whole_file_problems_come_first_and_the_count_of_hidden_ones_last() -> None:
+    from moderation.policy.loader import PolicyProblem, problem_order
+
+    line_one = PolicyProblem("p.yaml", 1, "id", "bad id")
+    whole = PolicyProblem("p.yaml", None, "", "file is not UTF-8 text")
+    more = PolicyProblem("p.yaml", None, "", "and more problems not shown: 3 of them; fix these first")
+    line_nine = PolicyProblem("p.yaml", 9, "version", "bad version")
+    assert sorted([more, line_one, line_nine, whole], key=problem_order) == [whole, line_one, line_nine, more]
+
+
+def test_loader_problems_say_where_and_why(tmp_path: Path) -> None:
+    import dataclasses
+
+    from moderation.policy.loader import PolicyProblem
+
+    with pytest.raises(PolicyFileError) as caught:
+        load_policy_file(tmp_path)  # a directory, not a file
+    assert [str(p) for p in caught.value.problems] == [f"{tmp_path}: cannot read file: Is a directory"]
+    with pytest.raises(PolicyFileError) as caught:
+        load_policy_text("- a\n- b\n", source="list.yaml")
+    (problem,) = caught.value.problems
+    assert (problem.path, problem.line) == ("list.yaml", 1)
+    warning = PolicyProblem("p.yaml", 3, "model", "calibrated for another model")
+    assert PolicyFileError([problem], [warning]).warnings == [warning]
+    assert PolicyFileError([problem]).warnings == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        problem.line = 2  # type: ignore[misc]
+
+
+def test_a_problem_points_at_the_deepest_line_its_location_reaches() -> None:
+    """loader.line_of: the value's key line; a location that leaves the file stops at the last line it reached."""
+    from moderation.policy.loader import line_of
+
+    text = "version: '1'\nid: p\npositive:\n  - a\n  - b\n"
+    assert line_of(text, ("positive", 1)) == 5
+    assert line_of(text, ("positive", 2)) == line_of(text, ("positive", 9)) == 3  # past the end: the list's key
+    assert line_of(text, ("positive", "x")) == 3
+    assert line_of(text, ("id", 0)) == 2  # a scalar has no items
+    assert line_of(text, ("nothere", "id")) == 1  # not found: not looked for again one level up
+    assert line_of("id: [broken\n", ("id",)) is None

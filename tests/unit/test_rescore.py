@@ -335,3 +335,165 @@ def test_examples_stop_at_the_limit_and_not_reproduced_counts_only_the_old_versi
     assert set(flips.example_details) == {"r0", "r1", "blocked-by-1"}
     assert (flips.not_reproduced, flips.not_reproduced_examples) == (1, ["blocked-by-1"])
     assert flips.stored_versions == {"1": 4, "0": 1}
+
+
+def test_a_whole_window_counts_every_flip_of_a_category_added_or_dropped(tiny_scorer: ClipScorer, scenario: dict) -> None:
+    """docs/policies.md: a category only one version has counts as ALLOW in the other, for every stored
+    decision, not only the few kept as examples. Forced by thresholds, whatever the random model scores:
+    review 0.0 puts every image in the band (block 1.0 is never reached by a softmax over several prompts)."""
+    old_data = policy_with("1", {"drugs": (0.0, 1.0)})  # OLD: every image REVIEW on drugs; NEW drops drugs
+    new_data = policy_with("2", {"self_harm": (0.0, 1.0)})  # NEW: every image REVIEW on self_harm; OLD lacks it
+    old_data["categories"] = [c for c in old_data["categories"] if c["id"] != "self_harm"]
+    new_data["categories"] = [c for c in new_data["categories"] if c["id"] != "drugs"]
+    old, new = Policy.model_validate(old_data), Policy.model_validate(new_data)
+    flips = rescore_stored_decisions(scenario["store"], tiny_scorer, old, new, NOW - timedelta(days=7), policy_id="default", examples_per_change=1)
+    assert flips.decisions == IMAGES
+    assert dict(flips.category_changes) == {
+        "drugs": {(Action.REVIEW, Action.ALLOW): IMAGES},
+        "self_harm": {(Action.ALLOW, Action.REVIEW): IMAGES},
+    }
+    assert flips.action_changes == {}  # REVIEW under both: the image's action does not change
+    assert len(flips.category_examples[("self_harm", (Action.ALLOW, Action.REVIEW))]) == 1
+
+
+def test_a_flip_example_cannot_be_changed_once_made() -> None:
+    import dataclasses
+
+    from moderation.offline.rescore import DecisionFlips
+
+    flips = DecisionFlips()
+    flips.add("r1", "1", Action.ALLOW, decide({"weapons": 0.1, "gore": 0.1}, _V1), decide({"weapons": 0.1, "drugs": 0.7}, _V2), 1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        flips.example_details["r1"].request_id = "r2"  # type: ignore[misc]
+
+
+def _versioned(version: str) -> str:
+    """`version` as a new string object, as one read from a store is (not the interned literal)."""
+    return "".join([version[:1], version[1:]])
+
+
+def test_not_reproduced_counts_only_decisions_of_the_old_version_itself_one_by_one() -> None:
+    """docs/policies.md: a decision made under OLD's own version whose stored action OLD no longer gives;
+    later versions (compared as strings they sort after) and earlier ones are not OLD's to reproduce."""
+    from moderation.offline.rescore import DecisionFlips
+
+    old_data = {**_V1.model_dump(), "version": "1.0"}
+    old = Policy.model_validate(old_data)
+    flips = DecisionFlips(examples_per_change=5)
+    allow = decide({"weapons": 0.1, "gore": 0.1}, old)
+    flips.add("mine", _versioned("1.0"), Action.BLOCK, allow, allow)
+    flips.add("later", _versioned("2.0"), Action.BLOCK, allow, allow)
+    flips.add("earlier", _versioned("0.9"), Action.BLOCK, allow, allow)
+    flips.add("same", _versioned("1.0"), Action.ALLOW, allow, allow)
+    assert (flips.not_reproduced, flips.not_reproduced_examples) == (1, ["mine"])
+
+
+@pytest.fixture(scope="module")
+def versions_store(tiny_scorer: ClipScorer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 'default' decisions: versions 1.0 (OLD's), 2.0 and 0.9 in turn, stored as BLOCK, REVIEW or ALLOW in turn."""
+    vectors = embeddings(tiny_scorer.encoder.encode_texts(["dimension"]).shape[1])
+    path = tmp_path_factory.mktemp("versions") / "store.db"
+    with open_store(path) as store:
+        for i, vector in enumerate(vectors):
+            version = ["1.0", "2.0", "0.9"][i % 3]
+            action = [Action.BLOCK, Action.REVIEW, Action.ALLOW, Action.BLOCK][i % 4]
+            store.record(f"r{i}", NOW - timedelta(minutes=i + 1), "default", version, action, vector, tiny_scorer.model_id)
+    return path
+
+
+def test_not_reproduced_counts_only_decisions_of_the_old_version_itself_in_a_whole_window(tiny_scorer: ClipScorer, versions_store: Path) -> None:
+    old = Policy.model_validate(policy_with("1.0", {}))  # flags nothing: every image ALLOW
+    for examples in (0, 2, 50):  # counted as a batch, partly one by one, wholly one by one
+        flips = rescore_stored_decisions(versions_store, tiny_scorer, old, old, NOW - timedelta(days=1), examples_per_change=examples)
+        expected = [f"r{i}" for i in range(IMAGES) if i % 3 == 0 and i % 4 != 2]  # OLD's version, stored other than ALLOW
+        assert flips.not_reproduced == len(expected) == 5, examples
+        assert len(flips.not_reproduced_examples) == min(examples, 5) and set(flips.not_reproduced_examples) <= set(expected)
+        assert flips.stored_versions == {"1.0": 7, "2.0": 7, "0.9": 6} and flips.decisions == IMAGES
+
+
+def test_stored_embeddings_of_another_dimension_are_refused_naming_both(tiny_scorer: ClipScorer, tmp_path: Path) -> None:
+    dim = tiny_scorer.encoder.encode_texts(["dimension"]).shape[1]
+    policy = Policy.model_validate(policy_with("1", {}))
+    for stored_dim in (dim - 1, dim + 3):
+        path = tmp_path / f"store{stored_dim}.db"
+        vector = np.ones(stored_dim, dtype=np.float32) / np.sqrt(stored_dim)
+        with open_store(path) as store:
+            for i in range(2):
+                store.record(f"r{i}", NOW - timedelta(minutes=1), "default", "1", Action.ALLOW, vector, tiny_scorer.model_id)
+        with pytest.raises(CannotRescore, match=rf"stored embeddings have {stored_dim} dimensions but .* has {dim}: they cannot come from this model"):
+            rescore_stored_decisions(path, tiny_scorer, policy, policy, NOW - timedelta(days=1))
+
+
+def test_embeddings_of_a_model_whose_id_sorts_first_are_refused_too(tiny_scorer: ClipScorer, tmp_path: Path) -> None:
+    vectors = embeddings(tiny_scorer.encoder.encode_texts(["dimension"]).shape[1])
+    policy = Policy.model_validate(policy_with("1", {}))
+    path = tmp_path / "store.db"
+    with open_store(path) as store:
+        store.record("r0", NOW - timedelta(minutes=1), "default", "1", Action.ALLOW, vectors[0], "EVA01-g-14/laion400m_s11b_b41k")
+    with pytest.raises(CannotRescore, match=r"come from 'EVA01-g-14/laion400m_s11b_b41k' \(1 decisions\)"):
+        rescore_stored_decisions(path, tiny_scorer, policy, policy, NOW - timedelta(days=1))
+
+
+def test_scores_exactly_at_a_threshold_and_both_bands_are_counted_as_decide_would(tiny_scorer: ClipScorer, scenario: dict) -> None:
+    """docs/policies.md: a score at or above review goes to REVIEW, at or above block gets on_block. Thresholds
+    set to stored images' own scores put images exactly on them; with no examples every row is counted at once."""
+    old = scenario["old"]  # flags nothing
+    vectors = embeddings(tiny_scorer.encoder.encode_texts(["dimension"]).shape[1])
+    drugs = np.array([s["drugs"] for s in tiny_scorer.score(torch.from_numpy(vectors), tiny_scorer.index_policy(old))], dtype=np.float64)
+    ranked = np.sort(drugs)[::-1]
+    review, block = float(ranked[9]), float(ranked[3])  # the 10th and 4th highest scores themselves
+    new = Policy.model_validate(policy_with("2", {"drugs": (review, block)}))  # drugs: on_block BLOCK
+    assert (new.category("drugs").thresholds.review, new.category("drugs").thresholds.block) == (review, block)
+    to_block = int((drugs >= block).sum())
+    to_review = int(((drugs >= review) & (drugs < block)).sum())
+    assert (to_block, to_review) == (4, 6)  # the images on the thresholds count: distinct scores
+    for examples in (0, 1):
+        flips = rescore_stored_decisions(scenario["store"], tiny_scorer, old, new, NOW - timedelta(days=7), policy_id="default", examples_per_change=examples)
+        assert dict(flips.category_changes) == {"drugs": {(Action.ALLOW, Action.BLOCK): to_block, (Action.ALLOW, Action.REVIEW): to_review}}, examples
+        assert flips.action_changes == {(Action.ALLOW, Action.BLOCK): to_block, (Action.ALLOW, Action.REVIEW): to_review}
+
+
+def test_counting_a_column_gives_each_row_the_action_decide_gives_and_refuses_scores_outside_0_1() -> None:
+    """`_category_severities` (the batch counting) against `decide` (docs/policies.md's bands) row by row,
+    including scores exactly at review and block and at 0 and 1; a score that is not a probability is refused."""
+    from moderation.offline.rescore import _category_severities
+
+    weapons = np.array([0.0, 0.29, 0.3, 0.31, 0.59, 0.6, 0.61, 1.0], dtype=np.float32).astype(np.float64)
+    gore = weapons[::-1].copy()
+    severities = _category_severities({"weapons": weapons, "gore": gore}, _V1)
+    for i in range(len(weapons)):
+        decision = decide({"weapons": float(weapons[i]), "gore": float(gore[i])}, _V1)
+        expected = {c.category_id: c.action.severity for c in decision.categories}
+        assert {cid: int(column[i]) for cid, column in severities.items()} == expected, i
+    for bad in (np.nan, np.inf, -0.01, 1.01, -1.0, 2.0):
+        column = np.array([0.5, bad])
+        with pytest.raises(ValueError, match="scores for category 'weapons' must be numbers in \\[0, 1\\]"):
+            _category_severities({"weapons": column, "gore": np.array([0.5, 0.5])}, _V1)
+        with pytest.raises(ValueError, match="must be numbers in \\[0, 1\\]"):
+            _category_severities({"weapons": np.array([bad, bad]), "gore": np.array([0.5, 0.5])}, _V1)
+
+
+def test_stored_embeddings_as_wide_as_a_real_clip_models_are_rescored(tmp_path: Path) -> None:
+    """Dimensions are compared by value: a model of 512 dimensions (ViT-B-32's), as tiny as the
+    other test model otherwise, re-scores its own stored embeddings (Python caches small ints
+    only, so a 32-dimension model cannot tell `!=` from `is not`)."""
+    import json
+
+    from moderation.runtime import load_scorer
+    from moderation.signals.clip import ClipModelSpec
+
+    config = json.loads((TINY_CLIP / "open_clip_config.json").read_text())
+    config["model_cfg"]["embed_dim"] = 512
+    model_dir = tmp_path / "wide-clip"
+    model_dir.mkdir()
+    (model_dir / "open_clip_config.json").write_text(json.dumps(config))
+    scorer = load_scorer(ClipModelSpec(model=f"local-dir:{model_dir}", weights="random"))
+    vectors = embeddings(512)
+    path = tmp_path / "store.db"
+    with open_store(path) as store:
+        for i in range(3):
+            store.record(f"r{i}", NOW - timedelta(minutes=i + 1), "default", "1", Action.ALLOW, vectors[i], scorer.model_id)
+    old = Policy.model_validate(policy_with("1", {}))
+    new = Policy.model_validate(policy_with("2", {"weapons": (0.0, 1.0)}))
+    flips = rescore_stored_decisions(path, scorer, old, new, NOW - timedelta(days=1))
+    assert flips.decisions == 3 and flips.category_changes == {"weapons": {(Action.ALLOW, Action.REVIEW): 3}}

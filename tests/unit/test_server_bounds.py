@@ -212,3 +212,158 @@ def test_embedding_store_is_created_owner_only(tmp_path: Path) -> None:
     with open_store(tmp_path / "store.db"):
         pass
     assert (tmp_path / "store.db").stat().st_mode & 0o777 == 0o600
+
+
+# Admission (moderation/serving/admission.py, docs/architecture.md "request slots"): boundaries and
+# combinations the tests above leave open, found by the mutation run (docs/testing.md). "At once"
+# below means within a few event-loop turns, no time passing: the task is done after `settle()`.
+
+
+async def test_a_new_admission_is_not_loaded_nor_draining_and_takes_at_least_one_slot() -> None:
+    admission = Admission(limit=1)
+    assert admission.loaded is False and admission.draining is False
+    assert admission.held == 0 and admission.waiting == 0 and admission.max_waiting_unary == 1
+    with pytest.raises(ValueError, match="at least 1, not 0"):
+        Admission(limit=0)
+
+
+async def test_acquire_takes_a_free_slot_at_once_whatever_the_timeout() -> None:
+    admission = Admission(limit=3)
+    for timeout in (None, 0, 0.5):
+        task = asyncio.create_task(admission.acquire("a", UNARY, timeout=timeout))
+        await settle()
+        assert task.done() and task.result() is not None, timeout
+    assert admission.held == 3 and admission.waiting == 0
+
+
+async def test_a_unary_call_refused_for_a_full_queue_is_refused_at_once() -> None:
+    admission = Admission(limit=1, max_waiting_unary=1)
+    holder = admission.try_acquire("a")
+    assert holder is not None
+    waiting = asyncio.create_task(admission.acquire("b", UNARY, timeout=5))
+    await settle()
+    assert not waiting.done() and admission.waiting == 1
+    refused = asyncio.create_task(admission.acquire("c", UNARY, timeout=5))
+    await settle()
+    assert refused.done() and refused.result() is None  # at once, not after its 5 s
+    assert admission.waiting == 1
+    holder.release()
+    await settle()
+    slot = waiting.result()
+    assert slot is not None and slot.caller == "b"
+    slot.release()
+
+
+async def test_a_unary_wait_shorter_than_a_second_still_gets_a_freed_slot() -> None:
+    admission = Admission(limit=1)
+    holder = admission.try_acquire("a")
+    assert holder is not None
+    waiting = asyncio.create_task(admission.acquire("b", UNARY, timeout=0.9))
+    await settle()
+    assert not waiting.done()
+    holder.release()
+    await settle()
+    assert waiting.done() and waiting.result() is not None and admission.held == 1
+
+
+async def test_stream_items_waiting_do_not_fill_the_unary_queue_and_a_unary_waiter_that_left_frees_its_place() -> None:
+    admission = Admission(limit=2, max_waiting_unary=1)
+    holder, kept = admission.try_acquire("a", STREAM), admission.try_acquire("a", STREAM)
+    assert holder is not None and kept is not None
+    streams = [asyncio.create_task(admission.acquire("a", STREAM)) for _ in range(3)]
+    await settle()
+    first = asyncio.create_task(admission.acquire("b", UNARY, timeout=5))
+    await settle()
+    assert not first.done() and admission.waiting == 4  # three items and one unary call
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert admission.waiting == 3
+    second = asyncio.create_task(admission.acquire("c", UNARY, timeout=5))  # the unary queue has room again
+    await settle()
+    assert not second.done() and admission.waiting == 4
+    holder.release()  # caller c holds nothing, a still holds one: c first
+    await settle()
+    assert second.done() and second.result() is not None and not any(task.done() for task in streams)
+    for task in streams:
+        task.cancel()
+    await asyncio.gather(*streams, return_exceptions=True)
+    assert admission.waiting == 0
+    # Stream items that left gave back no place in the unary queue they never took: it holds one.
+    third = asyncio.create_task(admission.acquire("d", UNARY, timeout=5))
+    fourth = asyncio.create_task(admission.acquire("e", UNARY, timeout=5))
+    await settle()
+    assert not third.done() and fourth.done() and fourth.result() is None
+    # ... and a full unary queue does not refuse a stream item: it waits for its slot.
+    item = asyncio.create_task(admission.acquire("f", STREAM))
+    await settle()
+    assert not item.done() and admission.waiting == 2
+    for task in (third, item):
+        task.cancel()
+    await asyncio.gather(third, item, return_exceptions=True)
+
+
+async def test_the_fairest_of_three_waiting_callers_is_served_wherever_it_stands() -> None:
+    admission = Admission(limit=3)
+    holders = {caller: admission.try_acquire(caller, STREAM) for caller in ("a", "c", "z")}
+    tasks = {caller: asyncio.create_task(admission.acquire(caller, STREAM)) for caller in ("a", "b", "c")}
+    await settle()
+    holders["z"].release()  # a and c hold one slot each, b none: b, the second in line
+    await settle()
+    assert tasks["b"].done() and not tasks["a"].done() and not tasks["c"].done()
+    holders["a"].release()  # a holds none now, c one: a, though c came later
+    await settle()
+    assert tasks["a"].done() and not tasks["c"].done()
+    tasks["c"].cancel()
+    await asyncio.gather(tasks["c"], return_exceptions=True)
+
+
+async def test_slots_given_back_leave_no_count_behind_for_their_kind() -> None:
+    admission = Admission(limit=1)
+    earlier = admission.try_acquire("a", STREAM)
+    assert earlier is not None
+    earlier.release()  # caller a holds nothing now, of either kind
+    holder = admission.try_acquire("z", UNARY)
+    stream_item = asyncio.create_task(admission.acquire("a", STREAM))
+    await settle()
+    unary = asyncio.create_task(admission.acquire("a", UNARY, timeout=5))
+    await settle()
+    holder.release()  # a's two kinds both hold none: the older waiter, the stream item, goes first
+    await settle()
+    assert stream_item.done() and not unary.done()
+    stream_item.result().release()
+    await settle()
+    assert unary.done() and unary.result() is not None
+
+
+async def test_a_slot_handed_to_a_waiter_that_is_cancelled_at_that_moment_passes_on() -> None:
+    admission = Admission(limit=1)
+    holder = admission.try_acquire("a")
+    assert holder is not None
+    gives_up = asyncio.create_task(admission.acquire("b", STREAM))
+    next_in_line = asyncio.create_task(admission.acquire("c", STREAM))
+    await settle()
+    holder.release()  # handed to b's waiter ...
+    gives_up.cancel()  # ... which is cancelled before it could wake up
+    await settle()
+    assert gives_up.cancelled()
+    assert next_in_line.done() and next_in_line.result() is not None and admission.held == 1
+    next_in_line.result().release()
+    assert admission.held == 0 and admission.waiting == 0 and admission.held_by("b") == 0
+
+
+async def test_drain_waits_for_the_last_slot_and_says_whether_all_came_back() -> None:
+    admission = Admission(limit=2)
+    assert await admission.drain(5) is True and admission.draining  # nothing held: at once
+    slots = [admission.try_acquire("a"), admission.try_acquire("b")]
+    draining = asyncio.create_task(admission.drain(5))
+    await settle()
+    slots[0].release()
+    await settle()
+    assert not draining.done()  # one slot still held
+    slots[1].release()
+    await settle()
+    assert draining.done() and draining.result() is True
+    held = admission.try_acquire("a")
+    assert await admission.drain(0.01) is False  # a slot still held when the time is up
+    held.release()
+    assert await admission.drain(5) is True
