@@ -172,3 +172,30 @@ def test_a_header_claiming_ten_hours_gets_the_real_duration_and_1000_fps_is_refu
     assert video.info.duration_ms == 3000 and video.times_ms == (0, 1000, 2000)
     with pytest.raises(VideoRejected, match=r"1,000\.0 frames per second; the limit is 120 \(setting max_video_fps\)"):
         decode_video(make_video(1, fps=1000, size=(16, 16)), LIMITS)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n",
+        b"ffconcat version 1.0\nfile /etc/passwd\n",
+        b"<?xml version='1.0'?><MPD xmlns='urn:mpeg:dash:schema:mpd:2011'><Period><AdaptationSet>"
+        b"<Representation><BaseURL>file:///etc/passwd</BaseURL></Representation></AdaptationSet></Period></MPD>",
+    ],
+    ids=["hls-playlist", "concat-list", "dash-manifest"],
+)
+def test_containers_that_open_other_files_are_never_demuxed(data: bytes) -> None:
+    """Playlists and manifests make FFmpeg open what they name: refused before any demuxer reads them."""
+    with pytest.raises(VideoRejected, match="not a video in an accepted container"):
+        decode_video(data, LIMITS)
+
+
+def test_a_container_inside_a_container_is_read_as_the_outer_one_only() -> None:
+    """A WebM appended to (or hidden after) an MP4: the MP4 demuxer reads its own boxes; the WebM's frames never count."""
+    outer = make_video(2, fps=5, kind=MP4)
+    inner = make_video(6, fps=5, kind=WEBM, frame_at=scene_between(0, 6))
+    video = decode_video(outer + inner, LIMITS)
+    assert video.info.duration_ms == pytest.approx(2000, abs=500)
+    assert len(video.image.frames) <= 3 and not any(_red(frame) for frame in video.image.frames)
+    with pytest.raises(VideoRejected):
+        decode_video(inner[:4] + outer, LIMITS)  # a WebM's magic number in front of an MP4: neither container parses
