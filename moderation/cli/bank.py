@@ -14,8 +14,6 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -29,6 +27,7 @@ from moderation.cli.connect import (
     TlsCaOption,
     TlsClientCertOption,
     TlsClientKeyOption,
+    ServiceConnection,
     TlsServerNameOption,
     called,
     refused,
@@ -55,22 +54,6 @@ CurationTokenFileOption = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class Connection:
-    target: str
-    security: ClientSecurity
-
-    @contextmanager
-    def stub(self) -> Iterator[tuple[banks_pb2_grpc.BankServiceStub, tuple[tuple[str, str], ...]]]:
-        """The BankService stub and the call metadata (the token)."""
-        from moderation.v1 import banks_pb2_grpc
-
-        metadata = self.security.metadata()
-        # Images for add and lookup travel whole: as large as `moderate` sends.
-        with self.security.channel(self.target, options=[("grpc.max_send_message_length", 256 * 1024 * 1024)]) as channel:
-            yield banks_pb2_grpc.BankServiceStub(channel), metadata
-
-
 def connection(
     target: str,
     tls_ca: Path | None,
@@ -78,8 +61,12 @@ def connection(
     tls_client_key: Path | None,
     tls_server_name: str | None,
     token_file: Path | None,
-) -> Connection:
-    return Connection(target, ClientSecurity(tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file))
+) -> ServiceConnection[banks_pb2_grpc.BankServiceStub]:
+    from moderation.v1 import banks_pb2_grpc
+
+    security = ClientSecurity(tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file)
+    # Images for add and lookup travel whole: as large as `moderate` sends.
+    return ServiceConnection(target, security, banks_pb2_grpc.BankServiceStub, (("grpc.max_send_message_length", 256 * 1024 * 1024),))
 
 
 def signal_pb(name: str | None) -> int:
@@ -200,7 +187,7 @@ def list_banks(
     print_rows(f"{len(rows)} bank{'s' if len(rows) != 1 else ''} at version {response.version}", columns, rows)
 
 
-def _set_enabled(name: str, enabled: bool, reason: str, conn: Connection, timeout: float) -> None:
+def _set_enabled(name: str, enabled: bool, reason: str, conn: ServiceConnection[banks_pb2_grpc.BankServiceStub], timeout: float) -> None:
     from moderation.v1 import banks_pb2 as bpb
 
     with conn.stub() as (stub, metadata):

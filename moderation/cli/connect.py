@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Generic, Optional, TypeVar
 
 import typer
 
@@ -111,3 +112,23 @@ def refused(error: grpc.RpcError) -> typer.Exit:
     name = code.name if code is not None else "UNKNOWN"
     err.print(f"[bold red]error:[/] {escape(f'{name}: {error.details()}')}", highlight=False)
     return typer.Exit(1)
+
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class ServiceConnection(Generic[S]):
+    """A client command's way to one service: target, TLS and token, the stub class and channel options."""
+
+    target: str
+    security: ClientSecurity
+    stub_class: Callable[[grpc.Channel], S]
+    options: tuple[tuple[str, object], ...] = ()
+
+    @contextmanager
+    def stub(self) -> Iterator[tuple[S, tuple[tuple[str, str], ...]]]:
+        """The stub and the call metadata (the token)."""
+        metadata = self.security.metadata()
+        with self.security.channel(self.target, options=list(self.options)) as channel:
+            yield self.stub_class(channel), metadata

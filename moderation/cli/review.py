@@ -18,9 +18,6 @@ printed), 2 a usage error.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -34,6 +31,7 @@ from moderation.cli.connect import (
     TlsCaOption,
     TlsClientCertOption,
     TlsClientKeyOption,
+    ServiceConnection,
     TlsServerNameOption,
     called,
 )
@@ -59,24 +57,13 @@ ReviewerTokenFileOption = Annotated[
 CaseIdArgument = Annotated[str, typer.Argument(help="the case's id (from `review list` or `review lease`)")]
 
 
-@dataclass(frozen=True)
-class Connection:
-    target: str
-    security: ClientSecurity
-
-    @contextmanager
-    def stub(self) -> Iterator[tuple[review_pb2_grpc.ReviewServiceStub, tuple[tuple[str, str], ...]]]:
-        from moderation.v1 import review_pb2_grpc
-
-        metadata = self.security.metadata()
-        with self.security.channel(self.target) as channel:
-            yield review_pb2_grpc.ReviewServiceStub(channel), metadata
-
-
 def connection(
     target: str, tls_ca: Path | None, tls_client_cert: Path | None, tls_client_key: Path | None, tls_server_name: str | None, token_file: Path | None
-) -> Connection:
-    return Connection(target, ClientSecurity(tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file))
+) -> ServiceConnection[review_pb2_grpc.ReviewServiceStub]:
+    from moderation.v1 import review_pb2_grpc
+
+    security = ClientSecurity(tls_ca, tls_client_cert, tls_client_key, tls_server_name, token_file)
+    return ServiceConnection(target, security, review_pb2_grpc.ReviewServiceStub)
 
 
 def when(unix: float) -> str:
