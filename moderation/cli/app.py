@@ -17,3 +17,7 @@ review_app = typer.Typer(
     help="Work the review queue of a running server (ReviewService): needs your reviewer token.", no_args_is_help=True
 )
 app.add_typer(review_app, name="review")
+weights_app = typer.Typer(
+    help="The weight files a configuration needs, and fetching them once for air-gapped pods.", no_args_is_help=True
+)
+app.add_typer(weights_app, name="weights")

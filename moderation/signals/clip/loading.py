@@ -10,7 +10,7 @@ Architecture and weights are kept apart, as in open_clip itself:
 For 'hf-hub:' and 'local-dir:' models the weights come with the model, so the
 weights setting only matters when it is 'random'.
 
-Every download goes through `_resolve_sources`, which asks huggingface_hub for
+Every download goes through `resolve_sources`, which asks huggingface_hub for
 cached files only when downloads are off (`local_files_only`), so nothing here
 changes process-wide state; open_clip is then handed local paths.
 
@@ -80,7 +80,7 @@ class ClipModelSpec:
             return f"{self.model}/random"
         if self.model.startswith(SCHEMA_PREFIXES):
             return self.model
-        return f"{self.model}/{Path(self.weights).name if _looks_like_path(self.weights) else self.weights}"
+        return f"{self.model}/{Path(self.weights).name if looks_like_path(self.weights) else self.weights}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +104,7 @@ def build_open_clip(spec: ClipModelSpec) -> OpenClipModel:
             spec.model,
         )
     try:
-        model_name, pretrained, preprocess_overrides = _resolve_sources(spec)
+        model_name, pretrained, preprocess_overrides = resolve_sources(spec)
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name,
             pretrained=pretrained,
@@ -134,7 +134,7 @@ def _open_clip_precision(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
 
-def _resolve_sources(spec: ClipModelSpec) -> tuple[str, str | None, dict[str, Any]]:
+def resolve_sources(spec: ClipModelSpec) -> tuple[str, str | None, dict[str, Any]]:
     """(model name for open_clip, local checkpoint or None, preprocess overrides of a pretrained tag)."""
     if spec.random or spec.model.startswith("local-dir:"):
         return spec.model, None, {}
@@ -146,7 +146,7 @@ def _resolve_sources(spec: ClipModelSpec) -> tuple[str, str | None, dict[str, An
         repo = spec.model.removeprefix("hf-hub:")
         folder = snapshot_download(repo, cache_dir=cache_dir, local_files_only=offline, allow_patterns=HUB_MODEL_FILES)
         return f"local-dir:{folder}", None, {}
-    if _looks_like_path(spec.weights):
+    if looks_like_path(spec.weights):
         if not Path(spec.weights).is_file():
             raise WeightsUnavailable(_unavailable_message(spec, FileNotFoundError(f"no checkpoint file at {spec.weights}")))
         return spec.model, spec.weights, {}
@@ -164,10 +164,7 @@ def _resolve_sources(spec: ClipModelSpec) -> tuple[str, str | None, dict[str, An
     if cfg.get("quick_gelu"):
         overrides["force_quick_gelu"] = True
     if cfg.get("hf_hub"):
-        # open_clip writes 'org/repo/' (default file name) or 'org/repo/file.bin'.
-        hub = cfg["hf_hub"]
-        repo, filename = (hub.rstrip("/"), "") if hub.endswith("/") else os.path.split(hub)
-        candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        repo, candidates = hub_file_candidates(cfg["hf_hub"])
         last_error: Exception | None = None
         for candidate in candidates:
             try:
@@ -180,7 +177,16 @@ def _resolve_sources(spec: ClipModelSpec) -> tuple[str, str | None, dict[str, An
     return spec.model, open_clip.download_pretrained(cfg, cache_dir=cache_dir), overrides
 
 
-def _looks_like_path(value: str) -> bool:
+def hub_file_candidates(hf_hub: str) -> tuple[str, list[str]]:
+    """(repository, file names to try in order) of an open_clip pretrained config's `hf_hub` entry.
+
+    open_clip writes 'org/repo/' (its default file names) or 'org/repo/file.bin'.
+    """
+    repo, filename = (hf_hub.rstrip("/"), "") if hf_hub.endswith("/") else os.path.split(hf_hub)
+    return repo, [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def looks_like_path(value: str) -> bool:
     return "/" in value or value.endswith((".bin", ".pt", ".pth", ".safetensors"))
 
 
