@@ -184,6 +184,12 @@ def test_a_reviewer_reveals_asks_and_decides_in_the_browser_and_another_cannot_t
         assert "queue version 3" in page and "deciding frame 0" in page
         score = f"{case.categories[0].score:.4f}"
         assert f"{score} 0 1 BORDERLINE REVIEW W-1" in driver.find_element(By.ID, "categories").text, "score, thresholds as the policy holds them"
+        assert driver.find_element(By.ID, "reveal").text == "Reveal (r)"
+        keys("r")
+        wait.until(lambda _: filter_of_image() == "none")
+        assert driver.find_element(By.ID, "reveal").text == "Hide (r)", "the button says what it does next"
+        keys("r")
+        wait.until(lambda _: "blur" in filter_of_image())
         keys("r")
         wait.until(lambda _: filter_of_image() == "none")
 

@@ -158,7 +158,7 @@ function renderCase(reply) {
   $("case-body").hidden = false;
 
   const image = $("thumbnail");
-  image.classList.add("veiled"); // every case starts blurred and greyscale
+  setVeiled(true); // every case starts blurred and greyscale
   if (reply.thumbnail_jpeg) {
     image.src = `data:image/jpeg;base64,${reply.thumbnail_jpeg}`;
     image.hidden = false;
@@ -255,8 +255,16 @@ async function renderAudit(caseId) {
   );
 }
 
+// r reveals the image and r again veils it: the button says which one it will do.
+function setVeiled(veiled) {
+  $("thumbnail").classList.toggle("veiled", veiled);
+  const button = $("reveal");
+  button.setAttribute("aria-pressed", String(!veiled));
+  button.firstChild.textContent = veiled ? "Reveal (" : "Hide (";
+}
+
 function reveal() {
-  $("thumbnail").classList.remove("veiled");
+  setVeiled(!$("thumbnail").classList.contains("veiled"));
 }
 
 async function decide(violates) {
