@@ -234,8 +234,8 @@ class Settings(BaseSettings):
     review_max_leases_per_reviewer: int = Field(5, ge=1, le=1000, description="live leases one reviewer may hold at once")
     console_port: int = Field(
         0, ge=0, le=65535,
-        description="port of the review console, a web page for reviewers (docs/reviewing.md) that calls ReviewService over "
-        "loopback with the reviewer's own token; plain HTTP: keep it behind a TLS proxy; 0 (the default) turns it off",
+        description="port of the review console, a web page for reviewers (docs/reviewing.md) that calls ReviewService through "
+        "a private Unix socket with the reviewer's own token (TLS on the gRPC port or not); plain HTTP: keep it behind a TLS proxy; 0 (the default) turns it off",
     )  # fmt: skip
     console_host: str | None = Field(None, description="address the review console binds; default: the gRPC host")
     explainer_insecure: bool = Field(
@@ -333,11 +333,6 @@ class Settings(BaseSettings):
     def _console_needs_reviewers(self) -> Settings:
         if self.console_port and self.reviewer_tokens_file is None:
             raise ValueError("console_port serves the review console, which needs the review queue: set reviewer_tokens_file too")
-        if self.console_port and self.tls_cert is not None:
-            raise ValueError(
-                "console_port: the review console calls ReviewService over plaintext loopback and cannot yet with tls_cert set; "
-                "run the console on a replica without TLS behind your proxy, or use `moderation review`"
-            )
         return self
 
     @property

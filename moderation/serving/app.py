@@ -37,7 +37,7 @@ from moderation.serving.listeners import (
 from moderation.serving.bank_service import SERVICE_NAME as BANK_SERVICE_NAME
 from moderation.serving.bank_service import BankServicer
 from moderation.serving.builder import ServerBuilder, policy_reloader
-from moderation.serving.console import ConsoleServer, loopback_target
+from moderation.serving.console import ConsoleServer
 from moderation.serving.review_service import SERVICE_NAME as REVIEW_SERVICE_NAME
 from moderation.serving.review_service import ReviewServicer
 from moderation.serving.policy_reload import PolicyReloader
@@ -209,6 +209,8 @@ async def serve(settings: Settings) -> None:
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],
         unmetered_services=(BANK_SERVICE_NAME, REVIEW_SERVICE_NAME),
+        # The review console calls ReviewService through a private Unix socket: TLS on the port is no obstacle.
+        local_socket=bool(settings.console_port),
     )
     metrics = builder.metrics
     servicer = ModerationServicer(
@@ -240,8 +242,9 @@ async def serve(settings: Settings) -> None:
         await bank_servicer.attach(loaded.shell)
         await review_servicer.attach(loaded.shell)
         if settings.console_port:
-            # The review console: a web page over ReviewService, called over loopback with each reviewer's token.
-            console = ConsoleServer(settings.console_bind_host, settings.console_port, loopback_target(settings.host, builder.lifecycle.port))
+            # The review console: a web page over ReviewService, called through the local socket with each reviewer's token.
+            assert builder.lifecycle.local_target is not None  # bound with the port (local_socket above)
+            console = ConsoleServer(settings.console_bind_host, settings.console_port, builder.lifecycle.local_target)
             await console.start()
 
     async def close(loaded: _Loaded) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -126,9 +128,17 @@ class GrpcServerLifecycle(Generic[Loaded]):
         options: Sequence[tuple[str, object]] = (),
         *,
         max_concurrent_rpcs: int,
+        local_socket: bool = False,
     ):
         self.settings = settings
         self.metrics = metrics
+        # A Unix socket beside the gRPC port, in a directory only this process's user can
+        # enter, for clients inside the process (the review console): it reaches the same
+        # services, interceptors and tokens as the port, without the port's TLS, which such
+        # a client could not present a client certificate for.
+        self._local_socket = local_socket
+        self._local_dir: Path | None = None
+        self.local_target: str | None = None  # "unix:/tmp/moderation-grpc-.../grpc.sock" once bound
         self.services = tuple(services)
         self._interceptors = tuple(interceptors)
         self.server = grpc.aio.server(
@@ -158,6 +168,12 @@ class GrpcServerLifecycle(Generic[Loaded]):
         if port == 0:
             raise ConfigurationError(f"cannot bind gRPC port {address}; set MODERATION_PORT (--port) to a free port")
         self.port = port
+        if self._local_socket:
+            self._local_dir = Path(tempfile.mkdtemp(prefix="moderation-grpc-"))  # mode 0700
+            target = f"unix:{self._local_dir / 'grpc.sock'}"
+            if self.server.add_insecure_port(target) == 0:
+                raise ConfigurationError(f"cannot bind the local gRPC socket {target}; check that TMPDIR is writable")
+            self.local_target = target
         return f"{settings.host}:{port}"
 
     async def _start_health_port(self) -> None:
@@ -185,6 +201,8 @@ class GrpcServerLifecycle(Generic[Loaded]):
         await self.server.stop(grace_s)
         if self._health_server is not None:
             await self._health_server.stop(None)
+        if self._local_dir is not None:
+            shutil.rmtree(self._local_dir, ignore_errors=True)
 
     async def _abandon_load(self, loading: asyncio.Future[Loaded]) -> Loaded | None:
         """Wait for a cancelled load to stop; what it finished anyway is returned, to be closed."""

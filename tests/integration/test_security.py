@@ -317,3 +317,57 @@ def test_explain_serve_without_tls_or_tokens_binds_loopback_and_says_so(tmp_path
         process.terminate()
         process.wait(timeout=60)
     assert "WITHOUT AUTHENTICATION on 0.0.0.0" in log_path.read_text()
+
+
+def test_the_review_console_works_behind_mutual_tls_through_a_private_socket(tmp_path: Path) -> None:
+    """With TLS and client certificates on the gRPC port, the console still reaches ReviewService (prod's case).
+
+    It calls through a Unix socket in a directory only the server's user can enter; the
+    reviewer's token decides, as on the port, and the socket goes with the server.
+    """
+    import re
+    import stat
+    import urllib.error
+    import urllib.request
+
+    from tests.integration.server import free_port
+
+    make_pki(tmp_path)
+    (tmp_path / "reviewers").write_text("alice:alice-reviewer-token-0123456789\n")
+    console_port = free_port()
+    env = {
+        "MODERATION_TLS_CERT": str(tmp_path / "server.pem"),
+        "MODERATION_TLS_KEY": str(tmp_path / "server.key"),
+        "MODERATION_TLS_CLIENT_CA": str(tmp_path / "ca.pem"),
+        "MODERATION_REVIEWER_TOKENS_FILE": str(tmp_path / "reviewers"),
+        "MODERATION_EMBEDDING_STORE": str(tmp_path / "store.db"),
+        "MODERATION_CONSOLE_PORT": str(console_port),
+        "MODERATION_CONSOLE_HOST": "127.0.0.1",
+    }
+    ca = (tmp_path / "ca.pem").read_bytes()
+    credentials = grpc.ssl_channel_credentials(ca, (tmp_path / "client-a.key").read_bytes(), (tmp_path / "client-a.pem").read_bytes())
+
+    def list_cases(token: str) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{console_port}/api/ListCases", data=b"{}", method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    with running_server(tmp_path, *TINY, env=env, credentials=credentials) as server:
+        status, body = list_cases("alice-reviewer-token-0123456789")
+        assert status == 200 and body.get("cases", []) == [], body
+        status, body = list_cases("forged-reviewer-token-98765432")
+        assert status == 401 and body["code"] == "UNAUTHENTICATED"
+        (socket_path,) = re.findall(r"ReviewService over unix:(\S+?)\)", server.log_text())
+        folder = Path(socket_path).parent
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_ISSOCK(Path(socket_path).stat().st_mode)
+        # The TCP port still refuses plaintext.
+        with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.ModerationServiceStub(channel).Moderate(pb.ModerateRequest(image=images.astronaut_jpeg()), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not folder.exists(), "the socket's folder goes with the server"

@@ -1,4 +1,4 @@
-"""The review console's settings and where it reaches the gRPC port (the page itself: tests/integration/test_console_browser.py)."""
+"""The review console's settings (the page itself: tests/integration/test_console_browser.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from moderation.ops.config import Settings
-from moderation.serving.console import HTTP_STATUS, METHODS, loopback_target
+from moderation.serving.console import HTTP_STATUS, METHODS
 from moderation.v1 import review_pb2 as rpb
 
 
@@ -21,21 +21,9 @@ def test_the_console_is_off_by_default_and_binds_like_metrics(tmp_path: Path) ->
     assert Settings(console_port=8080, console_host="127.0.0.1", reviewer_tokens_file=tokens, embedding_store=tmp_path / "s.db").console_bind_host == "127.0.0.1"
 
 
-def test_the_console_needs_reviewers_and_refuses_tls_with_a_sentence(tmp_path: Path) -> None:
+def test_the_console_needs_reviewers(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="needs the review queue: set reviewer_tokens_file"):
         Settings(console_port=8080)
-    tokens = tmp_path / "reviewers"
-    tokens.write_text("alice:alice-token-0123456789\n")
-    with pytest.raises(ValidationError, match="plaintext loopback"):
-        Settings(console_port=8080, reviewer_tokens_file=tokens, embedding_store=tmp_path / "s.db", tls_cert=tmp_path / "c", tls_key=tmp_path / "k")
-
-
-@pytest.mark.parametrize(
-    ("host", "target"),
-    [("0.0.0.0", "127.0.0.1:5"), ("::", "[::1]:5"), ("127.0.0.1", "127.0.0.1:5"), ("::1", "[::1]:5"), ("10.1.2.3", "10.1.2.3:5")],
-)
-def test_loopback_target(host: str, target: str) -> None:
-    assert loopback_target(host, 5) == target
 
 
 def test_every_review_service_method_is_forwarded_and_refusals_map_to_http() -> None:

@@ -3,7 +3,8 @@
 A thin HTTP layer (aiohttp, on the server's event loop) over ReviewService:
 
     GET  /                 index.html, console.js, console.css (this folder; no build step)
-    POST /api/<Method>     the JSON of a ReviewService request -> that call over loopback gRPC,
+    POST /api/<Method>     the JSON of a ReviewService request -> that call over gRPC through the
+                           server's private Unix socket (serving/lifecycle.py: local_socket),
                            with the browser's `Authorization: Bearer <reviewer token>` as its
                            metadata -> the JSON of the reply (protobuf's JSON mapping, field
                            names as in review.proto)
@@ -62,17 +63,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-
-
-def loopback_target(host: str, port: int) -> str:
-    """Where the console reaches this server's gRPC port: loopback when it binds every address."""
-    if host in ("", "0.0.0.0", "*"):
-        return f"127.0.0.1:{port}"
-    if host in ("::", "[::]"):
-        return f"[::1]:{port}"
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 def error_response(code: str, message: str, status: int) -> web.Response:
