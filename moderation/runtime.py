@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from moderation.signals.clip import ClipModelSpec, ClipScorer, load_encoder
 from moderation.ops.config import Device, ExplainerMode, Settings
+from moderation.ops.setting_files import ConfigurationError, read_bearer_token, read_setting_file
 from moderation.core.decode import DecodeLimits
 from moderation.ops.metrics import ModerationMetrics
 
@@ -34,10 +35,6 @@ if TYPE_CHECKING:  # transformers, xgrammar and torch load lazily
     from moderation.video.decode import VideoLimits
 
 log = logging.getLogger(__name__)
-
-
-class ConfigurationError(RuntimeError):
-    """Settings that cannot run: the message says which setting to change."""
 
 
 class Cancellable(Protocol):
@@ -320,23 +317,6 @@ def explainer_setting_warnings(settings: Settings, choice: ExplainerChoice) -> l
             where = "the explainer runs in-process (explainer_target is for remote mode)"
         warnings.append(f"{name}={value} has no effect: {where}")
     return warnings
-
-
-def read_setting_file(path: Path, setting: str) -> bytes:
-    """A file a setting names (certificate, key, token); ConfigurationError naming the setting when unreadable."""
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise ConfigurationError(f"cannot read {path} ({err.strerror}); check {setting}") from err
-
-
-def read_bearer_token(path: Path, setting: str, min_chars: int = 16) -> str:
-    """The one token in a client's token file (blank and '#' lines aside); ConfigurationError naming `setting` otherwise."""
-    lines = read_setting_file(path, setting).decode(errors="replace").splitlines()
-    tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    if len(tokens) != 1 or len(tokens[0]) < min_chars:
-        raise ConfigurationError(f"{path} must hold one token of at least {min_chars} characters; check {setting}")
-    return tokens[0]
 
 
 def remote_explainer_security(settings: Settings) -> dict[str, object]:

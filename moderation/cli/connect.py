@@ -56,7 +56,7 @@ class ClientSecurity:
         """The call metadata carrying the bearer token, if any."""
         if self.token_file is None:
             return ()
-        from moderation.runtime import ConfigurationError, read_bearer_token
+        from moderation.ops.setting_files import ConfigurationError, read_bearer_token
 
         try:
             token = read_bearer_token(self.token_file, "--token-file", min_chars=1)  # any length: the server judges it
@@ -86,7 +86,7 @@ class ClientSecurity:
 
 
 def _read(path: Path, option: str) -> bytes:
-    from moderation.runtime import ConfigurationError, read_setting_file
+    from moderation.ops.setting_files import ConfigurationError, read_setting_file
 
     try:
         return read_setting_file(path, option)
