@@ -225,8 +225,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
         image = Image.fromarray(scaled.astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Composite transparency onto white, the way most viewers show it.
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # Composite transparency onto white, the way most viewers show it. `transparency` in
+        # the info: a palette's transparent entries, or a PNG tRNS colour key on RGB and L.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -36,6 +36,19 @@ def test_exif_orientation_is_applied() -> None:
     assert decode_image(data, LIMITS).size == (20, 40)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_png_colour_key_is_transparency_too(mode: str) -> None:
+    """tRNS on an RGB or greyscale PNG names one colour as transparent: viewers show white there, so does the model."""
+    key = (10, 200, 10) if mode == "RGB" else 7
+    image = Image.new(mode, (8, 8), key)
+    image.putpixel((0, 0), (255, 0, 0) if mode == "RGB" else 90)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=key)
+    decoded = np.asarray(decode_image(buffer.getvalue(), LIMITS))
+    assert decoded[4, 4].tolist() == [255, 255, 255], "the key colour is transparent: white"
+    assert decoded[0, 0].tolist() == ([255, 0, 0] if mode == "RGB" else [90, 90, 90]), "other colours stay"
+
+
 def test_transparent_pixels_composite_onto_white() -> None:
     rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     image = decode_image(images.encode(rgba, "PNG"), LIMITS)
