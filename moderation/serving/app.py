@@ -197,8 +197,11 @@ class _Loaded:
     reloader: PolicyReloader
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT. Raises ConfigurationError (and loading errors) when it cannot serve."""
+async def serve(settings: Settings, worker: int | None = None) -> None:
+    """Run until SIGTERM or SIGINT. Raises ConfigurationError (and loading errors) when it cannot serve.
+
+    `worker`: this process is worker `worker` of `serve --workers N` (moderation/serving/workers.py).
+    """
     builder: ServerBuilder[_Loaded] = ServerBuilder(
         settings,
         SERVICE_NAME,
@@ -209,6 +212,7 @@ async def serve(settings: Settings) -> None:
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],
         unmetered_services=(BANK_SERVICE_NAME, REVIEW_SERVICE_NAME),
+        worker=worker is not None,
     )
     metrics = builder.metrics
     servicer = ModerationServicer(

@@ -82,6 +82,7 @@ class ServerBuilder(Generic[L]):
         loading_message: str,
         options: Sequence[tuple[str, object]] = (),
         unmetered_services: Sequence[str] = (),
+        worker: bool = False,
     ):
         self.settings = settings
         self.metrics = new_metrics()
@@ -114,6 +115,7 @@ class ServerBuilder(Generic[L]):
             options=options,
             # Room beyond the admitted calls for health checks, ListPolicies and refusals.
             max_concurrent_rpcs=settings.max_concurrent_rpcs or limit + 16,
+            worker=worker,
         )
 
     @property

@@ -46,8 +46,10 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def transport_options(settings: Settings) -> list[tuple[str, object]]:
+def transport_options(settings: Settings, reuse_port: bool = False) -> list[tuple[str, object]]:
     """gRPC-level bounds every server port gets: streams per connection, connections, handshakes, idle connections.
+
+    `reuse_port`: a worker of `serve --workers N` shares the port with its siblings (SO_REUSEPORT).
 
     Connections beyond `max_connections` are closed by grpc-core as they arrive
     (the client sees UNAVAILABLE); a connection's calls beyond
@@ -69,7 +71,8 @@ def transport_options(settings: Settings) -> list[tuple[str, object]]:
         ("grpc.http.overload_protection", 0),
         # grpc-core sets SO_REUSEPORT by default: a second server started on a port in use
         # bound it too and silently took half the connections. Off: it fails to bind, saying so.
-        ("grpc.so_reuseport", 0),
+        # On only in the workers of one pod, whose supervisor holds the port (serving/workers.py).
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 
@@ -126,14 +129,18 @@ class GrpcServerLifecycle(Generic[Loaded]):
         options: Sequence[tuple[str, object]] = (),
         *,
         max_concurrent_rpcs: int,
+        worker: bool = False,
     ):
         self.settings = settings
+        # A worker of `serve --workers N` (serving/workers.py): it shares the gRPC port (SO_REUSEPORT) and
+        # binds it only once loaded, so the kernel never hands a connection to a worker that cannot serve it.
+        self.worker = worker
         self.metrics = metrics
         self.services = tuple(services)
         self._interceptors = tuple(interceptors)
         self.server = grpc.aio.server(
             interceptors=list(interceptors) or None,
-            options=[*transport_options(settings), *options],
+            options=[*transport_options(settings, reuse_port=worker), *options],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         self.health = health.aio.HealthServicer()
@@ -213,10 +220,12 @@ class GrpcServerLifecycle(Generic[Loaded]):
         the load to stop (a load that ends in CompileCancelled is a clean stop).
         """
         settings = self.settings
-        address = self._bind()
+        address = f"{settings.host}:{settings.port}"
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.start()
-        log.info("%s gRPC listening on %s (NOT_SERVING until models and policies load)", name, address)
+        if not self.worker:
+            address = self._bind()
+            await self.server.start()
+            log.info("%s gRPC listening on %s (NOT_SERVING until models and policies load)", name, address)
         try:
             await self._start_health_port()
             if settings.metrics_port:
@@ -244,6 +253,9 @@ class GrpcServerLifecycle(Generic[Loaded]):
             if loading in done:
                 loaded = loading.result()
                 await on_loaded(loaded, stop)
+                if self.worker:
+                    address = self._bind()
+                    await self.server.start()
                 await self._set_health(health_pb2.HealthCheckResponse.SERVING)
                 log.info("%s SERVING on %s", name, address)
                 await stop.wait()
