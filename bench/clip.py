@@ -20,6 +20,9 @@ Ratios between them are what to compare across machines and commits; absolute
 numbers depend on the machine and how busy it is.
 
 Run from the repository root: .venv/bin/python -m bench.clip [--device cuda] [--soak-seconds 600]
+`--workers 1,2` measures `serve --workers 1` and then `--workers 2` in the same run (the
+figures of each under `workers` in the JSON, against the same ceilings); `--name` names the
+results file (bench/results/host_bound.json: the host-bound model, README "On a GPU").
 """
 
 from __future__ import annotations
