@@ -177,16 +177,15 @@ class _Worker:
     serving: bool = False
 
 
-async def _serving(port: int) -> bool:
+async def _serving(stub: object) -> bool:
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2
 
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)  # type: ignore[attr-defined]
     except grpc.RpcError:
         return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def _start_worker(settings: Settings, index: int) -> asyncio.subprocess.Process:
@@ -203,6 +202,7 @@ async def _start_worker(settings: Settings, index: int) -> asyncio.subprocess.Pr
 
 async def supervise(settings: Settings) -> int:
     """Run `settings.workers` server processes on one port until SIGTERM; the exit code for the command."""
+    import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from prometheus_client import CollectorRegistry, start_http_server
 
@@ -234,8 +234,6 @@ async def supervise(settings: Settings) -> int:
                 ) from None
         health_servicer = health.aio.HealthServicer()
         if settings.health_port:
-            import grpc
-
             health_server = grpc.aio.server(options=[*transport_options(settings), ("grpc.max_receive_message_length", 4096)], maximum_concurrent_rpcs=64)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
             if health_server.add_insecure_port(f"{settings.host}:{settings.health_port}") == 0:
@@ -263,11 +261,15 @@ async def supervise(settings: Settings) -> int:
 
         all_serving = False
 
+        # One channel per worker's private health port, kept for the supervisor's life.
+        health_channels = [grpc.aio.insecure_channel(f"127.0.0.1:{w.health_port}") for w in workers]
+        stubs = [health_pb2_grpc.HealthStub(channel) for channel in health_channels]
+
         async def watch_health() -> None:
             nonlocal all_serving
             while True:
-                for worker in workers:
-                    worker.serving = await _serving(worker.health_port)
+                for worker, stub in zip(workers, stubs, strict=True):
+                    worker.serving = await _serving(stub)
                 serving = sum(w.serving for w in workers)
                 own.serving.set(serving)
                 if (serving == count) != all_serving:
@@ -296,6 +298,8 @@ async def supervise(settings: Settings) -> int:
             log.info("stopping: SIGTERM to %d workers, each drains for up to %.0f s", count, settings.grace_period_s)
         code = max(code, await _stop_all(workers, settings.grace_period_s + STOP_MARGIN_S))
         stopping.cancel()
+        for channel in health_channels:
+            await channel.close()
         return code
     finally:
         for worker in workers:
