@@ -192,7 +192,8 @@ async def _start_worker(settings: Settings, index: int) -> asyncio.subprocess.Pr
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "moderation.serving.workers", str(index), stdin=asyncio.subprocess.PIPE
     )
-    # The settings go through a pipe, never the environment or a file: they may hold a database URL with its password.
+    # The resolved settings (flags, environment and config file together) go through a pipe: not every
+    # setting has a flag, and a file would leave a database URL with its password on disk.
     assert process.stdin is not None
     process.stdin.write(settings.model_dump_json().encode())
     await process.stdin.drain()
