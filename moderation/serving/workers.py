@@ -27,8 +27,9 @@ One Python process serialises part of every request on its event loop and its GI
   exits 1 (2 when the worker exited 2, a configuration error), so Kubernetes restarts
   the container rather than the pod serving on with fewer workers unnoticed.
 
-Each worker gets `decode_workers` and `torch_threads` of cores // workers unless they
-are set, so the workers' threads together match the host's cores. Everything a worker
+Each worker gets cores // workers decode threads (`decode_workers`) and, on the CPU, torch
+intra-op threads (`torch_threads`; 1 on CUDA as for one server) unless they are set, so the
+workers' threads together match the host's cores. Everything a worker
 holds is its own: its model copy (on a GPU, N copies in device memory), its batcher,
 its admission count (`max_concurrent_requests` is per worker), its bank indexes and its
 state-store connection. The review console (`console_port`) runs in worker 0 only.
@@ -91,7 +92,6 @@ def worker_settings(settings: Settings, index: int, port: int, metrics_port: int
             "metrics_host": "127.0.0.1",
             "health_port": health_port,
             "decode_workers": settings.decode_workers or share,
-            "torch_threads": settings.torch_threads or share,
             "console_port": settings.console_port if index == 0 else 0,
         }
     )
@@ -188,9 +188,9 @@ async def _serving(stub: object) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def _start_worker(settings: Settings, index: int) -> asyncio.subprocess.Process:
+async def _start_worker(settings: Settings, index: int, cpu_share: int) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "moderation.serving.workers", str(index), stdin=asyncio.subprocess.PIPE
+        sys.executable, "-m", "moderation.serving.workers", str(index), str(cpu_share), stdin=asyncio.subprocess.PIPE
     )
     # The resolved settings (flags, environment and config file together) go through a pipe: not every
     # setting has a flag, and a file would leave a database URL with its password on disk.
@@ -252,7 +252,9 @@ async def supervise(settings: Settings) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         for index in range(count):
-            process = await _start_worker(worker_settings(settings, index, port, metrics_ports[index], health_ports[index]), index)
+            process = await _start_worker(
+                worker_settings(settings, index, port, metrics_ports[index], health_ports[index]), index, max(1, cores // count)
+            )
             workers.append(_Worker(index, process, health_ports[index]))
         log.info(
             "%d server workers on %s:%d (pids %s), %d decode threads each; /metrics and health for all of them here",
@@ -329,8 +331,12 @@ async def _stop_all(workers: list[_Worker], wait_s: float) -> int:
     return 1 if failed else 0
 
 
-def worker_main(index: int) -> None:
-    """A worker process: its settings from stdin, then an ordinary server that binds the shared port with SO_REUSEPORT."""
+def worker_main(index: int, cpu_share: int) -> None:
+    """A worker process: its settings from stdin, then an ordinary server that binds the shared port with SO_REUSEPORT.
+
+    `cpu_share` (cores // workers) is torch's thread count on the CPU when `torch_threads` is unset
+    (on CUDA it stays 1, as for one server).
+    """
     import functools
 
     import typer
@@ -340,10 +346,10 @@ def worker_main(index: int) -> None:
 
     settings = Settings(**json.loads(sys.stdin.read()))
     try:
-        run_logged(settings, functools.partial(serve, worker=index))
+        run_logged(settings, functools.partial(serve, worker=index, cpu_share=cpu_share))
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
 
 
 if __name__ == "__main__":
-    worker_main(int(sys.argv[1]))
+    worker_main(int(sys.argv[1]), int(sys.argv[2]))
