@@ -20,6 +20,9 @@ Ratios between them are what to compare across machines and commits; absolute
 numbers depend on the machine and how busy it is.
 
 Run from the repository root: .venv/bin/python -m bench.clip [--device cuda] [--soak-seconds 600]
+`--workers 1,2` measures `serve --workers 1` and then `--workers 2` in the same run (the
+figures of each under `workers` in the JSON, against the same ceilings); `--name` names the
+results file (bench/results/host_bound.json: the host-bound model, README "On a GPU").
 """
 
 from __future__ import annotations
@@ -130,6 +133,36 @@ def _cpu_s(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its children (a `serve --workers N` supervisor and its worker processes), from /proc."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return [pid, *children]
+
+
+def server_cpu_s(pid: int) -> tuple[float, float]:
+    """(CPU seconds of the server's processes, of which their main threads: the event loops) from /proc.
+
+    With workers the supervisor's own CPU counts too (scrapes, health checks); its main thread is
+    not an event loop that serves requests, so only the workers' main threads are the loops.
+    """
+    pids = _tree(pid)
+    workers = pids[1:] or pids
+    total, loops = 0.0, 0.0
+    for each in pids:
+        try:
+            total += _cpu_s(each)
+            if each in workers:
+                loops += _cpu_s(each, each)
+        except OSError:  # exited meanwhile
+            pass
+    return total, loops
+
+
 class ServerProcess:
     def __init__(
         self,
@@ -187,8 +220,13 @@ class ServerProcess:
             return self.process.wait()
 
 
-async def drive(target: str, jpegs: list[bytes], concurrency: int, seconds: float) -> LoadResult:
-    """`concurrency` clients, each sending one request after the other for `seconds`."""
+# Client connections per load-generator process at most: the clients share them round robin. A
+# connection stays with one server process, so `serve --workers N` needs several to be spread.
+MAX_CONNECTIONS = 8
+
+
+async def drive(target: str, jpegs: list[bytes], concurrency: int, seconds: float, connections: int = 1) -> LoadResult:
+    """`concurrency` clients, each sending one request after the other for `seconds`, over `connections` connections."""
     import grpc
 
     from moderation.v1 import moderation_pb2 as pb
@@ -197,15 +235,18 @@ async def drive(target: str, jpegs: list[bytes], concurrency: int, seconds: floa
     latencies: list[float] = []
     errors: dict[str, int] = {}
     cpu_started = time.process_time()
-    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        stub = pb_grpc.ModerationServiceStub(channel)
+    # Each channel its own connection (grpc shares subchannels between channels to one target otherwise).
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, min(connections, concurrency)))]
+    try:
+        stubs = [pb_grpc.ModerationServiceStub(channel) for channel in channels]
         requests = [pb.ModerateRequest(image=jpeg) for jpeg in jpegs]
         started = time.perf_counter()
         stop_at = started + seconds
 
         async def client(offset: int) -> None:
             i = offset
+            stub = stubs[offset % len(stubs)]
             while time.perf_counter() < stop_at:
                 sent = time.perf_counter()
                 try:
@@ -217,18 +258,21 @@ async def drive(target: str, jpegs: list[bytes], concurrency: int, seconds: floa
 
         await asyncio.gather(*(client(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
+    finally:
+        for channel in channels:
+            await channel.close()
     return LoadResult(concurrency, len(latencies), errors, elapsed, latencies, client_cpu_s=time.process_time() - cpu_started)
 
 
-def _client_process(target: str, jpegs: list[bytes], concurrency: int, seconds: float, start_at: float, offset: int, results) -> None:  # noqa: ANN001
+def _client_process(target: str, jpegs: list[bytes], concurrency: int, seconds: float, start_at: float, offset: int, results, connections: int = 1) -> None:  # noqa: ANN001
     """One load-generator process: waits for the common start, then drives its share of the clients."""
     time.sleep(max(0.0, start_at - time.time()))
     rotated = jpegs[offset % len(jpegs) :] + jpegs[: offset % len(jpegs)]
-    result = asyncio.run(drive(target, rotated, concurrency, seconds))
+    result = asyncio.run(drive(target, rotated, concurrency, seconds, connections))
     results.put((result.requests, result.errors, result.seconds, result.latencies_ms, result.client_cpu_s))
 
 
-def drive_processes(target: str, jpegs: list[bytes], concurrency: int, seconds: float, processes: int) -> LoadResult:
+def drive_processes(target: str, jpegs: list[bytes], concurrency: int, seconds: float, processes: int, connections: int = 1) -> LoadResult:
     """`concurrency` clients spread over `processes` processes (one asyncio loop each), started together.
 
     One Python process tops out at a few thousand requests per second; several keep
@@ -236,13 +280,13 @@ def drive_processes(target: str, jpegs: list[bytes], concurrency: int, seconds: 
     """
     processes = max(1, min(processes, concurrency))
     if processes == 1:
-        return asyncio.run(drive(target, jpegs, concurrency, seconds))
+        return asyncio.run(drive(target, jpegs, concurrency, seconds, connections))
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     shares = [concurrency // processes + (1 if k < concurrency % processes else 0) for k in range(processes)]
     start_at = time.time() + 3.0  # every process imported and connected by then
     workers = [
-        context.Process(target=_client_process, args=(target, jpegs, share, seconds, start_at, k, results), daemon=True)
+        context.Process(target=_client_process, args=(target, jpegs, share, seconds, start_at, k, results, connections), daemon=True)
         for k, share in enumerate(shares)
     ]
     for worker in workers:
@@ -446,6 +490,8 @@ def run_clip_bench(
     client_processes: int | None = None,
     host_seconds: float = 10.0,
     backend: str | None = None,
+    worker_counts: tuple[int, ...] = (1,),
+    results_name: str = "clip",
 ) -> dict:
     from moderation.ops.config import Settings
     from moderation.runtime import clip_backend, max_batch
@@ -464,35 +510,9 @@ def run_clip_bench(
     server_env = {
         "MODERATION_MAX_CONCURRENT_REQUESTS": str(admitted), "MODERATION_MAX_QUEUE": str(admitted), "MODERATION_CLIP_BACKEND": backend,
     }  # fmt: skip
-    import tempfile
-
-    server_log = Path(tempfile.mkstemp(prefix="clip-bench-server-", suffix=".log")[1])
-    server = ServerProcess(model, device, policies, extra_env=server_env, log_path=server_log)
-    load: list[LoadResult] = []
-    soak: list[dict[str, float]] = []
-    try:
-        server.wait_serving()
-        progress("server SERVING; warming up")
-        asyncio.run(drive(server.target, jpegs, 2, 5.0))
-        for level in levels:
-            batches_before = _batch_histogram(server.metrics_port)
-            pid = server.process.pid
-            cpu_before, loop_before = _cpu_s(pid), _cpu_s(pid, pid)
-            result = drive_processes(server.target, jpegs, level, seconds, processes)
-            result.server_cpu_s, result.server_loop_cpu_s = _cpu_s(pid) - cpu_before, _cpu_s(pid, pid) - loop_before
-            batches_after = _batch_histogram(server.metrics_port)
-            forwards = batches_after[1] - batches_before[1]
-            result.mean_batch = (batches_after[0] - batches_before[0]) / forwards if forwards else None
-            progress(
-                f"concurrency {level}: {result.throughput:.2f}/s p50 {result.percentile(50):.0f} ms "
-                f"mean batch {result.mean_batch or 0:.1f} errors {result.errors}"
-            )
-            load.append(result)
-        if soak_seconds:
-            soak = _soak(server, jpegs, max(levels), soak_seconds, progress)
-        rss_now_mb, peak_rss_mb = _rss_mb(server.process.pid)
-    finally:
-        exit_code = server.stop()
+    runs = {count: _serve_levels(model, device, policies, jpegs, levels, seconds, processes, server_env, count, soak_seconds, progress)
+            for count in worker_counts}  # fmt: skip
+    load, soak, rss_now_mb, peak_rss_mb, exit_code = runs[worker_counts[0]]
 
     progress(f"measuring in-process: forward at batch {server_batch}, host decode on all cores, naive baseline, single-request floor")
     model_numbers = measure_in_process(
@@ -537,14 +557,77 @@ def run_clip_bench(
         "server_exit_code": exit_code,
         "targets": _targets(kind),
     }
+    if worker_counts != (1,):
+        # `serve --workers N` side by side in this run: the figures of the host-bound targets (issue 19) per count.
+        results["workers"] = {
+            str(count): _workers_summary(runs[count], model_numbers, count) for count in worker_counts
+        }
     if soak:
         first, last = soak[0]["rss_mb"], soak[-1]["rss_mb"]
         results["soak"] = {"seconds": soak_seconds, "samples": soak, "rss_growth": round(last / first - 1, 4)}
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if kind == "cpu" else f"-{kind}"
-    (out_dir / f"clip{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, out_dir / f"clip{suffix}.png")
+    (out_dir / f"{results_name}{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out_dir / f"{results_name}{suffix}.png")
     return results
+
+
+def _serve_levels(
+    model: str, device: str, policies: Path, jpegs: list[bytes], levels: tuple[int, ...], seconds: float, processes: int,
+    server_env: dict[str, str], workers: int, soak_seconds: float, progress: Callable[[str], None],
+) -> tuple[list[LoadResult], list[dict[str, float]], float, float, int]:
+    """The real server (`workers` processes) at each concurrency level: (results, soak, RSS now, peak RSS, exit code)."""
+    import tempfile
+
+    server_log = Path(tempfile.mkstemp(prefix="clip-bench-server-", suffix=".log")[1])
+    server = ServerProcess(model, device, policies, extra_env={**server_env, "MODERATION_WORKERS": str(workers)}, log_path=server_log)
+    load: list[LoadResult] = []
+    soak: list[dict[str, float]] = []
+    # Several connections, so that the kernel spreads them over the workers; the same for every worker count.
+    connections = MAX_CONNECTIONS
+    try:
+        server.wait_serving()
+        progress(f"server SERVING ({workers} worker{'s' if workers > 1 else ''}); warming up")
+        asyncio.run(drive(server.target, jpegs, 2 * workers, 5.0, connections))
+        for level in levels:
+            batches_before = _batch_histogram(server.metrics_port)
+            pid = server.process.pid
+            cpu_before, loop_before = server_cpu_s(pid)
+            result = drive_processes(server.target, jpegs, level, seconds, processes, connections)
+            cpu_after, loop_after = server_cpu_s(pid)
+            result.server_cpu_s, result.server_loop_cpu_s = cpu_after - cpu_before, loop_after - loop_before
+            batches_after = _batch_histogram(server.metrics_port)
+            forwards = batches_after[1] - batches_before[1]
+            result.mean_batch = (batches_after[0] - batches_before[0]) / forwards if forwards else None
+            progress(
+                f"{workers} worker(s), concurrency {level}: {result.throughput:.2f}/s p50 {result.percentile(50):.0f} ms "
+                f"mean batch {result.mean_batch or 0:.1f} CPU/request {result.summary()['server_cpu_ms_per_request']} ms errors {result.errors}"
+            )
+            load.append(result)
+        if soak_seconds:
+            soak = _soak(server, jpegs, max(levels), soak_seconds, progress)
+        rss = [_rss_mb(each) for each in _tree(server.process.pid)]
+        rss_now_mb, peak_rss_mb = sum(r[0] for r in rss), sum(r[1] for r in rss)
+    finally:
+        exit_code = server.stop()
+    return load, soak, rss_now_mb, peak_rss_mb, exit_code
+
+
+def _workers_summary(run: tuple, model_numbers: dict[str, float], workers: int) -> dict:
+    """One worker count's load and the host-bound figures at its top concurrency (issue 19's targets)."""
+    load, _, _, peak_rss_mb, exit_code = run
+    top = max(load, key=lambda r: r.concurrency).summary()
+    host_rate, host_cpu = model_numbers["host_decode_images_per_s"], model_numbers["host_decode_cpu_ms_per_image"]
+    return {
+        "load": [r.summary() for r in load],
+        "top_concurrency": top["concurrency"],
+        # Target: >= 0.9 at 64 clients.
+        "throughput_vs_host_decode_at_top": _ratio(top["throughput_per_s"], host_rate),
+        # Target: <= 1.3 (the server's CPU per request against decode + preprocess alone).
+        "server_cpu_vs_decode_cpu_at_top": _ratio(top["server_cpu_ms_per_request"], host_cpu),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "server_exit_code": exit_code,
+    }
 
 
 def _ratio(numerator: float, denominator: float | None) -> float | None:
@@ -612,12 +695,15 @@ def main(
     client_processes: Annotated[int, typer.Option(help="load-generator processes (default: 1 on cpu, 4 on cuda)")] = 0,
     host_seconds: Annotated[float, typer.Option(help="duration of the host decode + preprocess ceiling")] = 10.0,
     backend: Annotated[str, typer.Option(help="CLIP backend the server runs (default: what clip_backend auto picks for the device)")] = "",
+    workers: Annotated[str, typer.Option(help="comma-separated server process counts (serve --workers) measured one after the other, e.g. 1,2")] = "1",
+    name: Annotated[str, typer.Option(help="results file name, without .json")] = "clip",
 ) -> None:
     """Benchmark the real server over gRPC against the model's own ceiling (random weights)."""
     levels = tuple(int(c) for c in concurrency.split(",")) if concurrency else None
     results = run_clip_bench(
         model, device, levels, seconds, soak_seconds, policies, results_dir, progress=lambda m: print(m, file=sys.stderr, flush=True),
         client_processes=client_processes or None, host_seconds=host_seconds, backend=backend or None,
+        worker_counts=tuple(int(w) for w in workers.split(",")), results_name=name,
     )  # fmt: skip
     print_bench(results, model, device)
 

@@ -58,6 +58,13 @@ def serve(
     console_port: Annotated[
         Optional[int], typer.Option(help="port of the review console web page (needs reviewer_tokens_file); 0 (default) turns it off")
     ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="server processes on the one gRPC port (SO_REUSEPORT), with one /metrics and one health; default 1",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Run the gRPC moderation server until SIGTERM."""
     from moderation.serving.app import serve as run_server
@@ -78,7 +85,16 @@ def serve(
         explainer_weights=explainer_weights,
         explainer_target=explainer_target,
         console_port=console_port,
+        workers=workers,
     )
+    if settings.workers > 1:
+        from moderation.serving.workers import supervise
+
+        # A supervisor of `workers` server processes: its exit code says whether they all stopped cleanly.
+        code = run_logged(settings, supervise)
+        if code:
+            raise typer.Exit(code)
+        return
     run_logged(settings, run_server)
 
 
@@ -143,8 +159,8 @@ def explainer_exposure(settings):  # noqa: ANN001, ANN201 - Settings in and out
     )
 
 
-def run_logged(settings, run, warnings: list[str] | None = None) -> None:  # noqa: ANN001 - Settings, async server entry
-    """Run a server; configuration errors end it with one log line and exit code 2."""
+def run_logged(settings, run, warnings: list[str] | None = None):  # noqa: ANN001, ANN201 - Settings, async server entry
+    """Run a server (what `run` returns); configuration errors end it with one log line and exit code 2."""
     import asyncio
 
     from moderation.signals.clip import UnknownBackend, WeightsUnavailable
@@ -160,7 +176,7 @@ def run_logged(settings, run, warnings: list[str] | None = None) -> None:  # noq
     for warning in warnings or ():
         logging.getLogger("moderation").warning("%s", warning)
     try:
-        asyncio.run(run(settings))
+        return asyncio.run(run(settings))
     except (WeightsUnavailable, UnknownBackend, ExplainerWeightsUnavailable, ConfigurationError, TokenFileError) as error:
         logging.getLogger("moderation").error("%s", error)
         raise typer.Exit(2) from None

@@ -159,6 +159,13 @@ class Settings(BaseSettings):
         "larger messages are refused by gRPC with RESOURCE_EXHAUSTED before they are buffered in full",
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced scale (PIL draft mode)")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="server processes in this pod, all on one gRPC port (SO_REUSEPORT) with one /metrics and one health; "
+        "each gets cores // workers decode threads unless decode_workers is set (moderation/serving/workers.py)",
+    )
     decode_workers: int | None = Field(
         None, ge=1, le=256, description="threads that decode and preprocess images off the event loop; default: the host's cores"
     )

@@ -330,3 +330,16 @@ class ModerationMetrics:
             for labels in list(family._metrics):  # noqa: SLF001
                 if labels[0] not in policy_ids and labels[0] != "unknown":
                     family.remove(*labels)
+
+
+class WorkerMetrics:
+    """The supervisor's own gauges when `serve` runs several worker processes (moderation/serving/workers.py)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = CollectorRegistry() if registry is None else registry
+        self.workers = Gauge("moderation_workers", "Server processes this pod runs (setting workers).", registry=self.registry)
+        self.serving = Gauge(
+            "moderation_workers_serving",
+            "Server processes that answered SERVING at the supervisor's last health check; the pod is SERVING only when all do.",
+            registry=self.registry,
+        )

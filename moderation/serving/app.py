@@ -57,9 +57,10 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = moderation_pb2.DESCRIPTOR.services_by_name["ModerationService"].full_name
 
 
-def configure_torch_threads(settings: Settings, device: str) -> None:
+def configure_torch_threads(settings: Settings, device: str, cpu_share: int | None = None) -> None:
     """Serving startup: torch's process-wide intra-op thread count, set once, before any model loads.
-    An exported model folder serves without torch: nothing to set, and torch stays unimported."""
+    An exported model folder serves without torch: nothing to set, and torch stays unimported.
+    `cpu_share`: the cores this process may use when it is one of several workers (serving/workers.py)."""
     if settings.clip_model_dir is not None:
         return
     import torch
@@ -71,6 +72,9 @@ def configure_torch_threads(settings: Settings, device: str) -> None:
         # threads, which are the parallelism: intra-op threads in each of them would
         # only oversubscribe the cores (measured no faster on 2 cores, see README).
         torch.set_num_threads(1)
+    elif cpu_share:
+        # One of several server processes on the CPU: torch's default (every core) in each would oversubscribe them.
+        torch.set_num_threads(cpu_share)
 
 
 def count_dropped(metrics: ModerationMetrics, kind: str, count: int) -> None:
@@ -197,8 +201,12 @@ class _Loaded:
     reloader: PolicyReloader
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT. Raises ConfigurationError (and loading errors) when it cannot serve."""
+async def serve(settings: Settings, worker: int | None = None, cpu_share: int | None = None) -> None:
+    """Run until SIGTERM or SIGINT. Raises ConfigurationError (and loading errors) when it cannot serve.
+
+    `worker`: this process is worker `worker` of `serve --workers N` (moderation/serving/workers.py),
+    entitled to `cpu_share` cores.
+    """
     builder: ServerBuilder[_Loaded] = ServerBuilder(
         settings,
         SERVICE_NAME,
@@ -211,6 +219,7 @@ async def serve(settings: Settings) -> None:
         unmetered_services=(BANK_SERVICE_NAME, REVIEW_SERVICE_NAME),
         # The review console calls ReviewService through a private Unix socket: TLS on the port is no obstacle.
         local_socket=bool(settings.console_port),
+        worker=worker is not None,
     )
     metrics = builder.metrics
     servicer = ModerationServicer(
@@ -230,7 +239,7 @@ async def serve(settings: Settings) -> None:
     review_pb2_grpc.add_ReviewServiceServicer_to_server(review_servicer, builder.server)
 
     def load(cancellation: StartupCancellation) -> _Loaded:
-        configure_torch_threads(settings, resolve_device(settings.device, settings.clip_model_dir))
+        configure_torch_threads(settings, resolve_device(settings.device, settings.clip_model_dir), cpu_share)
         return _Loaded(*build_shell(settings, metrics, cancellation))
 
     console: ConsoleServer | None = None

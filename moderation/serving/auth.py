@@ -153,13 +153,21 @@ def _file_identity(path: Path) -> tuple[int, int, int] | None:
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
+# The identity found for a call, with the call's context: the admission interceptor and the servicer
+# both ask, and `auth_context()` builds a dict of the connection's properties each time.
+_identity_of_call: contextvars.ContextVar[tuple[object, str] | None] = contextvars.ContextVar("identity_of_call", default=None)
+
+
 def caller_identity(context: grpc.aio.ServicerContext) -> str:
     """Who called, for the audit log: token name, else mTLS subject, else 'anonymous'."""
     token_caller = authenticated_caller.get()
     if token_caller:
         return token_caller
+    found = _identity_of_call.get()
+    if found is not None and found[0] is context:
+        return found[1]
     auth_context = context.auth_context()
     common_names = auth_context.get("x509_common_name") or []
-    if common_names:
-        return f"mtls:{common_names[0].decode(errors='replace')}"
-    return "anonymous"
+    identity = f"mtls:{common_names[0].decode(errors='replace')}" if common_names else "anonymous"
+    _identity_of_call.set((context, identity))
+    return identity

@@ -83,6 +83,7 @@ class ServerBuilder(Generic[L]):
         options: Sequence[tuple[str, object]] = (),
         unmetered_services: Sequence[str] = (),
         local_socket: bool = False,
+        worker: bool = False,
     ):
         self.settings = settings
         self.metrics = new_metrics()
@@ -116,6 +117,7 @@ class ServerBuilder(Generic[L]):
             # Room beyond the admitted calls for health checks, ListPolicies and refusals.
             max_concurrent_rpcs=settings.max_concurrent_rpcs or limit + 16,
             local_socket=local_socket,
+            worker=worker,
         )
 
     @property

@@ -48,8 +48,10 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def transport_options(settings: Settings) -> list[tuple[str, object]]:
+def transport_options(settings: Settings, reuse_port: bool = False) -> list[tuple[str, object]]:
     """gRPC-level bounds every server port gets: streams per connection, connections, handshakes, idle connections.
+
+    `reuse_port`: a worker of `serve --workers N` shares the port with its siblings (SO_REUSEPORT).
 
     Connections beyond `max_connections` are closed by grpc-core as they arrive
     (the client sees UNAVAILABLE); a connection's calls beyond
@@ -71,7 +73,8 @@ def transport_options(settings: Settings) -> list[tuple[str, object]]:
         ("grpc.http.overload_protection", 0),
         # grpc-core sets SO_REUSEPORT by default: a second server started on a port in use
         # bound it too and silently took half the connections. Off: it fails to bind, saying so.
-        ("grpc.so_reuseport", 0),
+        # On only in the workers of one pod, whose supervisor holds the port (serving/workers.py).
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 
@@ -129,8 +132,12 @@ class GrpcServerLifecycle(Generic[Loaded]):
         *,
         max_concurrent_rpcs: int,
         local_socket: bool = False,
+        worker: bool = False,
     ):
         self.settings = settings
+        # A worker of `serve --workers N` (serving/workers.py): it shares the gRPC port (SO_REUSEPORT) and
+        # binds it only once loaded, so the kernel never hands a connection to a worker that cannot serve it.
+        self.worker = worker
         self.metrics = metrics
         # A Unix socket beside the gRPC port, in a directory only this process's user can
         # enter, for clients inside the process (the review console): it reaches the same
@@ -138,12 +145,12 @@ class GrpcServerLifecycle(Generic[Loaded]):
         # a client could not present a client certificate for.
         self._local_socket = local_socket
         self._local_dir: Path | None = None
-        self.local_target: str | None = None  # "unix:/tmp/moderation-grpc-.../grpc.sock" once bound
+        self.local_target: str | None = None  # "unix:/tmp/moderation-grpc-.../grpc.sock" once `run` starts
         self.services = tuple(services)
         self._interceptors = tuple(interceptors)
         self.server = grpc.aio.server(
             interceptors=list(interceptors) or None,
-            options=[*transport_options(settings), *options],
+            options=[*transport_options(settings, reuse_port=worker), *options],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         self.health = health.aio.HealthServicer()
@@ -168,12 +175,8 @@ class GrpcServerLifecycle(Generic[Loaded]):
         if port == 0:
             raise ConfigurationError(f"cannot bind gRPC port {address}; set MODERATION_PORT (--port) to a free port")
         self.port = port
-        if self._local_socket:
-            self._local_dir = Path(tempfile.mkdtemp(prefix="moderation-grpc-"))  # mode 0700
-            target = f"unix:{self._local_dir / 'grpc.sock'}"
-            if self.server.add_insecure_port(target) == 0:
-                raise ConfigurationError(f"cannot bind the local gRPC socket {target}; check that TMPDIR is writable")
-            self.local_target = target
+        if self.local_target is not None and self.server.add_insecure_port(self.local_target) == 0:
+            raise ConfigurationError(f"cannot bind the local gRPC socket {self.local_target}; check that TMPDIR is writable")
         return f"{settings.host}:{port}"
 
     async def _start_health_port(self) -> None:
@@ -231,10 +234,17 @@ class GrpcServerLifecycle(Generic[Loaded]):
         the load to stop (a load that ends in CompileCancelled is a clean stop).
         """
         settings = self.settings
-        address = self._bind()
+        address = f"{settings.host}:{settings.port}"
+        if self._local_socket:
+            # Named before `on_loaded` (which may start its client), bound with the port: a
+            # worker binds only once loaded, and a gRPC channel connects at its first call.
+            self._local_dir = Path(tempfile.mkdtemp(prefix="moderation-grpc-"))  # mode 0700
+            self.local_target = f"unix:{self._local_dir / 'grpc.sock'}"
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.start()
-        log.info("%s gRPC listening on %s (NOT_SERVING until models and policies load)", name, address)
+        if not self.worker:
+            address = self._bind()
+            await self.server.start()
+            log.info("%s gRPC listening on %s (NOT_SERVING until models and policies load)", name, address)
         try:
             await self._start_health_port()
             if settings.metrics_port:
@@ -262,6 +272,9 @@ class GrpcServerLifecycle(Generic[Loaded]):
             if loading in done:
                 loaded = loading.result()
                 await on_loaded(loaded, stop)
+                if self.worker:
+                    address = self._bind()
+                    await self.server.start()
                 await self._set_health(health_pb2.HealthCheckResponse.SERVING)
                 log.info("%s SERVING on %s", name, address)
                 await stop.wait()

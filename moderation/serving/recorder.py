@@ -6,6 +6,7 @@ Called once per Moderate request, unary or inside a ModerateStream, and once per
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import grpc
 
@@ -23,7 +24,7 @@ class RequestRecorder:
         self._max_value_bytes = max_value_bytes
 
     def record(
-        self, policy_label: str, code: grpc.StatusCode, result: ModerationResult | None, caller: str, metadata: dict[str, str]
+        self, policy_label: str, code: grpc.StatusCode, result: ModerationResult | None, caller: str, metadata: Mapping[str, str]
     ) -> None:
         """`policy_label` must be a served policy id or 'unknown': a caller's typo must not mint a series."""
         action = result.decision.action.value if result is not None else "none"
@@ -33,8 +34,9 @@ class RequestRecorder:
             self._metrics.video_seconds.labels(policy_label).inc(info.duration_ms / 1000)
             self._metrics.video_frames.labels("decoded").inc(info.frames_decoded)
             self._metrics.video_frames.labels("sampled").inc(len(result.video.times_ms))
-        if result is not None:
+        if result is not None and audit.isEnabledFor(logging.INFO):
             # Allow-listed keys only, each value cut to max_value_bytes of UTF-8 with a mark: an audit line stays small.
+            # The request's metadata map is read as it is, never copied whole.
             allowed = {k: cut_utf8(v, self._max_value_bytes) for k, v in metadata.items() if k in self._audit_metadata_keys}
             self._audit(result, caller, allowed)
 

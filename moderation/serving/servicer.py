@@ -127,10 +127,9 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
             shell = self._loaded()
             image = request.image  # protobuf copies a bytes field on every access: once only
             self._check(request, image)
-            result = await asyncio.wait_for(
-                shell.moderate(image, request.policy_id, request_id, request.force_escalation, deadline_s, caller),
-                timeout=deadline_s,
-            )
+            # asyncio.timeout rather than wait_for: the same TimeoutError, without a task per request.
+            async with asyncio.timeout(deadline_s):
+                result = await shell.moderate(image, request.policy_id, request_id, request.force_escalation, deadline_s, caller)
             return convert.result_to_pb(result)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -140,7 +139,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
             code = failure.code
             raise failure from err
         finally:
-            self._recorder.record(self._policy_label(request.policy_id), code, result, caller, dict(request.metadata))
+            self._recorder.record(self._policy_label(request.policy_id), code, result, caller, request.metadata)
 
     def _policy_label(self, policy_id: str) -> str:
         # Only served ids become label values: a caller's typo must not mint a series.
@@ -248,7 +247,7 @@ class ModerationServicer(pb_grpc.ModerationServiceServicer):
             await context.abort(failure.code, failure.message)
             raise  # unreachable: abort raises
         finally:
-            self._recorder.record(self._policy_label(options.policy_id), code, result, caller, dict(options.metadata))
+            self._recorder.record(self._policy_label(options.policy_id), code, result, caller, options.metadata)
 
     async def _read_video(self, requests: AsyncIterator[pb.ModerateVideoRequest]) -> tuple[pb.VideoOptions, bytes]:
         """The options message, then the file's chunks, joined; refused as soon as they pass max_video_bytes."""
