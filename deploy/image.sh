@@ -25,7 +25,8 @@
 # Settings (environment):
 #   SCORER_IMAGE          the scorer image          (localhost/moderation-scorer:dev)
 #   TORCH_IMAGE           the torch image           (localhost/moderation-torch:dev)
-#   CHECK_CLIP_MODEL      model `check` exports     (ViT-B-32, what the dev overlay runs)
+#   CHECK_CLIP_MODEL      model `check` exports     (ViT-S-32: the same code as the dev overlay's ViT-B-32,
+#                                                    whose export takes minutes longer; ViT-B-32 to run that)
 #   BASE_IMAGE            base image to pull        (docker.io/library/python:3.11-slim)
 #   FALLBACK_BASE_IMAGE   debootstrapped base       (localhost/moderation-base:bookworm-python3.11)
 #   DEBIAN_MIRROR         for debootstrap           (http://deb.debian.org/debian)
@@ -40,7 +41,7 @@ cd "$(dirname "$0")/.."
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}"
 SCORER_IMAGE="${SCORER_IMAGE:-localhost/moderation-scorer:dev}"
 TORCH_IMAGE="${TORCH_IMAGE:-localhost/moderation-torch:dev}"
-CHECK_CLIP_MODEL="${CHECK_CLIP_MODEL:-ViT-B-32}"
+CHECK_CLIP_MODEL="${CHECK_CLIP_MODEL:-ViT-S-32}"
 BUILD_NICE="${BUILD_NICE:-10}"
 BASE_IMAGE="${BASE_IMAGE:-docker.io/library/python:3.11-slim}"
 FALLBACK_BASE_IMAGE="${FALLBACK_BASE_IMAGE:-localhost/moderation-base:bookworm-python3.11}"
