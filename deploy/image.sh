@@ -65,7 +65,8 @@ LOAD_REQUESTS=8
 CHECK_CONTAINER="moderation-check-$$"
 WORKDIR=$(mktemp -d /var/tmp/moderation-image.XXXXXX)
 cleanup() {
-  podman rm --force --time 0 "$CHECK_CONTAINER" "$CHECK_CONTAINER-export" >/dev/null 2>&1 || true
+  # --ignore: without it podman removes neither when one of them does not exist.
+  podman rm --force --ignore --time 0 "$CHECK_CONTAINER" "$CHECK_CONTAINER-export" >/dev/null 2>&1 || true
   # Rootless, the exported folder belongs to a user of podman's namespace.
   rm -rf "$WORKDIR" 2>/dev/null || podman unshare rm -rf "$WORKDIR"
 }
