@@ -41,7 +41,7 @@ def explainer_available(
     missing = [name for name in _EXTRA_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         return False, (
-            f"the in-process explainer needs the torch extra, and {', '.join(missing)} is not installed here "
+            f"the in-process explainer needs the torch extra, and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed here "
             "(pip install 'moderation[torch]', or run explain-serve elsewhere and set explainer_target)"
         )
     if weights == RANDOM_WEIGHTS:
