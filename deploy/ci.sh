@@ -5,8 +5,9 @@
 #   2. promtool: the rules load, and their unit tests pass
 #   3. pytest -m deploy: the manifests agree with the server and image, and a real
 #      Prometheus scraping a real server evaluates every rule and dashboard query
-#   4. the container image builds, serves gRPC health and a Moderate call
-#      read-only and non-root, and exits 0 on SIGTERM (deploy/image.sh check)
+#   4. both container images build (scorer: no torch, <= 1 GB; torch); the torch image's
+#      `moderation export` writes a model folder that the scorer image serves read-only and
+#      non-root: gRPC health, a Moderate call, some load, exit 0 on SIGTERM (deploy/image.sh check)
 # Needs: scripts/install.sh (the .venv), deploy/install-tools.sh (prometheus,
 # podman, ...), kubectl on PATH, and root for the image's debootstrap base.
 set -euo pipefail
@@ -30,7 +31,7 @@ if [ -z "${DEPLOY_SKIP_PYTEST:-}" ]; then  # .ci/run has just run the whole suit
   "$PYTHON" -m pytest -q -m deploy tests/deploy
 fi
 
-step "container image: build, run, health, Moderate, SIGTERM"
+step "container images: build both, export (torch image), serve the folder (scorer image), health, Moderate, SIGTERM"
 PYTHON="$PYTHON" bash deploy/image.sh check
 
 step "deployment checks passed"

@@ -180,6 +180,19 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def require_torch_extra(command: str) -> None:
+    """Exit 2 with one line when the `torch` extra is not installed (the lean install, the scorer image)."""
+    import importlib.util
+
+    missing = [name for name in ("torch", "open_clip", "transformers") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise fail(
+            f"`moderation {command}` needs the torch extra, and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+            "not installed here: pip install 'moderation[torch]', or use the torch container image "
+            "(deploy/Containerfile, target torch); this install serves exported model folders only"
+        )
+
+
 # The offline policy commands load the model in-process; flags and MODERATION_* env
 # resolve as for `serve`, so they score with the model the server would run.
 ConfigOption = Annotated[Optional[Path], typer.Option(help="YAML settings file (flags and MODERATION_* env override it)")]

@@ -8,7 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from moderation.cli.app import app
-from moderation.cli.common import ConfigOption, JsonOption, ModelOption, PoliciesOption, WeightsOption, err, fail, out, print_json, settings_or_fail
+from moderation.cli.common import (
+    ConfigOption,
+    JsonOption,
+    ModelOption,
+    PoliciesOption,
+    WeightsOption,
+    err,
+    fail,
+    out,
+    print_json,
+    require_torch_extra,
+    settings_or_fail,
+)
 from moderation.signals.clip.model_folder import DEFAULT_INT8_TOLERANCE
 
 
@@ -37,6 +49,7 @@ def export(
     Run once per model and weights: in an image build stage, an init container or by hand. `moderation serve
     --model-dir OUT_DIR` then serves it with onnxruntime, numpy and PIL only. Needs torch and open_clip.
     """
+    require_torch_extra("export")
     from moderation.ops.logs import configure_logging
     from moderation.runtime import clip_spec
     from moderation.signals.clip import WeightsUnavailable

@@ -21,6 +21,7 @@ from moderation.cli.common import (
     PoliciesOption,
     PortOption,
     WeightsOption,
+    require_torch_extra,
     settings_or_fail,
 )
 from moderation.ops.config import ExplainerMode, unknown_environment_settings
@@ -117,6 +118,7 @@ def explain_serve(
     ] = None,
 ) -> None:
     """Run the SmolVLM2 explainer as its own gRPC service (ExplainerService) until SIGTERM."""
+    require_torch_extra("explain-serve")
     from moderation.serving.explainer_app import serve_explainer
 
     settings = settings_or_fail(

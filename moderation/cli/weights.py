@@ -20,6 +20,7 @@ from moderation.cli.common import (
     fail,
     out,
     print_json,
+    require_torch_extra,
     settings_or_fail,
 )
 
@@ -105,6 +106,7 @@ def list_weights(
     Looked up exactly as `serve` does with downloads off (MODERATION_ALLOW_DOWNLOADS=false), so
     a cache this calls complete is one an air-gapped pod starts from.
     """
+    require_torch_extra("weights")  # open_clip names a tag's files, huggingface_hub finds them
     from moderation.ops.model_weights import PrefetchFailed, check_offline, required_sources
 
     settings = _settings(config, model, weights, explainer_model, explainer_weights, cache)
@@ -137,6 +139,7 @@ def prefetch_weights(
     Run it where the model hub is reachable (HF_ENDPOINT names a mirror), then copy CACHE to the volume
     the pods mount read-only. Files already in CACHE are not downloaded again.
     """
+    require_torch_extra("weights")
     from moderation.ops.model_weights import PrefetchFailed, check_offline, prefetch, required_sources
 
     settings = _settings(config, model, weights, explainer_model, explainer_weights, cache)

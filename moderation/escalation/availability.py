@@ -5,11 +5,13 @@ yes, and turns it off with the reason when it says no. Yes means: random weights
 with a known architecture; a local folder with config.json; a hub id whose config
 and weights are in the cache; or, when downloads are allowed and HF_HUB_OFFLINE is
 unset, a hub that accepts a connection within PROBE_TIMEOUT_S (the weights then
-download while the server starts, as CLIP's do).
+download while the server starts, as CLIP's do). Never without the `torch` extra's
+packages: the lean install and the scorer image serve without them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import threading
@@ -27,12 +29,21 @@ SHIPPED_ARCHITECTURES = {
 }
 PROBE_TIMEOUT_S = 1.5
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# What the in-process explainer imports, all from the `torch` extra.
+_EXTRA_MODULES = ("torch", "transformers", "huggingface_hub")
 
 
 def explainer_available(
     model: str, weights: str, cache_dir: Path | None, allow_downloads: bool, probe_timeout_s: float = PROBE_TIMEOUT_S
 ) -> tuple[bool, str]:
     """(available, why) for the explainer these settings name."""
+    # Found on the path, not imported: importing torch and transformers takes seconds.
+    missing = [name for name in _EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        return False, (
+            f"the in-process explainer needs the torch extra, and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed here "
+            "(pip install 'moderation[torch]', or run explain-serve elsewhere and set explainer_target)"
+        )
     if weights == RANDOM_WEIGHTS:
         path = SHIPPED_ARCHITECTURES.get(model) or Path(model)
         if path.is_dir():

@@ -10,10 +10,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from moderation.policy.registry import policy_files
 from tests.conftest import POLICIES, ROOT
@@ -244,17 +249,108 @@ def test_services_and_budgets_select_their_pods(rendered: dict[str, list[dict]],
         assert len(selected(policy["spec"]["podSelector"]["matchLabels"])) == 1, name
 
 
-def test_dev_is_one_scorer_with_the_explainer_in_process(rendered: dict[str, list[dict]]) -> None:
+def test_dev_is_one_scorer_and_one_explainer_on_random_weights(rendered: dict[str, list[dict]]) -> None:
+    """The scorer image has no torch, so the explainer cannot run in-process: dev runs it apart, as prod does."""
     resources = rendered["dev"]
     deployments = by_kind(resources, "Deployment")
-    assert set(deployments) == {"moderation-scorer"}
-    assert deployments["moderation-scorer"]["spec"]["replicas"] == 1
+    assert set(deployments) == {"moderation-scorer", "moderation-explainer"}
+    assert all(d["spec"]["replicas"] == 1 for d in deployments.values())
     assert not by_kind(resources, "HorizontalPodAutoscaler"), "an autoscaler would override the single replica"
-    settings = env(deployments["moderation-scorer"])
-    assert settings["MODERATION_EXPLAINER_MODE"] == "in-process"
-    assert "MODERATION_EXPLAINER_TARGET" not in settings
-    assert settings["MODERATION_CLIP_WEIGHTS"] == "random"
-    assert not [r for r in resources if "explainer" in r["metadata"]["name"]]
+    scorer, explainer = env(deployments["moderation-scorer"]), env(deployments["moderation-explainer"])
+    assert scorer["MODERATION_EXPLAINER_TARGET"] == EXPLAINER_TARGET and "MODERATION_EXPLAINER_MODE" not in scorer
+    assert scorer["MODERATION_CLIP_WEIGHTS"] == "random" and explainer["MODERATION_EXPLAINER_WEIGHTS"] == "random"
+    assert scorer["MODERATION_ALLOW_DOWNLOADS"] == explainer["MODERATION_ALLOW_DOWNLOADS"] == "false"
+
+
+# deploy/Containerfile's two targets, as the base manifests name them (the overlays map the names).
+SCORER_IMAGE, TORCH_IMAGE = "moderation-scorer", "moderation-torch"
+# What only the torch image may hold (distribution names; nvidia-* too).
+TORCH_STACK = {"torch", "torchvision", "open-clip-torch", "transformers", "triton", "xgrammar", "onnxscript"}
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_the_scorer_runs_the_scorer_image_and_everything_torch_runs_the_torch_image(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
+    """issue 19: the torch-free scorer image for the scorer; export (init container) and explainer from the torch image."""
+    overlay_file = OVERLAYS / overlay / "kustomization.yaml"
+    import yaml
+
+    mapped = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in yaml.safe_load(overlay_file.read_text())["images"]}
+    assert set(mapped) == {SCORER_IMAGE, TORCH_IMAGE}
+    assert mapped[SCORER_IMAGE].split(":")[0].endswith(SCORER_IMAGE) and mapped[TORCH_IMAGE].split(":")[0].endswith(TORCH_IMAGE)
+    deployments = by_kind(rendered[overlay], "Deployment")
+    scorer_pod = deployments["moderation-scorer"]["spec"]["template"]["spec"]
+    (init,) = scorer_pod["initContainers"]
+    assert container(deployments["moderation-scorer"])["image"] == mapped[SCORER_IMAGE]
+    assert init["image"] == mapped[TORCH_IMAGE]
+    assert container(deployments["moderation-explainer"])["image"] == mapped[TORCH_IMAGE]
+    if overlay == "prod":
+        assert not init["image"].startswith("localhost/"), "prod pulls from a registry"
+    # The scorer's own command is the scorer image's entrypoint (`moderation serve`), with the folder.
+    assert "command" not in container(deployments["moderation-scorer"])
+    assert env(deployments["moderation-scorer"])["MODERATION_CLIP_MODEL_DIR"] == "/model/clip"
+
+
+def containerfile_stages() -> dict[str, str]:
+    """deploy/Containerfile: each stage's name -> its text (FROM line included)."""
+    text = (DEPLOY / "Containerfile").read_text()
+    parts = re.split(r"^(?=FROM )", text, flags=re.MULTILINE)[1:]
+    return {re.match(r"FROM \S+ AS (\S+)", part).group(1): part for part in parts}
+
+
+def stage_chain(stages: dict[str, str], target: str) -> list[str]:
+    """The target stage and every stage it is built FROM, down to the base image."""
+    chain = [target]
+    while (parent := re.match(r"FROM (\S+) AS", stages[chain[-1]]).group(1)) in stages:
+        chain.append(parent)
+    return chain
+
+
+def test_the_containerfile_scorer_target_installs_no_torch() -> None:
+    stages = containerfile_stages()
+    assert {"build", "scorer", "torch"} <= set(stages)
+    assert list(stages)[-1] == "scorer", "a plain `podman build` (no --target) builds the last stage: the scorer"
+    scorer_chain = stage_chain(stages, "scorer")
+    assert "torch-deps" in stage_chain(stages, "torch") and "torch-deps" not in scorer_chain
+    scorer_text = "".join(stages[s] for s in scorer_chain)
+    assert "requirements-scorer.txt" in scorer_text and "requirements-torch.txt" not in scorer_text
+    assert 'ENTRYPOINT ["moderation", "serve"]' in stages["scorer"]
+    # The build stage writes the lists: run its two commands on pyproject.toml.
+    for name, extra in (("requirements-scorer.txt", "banks"), ("requirements-torch.txt", "torch")):
+        (command,) = re.findall(rf"python3 -c '([^']*)' > /dist/{re.escape(name)}", stages["build"])
+        written = subprocess.run([sys.executable, "-c", command], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+        assert f'"{extra}"' in command, name
+        names = {canonicalize_name(Requirement(line).name) for line in written if line}
+        if name == "requirements-scorer.txt":
+            assert not names & TORCH_STACK, names & TORCH_STACK
+        else:
+            assert "torch" in names and "open-clip-torch" in names
+
+
+def test_the_scorer_dependencies_do_not_pull_torch_in() -> None:
+    """Every package the base dependencies and the banks extra require, transitively (as installed here), is torch-free."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pending = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["banks"]]
+    seen: dict[str, list[str]] = {}
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        requires = metadata.distribution(name).requires or []
+        seen[name] = requires
+        for line in requires:
+            child = Requirement(line)
+            # A dependency's own extras are not installed unless asked for.
+            if child.marker is None or child.marker.evaluate({"extra": ""}):
+                pending.append(Requirement(str(child)))
+            for extra in requirement.extras:
+                if child.marker is not None and child.marker.evaluate({"extra": extra}):
+                    pending.append(Requirement(f"{child.name}{'[' + ','.join(child.extras) + ']' if child.extras else ''}"))
+    assert {"onnxruntime", "numpy", "pillow", "grpcio", "av", "faiss-cpu", "pdqhash"} <= set(seen)
+    pulled = {n for n in seen if n in TORCH_STACK or n.startswith("nvidia-")}
+    assert not pulled, f"the scorer image would install {sorted(pulled)}"
 
 
 def test_prod_runs_the_explainer_apart_and_only_the_scorer_reaches_it(rendered: dict[str, list[dict]]) -> None:

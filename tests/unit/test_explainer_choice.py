@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,18 @@ def test_auto_without_weights_is_off_quickly_and_says_why(tmp_path: Path, monkey
     available, why = explainer_available("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "pretrained", tmp_path / "empty-cache", True)
     assert time.monotonic() - started < 3
     assert not available and "http://127.0.0.1:9 did not answer within 1.5 s" in why
+
+
+@pytest.mark.parametrize("absent", ["torch", "transformers", "huggingface_hub"])
+def test_auto_without_the_torch_extra_is_off_and_says_why(monkeypatch: pytest.MonkeyPatch, absent: str) -> None:
+    """The scorer image (no torch extra) serves with explainer_mode auto: off, with the reason, even for random weights."""
+    # A None entry in sys.modules is how Python marks a module as not importable: find_spec answers None.
+    monkeypatch.setitem(sys.modules, absent, None)
+    choice = choose_explainer(load_settings(explainer_model="tiny-smolvlm", explainer_weights="random"))
+    assert choice.mode is ExplainerMode.OFF
+    assert f"needs the torch extra, and {absent} is not installed here" in choice.reason, choice.reason
+    # explainer_target still selects the remote tier, which needs none of them.
+    assert choose_explainer(load_settings(explainer_target="explainer:50052")).mode is ExplainerMode.REMOTE
 
 
 def test_explicit_modes_and_settings_without_effect() -> None:
