@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import numpy as np
 import typer
@@ -172,24 +172,30 @@ class ServerProcess:
         extra_args: tuple[str, ...] = (),
         extra_env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        model_dir: Path | None = None,
+        log_format: str = "text",
     ):
         self.port, self.metrics_port = _free_port(), _free_port()
         self.target = f"127.0.0.1:{self.port}"
+        # An exported folder (`moderation export`) names its own model and weights: served as a user would, `--model-dir`.
+        model_args = ["--model-dir", str(model_dir)] if model_dir is not None else ["--model", model, "--weights", "random"]
         command = [
             sys.executable, "-m", "moderation", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-            "--metrics-port", str(self.metrics_port), "--policies", str(policies), "--model", model,
-            "--weights", "random", "--device", device, "--log-format", "text", *extra_args,
+            "--metrics-port", str(self.metrics_port), "--policies", str(policies), *model_args,
+            "--device", device, "--log-format", log_format, *extra_args,
         ]  # fmt: skip
         # The CLIP tier alone: the default explainer_mode (auto) could load SmolVLM2 beside it.
         env = {**os.environ, "MODERATION_LOG_LEVEL": "WARNING", "MODERATION_EXPLAINER_MODE": "off", **(extra_env or {})}
         # The log goes to a file when one is given (a pipe nobody reads would fill up and stall the server).
         self.log_path = log_path
         stderr = log_path.open("w") if log_path else subprocess.PIPE
+        self.started = time.monotonic()
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env, text=True)
         if log_path:
             stderr.close()
 
-    def wait_serving(self, timeout_s: float = 300) -> None:
+    def wait_serving(self, timeout_s: float = 300) -> float:
+        """Seconds from the process start until its health check said SERVING (polled every 0.1 s)."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -201,9 +207,10 @@ class ServerProcess:
                     raise RuntimeError(f"server exited: {self.log_tail()}")
                 try:
                     if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                        return
+                        return time.monotonic() - self.started
+                    time.sleep(0.1)
                 except grpc.RpcError:
-                    time.sleep(0.3)
+                    time.sleep(0.1)
         raise TimeoutError("server did not become SERVING")
 
     def log_tail(self, chars: int = 2000) -> str:
@@ -347,9 +354,19 @@ def eager_fp32_forward(model: str, jpegs: list[bytes], batch: int, repeats: int)
 
 
 def measure_in_process(
-    model: str, device: str, policies: Path, jpegs: list[bytes], batch: int, repeats: int, host_seconds: float = 10.0, backend: str = "torch"
+    model: str,
+    device: str,
+    policies: Path,
+    jpegs: list[bytes],
+    batch: int,
+    repeats: int,
+    host_seconds: float = 10.0,
+    backend: str = "torch",
+    model_dir: Path | None = None,
 ) -> dict[str, float]:
-    """The ceilings and floors without gRPC: (a) forward, (h) host decode, (b) naive baseline, (c) single request."""
+    """The ceilings and floors without gRPC: (a) forward, (h) host decode, (b) naive baseline, (c) single request.
+
+    With `model_dir`, through the folder's encoder (backend 'onnx-folder') as the server runs it."""
     import torch
 
     from bench.host import decode_rate
@@ -357,23 +374,23 @@ def measure_in_process(
     from moderation.ops.config import Settings
     from moderation.policy.registry import load_policy_dir
     from moderation.runtime import build_core, host_cpus, load_scorer
-    from moderation.signals.clip import ClipModelSpec
+    from moderation.signals.clip import ClipModelSpec, arrays
 
-    scorer = load_scorer(ClipModelSpec(model=model, weights="random", device=device, backend=backend))
+    scorer = load_scorer(ClipModelSpec(model=model, weights="random", device=device, backend=backend, model_dir=model_dir))
     policy = next(p for p, _, _ in load_policy_dir(policies) if p.default)
     # The server's core (its decode limits, JPEG draft mode, signals), and the same without draft mode for the naive baseline.
     settings = Settings()
     core = build_core(settings, scorer)
     full_decode_core = build_core(settings.model_copy(update={"jpeg_draft": False}), scorer)
 
-    def decode_one(jpeg: bytes) -> torch.Tensor:
+    def decode_one(jpeg: bytes):  # noqa: ANN202 - torch tensor, or numpy from a model folder
         return core.decode(jpeg).pixels
 
     # (a) As the server runs it: a batch stacked in the buffer the batcher uses (pinned
     # on CUDA), through the encoder, embeddings back on the host.
-    prepared = torch.cat([decode_one(jpegs[i % len(jpegs)]) for i in range(batch)])
+    prepared = arrays.concat([decode_one(jpegs[i % len(jpegs)]) for i in range(batch)])
     pixels = scorer.batch_buffer(tuple(prepared.shape))
-    pixels.copy_(prepared)
+    pixels[...] = prepared
     scorer.embed_images(pixels)  # warm-up
     forward_s = _median_time(lambda: scorer.embed_images(pixels), repeats)
     numbers = {"raw_forward_images_per_s": batch / forward_s, "raw_forward_batch": batch}
@@ -492,10 +509,18 @@ def run_clip_bench(
     backend: str | None = None,
     worker_counts: tuple[int, ...] = (1,),
     results_name: str = "clip",
+    model_dir: Path | None = None,
 ) -> dict:
     from moderation.ops.config import Settings
     from moderation.runtime import clip_backend, max_batch
 
+    load_average_start = os.getloadavg()
+    folder_manifest = None
+    if model_dir is not None:
+        if _device_type(device) != "cpu":
+            raise ValueError("an exported model folder serves on the CPU only")
+        folder_manifest = json.loads((model_dir / "manifest.json").read_text())
+        model, backend = folder_manifest["model"], "onnx-folder"
     kind = _device_type(device)
     levels = concurrency or DEFAULT_LEVELS.get(kind, DEFAULT_LEVELS["cpu"])
     processes = client_processes or DEFAULT_CLIENT_PROCESSES.get(kind, 1)
@@ -507,16 +532,39 @@ def run_clip_bench(
     # The server's defaults, except that every level is admitted: the in-flight and
     # queue bounds (64) would shed the clients beyond them, not measure them.
     admitted = max(64, *levels)
-    server_env = {
-        "MODERATION_MAX_CONCURRENT_REQUESTS": str(admitted), "MODERATION_MAX_QUEUE": str(admitted), "MODERATION_CLIP_BACKEND": backend,
-    }  # fmt: skip
-    runs = {count: _serve_levels(model, device, policies, jpegs, levels, seconds, processes, server_env, count, soak_seconds, progress)
-            for count in worker_counts}  # fmt: skip
+    server_env = {"MODERATION_MAX_CONCURRENT_REQUESTS": str(admitted), "MODERATION_MAX_QUEUE": str(admitted)}
+    if model_dir is None:  # a folder picks its own backend (onnx-folder)
+        server_env["MODERATION_CLIP_BACKEND"] = backend
+    starts: dict = {}
+    text_cache: Path | None = None
+    try:
+        if model_dir is not None:
+            import tempfile
+
+            # As a new user would: a first start with nothing cached (it compiles every policy's
+            # prompts with the folder's text tower and keeps the embeddings), then the restart
+            # that is measured (text embeddings read from MODERATION_CLIP_EXPORT_DIR).
+            text_cache = Path(tempfile.mkdtemp(prefix="clip-bench-text-cache-"))
+            server_env["MODERATION_CLIP_EXPORT_DIR"] = str(text_cache)
+            first_log = Path(tempfile.mkstemp(prefix="clip-bench-server-", suffix=".log")[1])
+            starts = first_start(model_dir, device, policies, server_env, first_log, progress)
+        runs = {
+            count: _serve_levels(
+                model, device, policies, jpegs, levels, seconds, processes, server_env, count, soak_seconds, progress,
+                model_dir=model_dir, starts=starts if count == worker_counts[0] else None,
+            )
+            for count in worker_counts
+        }  # fmt: skip
+    finally:
+        if text_cache is not None:
+            import shutil
+
+            shutil.rmtree(text_cache, ignore_errors=True)
     load, soak, rss_now_mb, peak_rss_mb, exit_code = runs[worker_counts[0]]
 
     progress(f"measuring in-process: forward at batch {server_batch}, host decode on all cores, naive baseline, single-request floor")
     model_numbers = measure_in_process(
-        model, device, policies, jpegs, batch=server_batch, repeats=5, host_seconds=host_seconds, backend=backend
+        model, device, policies, jpegs, batch=server_batch, repeats=5, host_seconds=host_seconds, backend=backend, model_dir=model_dir
     )
     if kind == "cpu" and backend != "torch":
         progress(f"measuring eager PyTorch fp32 at batch {server_batch}: the reference for the {backend} backend")
@@ -529,7 +577,11 @@ def run_clip_bench(
     results = {
         "model_name": model,
         "backend": backend,
-        "machine": _machine(device),
+        "machine": {
+            **_machine(device),
+            # Other work on this shared machine: compare ratios measured in the same run, not absolute rates.
+            "load_average_1_5_15_min": {"start": [round(v, 2) for v in load_average_start], "end": [round(v, 2) for v in os.getloadavg()]},
+        },
         "seconds_per_level": seconds,
         "server_settings": {"max_batch": server_batch, "max_concurrent_requests": admitted, "max_queue": admitted},
         "load": [r.summary() for r in load],
@@ -555,17 +607,22 @@ def run_clip_bench(
         "peak_rss_mb": round(peak_rss_mb, 1),
         "rss_after_load_mb": round(rss_now_mb, 1),
         "server_exit_code": exit_code,
-        "targets": _targets(kind),
+        "targets": _targets(kind, model_dir is not None),
     }
     if worker_counts != (1,):
         # `serve --workers N` side by side in this run: the figures of the host-bound targets (issue 19) per count.
         results["workers"] = {
             str(count): _workers_summary(runs[count], model_numbers, count) for count in worker_counts
         }
+    if model_dir is not None:
+        results["model_folder"] = _folder_summary(model_dir, folder_manifest)
+        results["start"] = starts
     if soak:
         first, last = soak[0]["rss_mb"], soak[-1]["rss_mb"]
         results["soak"] = {"seconds": soak_seconds, "samples": soak, "rss_growth": round(last / first - 1, 4)}
     out_dir.mkdir(parents=True, exist_ok=True)
+    if model_dir is not None and results_name == "clip":
+        results_name = "clip-folder"
     suffix = "" if kind == "cpu" else f"-{kind}"
     (out_dir / f"{results_name}{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out_dir / f"{results_name}{suffix}.png")
@@ -575,20 +632,30 @@ def run_clip_bench(
 def _serve_levels(
     model: str, device: str, policies: Path, jpegs: list[bytes], levels: tuple[int, ...], seconds: float, processes: int,
     server_env: dict[str, str], workers: int, soak_seconds: float, progress: Callable[[str], None],
+    model_dir: Path | None = None, starts: dict | None = None,
 ) -> tuple[list[LoadResult], list[dict[str, float]], float, float, int]:
-    """The real server (`workers` processes) at each concurrency level: (results, soak, RSS now, peak RSS, exit code)."""
+    """The real server (`workers` processes) at each concurrency level: (results, soak, RSS now, peak RSS, exit code).
+
+    `starts` (a dict) gets the seconds to SERVING and the server's RSS then and after the warm-up."""
     import tempfile
 
     server_log = Path(tempfile.mkstemp(prefix="clip-bench-server-", suffix=".log")[1])
-    server = ServerProcess(model, device, policies, extra_env={**server_env, "MODERATION_WORKERS": str(workers)}, log_path=server_log)
+    server = ServerProcess(
+        model, device, policies, extra_env={**server_env, "MODERATION_WORKERS": str(workers)}, log_path=server_log, model_dir=model_dir
+    )
     load: list[LoadResult] = []
     soak: list[dict[str, float]] = []
     # Several connections, so that the kernel spreads them over the workers; the same for every worker count.
     connections = MAX_CONNECTIONS
     try:
-        server.wait_serving()
-        progress(f"server SERVING ({workers} worker{'s' if workers > 1 else ''}); warming up")
+        serving_s = server.wait_serving()
+        rss_loaded_mb = sum(_rss_mb(each)[0] for each in _tree(server.process.pid))
+        if starts is not None:
+            starts.update(serving_s=round(serving_s, 2), rss_at_serving_mb=round(rss_loaded_mb, 1))
+        progress(f"server SERVING ({workers} worker{'s' if workers > 1 else ''}) after {serving_s:.1f} s, {rss_loaded_mb:.0f} MB RSS; warming up")
         asyncio.run(drive(server.target, jpegs, 2 * workers, 5.0, connections))
+        if starts is not None:
+            starts["rss_after_warm_up_mb"] = round(sum(_rss_mb(each)[0] for each in _tree(server.process.pid)), 1)
         for level in levels:
             batches_before = _batch_histogram(server.metrics_port)
             pid = server.process.pid
@@ -634,7 +701,68 @@ def _ratio(numerator: float, denominator: float | None) -> float | None:
     return round(numerator / denominator, 3) if denominator else None
 
 
-def _targets(kind: str) -> dict[str, str]:
+def first_start(model_dir: Path, device: str, policies: Path, env: dict[str, str], log_path: Path, progress: Callable[[str], None]) -> dict:
+    """A first start from the folder with an empty text-embedding cache: time to SERVING, and the
+    policy compile inside it (from the server's JSON log: the first 'computing text embeddings'
+    line to the 'serving policies' line), then stopped."""
+    server = ServerProcess("", device, policies, extra_env={**env, "MODERATION_LOG_LEVEL": "INFO"}, log_path=log_path, model_dir=model_dir, log_format="json")
+    try:
+        serving_s = server.wait_serving()
+        rss_mb, peak_mb = _rss_mb(server.process.pid)
+    finally:
+        server.stop()
+    stamps: dict[str, float] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        message = str(entry.get("msg", ""))
+        for key, prefix in (("compile_from", "computing text embeddings"), ("compile_to", "serving policies")):
+            if message.startswith(prefix) and key not in stamps:
+                stamps[key] = _log_seconds(entry["ts"])
+    compile_s = stamps["compile_to"] - stamps["compile_from"] if len(stamps) == 2 else None
+    progress(f"first start (no text embeddings cached): SERVING after {serving_s:.1f} s, policy compile {compile_s} s, {rss_mb:.0f} MB RSS")
+    return {
+        "first_start_serving_s": round(serving_s, 2),
+        "first_start_policy_compile_s": None if compile_s is None else round(compile_s, 2),
+        "first_start_rss_mb": round(rss_mb, 1),
+        "first_start_peak_rss_mb": round(peak_mb, 1),
+    }
+
+
+def _log_seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+
+def _folder_summary(model_dir: Path, manifest: dict) -> dict:
+    accuracy, guard = manifest.get("accuracy", {}), manifest.get("int8", {})
+    return {
+        "path": str(model_dir),
+        "model_id": manifest["model_id"],
+        "image_variant": manifest["image_variant"],
+        "int8_verdict": guard.get("reason"),
+        "int8_max_score_diff_vs_fp32": guard.get("max_score_diff_vs_fp32"),
+        # Measured by `moderation export` on its probe set, at the model's own logit scale.
+        "fp32_max_score_diff_vs_eager_open_clip": accuracy.get("fp32_max_score_diff_vs_torch"),
+        "fp32_min_image_cosine_vs_eager_open_clip": accuracy.get("fp32_min_image_cosine_vs_torch"),
+        "export_seconds": manifest.get("export_seconds"),
+        "files_mb": {name: round((model_dir / name).stat().st_size / 2**20, 1) for name in manifest["files"]},
+    }
+
+
+def _targets(kind: str, folder: bool = False) -> dict[str, str]:
+    if folder:  # issue 19: served from an exported folder without torch
+        return {
+            "start.serving_s": "<= 5 s for a restart (text embeddings cached)",
+            "start.rss_at_serving_mb": "<= 400 MB loaded",
+            "peak_rss_mb": "<= 600 MB under load at 16 clients",
+            "throughput_vs_eager_fp32_forward": ">= 2.4 (aim 3): served rate at 16 clients against eager PyTorch fp32's raw forward",
+            "throughput_vs_forward": ">= 0.85 at the highest concurrency (forward of the served backend)",
+            "p50_latency_vs_single_forward": "<= 1.25 at concurrency 1",
+        }
     if kind == "cuda":
         return {
             "throughput_vs_host_decode": ">= 0.8 at the best concurrency (the host's decode + preprocess binds on a GPU)",
@@ -678,7 +806,8 @@ def print_bench(results: dict, model: str, device: str) -> None:
         )  # fmt: skip
     console.print(table)
     for key in results["targets"]:
-        value = results.get(key)
+        section, _, field_name = key.partition(".")
+        value = results.get(section, {}).get(field_name) if field_name else results.get(key)
         value = value if value is not None else "not measured"
         console.print(f"{key}: {value}  (target {results['targets'][key]})", highlight=False)
 
@@ -696,14 +825,18 @@ def main(
     host_seconds: Annotated[float, typer.Option(help="duration of the host decode + preprocess ceiling")] = 10.0,
     backend: Annotated[str, typer.Option(help="CLIP backend the server runs (default: what clip_backend auto picks for the device)")] = "",
     workers: Annotated[str, typer.Option(help="comma-separated server process counts (serve --workers) measured one after the other, e.g. 1,2")] = "1",
-    name: Annotated[str, typer.Option(help="results file name, without .json")] = "clip",
+    name: Annotated[str, typer.Option(help="results file name, without .json (default: clip, or clip-folder with --model-dir)")] = "clip",
+    model_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="serve an exported model folder (`moderation export`) with `serve --model-dir`: a first start, then the measured restart"),
+    ] = None,
 ) -> None:
     """Benchmark the real server over gRPC against the model's own ceiling (random weights)."""
     levels = tuple(int(c) for c in concurrency.split(",")) if concurrency else None
     results = run_clip_bench(
         model, device, levels, seconds, soak_seconds, policies, results_dir, progress=lambda m: print(m, file=sys.stderr, flush=True),
         client_processes=client_processes or None, host_seconds=host_seconds, backend=backend or None,
-        worker_counts=tuple(int(w) for w in workers.split(",")), results_name=name,
+        worker_counts=tuple(int(w) for w in workers.split(",")), results_name=name, model_dir=model_dir,
     )  # fmt: skip
     print_bench(results, model, device)
 

@@ -33,7 +33,16 @@ Memory: each backend in a fresh subprocess (`load_encoder`, policy text index, o
 batch of 16): RSS after that and peak RSS, first with an empty export cache (cold:
 exports in-process) and again with it filled (warm).
 
+Static int8 (issue 19), on an exported folder's own graphs (`moderation export DIR`):
+`--static-int8 DIR` times 16 images per call through fp32 batched, dynamic int8 one image
+per run (the folder backend's serving mode) and batched, and static int8 (QDQ and QOperator
+formats, calibrated as export does) one image per run and batched; accuracy against the
+folder's fp32 graph on the guard's probe images plus the photos, at the guard's logit scale
+and at 100; and the largest embedding change of an image alone against inside a batch of
+16 (bench/results/clip_int8_static.json).
+
 Run: python -m bench.clip_backends [--rounds 7] [--threads 1 2] [--no-memory] [--output bench/results/clip_backends.json]
+     python -m bench.clip_backends --static-int8 models/vit-b-32 [--threads 1 2] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -223,7 +232,7 @@ def accuracy(runs: dict[str, Run], pixels: np.ndarray, clip: Any) -> dict[str, d
     return result
 
 
-def speed(runs: dict[str, Run], pixels: np.ndarray, batch: int, rounds: int, calls: int) -> dict[str, dict[str, float]]:
+def speed(runs: dict[str, Run], pixels: np.ndarray, batch: int, rounds: int, calls: int, reference: str = REFERENCE) -> dict[str, dict[str, float]]:
     x = np.ascontiguousarray(np.resize(pixels, (batch, *pixels.shape[1:])))
     for run in runs.values():  # warm up: first calls allocate and pick kernels
         run(x)
@@ -241,10 +250,10 @@ def speed(runs: dict[str, Run], pixels: np.ndarray, batch: int, rounds: int, cal
             cpu[name].append((time.process_time() - cpu_started) / (calls * batch))
     result = {}
     for name in names:
-        ratios = [ref / own for ref, own in zip(wall[REFERENCE], wall[name], strict=True)]
+        ratios = [ref / own for ref, own in zip(wall[reference], wall[name], strict=True)]
         result[name] = {
             "images_per_s": round(1.0 / statistics.median(wall[name]), 1),
-            "ratio_vs_torch_fp32": round(statistics.median(ratios), 2),
+            f"ratio_vs_{reference.replace('-', '_')}": round(statistics.median(ratios), 2),
             "cpu_ms_per_image": round(1000 * statistics.median(cpu[name]), 1),
             "spread_images_per_s": [round(1.0 / max(wall[name]), 1), round(1.0 / min(wall[name]), 1)],
         }
@@ -320,6 +329,143 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --static-int8: dynamic int8 against static int8 from an exported folder (issue 19).
+STATIC_RESULTS = REPO_ROOT / "bench" / "results" / "clip_int8_static.json"
+POLICY_SAMPLES = REPO_ROOT / "policies" / "tests" / "samples"
+STATIC_REFERENCE = "fp32-batched"
+
+
+class _ImageRun:
+    """A folder encoder whose image tower is another graph (its text tower and preprocessing unchanged)."""
+
+    def __init__(self, encoder: Any, run: Run):
+        self._encoder = encoder
+        self._run = run
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run(np.ascontiguousarray(pixels, dtype=np.float32))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+
+def _per_image(run: Run) -> Run:
+    return lambda x: np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
+
+
+def calibration_pixels(encoder: Any) -> tuple[np.ndarray, list[str]]:
+    """What export would calibrate on: generated images (another seed than the guard's probe set) and the policy samples."""
+    from PIL import Image
+
+    from moderation.signals.clip.backends.folder_export import probe_images
+
+    images = probe_images(32, seed=1)
+    names = [f"generated:{len(images)}"]
+    for path in sorted(POLICY_SAMPLES.glob("*")) if POLICY_SAMPLES.is_dir() else []:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+        names.append(path.name)
+    return np.stack([encoder.preprocess(image) for image in images]), names
+
+
+def static_int8_study(folder_path: Path, threads_list: list[int], rounds: int, output: Path) -> dict[str, Any]:
+    """Dynamic int8 one image per run (today's serving mode) against static int8 (QDQ and QOperator
+    formats; one image per run and batched) and fp32 batched, on one exported folder's graphs."""
+    import skimage.data
+    from PIL import Image
+
+    from moderation.signals.clip.backends.folder_export import _scores, probe_images, probe_policies
+    from moderation.signals.clip.backends.onnx_folder import OnnxFolderEncoder
+    from moderation.signals.clip.model_folder import DEFAULT_INT8_TOLERANCE, IMAGE_FILES, read_folder
+
+    load_before = os.getloadavg()
+    folder = read_folder(folder_path)
+    if IMAGE_FILES["int8"] not in folder.manifest["files"]:
+        raise SystemExit(f"{folder_path} has no dynamic int8 graph ({folder.int8_verdict}); export one where the guard accepts it")
+    scratch = Path(tempfile.mkdtemp(prefix="clip-int8-static-"))
+    encoder = OnnxFolderEncoder(folder, "fp32", threads=1, text_cache=scratch / "text-cache")
+    calibration, calibration_names = calibration_pixels(encoder)
+    files = {"fp32": folder.file(IMAGE_FILES["fp32"]), "dynamic": folder.file(IMAGE_FILES["int8"])}
+    notes: dict[str, Any] = {"calibration_images": calibration_names}
+    for quant_format in onnx_export.STATIC_INT8_FORMATS:
+        files[f"static-{quant_format}"] = scratch / f"static-{quant_format}.onnx"
+        started = time.monotonic()
+        onnx_export.quantize_int8_static(files["fp32"], files[f"static-{quant_format}"], calibration, quant_format)
+        notes[f"static-{quant_format}"] = {"quantize_seconds": round(time.monotonic() - started, 1), "ops": _op_counts(files[f"static-{quant_format}"])}
+    for name, path in files.items():
+        notes.setdefault(name, {})["file_mb"] = round(path.stat().st_size / 2**20, 1)
+
+    def candidates(threads: int) -> dict[str, Run]:
+        sessions = {name: _ort_run(session_for(path, threads)) for name, path in files.items()}
+        runs = {STATIC_REFERENCE: sessions["fp32"], "dynamic-int8-per-image": _per_image(sessions["dynamic"]), "dynamic-int8-batched": sessions["dynamic"]}
+        for quant_format in onnx_export.STATIC_INT8_FORMATS:
+            runs[f"static-{quant_format}-per-image"] = _per_image(sessions[f"static-{quant_format}"])
+            runs[f"static-{quant_format}-batched"] = sessions[f"static-{quant_format}"]
+        return runs
+
+    # Accuracy on the guard's own probe set (generated images, seed 0) plus real photos, against the folder's fp32 graph.
+    photos = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in SAMPLE_PHOTOS]
+    pixels = np.stack([encoder.preprocess(image) for image in [*probe_images(), *photos]])
+    policies = probe_policies(REPO_ROOT / "policies")
+    runs = candidates(1)
+    reference = runs[STATIC_REFERENCE](pixels)
+    reference_scores = {scale: _scores(_ImageRun(encoder, runs[STATIC_REFERENCE]), policies, pixels, scale) for scale in (encoder.logit_scale, TRAINED_LOGIT_SCALE)}
+    accuracy_rows: dict[str, Any] = {}
+    for name, run in runs.items():
+        embeddings = run(pixels)
+        row = {"min_cosine_vs_fp32": round(float((embeddings * reference).sum(-1).min()), 6)}
+        for scale, expected in reference_scores.items():
+            row[f"max_score_diff_at_{scale:.1f}"] = float(np.abs(_scores(_ImageRun(encoder, run), policies, pixels, scale) - expected).max())
+        row["passes_guard"] = row[f"max_score_diff_at_{encoder.logit_scale:.1f}"] <= DEFAULT_INT8_TOLERANCE
+        accuracy_rows[name] = row
+    # Batch independence: an image's embedding alone against inside a batch of 16 different images.
+    batch_dependence = {}
+    for name in ("dynamic-int8", *(f"static-{f}" for f in onnx_export.STATIC_INT8_FORMATS), "fp32"):
+        batched = runs[f"{name}-batched"] if name != "fp32" else runs[STATIC_REFERENCE]
+        alone = _per_image(batched)
+        worst = max(float(np.abs(batched(pixels[i : i + 16]) - alone(pixels[i : i + 16])).max()) for i in range(0, len(pixels) - 15, 8))
+        batch_dependence[name] = worst
+    del runs
+    sixteen = pixels[:16]
+    speed_rows = {}
+    for threads in threads_list:
+        runs = candidates(threads)
+        print(f"threads {threads}: timing {', '.join(runs)}", flush=True)
+        speed_rows[str(threads)] = speed(runs, sixteen, 16, rounds, 1, reference=STATIC_REFERENCE)
+        del runs
+    report = {
+        "model": folder.model_id,
+        "folder": str(folder_path),
+        "machine": {
+            "cpus": os.cpu_count(), "cpu_flags": _cpu_flags(), "platform": platform.platform(),
+            "load_average_1_5_15_min": {"start": [round(v, 2) for v in load_before], "end": [round(v, 2) for v in os.getloadavg()]},
+        },  # fmt: skip
+        "versions": _versions(),
+        "rounds": rounds,
+        "what": "16 images per timed call: '-per-image' runs them one per session run (batch 1), '-batched' in one run; "
+        "ratio_vs_fp32_batched is the median of per-round ratios",
+        "speed": speed_rows,
+        "accuracy_vs_fp32": accuracy_rows,
+        "guard_tolerance": DEFAULT_INT8_TOLERANCE,
+        "guard_logit_scale": encoder.logit_scale,
+        "accuracy_images": f"{len(pixels)}: the export guard's 24 generated probe images and {len(photos)} scikit-image photos",
+        "max_abs_embedding_diff_batched_vs_alone": batch_dependence,
+        "notes": notes,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=1) + "\n")
+    for threads, rows in speed_rows.items():
+        for name, row in rows.items():
+            acc = accuracy_rows[name]
+            print(f"{name:28s} threads {threads} {row['images_per_s']:7.1f}/s x{row['ratio_vs_fp32_batched']:5.2f}  cos {acc['min_cosine_vs_fp32']:.6f}  "
+                  f"dscore {acc[f'max_score_diff_at_{encoder.logit_scale:.1f}']:.4f} @{encoder.logit_scale:.1f} {acc['max_score_diff_at_100.0']:.4f} @100")
+    print("batched vs alone:", batch_dependence)
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -329,8 +475,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="intra-op thread counts to time (default: 1, which measures the work itself on a shared machine, and torch's default)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess RSS probes")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--static-int8", type=Path, default=None, metavar="FOLDER",
+        help="only compare dynamic and static int8 on an exported folder's graphs (results: bench/results/clip_int8_static.json)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.static_int8 is not None:
+        return static_int8_study(args.static_int8, args.threads, args.rounds, args.output or STATIC_RESULTS)
+    args.output = args.output or DEFAULT_OUTPUT
     default_threads = torch.get_num_threads()
 
     load_before = os.getloadavg()

@@ -40,10 +40,10 @@ class _TransformEncoder:
     def __init__(self, transform: Callable):
         self._transform = transform
 
-    def prepare(self, decoded):  # noqa: ANN001, ANN201 - DecodedImage -> torch.Tensor
-        import torch
+    def prepare(self, decoded):  # noqa: ANN001, ANN201 - DecodedImage -> pixels (torch, or numpy from a model folder)
+        from moderation.signals.clip import arrays
 
-        return torch.stack([self._transform(frame) for frame in decoded.frames])
+        return arrays.stack([self._transform(frame) for frame in decoded.frames])
 
 
 def _init_process(transform: Callable, limits: DecodeLimits, torch_threads: int) -> None:

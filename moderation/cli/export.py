@@ -39,7 +39,15 @@ def export(
             "prompts and generated images, at the model's logit scale); beyond it the folder keeps fp32 only",
         ),
     ] = DEFAULT_INT8_TOLERANCE,
-    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="try a dynamic int8 image tower (kept only where it holds)")] = True,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="try int8 image towers (kept only where the guard accepts one)")] = True,
+    static_int8: Annotated[
+        bool,
+        typer.Option(
+            "--static-int8/--no-static-int8",
+            help="try static int8 first (activation scales fixed from calibration images: runs batched); "
+            "dynamic int8 (one image per run) is kept where the guard refuses static",
+        ),
+    ] = True,
     force: Annotated[bool, typer.Option(help="replace OUT_DIR if it exists")] = False,
     offline: Annotated[Optional[bool], typer.Option("--offline", help="use cached weights only (no downloads)")] = None,
     json_output: JsonOption = False,
@@ -63,7 +71,9 @@ def export(
     from moderation.signals.clip.backends.folder_export import export_model_folder
 
     try:
-        report = export_model_folder(spec, out_dir, settings.policies, int8_tolerance=int8_tolerance, int8=int8, force=force)
+        report = export_model_folder(
+            spec, out_dir, settings.policies, int8_tolerance=int8_tolerance, int8=int8, force=force, static_int8=static_int8
+        )
     except (ExportFailed, WeightsUnavailable) as error:
         raise fail(str(error)) from None
     manifest = report.manifest

@@ -1,7 +1,7 @@
 """`moderation export` model folders and the torch-free pieces that serve them: the tokenizer
 against open_clip's, numpy/PIL preprocessing against open_clip's transform, the folder's
 scores against eager open_clip, the int8 guard (planted activation outliers refused, a clean
-model accepted), and refusals of damaged folders."""
+model accepted), static int8 (batched, and batch-independent), and refusals of damaged folders."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 
 from moderation.policy import load_policy_file
 from moderation.signals.clip import ClipModelSpec, ClipScorer
-from moderation.signals.clip.backends.folder_export import build_seeded, export_model_folder, probe_images
+from moderation.signals.clip.backends.folder_export import INT8_KINDS, build_seeded, export_model_folder, probe_images
 from moderation.signals.clip.backends.onnx_export import ExportFailed
 from moderation.signals.clip.backends.onnx_folder import OnnxFolderEncoder
 from moderation.signals.clip.backends.torch_eager import TorchEncoder
@@ -110,11 +110,18 @@ def test_folder_holds_what_serving_needs(folder: Path) -> None:
     assert accuracy["fp32_max_score_diff_vs_torch"] <= 1e-4
     assert accuracy["probe"]["policies"] and accuracy["probe"]["images"] > 0
     assert json.loads((folder / "preprocess.json").read_text())["size"] == 32
-    # A clean model: the guard keeps int8 and serving runs it.
-    assert manifest["int8"]["accepted"], manifest["int8"]["reason"]
-    assert manifest["int8"]["max_score_diff_vs_fp32"] <= manifest["int8"]["tolerance"]
-    assert manifest["image_variant"] == "int8" and (folder / IMAGE_FILES["int8"]).is_file()
-    assert OnnxFolderEncoder(read_folder(folder)).variant == "int8"
+    # A clean model: the guard keeps an int8 graph and serving runs it. Both kinds were measured;
+    # the folder holds the first the guard accepted (static before dynamic), and only that one.
+    guard = manifest["int8"]
+    assert guard["accepted"], guard["reason"]
+    assert set(guard["kinds"]) == set(INT8_KINDS)
+    accepted = [kind for kind in INT8_KINDS if guard["kinds"][kind]["accepted"]]
+    assert accepted and manifest["image_variant"] == guard["variant"] == accepted[0]
+    for kind, measured in guard["kinds"].items():
+        assert measured["accepted"] == (measured["max_score_diff_vs_fp32"] <= guard["tolerance"])
+        assert (folder / IMAGE_FILES[kind]).is_file() == (kind == accepted[0]) == (IMAGE_FILES[kind] in manifest["files"])
+    assert guard["kinds"]["int8-static"]["calibration_images"] >= 32  # generated ones + the policies' golden-case images
+    assert OnnxFolderEncoder(read_folder(folder)).variant == accepted[0]
 
 
 def test_folder_scores_match_eager_open_clip(folder: Path, clip) -> None:  # noqa: ANN001
@@ -148,12 +155,56 @@ def test_int8_guard_refuses_planted_outliers(tmp_path: Path) -> None:
     guard = report.manifest["int8"]
     assert not guard["accepted"], guard
     assert guard["max_score_diff_vs_fp32"] > guard["tolerance"] and "refused" in guard["reason"]
+    # Static int8 (calibrated scales) and dynamic int8 both tried, both refused.
+    for kind in INT8_KINDS:
+        assert not guard["kinds"][kind]["accepted"] and guard["kinds"][kind]["max_score_diff_vs_fp32"] > guard["tolerance"], kind
     assert report.manifest["image_variant"] == "fp32"
-    assert not (out / IMAGE_FILES["int8"]).exists() and IMAGE_FILES["int8"] not in report.manifest["files"]
+    for kind in INT8_KINDS:
+        assert not (out / IMAGE_FILES[kind]).exists() and IMAGE_FILES[kind] not in report.manifest["files"]
     encoder = OnnxFolderEncoder(read_folder(out))
     assert encoder.variant == "fp32"
     with pytest.raises(ModelFolderError, match="no int8 image tower"):
         OnnxFolderEncoder(read_folder(out), "int8")
+    with pytest.raises(ModelFolderError, match="no int8-static image tower"):
+        OnnxFolderEncoder(read_folder(out), "int8-static")
+
+
+def test_static_int8_runs_batched_and_a_score_does_not_depend_on_batch_peers(clip, tmp_path: Path) -> None:  # noqa: ANN001
+    """Static int8's activation scales are fixed at export: an image scores the same alone and among
+    15 different images, so the folder backend batches it. Dynamic int8 (scales from each run's
+    input) does depend on its batch peers, which is why it runs one image per run."""
+    out = tmp_path / "static"
+    # A tolerance the tiny model's static graph meets (it measured ~0.021 against the default 0.02):
+    # this test is about batching; the guard's verdicts are the tests above.
+    report = export_model_folder(ClipModelSpec(model=TINY, weights="random"), out, POLICIES, clip=clip, int8_tolerance=0.2)
+    assert report.manifest["image_variant"] == "int8-static", report.manifest["int8"]
+    assert (out / IMAGE_FILES["int8-static"]).is_file() and not (out / IMAGE_FILES["int8"]).exists()
+    encoder = OnnxFolderEncoder(read_folder(out))
+    assert encoder.variant == "int8-static" and encoder.dtype == "int8" and not encoder._per_image
+    policy, _ = load_policy_file(POLICIES / "default.yaml")
+    scorer = ClipScorer(encoder)
+    index = scorer.index_policy(policy)
+    images = probe_images(16, seed=9)
+    batch = np.stack([encoder.preprocess(image) for image in images])
+    embedded = scorer.embed_images(batch)
+    together = scorer.score(embedded, index)
+    for i in range(len(images)):
+        alone = scorer.embed_images(batch[i : i + 1])
+        assert np.array_equal(alone[0], embedded[i]), i  # the embedding is identical, bit for bit
+        # Scores then differ only by float rounding in the scorer's text matmul (1 row vs 16), as fp32's do.
+        scores = scorer.score(alone, index)[0]
+        assert max(abs(scores[c] - together[i][c]) for c in scores) <= 1e-6, i
+    # The same image among other peers (reversed, a batch of 5): still the same embedding.
+    assert np.array_equal(scorer.embed_images(batch[::-1][:5])[-1], embedded[11])
+    # Dynamic int8 of the same model, for contrast: batch peers move its embeddings.
+    from moderation.signals.clip.backends.onnx_export import quantize_int8
+    from moderation.signals.clip.model_folder import session_for
+
+    quantize_int8(out / IMAGE_FILES["fp32"], tmp_path / "dynamic.onnx")
+    dynamic = session_for(tmp_path / "dynamic.onnx", 1)
+    batched = dynamic.run(None, {"pixels": batch})[0]
+    single = np.concatenate([dynamic.run(None, {"pixels": batch[i : i + 1]})[0] for i in range(len(batch))])
+    assert np.abs(batched - single).max() > 0
 
 
 def test_damaged_or_foreign_folders_are_refused(folder: Path, tmp_path: Path, clip) -> None:  # noqa: ANN001
@@ -164,6 +215,17 @@ def test_damaged_or_foreign_folders_are_refused(folder: Path, tmp_path: Path, cl
         handle.write(b"\x00\x01\x02")
     with pytest.raises(ModelFolderError, match="does not match the sha256"):
         read_folder(copy)
+    # Serving hashes each file when it opens it: the damaged text tower is refused when a text needs it.
+    lazy = read_folder(copy, verify=False)
+    encoder = OnnxFolderEncoder(lazy, "fp32")
+    assert lazy.checked == {"preprocess.json", "tokenizer/bpe_simple_vocab_16e6.txt.gz", "image-fp32.onnx"}
+    with pytest.raises(ModelFolderError, match="text-fp32.onnx does not match the sha256"):
+        encoder.encode_texts(["a photo"])
+    with (copy / "image-fp32.onnx").open("r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(ModelFolderError, match="image-fp32.onnx does not match the sha256"):
+        OnnxFolderEncoder(read_folder(copy, verify=False), "fp32")
     (copy / MANIFEST).unlink()
     with pytest.raises(ModelFolderError, match="not a `moderation export` folder"):
         read_folder(copy)

@@ -12,10 +12,14 @@ policy in the policies directory, and generated images):
   - tokens of the folder's tokenizer against open_clip's, which must be identical;
   - pixels of the numpy/PIL preprocessing against open_clip's transform;
   - category scores of the fp32 graphs against eager open_clip;
-  - the int8 guard: dynamic int8 (onnx_export.quantize_int8) category scores against fp32,
-    at the model's own logit scale (the scores serving would return: 100 for trained CLIP
-    models, 14.3 for random weights, whose scores mean nothing anyway). Beyond the
-    tolerance the int8 graph is dropped and the manifest says why; serving then runs fp32.
+  - the int8 guard: category scores of each int8 kind against fp32, at the model's own
+    logit scale (the scores serving would return: 100 for trained CLIP models, 14.3 for
+    random weights, whose scores mean nothing anyway). Two kinds are tried: static int8
+    (onnx_export.quantize_int8_static: activation scales fixed from calibration images,
+    generated ones of another seed than the probe set plus the policies' golden-case
+    images; it runs batched) and dynamic int8 (onnx_export.quantize_int8: one image per
+    run). The folder keeps the first the guard accepts, static before dynamic; where it
+    accepts neither, no int8 graph is kept, the manifest says why, and serving runs fp32.
 Everything is written to a temporary folder next to OUT_DIR and renamed into place at
 the end, so a reader never sees half a folder.
 """
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from moderation.signals.clip import arrays
-from moderation.signals.clip.backends.onnx_export import ExportFailed, export_fp32, fold_constants, quantize_int8
+from moderation.signals.clip.backends.onnx_export import ExportFailed, export_fp32, fold_constants, quantize_int8, quantize_int8_static
 from moderation.signals.clip.backends.onnx_folder import OnnxFolderEncoder
 from moderation.signals.clip.backends.torch_eager import TorchEncoder
 from moderation.signals.clip.loading import ClipModelSpec, OpenClipModel, build_open_clip
@@ -64,6 +68,11 @@ from moderation.signals.clip.scorer import ClipScorer
 log = logging.getLogger(__name__)
 
 PROBE_IMAGES = 24
+# Static int8's calibration: generated images (a seed other than the probe set's) and up to
+# CALIBRATION_SAMPLES of the policies' golden-case images.
+CALIBRATION_IMAGES, CALIBRATION_SEED, CALIBRATION_SAMPLES = 32, 1, 64
+# The int8 kinds the guard tries, in order of preference: static batches, dynamic runs one image per run.
+INT8_KINDS = ("int8-static", "int8")
 # Beyond this the export is broken (not a precision question): refuse to write the folder.
 FP32_MAX_SCORE_DIFF = 1e-3
 # Texts beyond the policies' whose tokens are checked against open_clip's at every export.
@@ -181,6 +190,38 @@ def probe_images(count: int = PROBE_IMAGES, seed: int = 0) -> list[Image.Image]:
     return images
 
 
+def policy_sample_images(policies_dir: Path | None, limit: int = CALIBRATION_SAMPLES) -> list[Image.Image]:
+    """The images the policies' golden cases name (policies/tests/*.tests.yaml), first frames in RGB; unreadable ones skipped."""
+    from moderation.policy.golden import cases_path_for, load_cases_file
+
+    if policies_dir is None or not policies_dir.is_dir():
+        return []
+    images: list[Image.Image] = []
+    for policy_path in sorted(policies_dir.glob("*.yaml")):
+        cases_path = cases_path_for(policy_path)
+        if not cases_path.is_file():
+            continue
+        try:
+            cases = load_cases_file(cases_path)
+        except Exception as err:  # noqa: BLE001 - `policy test` reports broken cases; calibration goes on without them
+            log.warning("calibration: skipping %s (%s)", cases_path, err)
+            continue
+        for case in cases.cases.cases:
+            if len(images) >= limit:
+                return images
+            try:
+                with Image.open(cases.image_path(case)) as image:
+                    image.seek(0)
+                    images.append(image.convert("RGB"))
+            except Exception as err:  # noqa: BLE001 - videos and unreadable files are not calibration images
+                log.warning("calibration: skipping %s (%s)", case.image, err)
+    return images
+
+
+def calibration_images(policies_dir: Path | None) -> list[Image.Image]:
+    return probe_images(CALIBRATION_IMAGES, seed=CALIBRATION_SEED) + policy_sample_images(policies_dir)
+
+
 def probe_policies(policies_dir: Path | None) -> list:
     from moderation.policy import load_policy_file
 
@@ -233,6 +274,7 @@ def export_model_folder(
     int8: bool = True,
     force: bool = False,
     clip: OpenClipModel | None = None,
+    static_int8: bool = True,
 ) -> ExportReport:
     """Write the model folder for `spec` at `out_dir`. `clip` (tests) exports an already built model."""
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
@@ -267,13 +309,16 @@ def export_model_folder(
             "files": {},
         }
         _write_manifest(work, manifest, ["fp32"])
-        accuracy, guard = _measure(clip, work, policies, int8_tolerance if int8 else None)
+        kinds = [kind for kind in INT8_KINDS if static_int8 or kind != "int8-static"] if int8 else []
+        calibration = calibration_images(policies_dir) if "int8-static" in kinds else []
+        accuracy, guard = _measure(clip, work, policies, int8_tolerance if int8 else None, kinds, calibration)
         manifest["embed_dim"] = accuracy.pop("embed_dim")
         manifest["accuracy"] = accuracy
         manifest["int8"] = guard
-        variants = ["fp32", "int8"] if guard["accepted"] else ["fp32"]
-        if not guard["accepted"]:
-            (work / IMAGE_FILES["int8"]).unlink(missing_ok=True)
+        variants = ["fp32", guard["variant"]] if guard["accepted"] else ["fp32"]
+        for kind in INT8_KINDS:
+            if kind not in variants:
+                (work / IMAGE_FILES[kind]).unlink(missing_ok=True)
         manifest["image_variant"] = variants[-1]
         manifest["export_seconds"] = round(time.monotonic() - started, 1)
         manifest["exported_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -300,7 +345,14 @@ def _write_manifest(work: Path, manifest: dict, variants: Sequence[str]) -> None
     (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def _measure(clip: OpenClipModel, work: Path, policies: Sequence, int8_tolerance: float | None) -> tuple[dict, dict]:
+def _measure(
+    clip: OpenClipModel,
+    work: Path,
+    policies: Sequence,
+    int8_tolerance: float | None,
+    kinds: Sequence[str] = INT8_KINDS,
+    calibration: Sequence[Image.Image] = (),
+) -> tuple[dict, dict]:
     """Accuracy of the folder against eager open_clip, and the int8 guard's verdict."""
     folder = read_folder(work)
     fp32 = OnnxFolderEncoder(folder, "fp32")
@@ -330,26 +382,62 @@ def _measure(clip: OpenClipModel, work: Path, policies: Sequence, int8_tolerance
         "fp32_min_image_cosine_vs_torch": fp32_cos,
         "fp32_text_max_abs_diff_vs_torch": text_diff,
     }
-    if int8_tolerance is None:
-        return accuracy, {"accepted": False, "reason": "int8 not exported (--no-int8)"}
-    quantize_int8(work / IMAGE_FILES["fp32"], work / IMAGE_FILES["int8"])
-    _write_manifest(work, json.loads((work / MANIFEST).read_text()), ["fp32", "int8"])
-    int8_encoder = OnnxFolderEncoder(read_folder(work), "int8")
-    scale = fp32.logit_scale
+    if int8_tolerance is None or not kinds:
+        return accuracy, {"accepted": False, "variant": "fp32", "reason": "int8 not exported (--no-int8)"}
     if not policies:
-        return accuracy, {"accepted": False, "reason": "no policies to probe int8 with (--policies); serving fp32"}
-    diff = float(np.abs(_scores(int8_encoder, policies, pixels, scale) - _scores(fp32, policies, pixels, scale)).max())
-    cosine = float((_embeddings(int8_encoder, pixels) * _embeddings(fp32, pixels)).sum(-1).min())
-    accepted = diff <= int8_tolerance
-    reason = (
-        f"int8 accepted: category scores within {diff:.4f} of fp32 (tolerance {int8_tolerance:g}) on the probe set"
-        if accepted
-        else f"int8 refused: a category score moved by {diff:.4f} from fp32, beyond the tolerance {int8_tolerance:g}; serving fp32"
-    )
-    return accuracy, {
-        "accepted": accepted, "reason": reason, "max_score_diff_vs_fp32": diff, "tolerance": int8_tolerance,
-        "min_image_cosine_vs_fp32": cosine, "logit_scale": scale,
+        return accuracy, {"accepted": False, "variant": "fp32", "reason": "no policies to probe int8 with (--policies); serving fp32"}
+    return accuracy, _int8_guard(work, fp32, policies, pixels, int8_tolerance, kinds, calibration)
+
+
+def _int8_guard(
+    work: Path, fp32: OnnxFolderEncoder, policies: Sequence, pixels: np.ndarray, tolerance: float, kinds: Sequence[str], calibration: Sequence[Image.Image]
+) -> dict:
+    """Quantise each int8 kind, score the probe set with it, and keep the first within `tolerance` of fp32."""
+    fp32_file = work / IMAGE_FILES["fp32"]
+    for kind in kinds:
+        if kind == "int8-static":
+            quantize_int8_static(fp32_file, work / IMAGE_FILES[kind], np.stack([fp32.preprocess(image) for image in calibration]))
+        else:
+            quantize_int8(fp32_file, work / IMAGE_FILES[kind])
+    reference_embeddings = _embeddings(fp32, pixels)
+    manifest = json.loads((work / MANIFEST).read_text())
+    manifest["embed_dim"] = int(reference_embeddings.shape[1])  # the text cache below needs it
+    _write_manifest(work, manifest, ["fp32", *kinds])
+    folder = read_folder(work)
+    scale = fp32.logit_scale
+    measured: dict[str, dict] = {}
+    # The text tower is the same fp32 graph for every kind: its embeddings are computed once.
+    with tempfile.TemporaryDirectory(prefix="export-text-") as texts:
+        reference = OnnxFolderEncoder(folder, "fp32", text_cache=Path(texts))
+        reference_scores = _scores(reference, policies, pixels, scale)
+        for kind in kinds:
+            encoder = OnnxFolderEncoder(folder, kind, text_cache=Path(texts))
+            diff = float(np.abs(_scores(encoder, policies, pixels, scale) - reference_scores).max())
+            cosine = float((_embeddings(encoder, pixels) * reference_embeddings).sum(-1).min())
+            measured[kind] = {"accepted": diff <= tolerance, "max_score_diff_vs_fp32": diff, "min_image_cosine_vs_fp32": cosine}
+            if kind == "int8-static":
+                measured[kind]["calibration_images"] = len(calibration)
+            del encoder
+    chosen = next((kind for kind in kinds if measured[kind]["accepted"]), None)
+    described = {kind: f"{_KIND_NAMES[kind]} {measured[kind]['max_score_diff_vs_fp32']:.4f}" for kind in kinds}
+    if chosen is not None:
+        passed_over = [described[kind] for kind in kinds[: kinds.index(chosen)]]
+        reason = (
+            f"{_KIND_NAMES[chosen]} accepted: category scores within {measured[chosen]['max_score_diff_vs_fp32']:.4f} of fp32 "
+            f"(tolerance {tolerance:g}) on the probe set" + (f"; refused: {', '.join(passed_over)}" if passed_over else "")
+        )
+        headline = measured[chosen]
+    else:
+        reason = f"int8 refused: a category score moved from fp32 by {', '.join(described.values())}, beyond the tolerance {tolerance:g}; serving fp32"
+        headline = min(measured.values(), key=lambda m: m["max_score_diff_vs_fp32"])
+    return {
+        "accepted": chosen is not None, "variant": chosen or "fp32", "reason": reason,
+        "max_score_diff_vs_fp32": headline["max_score_diff_vs_fp32"], "tolerance": tolerance,
+        "min_image_cosine_vs_fp32": headline["min_image_cosine_vs_fp32"], "logit_scale": scale, "kinds": measured,
     }  # fmt: skip
+
+
+_KIND_NAMES = {"int8-static": "static int8 (batched)", "int8": "dynamic int8 (one image per run)"}
 
 
 def _prompts(policy: object) -> list[str]:

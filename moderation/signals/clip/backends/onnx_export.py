@@ -211,6 +211,58 @@ def quantize_int8(source: Path, destination: Path) -> None:
     )
 
 
+# Static int8 (activation scales fixed at export from calibration images; bench/clip_backends.py --static-int8).
+STATIC_INT8_FORMATS = ("QDQ", "QOperator")
+# QOperator (QLinearMatMul): batched, it took the least CPU per image there (ViT-B-32, 2026-12-03).
+STATIC_INT8_FORMAT = "QOperator"
+
+
+def quantize_int8_static(source: Path, destination: Path, calibration: Any, quant_format: str = STATIC_INT8_FORMAT, method: str = "MinMax") -> None:
+    """Static int8: weights int8 per output channel (7 bits, as dynamic), activations uint8 with
+    scales fixed from `calibration` ([N, 3, S, S] float32 pixels, run one image at a time).
+
+    The same MatMuls and Conv as dynamic int8 are quantised (constant weights only; attention's
+    QK^T and AV and the output projection stay float32), so the two differ only in where the
+    activation scales come from. Fixed scales make an image's embedding independent of the
+    other images in its batch, so a static graph can run batched.
+    """
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class _Pixels(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._rows = iter(np.asarray(calibration, dtype=np.float32))
+
+        def get_next(self) -> dict[str, Any] | None:
+            row = next(self._rows, None)
+            return None if row is None else {INPUT_NAME: np.ascontiguousarray(row[None])}
+
+    model = onnx.load(str(source))
+    excluded = output_projection(model)
+    if quant_format == "QOperator":
+        # QLinearConv needs a constant bias; the exporter computes the patch embedding's (zero) bias
+        # with an Expand, so that Conv (~3% of ViT-B-32's FLOPs) stays float32 in this format.
+        constants = {initializer.name for initializer in model.graph.initializer}
+        excluded += [n.name for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] not in constants]
+    del model
+    # The calibrator runs an augmented copy of the graph from its own temporary directory.
+    quantize_static(
+        str(source),
+        str(destination),
+        _Pixels(),
+        quant_format=getattr(QuantFormat, quant_format),
+        op_types_to_quantize=["MatMul", "Conv", "Gemm"],
+        per_channel=INT8_PER_CHANNEL,
+        reduce_range=INT8_REDUCE_RANGE,
+        activation_type=QuantType.QUInt8,
+        weight_type=getattr(QuantType, INT8_WEIGHT_TYPE),
+        nodes_to_exclude=excluded,
+        calibrate_method=getattr(CalibrationMethod, method),
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
 def output_projection(model: Any) -> list[str]:
     """The name of the last MatMul/Gemm with a constant weight (nodes are in topological order)."""
     constants = {initializer.name for initializer in model.graph.initializer}

@@ -9,9 +9,11 @@ edit compiles its prompts without torch. Arrays cross the encoder seam as numpy 
 (`uses_numpy`; moderation/signals/clip/arrays.py).
 
 The image graph is the int8 one where the export's guard accepted it (manifest
-'image_variant'), else fp32; the start-up log line says which and why. Dynamic int8
-takes one activation scale per run, so int8 runs one image per run (a score never
-depends on the other images in a batch), as the 'onnxruntime-int8' backend does.
+'image_variant'), else fp32; the start-up log line says which and why. Static int8
+('int8-static': activation scales fixed at export) and fp32 run the micro-batcher's
+batches in one session run. Dynamic int8 ('int8') takes one activation scale per run,
+so it runs one image per run (a score never depends on the other images in a batch),
+as the 'onnxruntime-int8' backend does.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from moderation.signals.clip.model_folder import (
     IMAGE_INPUT,
     MERGES_FILE,
     OUTPUT,
+    PER_IMAGE_VARIANTS,
     TEXT_FILE,
     TEXT_INPUT,
     ModelFolder,
@@ -71,16 +74,16 @@ class OnnxFolderEncoder:
         self.random_weights = folder.random_weights
         self.image_size = folder.preprocess.size
         self.device = HostDevice()
-        self.dtype = "int8" if self.variant == "int8" else "float32"
+        self.dtype = "float32" if self.variant == "fp32" else "int8"
         self.logit_scale = float(manifest["logit_scale"])
         self._preprocess = ImagePreprocessor(folder.preprocess)
-        self._tokenizer = ClipTokenizer(folder.file(MERGES_FILE), int(manifest["context_length"]))
-        self._image = session_for(folder.file(IMAGE_FILES[self.variant]), threads)
+        self._tokenizer = ClipTokenizer(folder.verified(MERGES_FILE), int(manifest["context_length"]))
+        self._image = session_for(folder.verified(IMAGE_FILES[self.variant]), threads)
         # Built on the first text the cache lacks: a restart with every prompt cached never loads it (~250 MB for ViT-B-32).
         self._text: object | None = None
         self._text_lock = threading.Lock()
         self._threads = threads
-        self._per_image = self.variant == "int8"
+        self._per_image = self.variant in PER_IMAGE_VARIANTS
         # Text embeddings kept across starts (clip/text_cache.py), keyed by the text graph and tokenizer.
         files = manifest["files"]
         self._text_cache = (
@@ -116,7 +119,7 @@ class OnnxFolderEncoder:
     def _text_session(self) -> object:
         with self._text_lock:
             if self._text is None:
-                self._text = session_for(self.folder.file(TEXT_FILE), self._threads)
+                self._text = session_for(self.folder.verified(TEXT_FILE), self._threads)
             return self._text
 
     def _run_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -133,7 +136,9 @@ def load(spec) -> OnnxFolderEncoder:  # noqa: ANN001 - ClipModelSpec
         raise ModelFolderError("backend 'onnx-folder' needs a model folder: set MODERATION_CLIP_MODEL_DIR (--model-dir)")
     if spec.device != "cpu":
         raise ModelFolderError(f"an exported model folder runs on the CPU only, not device {spec.device!r}; set MODERATION_DEVICE=cpu")
-    folder = read_folder(spec.model_dir)
+    # Each file's sha256 is checked when it is opened (ModelFolder.verified): a restart with its
+    # policy texts cached hashes neither the text tower nor the image tower it does not run.
+    folder = read_folder(spec.model_dir, verify=False)
     encoder = OnnxFolderEncoder(folder, text_cache=spec.export_dir)
     log.info(
         "CLIP model folder %s: %s, image tower %s (%s)", folder.path, folder.model_id, encoder.variant, folder.int8_verdict,
