@@ -203,3 +203,38 @@ def test_a_category_is_found_by_its_id() -> None:
     assert policy.category("weapons").clause.id == "W-1"
     with pytest.raises(KeyError):
         policy.category("hate_symbols")
+
+
+def test_thresholds_are_numbers_in_0_to_1() -> None:
+    for review, block in ((0.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
+        assert load(with_category(thresholds={"review": review, "block": block})).categories[0].thresholds.block == block
+    for review, block, field in ((-0.01, 0.5, "review"), (0.2, -0.01, "block"), (0.2, 1.01, "block")):
+        assert f"thresholds.{field}" in problems(with_category(thresholds={"review": review, "block": block}))[0]
+
+
+def test_benign_needs_at_least_one_prompt() -> None:
+    (problem,) = problems(policy_data(benign=[]))
+    assert problem.startswith("p.yaml:3: benign: must not be empty")
+
+
+def test_probe_weights_that_are_not_ascii_base64_are_refused_with_a_sentence() -> None:
+    (problem,) = problems(with_category(probe=probe(weights="ÄÖÜß" * 3)) | {"model": "m"})
+    assert "probe weights must be base64 text, as `moderation policy train` writes them" in problem
+
+
+def test_training_notes_are_bounded() -> None:
+    good = {"examples": 2, "positives": 1, "held_out": 0, "labels": "l" * 500, "trained_at": "t" * 40}
+    assert load(with_category(probe=probe(training=good)) | {"model": "m"}).categories[0].probe.training.trained_at == "t" * 40
+    for field, bad in (("labels", "l" * 501), ("trained_at", "t" * 41)):
+        assert f"probe.training.{field}" in problems(with_category(probe=probe(training=good | {field: bad})) | {"model": "m"})[0]
+
+
+def test_every_category_with_a_probe_is_checked_against_the_policy_model() -> None:
+    """The rule holds for a probe in any category, not only the first (which here has none)."""
+    data = policy_data(model="m")
+    data["categories"].append(
+        {"id": "drugs", "clause": {"id": "D-1", "text": "No drug paraphernalia."}, "positive": ["a syringe"], "thresholds": {"review": 0.2, "block": 0.9}}
+    )
+    data["categories"][1]["probe"] = probe(model="other")
+    (problem,) = problems(data)
+    assert "categories[drugs].probe.model" in problem and "trained on model 'other'" in problem
