@@ -238,3 +238,11 @@ def test_every_category_with_a_probe_is_checked_against_the_policy_model() -> No
     data["categories"][1]["probe"] = probe(model="other")
     (problem,) = problems(data)
     assert "categories[drugs].probe.model" in problem and "trained on model 'other'" in problem
+
+
+def test_a_shadow_policy_names_another_policy() -> None:
+    """docs/policies.md: `shadow_of` is the id of another, active policy; a policy cannot shadow itself."""
+    for other in ("zebra", "alpha"):  # ids that sort after and before this one's
+        assert load(policy_data(mode="shadow", shadow_of=other)).shadow_of == other
+    (problem,) = problems(policy_data(mode="shadow", shadow_of="test"))
+    assert problem.startswith("p.yaml:") and "shadow_of: shadow_of must name another policy, not this one" in problem
