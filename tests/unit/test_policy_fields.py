@@ -246,3 +246,80 @@ def test_a_shadow_policy_names_another_policy() -> None:
         assert load(policy_data(mode="shadow", shadow_of=other)).shadow_of == other
     (problem,) = problems(policy_data(mode="shadow", shadow_of="test"))
     assert problem.startswith("p.yaml:") and "shadow_of: shadow_of must name another policy, not this one" in problem
+
+
+def test_a_one_character_prompt_and_an_empty_probe_model() -> None:
+    assert load(policy_data(benign=["x"])).benign == ["x"]
+    found = problems(with_category(probe=probe(model="")) | {"model": "m"})
+    assert any("probe.model: must not be empty" in p or "probe.model: must be at least 1" in p for p in found), found
+    for field in ("held_out_auc", "zero_shot_auc"):
+        good = {"examples": 2, "positives": 1, "held_out": 0}
+        assert f"probe.training.{field}" in problems(with_category(probe=probe(training=good | {field: -0.01})) | {"model": "m"})[0]
+
+
+def test_a_probe_trained_on_a_model_that_sorts_first_is_still_another_model() -> None:
+    (problem,) = problems(with_category(probe=probe(model="a-model")) | {"model": "m"})
+    assert "the probe was trained on model 'a-model' but the policy is for 'm'" in problem
+
+
+def test_templates_and_categories_cannot_be_empty_lists() -> None:
+    (problem,) = problems(policy_data(templates=[]))
+    assert problem.startswith("p.yaml:") and "templates: must not be empty" in problem
+    (problem,) = problems(policy_data(categories=[]))
+    assert "categories: must not be empty" in problem
+
+
+def test_a_version_is_text_a_number_becomes_text_and_a_yes_no_is_refused() -> None:
+    assert load(policy_data(version=3)).version == "3"
+    assert load(policy_data(version=1.5)).version == "1.5"
+    (problem,) = problems(policy_data(version=True))
+    assert problem.startswith("p.yaml:2: version:")
+
+
+def test_an_unknown_mode_is_one_problem_whatever_shadow_of_says() -> None:
+    """A mode that is neither active nor shadow is the mode's own problem; no shadow rule is guessed from it."""
+    for mode in ("standby", "aaa", "zzz"):
+        (problem,) = problems(policy_data(mode=mode, shadow_of="other"))
+        assert problem.startswith("p.yaml:") and "mode: must be one of active or shadow" in problem, (mode, problem)
+        (problem,) = problems(policy_data(mode=mode))
+        assert "mode: must be one of active or shadow" in problem
+
+
+def test_duplicate_ids_are_found_past_a_category_whose_id_is_not_text() -> None:
+    data = policy_data()
+    first = data["categories"][0]
+    data["categories"] = [first | {"id": 5, "clause": {"id": "X-1", "text": "A clause long enough."}}, first, dict(first)]
+    found = problems(data)
+    assert any("categories[#1].id" in p for p in found)
+    assert any("category id 'weapons' is used twice" in p for p in found)
+    assert any("clause id 'W-1' is used twice" in p for p in found)
+
+
+def test_text_count_is_templates_times_every_prompt() -> None:
+    data = with_category(positive=["a", "b", "c"], contrast=["d", "e"])
+    data["templates"] = ["a photo of {}.", "a drawing of {}."]
+    data["benign"] = ["x", "y"]
+    assert load(data).text_count == 2 * (2 + 3 + 2)
+
+
+def test_a_loaded_policy_cannot_be_changed_in_place() -> None:
+    import pydantic
+
+    policy = load(policy_data())
+    with pytest.raises(pydantic.ValidationError):
+        policy.version = "2"  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        policy.categories[0].thresholds.block = 0.1  # type: ignore[misc]
+
+
+def test_the_content_hash_is_of_the_sorted_compact_json_of_what_is_not_default() -> None:
+    """content_sha256: 'blind to comments, layout and fields left at their default': a new field with a default
+    leaves every existing policy's hash as it was. Built here from the YAML by hand."""
+    import hashlib
+    import json
+
+    from moderation.policy.schema import content_sha256
+
+    data = policy_data()
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    assert content_sha256(load(data)) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
