@@ -220,3 +220,19 @@ def test_inputs_that_do_not_pair_up_are_refused_with_both_counts() -> None:
         calibrate_policy(POLICY, TEXT, [], [], CalibrationTargets(), "m", date(2026, 11, 24))
     with pytest.raises(ValueError, match="got 2 and 1"):
         calibrate_policy(POLICY, TEXT, [frozenset({"benign"})] * 2, [{c.id: 0.1 for c in POLICY.categories}], CalibrationTargets(), "m", date(2026, 11, 24))
+
+
+def test_fewer_labels_than_images_are_refused_too_and_hundreds_of_images_pair_up() -> None:
+    one_score = {c.id: 0.1 for c in POLICY.categories}
+    with pytest.raises(ValueError, match="got 1 and 2"):
+        calibrate_policy(POLICY, TEXT, [frozenset({"benign"})], [one_score] * 2, CalibrationTargets(), "m", date(2026, 11, 24))
+    many = calibrate_two([0.95, 0.3] * 10, [0.1] * 290, CalibrationTargets(precision=1.0, recall=1.0))  # 300 images: past Python's small ints
+    assert len(many.labels) == 300 and many.categories[0].positives == 20
+
+
+def test_a_calibration_result_is_a_value() -> None:
+    import dataclasses
+
+    result = calibrate_two([0.95, 0.3], [0.5] + [0.1] * 17, CalibrationTargets(precision=1.0, recall=1.0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.warnings = ("edited",)  # type: ignore[misc]
