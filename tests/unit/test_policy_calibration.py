@@ -226,7 +226,7 @@ def test_fewer_labels_than_images_are_refused_too_and_hundreds_of_images_pair_up
     one_score = {c.id: 0.1 for c in POLICY.categories}
     with pytest.raises(ValueError, match="got 1 and 2"):
         calibrate_policy(POLICY, TEXT, [frozenset({"benign"})], [one_score] * 2, CalibrationTargets(), "m", date(2026, 11, 24))
-    many = calibrate_two([0.95, 0.3] * 10, [0.1] * 290, CalibrationTargets(precision=1.0, recall=1.0))  # 300 images: past Python's small ints
+    many = calibrate_two([0.95, 0.3] * 10, [0.1] * 280, CalibrationTargets(precision=1.0, recall=1.0))  # 300 images: past Python's small ints
     assert len(many.labels) == 300 and many.categories[0].positives == 20
 
 
