@@ -8,6 +8,7 @@ from PIL import Image
 
 from moderation.escalation.tier import (
     Answer,
+    AnswerOutcome,
     EscalationMetrics,
     EscalationOutcome,
     EscalationRequest,
@@ -281,3 +282,59 @@ def test_borderline_categories_are_escalated_and_all_of_them_only_when_forced() 
     assert categories_to_escalate(["weapons"], ["violence", "weapons"], forced=True) == ("weapons",)
     assert categories_to_escalate([], ["violence", "weapons"], forced=True) == ("violence", "weapons")
     assert categories_to_escalate([], ["violence", "weapons"], forced=False) == ()
+
+
+def test_outcomes_requests_and_answers_are_values_and_a_not_needed_outcome_is_empty() -> None:
+    import dataclasses
+
+    import pytest
+
+    assert EscalationOutcome() == EscalationOutcome(EscalationStatus.NOT_NEEDED, "", None, "", 0, 0, 0.0, False, False)
+    assert named("r").frame_index == 0, "a still image is frame 0"
+    assert Explanation(ExplainerVerdict(True, "weapons", "W-1", "a gun", 0.9), "m", 3).frame_index == 0
+    for value, field in (
+        (EscalationOutcome(), "reason"),
+        (named("r"), "request_id"),
+        (AnswerOutcome(EscalationStatus.SHED), "reason"),
+        (EscalationMetrics(), "outcome"),
+        (Answer("a", "m", 1), "text"),
+    ):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, None)
+
+
+async def test_the_budget_refills_at_budget_per_minute() -> None:
+    """A token bucket of `budget_per_minute` escalations: emptied, then 30 s later (set back on its clock) it holds 30."""
+    from moderation.escalation.tier import TokenBucket
+
+    bucket = TokenBucket(60)
+    assert sum(bucket.take() for _ in range(61)) == 60, "a full bucket holds a minute's budget"
+    bucket.updated -= 30.0
+    assert sum(bucket.take() for _ in range(40)) == 30
+
+
+async def test_the_tier_defaults_are_the_documented_settings() -> None:
+    """README: explainer timeout 20 s, 1 at once, 4 waiting, 60 a minute; breaker 3 failures, 30 s (ops/config.py)."""
+    from moderation.ops.config import Settings
+
+    fields = Settings.model_fields
+    defaults = EscalationTier(ScriptedExplainer({"bad": (0.0, True)}))
+    assert (defaults.timeout_s, defaults.max_waiting) == (fields["explainer_timeout_s"].default, fields["explainer_max_waiting"].default) == (20.0, 4)
+    statuses = [(await defaults.escalate(named("ok"), 5)).status for _ in range(61)]
+    assert statuses.count(EscalationStatus.COMPLETED) == 60 == fields["explainer_budget_per_minute"].default
+    breaking = EscalationTier(ScriptedExplainer({"bad": (0.0, True)}))
+    statuses = [(await breaking.escalate(named("bad"), 5)).status for _ in range(4)]
+    assert statuses == [EscalationStatus.FAILED] * 3 + [EscalationStatus.SHED], "3 failures in a row open the breaker"
+    assert fields["explainer_failure_threshold"].default == 3
+
+
+async def test_no_time_left_still_hands_the_explainer_a_positive_timeout() -> None:
+    backend = ScriptedExplainer()
+    outcome = await EscalationTier(backend).escalate(named("r"), 0)
+    assert backend.timeouts and backend.timeouts[0] > 0
+    assert outcome.status in (EscalationStatus.COMPLETED, EscalationStatus.TIMED_OUT)
+
+
+async def test_latency_is_reported_in_milliseconds() -> None:
+    outcome = await EscalationTier(ScriptedExplainer({"slow": (1.2, False)})).escalate(named("slow"), 30)
+    assert outcome.status is EscalationStatus.COMPLETED and outcome.latency_ms >= 1200.0
