@@ -290,6 +290,7 @@ def test_outcomes_requests_and_answers_are_values_and_a_not_needed_outcome_is_em
     import pytest
 
     assert EscalationOutcome() == EscalationOutcome(EscalationStatus.NOT_NEEDED, "", None, "", 0, 0, 0.0, False, False)
+    assert AnswerOutcome(EscalationStatus.SHED) == AnswerOutcome(EscalationStatus.SHED, "", None, 0.0)
     assert named("r").frame_index == 0, "a still image is frame 0"
     assert Explanation(ExplainerVerdict(True, "weapons", "W-1", "a gun", 0.9), "m", 3).frame_index == 0
     for value, field in (
