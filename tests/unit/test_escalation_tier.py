@@ -327,6 +327,12 @@ async def test_the_tier_defaults_are_the_documented_settings() -> None:
     statuses = [(await breaking.escalate(named("bad"), 5)).status for _ in range(4)]
     assert statuses == [EscalationStatus.FAILED] * 3 + [EscalationStatus.SHED], "3 failures in a row open the breaker"
     assert fields["explainer_failure_threshold"].default == 3
+    # One explanation at a time: of two at once, the second waits for the slot.
+    depths: list[int] = []
+    one_at_a_time = EscalationTier(ScriptedExplainer({"slow": (0.2, False)}), metrics=EscalationMetrics(queue_depth=depths.append))
+    both = await asyncio.gather(one_at_a_time.escalate(named("slow"), 5), one_at_a_time.escalate(named("slow"), 5))
+    assert [o.status for o in both] == [EscalationStatus.COMPLETED] * 2 and depths == [1, 0]
+    assert fields["explainer_max_concurrent"].default == 1
 
 
 async def test_no_time_left_still_hands_the_explainer_a_positive_timeout() -> None:
