@@ -285,12 +285,28 @@ def test_the_numpy_path_scores_by_the_same_definition(scorer: ClipScorer) -> Non
 def test_a_probe_of_another_dimension_is_refused_with_a_sentence(scorer: ClipScorer) -> None:
     from moderation.policy import PolicyFileError
 
-    policy = _probe_policy(scorer, [0.5] * 7, bias=0.0)
-    with pytest.raises(PolicyFileError) as caught:
-        scorer.index_policy(policy)
-    (problem,) = caught.value.problems
-    assert f"the probe has 7 weights but model {scorer.model_id}'s embeddings have" in str(problem)
-    assert "categories.stripes.probe" in str(problem) and "t@1" in str(problem)
+    dim = scorer.embed_images(prepared(images.astronaut_jpeg(), scorer)).shape[1]
+    for weights in (7, dim + 8):  # fewer and more weights than the embedding has dimensions
+        policy = _probe_policy(scorer, [0.5] * weights, bias=0.0)
+        with pytest.raises(PolicyFileError) as caught:
+            scorer.index_policy(policy)
+        (problem,) = caught.value.problems
+        assert f"the probe has {weights} weights but model {scorer.model_id}'s embeddings have {dim} dimensions" in str(problem)
+        assert "categories.stripes.probe" in str(problem) and "t@1" in str(problem)
+
+
+def test_an_index_and_frame_scores_are_values(scorer: ClipScorer) -> None:
+    import dataclasses
+
+    from moderation.signals.clip.scorer import most_severe_frame
+
+    policy, _ = load_policy_file(POLICIES / "default.yaml")
+    index = scorer.index_policy(policy)
+    assert (index.policy_id, index.policy_version) == (policy.id, policy.version)
+    frames = most_severe_frame([{"a": 0.5}], (0,))
+    for value, field in ((index, "policy_version"), (frames, "scores")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, None)
 
 
 def test_many_images_are_embedded_in_batches_each_row_as_if_alone(scorer: ClipScorer) -> None:
