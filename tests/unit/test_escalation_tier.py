@@ -327,6 +327,8 @@ async def test_the_tier_defaults_are_the_documented_settings() -> None:
     statuses = [(await breaking.escalate(named("bad"), 5)).status for _ in range(4)]
     assert statuses == [EscalationStatus.FAILED] * 3 + [EscalationStatus.SHED], "3 failures in a row open the breaker"
     assert fields["explainer_failure_threshold"].default == 3
+    assert breaking._breaker.cooldown_s == fields["explainer_cooldown_s"].default == 30.0
+    assert breaking.model_id == "scripted", "the tier names its backend's model"
     # One explanation at a time: of two at once, the second waits for the slot.
     depths: list[int] = []
     one_at_a_time = EscalationTier(ScriptedExplainer({"slow": (0.2, False)}), metrics=EscalationMetrics(queue_depth=depths.append))
@@ -345,3 +347,8 @@ async def test_no_time_left_still_hands_the_explainer_a_positive_timeout() -> No
 async def test_latency_is_reported_in_milliseconds() -> None:
     outcome = await EscalationTier(ScriptedExplainer({"slow": (1.2, False)})).escalate(named("slow"), 30)
     assert outcome.status is EscalationStatus.COMPLETED and outcome.latency_ms >= 1200.0
+    assert outcome.latency_ms < 600_000, "the call's own duration (the test itself times out at 10 minutes)"
+    budgeted = EscalationTier(ScriptedExplainer(), budget_per_minute=1)
+    await budgeted.escalate(named("r"), 5)
+    shed = await budgeted.escalate(named("r"), 5)
+    assert shed.status is EscalationStatus.SHED and shed.latency_ms == 0.0, "shed before any waiting: no latency"
