@@ -291,7 +291,7 @@ def test_outcomes_requests_and_answers_are_values_and_a_not_needed_outcome_is_em
 
     assert EscalationOutcome() == EscalationOutcome(EscalationStatus.NOT_NEEDED, "", None, "", 0, 0, 0.0, False, False)
     assert AnswerOutcome(EscalationStatus.SHED) == AnswerOutcome(EscalationStatus.SHED, "", None, 0.0)
-    assert named("r").frame_index == 0, "a still image is frame 0"
+    assert request().frame_index == 0, "a still image is frame 0"
     assert Explanation(ExplainerVerdict(True, "weapons", "W-1", "a gun", 0.9), "m", 3).frame_index == 0
     for value, field in (
         (EscalationOutcome(), "reason"),
@@ -299,19 +299,31 @@ def test_outcomes_requests_and_answers_are_values_and_a_not_needed_outcome_is_em
         (AnswerOutcome(EscalationStatus.SHED), "reason"),
         (EscalationMetrics(), "outcome"),
         (Answer("a", "m", 1), "text"),
+        (Explanation(ExplainerVerdict(True, "weapons", "W-1", "a gun", 0.9), "m", 3), "model_id"),
+        (ReviewerQuestion("c", b"", Image.new("RGB", (4, 4)), POLICY, None, "why?"), "question"),
     ):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, field, None)
 
 
 async def test_the_budget_refills_at_budget_per_minute() -> None:
-    """A token bucket of `budget_per_minute` escalations: emptied, then 30 s later (set back on its clock) it holds 30."""
+    """A token bucket of `budget_per_minute` escalations: emptied, then 30 s later (set back on its clock) it holds 30, 59 s later 59."""
     from moderation.escalation.tier import TokenBucket
 
     bucket = TokenBucket(60)
     assert sum(bucket.take() for _ in range(61)) == 60, "a full bucket holds a minute's budget"
     bucket.updated -= 30.0
     assert sum(bucket.take() for _ in range(40)) == 30
+    bucket.updated -= 59.0  # 59 s: 59 tokens at one a second, not a full bucket of 60
+    assert sum(bucket.take() for _ in range(70)) == 59
+
+
+def test_an_explanation_watches_at_most_8_frames_of_a_video_segment() -> None:
+    """docs/video.md: the explainer watches 'up to 8 of its sampled frames'; explain-serve and the server share the bound."""
+    from moderation.escalation.tier import MAX_WATCHED_FRAMES
+    from moderation.serving.shell import VIDEO_ESCALATION_FRAMES
+
+    assert MAX_WATCHED_FRAMES == VIDEO_ESCALATION_FRAMES == 8
 
 
 async def test_the_tier_defaults_are_the_documented_settings() -> None:
