@@ -342,3 +342,26 @@ def test_the_scorer_reports_its_encoders_settings(scorer: ClipScorer) -> None:
         encoder.name, encoder.random_weights, encoder.image_size, encoder.logit_scale,
     )
     assert scorer.prepare(decode_frames(images.astronaut_jpeg(), DecodeLimits())).shape[1:] == (3, encoder.image_size, encoder.image_size)
+
+
+def test_a_probe_for_a_model_as_wide_as_a_real_one_is_accepted(tmp_path) -> None:  # noqa: ANN001
+    """Dimensions are compared by value: 512 (ViT-B-32's) is past Python's cache of small ints,
+    so a 32-dimension model alone cannot tell `!=` from `is not`."""
+    import json
+
+    from tests.conftest import TINY_CLIP
+
+    config = json.loads((TINY_CLIP / "open_clip_config.json").read_text())
+    config["model_cfg"]["embed_dim"] = 512
+    model_dir = tmp_path / "wide-clip"
+    model_dir.mkdir()
+    (model_dir / "open_clip_config.json").write_text(json.dumps(config))
+    wide = load_scorer(ClipModelSpec(model=f"local-dir:{model_dir}", weights="random"))
+    weights = [((i * 5) % 9 - 4) * 0.25 for i in range(512)]
+    policy = _probe_policy(wide, weights, bias=0.1)
+    index = wide.index_policy(policy)
+    assert [cid for cid, _, _ in index.probes] == ["stripes"]
+    image = wide.embed_images(prepared(images.astronaut_jpeg(), wide))
+    assert image.shape[1] == 512
+    expected = float(torch.sigmoid(image[0] @ torch.tensor(weights) + 0.1))
+    assert wide.score(image, index)[0]["stripes"] == pytest.approx(expected, abs=1e-5)
