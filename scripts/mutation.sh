@@ -5,7 +5,7 @@
 #   bash scripts/mutation.sh decision calibration
 #   RETRY=1 bash scripts/mutation.sh calibration   # only the last run's survivors, against today's tests
 #
-# The in-scope tests are synchronous, except admission's (ASYNC_TESTS): pytest's asyncio, anyio and timeout plugins are not loaded
+# The in-scope tests are synchronous, except admission's and the escalation tier's (ASYNC_TESTS): pytest's asyncio, anyio and timeout plugins are not loaded
 # (half of each mutant's start-up time); cosmic-ray's own timeout bounds a mutant that hangs.
 #
 # Each module is mutated in a throw-away copy of the working tree (the checkout is never
@@ -39,16 +39,17 @@ declare -A MODULES=(
   [calibration]="moderation/offline/calibration.py|tests/unit/test_calibration.py"
   [policy_calibration]="moderation/offline/policy_calibration.py|tests/unit/test_policy_calibration.py"
   [rescore]="moderation/offline/rescore.py|tests/unit/test_rescore.py"
-  [schema]="moderation/policy/schema.py|tests/unit/test_policy_schema.py"
+  [schema]="moderation/policy/schema.py|tests/unit/test_policy_schema.py tests/unit/test_policy_fields.py"
   [loader]="moderation/policy/loader.py|tests/unit/test_policy_schema.py"
   [directory]="moderation/policy/directory.py|tests/unit/test_policy_directory.py tests/unit/test_policy_schema.py"
   [registry]="moderation/policy/registry.py|tests/unit/test_policy_schema.py tests/unit/test_policy_directory.py"
   [scorer]="moderation/signals/clip/scorer.py|tests/unit/test_clip_scorer.py"
   [admission]="moderation/serving/admission.py|tests/unit/test_server_bounds.py"
+  [tier]="moderation/escalation/tier.py|tests/unit/test_escalation_tier.py"
 )
 # Modules whose tests are async: pytest-asyncio stays loaded for them.
-declare -A ASYNC_TESTS=([admission]=1)
-ORDER=(decision calibration decode policy_calibration rescore schema loader directory registry scorer admission)
+declare -A ASYNC_TESTS=([admission]=1 [tier]=1)
+ORDER=(decision calibration decode policy_calibration rescore schema loader directory registry scorer admission tier)
 
 if [[ $# -gt 0 ]]; then ORDER=("$@"); fi
 for name in "${ORDER[@]}"; do

@@ -185,6 +185,26 @@ def test_concurrent_large_messages_hold_bounded_memory(tmp_path: Path) -> None:
         with RssSampler(server.process.pid, interval_s=0.05) as rss, ThreadPoolExecutor(48) as pool:
             over_outcomes = list(pool.map(send, [over] * 32))
             under_outcomes = list(pool.map(send, [under] * 48))
+
+            # The same flood with both RPC slots held by two open, idle streams: every one of the
+            # 48 calls is refused, before its message is read; none waits, none is served.
+            release = threading.Event()
+
+            def idle() -> Iterator[pb.ModerateStreamRequest]:
+                release.wait(60)
+                return
+                yield
+
+            with server.channel() as holder:
+                streams = [pb_grpc.ModerationServiceStub(holder).ModerateStream(idle(), timeout=90) for _ in range(2)]
+                # Both slots are held once a quick call (an empty image) is refused for the RPC limit.
+                deadline = time.monotonic() + 30
+                while not send(b"").startswith("RESOURCE_EXHAUSTED") and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                held_outcomes = list(pool.map(send, [under] * 48))
+                release.set()
+                assert [list(call) for call in streams] == [[], []]
+            after_outcomes = [send(under) for _ in range(3)]  # one at a time: each is read and judged
         with server.channel() as channel:
             assert valid_call(channel).categories, "the server still answers"
 
@@ -194,7 +214,10 @@ def test_concurrent_large_messages_hold_bounded_memory(tmp_path: Path) -> None:
     # Under it but more than 2 at once: refused before their messages are read; the rest are no images.
     kinds = {o.split(":")[0] + (": limit" if "Concurrent RPC limit exceeded" in o else "") for o in under_outcomes}
     assert kinds <= {"RESOURCE_EXHAUSTED: limit", "INVALID_ARGUMENT"}, set(under_outcomes)
-    assert "RESOURCE_EXHAUSTED: limit" in kinds, "48 calls at once against 2 RPC slots must be refused in part"
+    # With both slots held, exactly all 48 are refused for the limit (docs/security.md: max_concurrent_rpcs).
+    assert held_outcomes == ["RESOURCE_EXHAUSTED: Concurrent RPC limit exceeded!"] * 48, set(held_outcomes)
+    # Once the slots are free again, each call under the limit is read: random bytes are no image.
+    assert [o.split(":")[0] for o in after_outcomes] == ["INVALID_ARGUMENT"] * 3, after_outcomes
     assert rss.growth < RSS_BOUND_MB, f"RSS grew {rss.growth:.0f} MB (bound {RSS_BOUND_MB} MB)"
 
 

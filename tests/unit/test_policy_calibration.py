@@ -110,3 +110,129 @@ def test_report_has_a_png_per_category_and_the_random_weights_warning() -> None:
 def test_mismatched_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="one label set per scored image"):
         calibrate_policy(POLICY, TEXT, [frozenset({"benign"})], [], CalibrationTargets(), "m", date(2026, 11, 24))
+
+
+# -- the policy-wide rules at their edges (docs/policies.md "Calibrating": warnings, outputs) -----
+
+TWO = """\
+id: two
+version: "2026-11-23.1"
+benign: ["a cat"]
+categories:
+  - id: weapons
+    clause: {id: W-1, text: "No threatening display of firearms."}
+    positive: ["a gun"]
+    thresholds: {review: 0.5, block: 0.9}
+  - id: drugs
+    clause: {id: D-1, text: "No drug paraphernalia or use."}
+    positive: ["a syringe"]
+    thresholds: {review: 0.5, block: 0.9}
+"""
+
+
+def calibrate_two(weapons: list[float], benign: list[float], targets: CalibrationTargets, on_block_review: bool = False, **kwargs):  # noqa: ANN003, ANN201
+    """20 labelled images: `weapons` scores of images labelled weapons, `benign` of the rest; drugs scores 0.05 everywhere."""
+    text = TWO.replace("block: 0.9}\n  - id: drugs", "block: 0.9}\n    on_block: REVIEW\n  - id: drugs") if on_block_review else TWO
+    labels = [frozenset({"weapons"})] * len(weapons) + [frozenset({"benign"})] * len(benign)
+    scores = [{"weapons": s, "drugs": 0.05} for s in weapons + benign]
+    return calibrate_policy(load_policy_text(text), text, labels, scores, targets, kwargs.pop("model_id", "ViT-B-32/openai"), date(2026, 12, 3), **kwargs)
+
+
+def test_without_a_budget_a_rise_of_exactly_5_points_in_review_is_not_warned_and_more_is() -> None:
+    """Current review 0.5: one benign image (0.5) in REVIEW, 5%. The proposal (review 0.3) adds the 0.3 positive: 10%."""
+    targets = CalibrationTargets(precision=1.0, recall=1.0)
+    five = calibrate_two([0.95, 0.3], [0.5] + [0.1] * 17, targets)
+    assert (five.current_actions[Action.REVIEW], five.proposed_actions[Action.REVIEW]) == (pytest.approx(0.05), pytest.approx(0.10))
+    assert five.warnings == ()
+    ten = calibrate_two([0.95, 0.3], [0.5, 0.4] + [0.1] * 16, targets)
+    assert ten.proposed_actions[Action.REVIEW] == pytest.approx(0.15)
+    assert ten.warnings == ("REVIEW rises from 5.0% to 15.0% of labelled images in total; pass --max-review-rate to bound it",)
+
+
+def test_with_a_budget_the_review_share_is_warned_only_above_budget_times_categories() -> None:
+    """on_block REVIEW: block alone sends the positives to review. Budget 5% x 2 categories = 10%."""
+    targets = CalibrationTargets(precision=1.0, max_review_rate=0.05)
+    at = calibrate_two([0.95, 0.9], [0.1] * 18, targets, on_block_review=True)
+    assert at.proposed_actions[Action.REVIEW] == pytest.approx(0.10) and at.warnings == ()
+    over = calibrate_two([0.95, 0.9, 0.85], [0.1] * 17, targets, on_block_review=True)
+    assert over.proposed_actions[Action.REVIEW] == pytest.approx(0.15)
+    assert over.warnings == ("REVIEW takes 15.0% of labelled images in total, over the 5.0% per-category budget times 2 categories",)
+    weapons = over.categories[0]
+    assert "review load 15.0% of labelled images is over the 5.0% budget" in weapons.warnings, "on_block REVIEW counts block in the load"
+
+
+def test_the_proposal_names_the_scoring_model_and_takes_a_given_version() -> None:
+    result = calibrate_two([0.95, 0.3], [0.5] + [0.1] * 17, CalibrationTargets(precision=1.0, recall=1.0), version="2026-12-03.7")
+    assert result.proposed.version == "2026-12-03.7" and result.proposed.model == "ViT-B-32/openai"
+    assert result.model_written == "ViT-B-32/openai" and not result.random_model
+    assert result.model_note == "model: set to 'ViT-B-32/openai', the model that scored the labelled images"
+    assert result.proposed.category("weapons").thresholds.review == 0.3
+    assert result.proposed.category("drugs").thresholds == result.policy.category("drugs").thresholds
+    assert [c.category_id for c in result.categories if c.changed] == ["weapons"]
+    assert result.positives["weapons"].tolist() == [True, True] + [False] * 18 and not result.positives["drugs"].any()
+    assert result.scores["weapons"][:2].tolist() == [0.95, 0.3] and result.labels[0] == frozenset({"weapons"})
+    bumped = calibrate_two([0.95, 0.3], [0.5] + [0.1] * 17, CalibrationTargets(precision=1.0, recall=1.0))
+    assert bumped.proposed.version == "2026-12-03.1", "2026-11-23.1 calibrated on a later day: <today>.1"
+
+
+def test_image_action_shares_cover_every_action() -> None:
+    from moderation.offline.policy_calibration import action_shares
+
+    policy = load_policy_text(TWO)
+    shares = action_shares(policy, [{"weapons": 0.1, "drugs": 0.1}] * 3 + [{"weapons": 0.95, "drugs": 0.6}])
+    assert shares == {Action.ALLOW: 0.75, Action.REVIEW: 0.0, Action.BLOCK: 0.25}, "the most severe category action decides"
+
+
+def test_the_json_document_carries_every_threshold_with_its_reason() -> None:
+    from moderation.offline.policy_calibration import calibration_document
+
+    targets = CalibrationTargets(precision=1.0, recall=1.0)
+    result = calibrate_two([0.95, 0.3], [0.5, 0.4] + [0.1] * 16, targets)
+    doc = calibration_document(result)
+    assert (doc["policy_id"], doc["version"], doc["proposed_version"], doc["scored_with"], doc["random_weights"]) == (
+        "two", "2026-11-23.1", "2026-12-03.1", "ViT-B-32/openai", False,
+    )
+    assert doc["model"] == {"written": "ViT-B-32/openai", "proposed": "ViT-B-32/openai", "why": result.model_note}
+    assert doc["targets"] == {"precision": 1.0, "recall": 1.0, "max_review_rate": None, "allow_collapse": False}
+    assert doc["labelled_images"] == 20
+    weapons, drugs = doc["categories"]
+    assert (weapons["id"], weapons["positives"], weapons["negatives"], weapons["changed"]) == ("weapons", 2, 18, True)
+    assert (drugs["id"], drugs["positives"], drugs["changed"]) == ("drugs", 0, False)
+    assert (weapons["current"]["review"], weapons["current"]["block"]) == (0.5, 0.9)
+    assert (weapons["proposed"]["review"], weapons["proposed"]["block"]) == (0.3, 0.9)
+    assert weapons["proposed"]["recall_at_review"] == 1.0 and weapons["proposed"]["recall_at_block"] == 0.5
+    assert weapons["proposed"]["precision_at_block"] == 1.0 and weapons["proposed"]["precision_at_review"] == pytest.approx(0.5)
+    assert weapons["proposed"]["review_load"] == pytest.approx(0.15) and weapons["proposed"]["block_load"] == pytest.approx(0.05)
+    assert weapons["current"]["review_load"] == pytest.approx(0.05) and weapons["current"]["precision_at_review"] == pytest.approx(0.5)
+    assert weapons["current"]["recall_at_review"] == 0.5 and weapons["current"]["recall_at_block"] == 0.5
+    assert weapons["current"]["precision_at_block"] == 1.0 and weapons["current"]["block_load"] == pytest.approx(0.05)
+    assert set(weapons["why"]) >= {"review", "block"} and weapons["review_band_empty"] is False and weapons["collapse_refused"] is False
+    assert weapons["warnings"] == ["review load rises from 5.0% to 15.0% of labelled images; pass --max-review-rate to bound it"]
+    assert "no labelled positives" in drugs["notes"][0]
+    assert doc["image_actions"]["current"] == pytest.approx({"ALLOW": 0.90, "REVIEW": 0.05, "BLOCK": 0.05})
+    assert doc["image_actions"]["proposed"] == pytest.approx({"ALLOW": 0.80, "REVIEW": 0.15, "BLOCK": 0.05})
+    assert doc["review_total"] == {"current": pytest.approx(0.05), "proposed": pytest.approx(0.15), "budget_per_category": None}
+    assert doc["warnings"] == list(result.warnings) and len(doc["warnings"]) == 1
+
+
+def test_inputs_that_do_not_pair_up_are_refused_with_both_counts() -> None:
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        calibrate_policy(POLICY, TEXT, [], [], CalibrationTargets(), "m", date(2026, 11, 24))
+    with pytest.raises(ValueError, match="got 2 and 1"):
+        calibrate_policy(POLICY, TEXT, [frozenset({"benign"})] * 2, [{c.id: 0.1 for c in POLICY.categories}], CalibrationTargets(), "m", date(2026, 11, 24))
+
+
+def test_fewer_labels_than_images_are_refused_too_and_hundreds_of_images_pair_up() -> None:
+    one_score = {c.id: 0.1 for c in POLICY.categories}
+    with pytest.raises(ValueError, match="got 1 and 2"):
+        calibrate_policy(POLICY, TEXT, [frozenset({"benign"})], [one_score] * 2, CalibrationTargets(), "m", date(2026, 11, 24))
+    many = calibrate_two([0.95, 0.3] * 10, [0.1] * 280, CalibrationTargets(precision=1.0, recall=1.0))  # 300 images: past Python's small ints
+    assert len(many.labels) == 300 and many.categories[0].positives == 20
+
+
+def test_a_calibration_result_is_a_value() -> None:
+    import dataclasses
+
+    result = calibrate_two([0.95, 0.3], [0.5] + [0.1] * 17, CalibrationTargets(precision=1.0, recall=1.0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.warnings = ("edited",)  # type: ignore[misc]

@@ -384,3 +384,15 @@ def test_a_problem_points_at_the_deepest_line_its_location_reaches() -> None:
     assert line_of(text, ("id", 0)) == 2  # a scalar has no items
     assert line_of(text, ("nothere", "id")) == 1  # not found: not looked for again one level up
     assert line_of("id: [broken\n", ("id",)) is None
+
+
+@pytest.mark.parametrize(("count", "shown", "more"), [(49, 49, None), (50, 50, None), (51, 50, "p.yaml: and more problems not shown: 1 of them; fix these first")])
+def test_a_file_with_more_than_50_problems_lists_the_first_50_and_how_many_more(count: int, shown: int, more: str | None) -> None:
+    """docs/policies.md ("Limits"): "A file with more than 50 problems lists the first 50 and how many more there are"."""
+    problems = problems_of(_policy_with(categories=count).replace("review: 0.3", "review: high"))
+    listed = [p for p in problems if "and more problems not shown" not in p]
+    assert len(listed) == shown
+    assert all("thresholds.review" in p for p in listed)
+    assert listed[0].startswith("p.yaml:") and "categories[c0].thresholds.review" in listed[0]
+    assert f"categories[c{shown - 1}].thresholds.review" in listed[-1]
+    assert problems[shown:] == ([more] if more else [])
