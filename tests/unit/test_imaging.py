@@ -290,6 +290,7 @@ def test_frames_asked_for_by_index_are_decoded_in_order_once() -> None:
     ("data", "frames", "message"),
     [
         (animated_gif(6), [6], "frame_index 6 is not a frame of this image: it is an animation of 6 frames (0 to 5)"),
+        (animated_gif(6), [7], "frame_index 7 is not a frame of this image: it is an animation of 6 frames (0 to 5)"),
         (animated_gif(6), [0, -1], "frame_index -1 is not a frame of this image: it is an animation of 6 frames (0 to 5)"),
         (images.encode(Image.new("RGB", (8, 8)), "PNG"), [1], "frame_index 1 is not a frame of this image: it is a still image (frame 0 only)"),
     ],
