@@ -79,9 +79,9 @@ def resolve_device(device: Device, model_dir: Path | None = None) -> str:
         if device is Device.CUDA:
             raise ConfigurationError("an exported model folder (clip_model_dir) runs on the CPU only; set MODERATION_DEVICE=cpu or auto")
         return "cpu"
-    import importlib.util
+    from moderation.ops.extras import missing_modules
 
-    if importlib.util.find_spec("torch") is None:
+    if missing_modules(("torch",)):
         raise ConfigurationError(
             "serving without an exported model folder needs the torch extra, and torch is not installed here: set "
             "MODERATION_CLIP_MODEL_DIR (--model-dir) to a folder `moderation export` wrote, or pip install 'moderation[torch]'"

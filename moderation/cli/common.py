@@ -182,13 +182,12 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def require_torch_extra(command: str) -> None:
     """Exit 2 with one line when the `torch` extra is not installed (the lean install, the scorer image)."""
-    import importlib.util
+    from moderation.ops.extras import missing_modules, not_installed
 
-    missing = [name for name in ("torch", "open_clip", "transformers") if importlib.util.find_spec(name) is None]
+    missing = missing_modules()
     if missing:
         raise fail(
-            f"`moderation {command}` needs the torch extra, and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-            "not installed here: pip install 'moderation[torch]', or use the torch container image "
+            f"`moderation {command}` needs the torch extra, and {not_installed(missing)} here: pip install 'moderation[torch]', or use the torch container image "
             "(deploy/Containerfile, target torch); this install serves exported model folders only"
         )
 

@@ -11,7 +11,6 @@ packages: the lean install and the scorer image serve without them.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from moderation.ops.config import RANDOM_WEIGHTS
+from moderation.ops.extras import missing_modules, not_installed
 
 DEFAULT_EXPLAINER_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 TINY_TEST_MODEL = "tiny-smolvlm"
@@ -38,10 +38,10 @@ def explainer_available(
 ) -> tuple[bool, str]:
     """(available, why) for the explainer these settings name."""
     # Found on the path, not imported: importing torch and transformers takes seconds.
-    missing = [name for name in _EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    missing = missing_modules(_EXTRA_MODULES)
     if missing:
         return False, (
-            f"the in-process explainer needs the torch extra, and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed here "
+            f"the in-process explainer needs the torch extra, and {not_installed(missing)} here "
             "(pip install 'moderation[torch]', or run explain-serve elsewhere and set explainer_target)"
         )
     if weights == RANDOM_WEIGHTS:

@@ -163,7 +163,7 @@ def prefetch(source: WeightsSource, cache_dir: Path) -> list[Path]:
     try:
         if source.kind == "hub-repo":
             folder = snapshot_download(source.repo, cache_dir=str(cache_dir), allow_patterns=list(source.files))
-            return sorted(p for p in Path(folder).rglob("*") if p.is_file())
+            return _files_in(folder)
         if source.kind == "hub-file":
             last_error: Exception | None = None
             for name in source.files:
@@ -194,6 +194,10 @@ def _snapshot_files(source: WeightsSource, cache_dir: Path | None) -> list[Path]
         )
     except Exception:  # noqa: BLE001 - nothing cached under that name
         return []
+    return _files_in(folder)
+
+
+def _files_in(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file())
 
 
